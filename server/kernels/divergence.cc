@@ -1,0 +1,261 @@
+#include "server/kernels/divergence.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#undef HWY_TARGET_INCLUDE
+#define HWY_TARGET_INCLUDE "server/kernels/divergence.cc"
+#include "hwy/foreach_target.h"  // IWYU pragma: keep
+// Must come after foreach_target.h.
+#include "hwy/highway.h"
+#include "server/kernels/internal/vector_math-inl.h"
+
+HWY_BEFORE_NAMESPACE();
+namespace kldrift::kernels {
+namespace HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+
+using D = hn::ScalableTag<double>;
+using V = hn::Vec<D>;
+using M = hn::Mask<D>;
+
+// Tails are loaded with LoadTail (lanes past k read as 0) and every accumulated term is masked
+// with `valid`, because a zero count still has a non-zero smoothed share when alpha > 0.
+
+CountSummary SummarizeCountsImpl(const double* HWY_RESTRICT counts, size_t k) {
+  const D d;
+  const size_t lanes = hn::Lanes(d);
+  const V inf = hn::Set(d, std::numeric_limits<double>::infinity());
+  V total = hn::Zero(d);
+  // Count lanes that fail "0 <= c < inf"; NaN fails both comparisons.
+  V bad = hn::Zero(d);
+  auto accumulate = [&](V& block_total, V c) {
+    const M ok = hn::And(hn::Ge(c, hn::Zero(d)), hn::Lt(c, inf));
+    block_total = hn::Add(block_total, c);
+    bad = hn::Add(bad, hn::IfThenZeroElse(ok, hn::Set(d, 1.0)));
+  };
+  size_t i = 0;
+  while (i + lanes <= k) {
+    V block_total = hn::Zero(d);
+    const size_t block_end = BlockEnd(i, k, lanes);
+    for (; i < block_end; i += lanes) accumulate(block_total, hn::LoadU(d, counts + i));
+    total = hn::Add(total, block_total);
+  }
+  if (i < k) accumulate(total, LoadTail(d, counts + i, k - i));
+  CountSummary summary;
+  summary.all_finite_non_negative = SumLanes(d, bad) == 0;
+  summary.total = summary.all_finite_non_negative ? SumLanes(d, total) : 0;
+  return summary;
+}
+
+void SmoothedSharesImpl(const double* HWY_RESTRICT counts, size_t k, double alpha, double scale,
+                        double* HWY_RESTRICT shares, double* HWY_RESTRICT log_shares) {
+  const D d;
+  const size_t lanes = hn::Lanes(d);
+  const V a = hn::Set(d, alpha);
+  const V s = hn::Set(d, scale);
+  size_t i = 0;
+  for (; i + lanes <= k; i += lanes) {
+    const V q = hn::Mul(hn::Add(hn::LoadU(d, counts + i), a), s);
+    hn::StoreU(q, d, shares + i);
+    hn::StoreU(LogOrMinusInf(d, q), d, log_shares + i);
+  }
+  // The tail goes through the same vector Log as the body, so equal inputs give equal logs.
+  if (i < k) {
+    const V q = hn::Mul(hn::Add(LoadTail(d, counts + i, k - i), a), s);
+    StoreTail(d, q, shares + i, k - i);
+    StoreTail(d, LogOrMinusInf(d, q), log_shares + i, k - i);
+  }
+}
+
+// p log(p/q) for one vector of bins; 0 where p == 0, +inf where p > 0 == q (log_q = -inf).
+HWY_INLINE V KlTerm(D d, V p, V log_q) {
+  const M positive = hn::Gt(p, hn::Zero(d));
+  const V log_p = hn::Log(d, hn::IfThenElse(positive, p, hn::Set(d, 1.0)));
+  return hn::IfThenElseZero(positive, hn::Mul(p, hn::Sub(log_p, log_q)));
+}
+
+double KlCurrentReferenceImpl(const double* HWY_RESTRICT current, size_t k, double alpha,
+                              double p_scale, const double* HWY_RESTRICT log_q) {
+  const D d;
+  const size_t lanes = hn::Lanes(d);
+  const V a = hn::Set(d, alpha);
+  const V s = hn::Set(d, p_scale);
+  V total = hn::Zero(d);
+  size_t i = 0;
+  while (i + 2 * lanes <= k) {
+    // Two accumulators let consecutive iterations' additions overlap.
+    V sum0 = hn::Zero(d);
+    V sum1 = hn::Zero(d);
+    const size_t block_end = BlockEnd(i, k, 2 * lanes);
+    for (; i < block_end; i += 2 * lanes) {
+      const V p0 = hn::Mul(hn::Add(hn::LoadU(d, current + i), a), s);
+      const V p1 = hn::Mul(hn::Add(hn::LoadU(d, current + i + lanes), a), s);
+      sum0 = hn::Add(sum0, KlTerm(d, p0, hn::LoadU(d, log_q + i)));
+      sum1 = hn::Add(sum1, KlTerm(d, p1, hn::LoadU(d, log_q + i + lanes)));
+    }
+    total = hn::Add(total, hn::Add(sum0, sum1));
+  }
+  for (; i + lanes <= k; i += lanes) {
+    const V p = hn::Mul(hn::Add(hn::LoadU(d, current + i), a), s);
+    total = hn::Add(total, KlTerm(d, p, hn::LoadU(d, log_q + i)));
+  }
+  if (i < k) {
+    const M valid = hn::FirstN(d, k - i);
+    const V p = hn::Mul(hn::Add(LoadTail(d, current + i, k - i), a), s);
+    total = hn::Add(total, hn::IfThenElseZero(valid, KlTerm(d, p, LoadTail(d, log_q + i, k - i))));
+  }
+  return SumLanes(d, total);
+}
+
+void KlContributionsImpl(const double* HWY_RESTRICT current, size_t k, double alpha,
+                         double p_scale, const double* HWY_RESTRICT log_q,
+                         double* HWY_RESTRICT contributions) {
+  const D d;
+  const size_t lanes = hn::Lanes(d);
+  const V a = hn::Set(d, alpha);
+  const V s = hn::Set(d, p_scale);
+  size_t i = 0;
+  for (; i + lanes <= k; i += lanes) {
+    const V p = hn::Mul(hn::Add(hn::LoadU(d, current + i), a), s);
+    hn::StoreU(KlTerm(d, p, hn::LoadU(d, log_q + i)), d, contributions + i);
+  }
+  if (i < k) {
+    const V p = hn::Mul(hn::Add(LoadTail(d, current + i, k - i), a), s);
+    StoreTail(d, KlTerm(d, p, LoadTail(d, log_q + i, k - i)), contributions + i, k - i);
+  }
+}
+
+struct SumVectors {
+  V kl_pq, kl_qp, js, sq_root_diff, abs_diff, max_abs_diff, chi2, kl_empirical;
+
+  static SumVectors Zero(D d) {
+    const V zero = hn::Zero(d);
+    return SumVectors{zero, zero, zero, zero, zero, zero, zero, zero};
+  }
+  void Add(const SumVectors& block) {
+    kl_pq = hn::Add(kl_pq, block.kl_pq);
+    kl_qp = hn::Add(kl_qp, block.kl_qp);
+    js = hn::Add(js, block.js);
+    sq_root_diff = hn::Add(sq_root_diff, block.sq_root_diff);
+    abs_diff = hn::Add(abs_diff, block.abs_diff);
+    max_abs_diff = hn::Max(max_abs_diff, block.max_abs_diff);
+    chi2 = hn::Add(chi2, block.chi2);
+    kl_empirical = hn::Add(kl_empirical, block.kl_empirical);
+  }
+};
+
+// Accumulates every drift sum for one vector of bins; lanes outside `valid` contribute nothing.
+HWY_INLINE void AccumulateSums(D d, M valid, V c, V q, V log_q, V a, V p_scale, V phat_scale,
+                               SumVectors& acc) {
+  const V zero = hn::Zero(d);
+  const V p = hn::Mul(hn::Add(c, a), p_scale);
+  const M p_pos = hn::And(valid, hn::Gt(p, zero));
+  const M q_pos = hn::And(valid, hn::Gt(q, zero));
+  const V log_p = LogOrMinusInf(d, p);
+  const V m = hn::Mul(hn::Add(p, q), hn::Set(d, 0.5));
+  const V log_m = LogOrMinusInf(d, m);
+
+  acc.kl_pq = hn::Add(acc.kl_pq, hn::IfThenElseZero(p_pos, hn::Mul(p, hn::Sub(log_p, log_q))));
+  acc.kl_qp = hn::Add(acc.kl_qp, hn::IfThenElseZero(q_pos, hn::Mul(q, hn::Sub(log_q, log_p))));
+  const V js_p = hn::IfThenElseZero(p_pos, hn::Mul(p, hn::Sub(log_p, log_m)));
+  const V js_q = hn::IfThenElseZero(q_pos, hn::Mul(q, hn::Sub(log_q, log_m)));
+  acc.js = hn::Add(acc.js, hn::Add(js_p, js_q));
+
+  const V root_diff = hn::Sub(hn::Sqrt(p), hn::Sqrt(q));
+  acc.sq_root_diff = hn::MulAdd(hn::IfThenElseZero(valid, root_diff), root_diff, acc.sq_root_diff);
+  const V diff = hn::Sub(p, q);
+  const V abs_diff = hn::IfThenElseZero(valid, hn::Abs(diff));
+  acc.abs_diff = hn::Add(acc.abs_diff, abs_diff);
+  acc.max_abs_diff = hn::Max(acc.max_abs_diff, abs_diff);
+  // (p - q)^2 / q: 0 when p == q (including both 0), +inf when p > 0 == q.
+  const M differs = hn::And(valid, hn::Ne(diff, zero));
+  acc.chi2 = hn::Add(acc.chi2, hn::IfThenElseZero(differs, hn::Div(hn::Mul(diff, diff), q)));
+
+  // The G statistic uses the unsmoothed empirical shares phat = c / N_current.
+  const V phat = hn::Mul(c, phat_scale);
+  const M phat_pos = hn::And(valid, hn::Gt(phat, zero));
+  const V log_phat = hn::Log(d, hn::IfThenElse(phat_pos, phat, hn::Set(d, 1.0)));
+  acc.kl_empirical =
+      hn::Add(acc.kl_empirical, hn::IfThenElseZero(phat_pos, hn::Mul(phat, hn::Sub(log_phat, log_q))));
+}
+
+DivergenceSums ComputeDivergenceSumsImpl(const double* HWY_RESTRICT current, size_t k,
+                                         double alpha, double current_total,
+                                         const double* HWY_RESTRICT q,
+                                         const double* HWY_RESTRICT log_q) {
+  const D d;
+  const size_t lanes = hn::Lanes(d);
+  const V a = hn::Set(d, alpha);
+  const V p_scale = hn::Set(d, 1.0 / (current_total + static_cast<double>(k) * alpha));
+  const V phat_scale = hn::Set(d, 1.0 / current_total);
+  SumVectors acc = SumVectors::Zero(d);
+  const M all = hn::FirstN(d, lanes);
+  size_t i = 0;
+  while (i + lanes <= k) {
+    SumVectors block = SumVectors::Zero(d);
+    const size_t block_end = BlockEnd(i, k, lanes);
+    for (; i < block_end; i += lanes) {
+      AccumulateSums(d, all, hn::LoadU(d, current + i), hn::LoadU(d, q + i),
+                     hn::LoadU(d, log_q + i), a, p_scale, phat_scale, block);
+    }
+    acc.Add(block);
+  }
+  if (i < k) {
+    const M valid = hn::FirstN(d, k - i);
+    AccumulateSums(d, valid, LoadTail(d, current + i, k - i), LoadTail(d, q + i, k - i),
+                   LoadTail(d, log_q + i, k - i), a, p_scale, phat_scale, acc);
+  }
+  DivergenceSums sums;
+  sums.kl_pq = SumLanes(d, acc.kl_pq);
+  sums.kl_qp = SumLanes(d, acc.kl_qp);
+  sums.js_nats = 0.5 * SumLanes(d, acc.js);
+  sums.sq_root_diff = SumLanes(d, acc.sq_root_diff);
+  sums.abs_diff = SumLanes(d, acc.abs_diff);
+  sums.max_abs_diff = MaxLanes(d, acc.max_abs_diff);
+  sums.chi2 = SumLanes(d, acc.chi2);
+  sums.kl_empirical_pq = SumLanes(d, acc.kl_empirical);
+  return sums;
+}
+
+}  // namespace HWY_NAMESPACE
+}  // namespace kldrift::kernels
+HWY_AFTER_NAMESPACE();
+
+#if HWY_ONCE
+namespace kldrift::kernels {
+
+HWY_EXPORT(SummarizeCountsImpl);
+HWY_EXPORT(SmoothedSharesImpl);
+HWY_EXPORT(KlCurrentReferenceImpl);
+HWY_EXPORT(KlContributionsImpl);
+HWY_EXPORT(ComputeDivergenceSumsImpl);
+
+CountSummary SummarizeCounts(const double* counts, size_t k) {
+  return HWY_DYNAMIC_DISPATCH(SummarizeCountsImpl)(counts, k);
+}
+
+void SmoothedShares(const double* counts, size_t k, double alpha, double scale, double* shares,
+                    double* log_shares) {
+  HWY_DYNAMIC_DISPATCH(SmoothedSharesImpl)(counts, k, alpha, scale, shares, log_shares);
+}
+
+double KlCurrentReference(const double* current, size_t k, double alpha, double p_scale,
+                          const double* log_q) {
+  return HWY_DYNAMIC_DISPATCH(KlCurrentReferenceImpl)(current, k, alpha, p_scale, log_q);
+}
+
+void KlContributions(const double* current, size_t k, double alpha, double p_scale,
+                     const double* log_q, double* contributions) {
+  HWY_DYNAMIC_DISPATCH(KlContributionsImpl)(current, k, alpha, p_scale, log_q, contributions);
+}
+
+DivergenceSums ComputeDivergenceSums(const double* current, size_t k, double alpha,
+                                     double current_total, const double* q, const double* log_q) {
+  return HWY_DYNAMIC_DISPATCH(ComputeDivergenceSumsImpl)(current, k, alpha, current_total, q,
+                                                        log_q);
+}
+
+}  // namespace kldrift::kernels
+#endif  // HWY_ONCE
