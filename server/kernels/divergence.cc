@@ -76,12 +76,31 @@ HWY_INLINE V KlTerm(D d, V p, V log_q) {
   return hn::IfThenElseZero(positive, hn::Mul(p, hn::Sub(log_p, log_q)));
 }
 
-double KlCurrentReferenceImpl(const double* HWY_RESTRICT current, size_t k, double alpha,
+// log p for shares known to be normal numbers (> DBL_MIN): no zero or subnormal handling needed.
+HWY_INLINE V LogOfNormal(D d, V p) { return hn::impl::Log<D, V, /*kAllowSubnormals=*/false>(d, p); }
+
+// With alpha > 0 every smoothed share is >= alpha * p_scale; when that is a normal number no lane
+// can be zero or subnormal, and the masks and subnormal scaling can be skipped.
+HWY_INLINE bool SharesAreNormal(double alpha, double p_scale) {
+  return alpha > 0 && alpha * p_scale >= std::numeric_limits<double>::min();
+}
+
+template <bool kSharesAreNormal>
+double KlCurrentReferenceLoop(const double* HWY_RESTRICT current, size_t k, double alpha,
                               double p_scale, const double* HWY_RESTRICT log_q) {
   const D d;
   const size_t lanes = hn::Lanes(d);
-  const V a = hn::Set(d, alpha);
   const V s = hn::Set(d, p_scale);
+  const V a = hn::Set(d, alpha);
+  // Rounded exactly as SmoothedShares rounds, so equal histograms give exactly zero.
+  auto share = [&](V c) { return hn::Mul(hn::Add(c, a), s); };
+  auto accumulate = [&](V sum, V p, V lq) {
+    if constexpr (kSharesAreNormal) {
+      return hn::MulAdd(p, hn::Sub(LogOfNormal(d, p), lq), sum);
+    } else {
+      return hn::Add(sum, KlTerm(d, p, lq));
+    }
+  };
   V total = hn::Zero(d);
   size_t i = 0;
   while (i + 2 * lanes <= k) {
@@ -90,23 +109,28 @@ double KlCurrentReferenceImpl(const double* HWY_RESTRICT current, size_t k, doub
     V sum1 = hn::Zero(d);
     const size_t block_end = BlockEnd(i, k, 2 * lanes);
     for (; i < block_end; i += 2 * lanes) {
-      const V p0 = hn::Mul(hn::Add(hn::LoadU(d, current + i), a), s);
-      const V p1 = hn::Mul(hn::Add(hn::LoadU(d, current + i + lanes), a), s);
-      sum0 = hn::Add(sum0, KlTerm(d, p0, hn::LoadU(d, log_q + i)));
-      sum1 = hn::Add(sum1, KlTerm(d, p1, hn::LoadU(d, log_q + i + lanes)));
+      sum0 = accumulate(sum0, share(hn::LoadU(d, current + i)), hn::LoadU(d, log_q + i));
+      sum1 = accumulate(sum1, share(hn::LoadU(d, current + i + lanes)),
+                        hn::LoadU(d, log_q + i + lanes));
     }
     total = hn::Add(total, hn::Add(sum0, sum1));
   }
   for (; i + lanes <= k; i += lanes) {
-    const V p = hn::Mul(hn::Add(hn::LoadU(d, current + i), a), s);
-    total = hn::Add(total, KlTerm(d, p, hn::LoadU(d, log_q + i)));
+    total = accumulate(total, share(hn::LoadU(d, current + i)), hn::LoadU(d, log_q + i));
   }
   if (i < k) {
     const M valid = hn::FirstN(d, k - i);
-    const V p = hn::Mul(hn::Add(LoadTail(d, current + i, k - i), a), s);
+    const V p = share(LoadTail(d, current + i, k - i));
     total = hn::Add(total, hn::IfThenElseZero(valid, KlTerm(d, p, LoadTail(d, log_q + i, k - i))));
   }
   return SumLanes(d, total);
+}
+
+double KlCurrentReferenceImpl(const double* HWY_RESTRICT current, size_t k, double alpha,
+                              double p_scale, const double* HWY_RESTRICT log_q) {
+  return SharesAreNormal(alpha, p_scale)
+             ? KlCurrentReferenceLoop<true>(current, k, alpha, p_scale, log_q)
+             : KlCurrentReferenceLoop<false>(current, k, alpha, p_scale, log_q);
 }
 
 void KlContributionsImpl(const double* HWY_RESTRICT current, size_t k, double alpha,
@@ -147,15 +171,23 @@ struct SumVectors {
 };
 
 // Accumulates every drift sum for one vector of bins; lanes outside `valid` contribute nothing.
+// kSharesAreNormal: every p (and so every m = (p + q) / 2) is a normal number, see SharesAreNormal.
+template <bool kSharesAreNormal>
 HWY_INLINE void AccumulateSums(D d, M valid, V c, V q, V log_q, V a, V p_scale, V phat_scale,
                                SumVectors& acc) {
   const V zero = hn::Zero(d);
   const V p = hn::Mul(hn::Add(c, a), p_scale);
   const M p_pos = hn::And(valid, hn::Gt(p, zero));
   const M q_pos = hn::And(valid, hn::Gt(q, zero));
-  const V log_p = LogOrMinusInf(d, p);
   const V m = hn::Mul(hn::Add(p, q), hn::Set(d, 0.5));
-  const V log_m = LogOrMinusInf(d, m);
+  V log_p, log_m;
+  if constexpr (kSharesAreNormal) {
+    log_p = LogOfNormal(d, p);
+    log_m = LogOfNormal(d, m);
+  } else {
+    log_p = LogOrMinusInf(d, p);
+    log_m = LogOrMinusInf(d, m);
+  }
 
   acc.kl_pq = hn::Add(acc.kl_pq, hn::IfThenElseZero(p_pos, hn::Mul(p, hn::Sub(log_p, log_q))));
   acc.kl_qp = hn::Add(acc.kl_qp, hn::IfThenElseZero(q_pos, hn::Mul(q, hn::Sub(log_q, log_p))));
@@ -181,15 +213,12 @@ HWY_INLINE void AccumulateSums(D d, M valid, V c, V q, V log_q, V a, V p_scale, 
       hn::Add(acc.kl_empirical, hn::IfThenElseZero(phat_pos, hn::Mul(phat, hn::Sub(log_phat, log_q))));
 }
 
-DivergenceSums ComputeDivergenceSumsImpl(const double* HWY_RESTRICT current, size_t k,
-                                         double alpha, double current_total,
-                                         const double* HWY_RESTRICT q,
-                                         const double* HWY_RESTRICT log_q) {
+template <bool kSharesAreNormal>
+SumVectors DivergenceSumsLoop(const double* HWY_RESTRICT current, size_t k, V a, V p_scale,
+                              V phat_scale, const double* HWY_RESTRICT q,
+                              const double* HWY_RESTRICT log_q) {
   const D d;
   const size_t lanes = hn::Lanes(d);
-  const V a = hn::Set(d, alpha);
-  const V p_scale = hn::Set(d, 1.0 / (current_total + static_cast<double>(k) * alpha));
-  const V phat_scale = hn::Set(d, 1.0 / current_total);
   SumVectors acc = SumVectors::Zero(d);
   const M all = hn::FirstN(d, lanes);
   size_t i = 0;
@@ -197,16 +226,32 @@ DivergenceSums ComputeDivergenceSumsImpl(const double* HWY_RESTRICT current, siz
     SumVectors block = SumVectors::Zero(d);
     const size_t block_end = BlockEnd(i, k, lanes);
     for (; i < block_end; i += lanes) {
-      AccumulateSums(d, all, hn::LoadU(d, current + i), hn::LoadU(d, q + i),
-                     hn::LoadU(d, log_q + i), a, p_scale, phat_scale, block);
+      AccumulateSums<kSharesAreNormal>(d, all, hn::LoadU(d, current + i), hn::LoadU(d, q + i),
+                                       hn::LoadU(d, log_q + i), a, p_scale, phat_scale, block);
     }
     acc.Add(block);
   }
   if (i < k) {
     const M valid = hn::FirstN(d, k - i);
-    AccumulateSums(d, valid, LoadTail(d, current + i, k - i), LoadTail(d, q + i, k - i),
-                   LoadTail(d, log_q + i, k - i), a, p_scale, phat_scale, acc);
+    AccumulateSums<false>(d, valid, LoadTail(d, current + i, k - i), LoadTail(d, q + i, k - i),
+                          LoadTail(d, log_q + i, k - i), a, p_scale, phat_scale, acc);
   }
+  return acc;
+}
+
+DivergenceSums ComputeDivergenceSumsImpl(const double* HWY_RESTRICT current, size_t k,
+                                         double alpha, double current_total,
+                                         const double* HWY_RESTRICT q,
+                                         const double* HWY_RESTRICT log_q) {
+  const D d;
+  const double p_scale = 1.0 / (current_total + static_cast<double>(k) * alpha);
+  const V a = hn::Set(d, alpha);
+  const V ps = hn::Set(d, p_scale);
+  const V phat_scale = hn::Set(d, 1.0 / current_total);
+  const SumVectors acc =
+      SharesAreNormal(alpha, p_scale)
+          ? DivergenceSumsLoop<true>(current, k, a, ps, phat_scale, q, log_q)
+          : DivergenceSumsLoop<false>(current, k, a, ps, phat_scale, q, log_q);
   DivergenceSums sums;
   sums.kl_pq = SumLanes(d, acc.kl_pq);
   sums.kl_qp = SumLanes(d, acc.kl_qp);
