@@ -1,0 +1,22 @@
+# kldrift image: built with the same install script and CMake commands as CI (deploy/build.sh).
+# No Docker engine runs on the development machines; keep these steps identical to what CI runs.
+
+FROM debian:12 AS build
+WORKDIR /src
+COPY . .
+# Same script as the README and CI: installs missing Debian packages, builds Release.
+RUN bash deploy/build.sh -DKLDRIFT_BUILD_TESTS=OFF -DKLDRIFT_BUILD_BENCHMARKS=OFF \
+ && cmake --install build/release --prefix /opt/kldrift
+
+FROM debian:12 AS runtime
+COPY deploy/install-deps.sh /tmp/install-deps.sh
+RUN bash /tmp/install-deps.sh --runtime && rm -rf /var/lib/apt/lists/* /tmp/install-deps.sh \
+ && useradd --system --uid 10001 --home-dir /var/lib/kldrift --create-home kldrift
+COPY --from=build /opt/kldrift/bin/ /usr/local/bin/
+COPY deploy/examples/ /usr/share/kldrift/examples/
+USER kldrift
+WORKDIR /var/lib/kldrift
+# Until kldriftd lands (issue 3) the image carries the CLI; this checks it runs end to end.
+HEALTHCHECK CMD ["kldrift", "compare", "--reference", "/usr/share/kldrift/examples/reference.json", "--current", "/usr/share/kldrift/examples/current.json", "--json"]
+ENTRYPOINT ["kldrift"]
+CMD ["--help"]

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The whole test suite: installs missing packages, builds Release and runs every test with CTest,
+# then builds again with AddressSanitizer + UndefinedBehaviorSanitizer and runs the suite again.
+# .ci/run calls exactly this.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+jobs=$(nproc)
+
+bash deploy/build.sh
+echo "== Release suite"
+ctest --test-dir build/release --output-on-failure -j "$jobs"
+
+echo "== ASan+UBSan suite"
+cmake -S . -B build/asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKLDRIFT_SANITIZE=ON \
+  -DKLDRIFT_BUILD_BENCHMARKS=OFF
+cmake --build build/asan -j "$jobs"
+ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+  ctest --test-dir build/asan --output-on-failure -j "$jobs"
