@@ -1,11 +1,15 @@
-// BinLayout: the frozen buckets a reference defines, so that every observation lands somewhere.
+// BinLayout: the frozen buckets a reference defines, so that every observation
+// lands somewhere.
 //
-// Bins are fixed when a reference is registered and never recomputed per comparison (recomputing
-// bins per comparison, as several Python drift tools do, makes two reports incomparable).
+// Bins are fixed when a reference is registered and never recomputed per
+// comparison (recomputing bins per comparison, as several Python drift tools
+// do, makes two reports incomparable).
 //   numeric      E strictly increasing finite edges -> K = E + 2 buckets:
-//                [underflow, [e0,e1), ..., [e(E-2),e(E-1)), overflow, NaN] (see kernels/binning.h)
-//   categorical  C distinct labels -> K = C + 1 buckets: the labels in order, then "unseen"
-//   pre-binned   K buckets whose meaning the client defines ("bin 0" ... "bin K-1")
+//                [underflow, [e0,e1), ..., [e(E-2),e(E-1)), overflow, NaN] (see
+//                kernels/binning.h)
+//   categorical  C distinct labels -> K = C + 1 buckets: the labels in order,
+//   then "unseen" pre-binned   K buckets whose meaning the client defines ("bin
+//   0" ... "bin K-1")
 //
 // Thread safety: immutable after construction; safe to share between threads.
 //
@@ -34,29 +38,33 @@ class BinLayout {
  public:
   enum class Kind { kNumeric, kCategorical, kPreBinned };
 
-  // Fails with INVALID_ARGUMENT unless there are >= 2 finite, strictly increasing edges.
+  // Fails with INVALID_ARGUMENT unless there are >= 2 finite, strictly
+  // increasing edges.
   static absl::StatusOr<BinLayout> Numeric(std::vector<double> edges);
   // Fails with INVALID_ARGUMENT on no labels, an empty label or a duplicate.
-  static absl::StatusOr<BinLayout> Categorical(std::vector<std::string> categories);
+  static absl::StatusOr<BinLayout> Categorical(
+      std::vector<std::string> categories);
   // Fails with INVALID_ARGUMENT when bins == 0.
   static absl::StatusOr<BinLayout> PreBinned(size_t bins);
 
   Kind kind() const { return kind_; }
-  // K: the number of buckets, including the automatic underflow/overflow/NaN or unseen ones.
+  // K: the number of buckets, including the automatic underflow/overflow/NaN or
+  // unseen ones.
   size_t size() const { return size_; }
   const std::vector<double>& edges() const { return edges_; }
   const std::vector<std::string>& categories() const { return categories_; }
 
-  // A human-readable name for bucket `bin`, e.g. "[0.5, 1)", "< 0", ">= 1", "NaN", "cat", "bin 3".
-  // REQUIRES: bin < size().
+  // A human-readable name for bucket `bin`, e.g. "[0.5, 1)", "< 0", ">= 1",
+  // "NaN", "cat", "bin 3". REQUIRES: bin < size().
   std::string BinLabel(size_t bin) const;
 
-  // Numeric layouts: adds 1 to counts[bucket of v] for every v in values (NaN and +-inf included).
-  // REQUIRES: kind() == kNumeric, counts.size() == size().
-  void AddValues(absl::Span<const double> values, absl::Span<double> counts) const;
+  // Numeric layouts: adds 1 to counts[bucket of v] for every v in values (NaN
+  // and +-inf included). REQUIRES: kind() == kNumeric, counts.size() == size().
+  void AddValues(absl::Span<const double> values,
+                 absl::Span<double> counts) const;
 
-  // Categorical layouts: the bucket of `label`, or the unseen bucket for an unknown label.
-  // REQUIRES: kind() == kCategorical.
+  // Categorical layouts: the bucket of `label`, or the unseen bucket for an
+  // unknown label. REQUIRES: kind() == kCategorical.
   size_t CategoryBin(absl::string_view label) const;
 
  private:
@@ -65,7 +73,8 @@ class BinLayout {
   Kind kind_;
   size_t size_;
   std::vector<double> edges_;
-  std::vector<double> search_edges_;  // edges_ padded with NaN for kernels::BinIndices.
+  std::vector<double>
+      search_edges_;  // edges_ padded with NaN for kernels::BinIndices.
   std::vector<std::string> categories_;
   absl::flat_hash_map<std::string, size_t> category_bins_;
 };

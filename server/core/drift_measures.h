@@ -1,27 +1,33 @@
-// DriftMeasures: every divergence between a current histogram and a reference, under the names the
-// CLI and the service share (kl_current_reference, js_bits, psi, ...).
+// DriftMeasures: every divergence between a current histogram and a reference,
+// under the names the CLI and the service share (kl_current_reference, js_bits,
+// psi, ...).
 //
-// Smoothing: a Dirichlet prior of `alpha` pseudo-counts per bin, applied identically to both sides,
-// then normalised (the posterior mean). The default alpha = 0.5 is the Krichevsky-Trofimov / Jeffreys
-// prior: the minimax choice for coding an unknown distribution, small enough that well-populated
-// bins are barely moved, and it keeps every divergence finite. alpha = 0 is allowed: a bin with
-// current mass and no reference mass then gives +inf (never NaN).
+// Smoothing: a Dirichlet prior of `alpha` pseudo-counts per bin, applied
+// identically to both sides, then normalised (the posterior mean). The default
+// alpha = 0.5 is the Krichevsky-Trofimov / Jeffreys prior: the minimax choice
+// for coding an unknown distribution, small enough that well-populated bins are
+// barely moved, and it keeps every divergence finite. alpha = 0 is allowed: a
+// bin with current mass and no reference mass then gives +inf (never NaN).
 //
 // Direction is explicit: P is *current* (production), Q is the *reference*.
-//   kl_current_reference  KL(P||Q) in nats: how badly the reference explains production.
-//   kl_reference_current  KL(Q||P) in nats.
-//   jeffreys, psi         KL(P||Q) + KL(Q||P) (PSI is the same quantity in credit-scoring terms).
-//   js_bits               Jensen-Shannon divergence in bits, in [0, 1].
-//   hellinger             Hellinger distance sqrt(1/2 sum (sqrt p - sqrt q)^2), in [0, 1].
-//   total_variation       1/2 sum |p - q|, in [0, 1].
-//   l_inf                 max |p - q| (the TFDV/SageMaker categorical measure).
-//   chi2                  Pearson chi-squared divergence sum (p - q)^2 / q; times samples_current it
+//   kl_current_reference  KL(P||Q) in nats: how badly the reference explains
+//   production. kl_reference_current  KL(Q||P) in nats. jeffreys, psi KL(P||Q)
+//   + KL(Q||P) (PSI is the same quantity in credit-scoring terms). js_bits
+//   Jensen-Shannon divergence in bits, in [0, 1]. hellinger Hellinger distance
+//   sqrt(1/2 sum (sqrt p - sqrt q)^2), in [0, 1]. total_variation       1/2 sum
+//   |p - q|, in [0, 1]. l_inf                 max |p - q| (the TFDV/SageMaker
+//   categorical measure). chi2                  Pearson chi-squared divergence
+//   sum (p - q)^2 / q; times samples_current it
 //                         is Pearson's statistic.
-//   g_test_p_value        Pr[chi2(K-1) >= G], G = 2 N_current KL(Phat||Q) with Phat the unsmoothed
-//                         current shares: the evidence that production differs from the reference.
-// Divergences are clamped to their mathematical range, so rounding never reports KL = -1e-17.
+//   g_test_p_value        Pr[chi2(K-1) >= G], G = 2 N_current KL(Phat||Q) with
+//   Phat the unsmoothed
+//                         current shares: the evidence that production differs
+//                         from the reference.
+// Divergences are clamped to their mathematical range, so rounding never
+// reports KL = -1e-17.
 //
-// Thread safety: ReferenceProfile is immutable and safe to share; the functions are pure.
+// Thread safety: ReferenceProfile is immutable and safe to share; the functions
+// are pure.
 #ifndef KLDRIFT_SERVER_CORE_DRIFT_MEASURES_H_
 #define KLDRIFT_SERVER_CORE_DRIFT_MEASURES_H_
 
@@ -37,12 +43,14 @@ namespace kldrift {
 
 inline constexpr double kDefaultAlpha = 0.5;
 
-// A reference histogram prepared for fast comparison: smoothed shares q and log q, computed once.
+// A reference histogram prepared for fast comparison: smoothed shares q and log
+// q, computed once.
 class ReferenceProfile {
  public:
-  // Fails with INVALID_ARGUMENT when counts is empty, has a negative or non-finite entry, sums to
-  // zero, or alpha is negative or not finite.
-  static absl::StatusOr<ReferenceProfile> Create(std::vector<double> counts, double alpha);
+  // Fails with INVALID_ARGUMENT when counts is empty, has a negative or
+  // non-finite entry, sums to zero, or alpha is negative or not finite.
+  static absl::StatusOr<ReferenceProfile> Create(std::vector<double> counts,
+                                                 double alpha);
 
   size_t size() const { return counts_.size(); }
   double alpha() const { return alpha_; }
@@ -61,7 +69,8 @@ class ReferenceProfile {
   std::vector<double> log_shares_;
 };
 
-// One bin's part in the drift: its shares on both sides and its term p log(p/q) of KL(P||Q).
+// One bin's part in the drift: its shares on both sides and its term p log(p/q)
+// of KL(P||Q).
 struct BinContribution {
   size_t bin = 0;
   std::string label;
@@ -88,15 +97,17 @@ struct DriftMeasures {
   std::vector<BinContribution> top_bins;
 };
 
-// Checks `current` (K entries, finite, >= 0, not all zero) against `reference` and computes every
-// measure plus the `top_k` most contributing bins. `layout`, if given, names the bins.
-// Errors: INVALID_ARGUMENT with a message naming the offending bin or size.
-absl::StatusOr<DriftMeasures> ComputeDriftMeasures(const ReferenceProfile& reference,
-                                                   absl::Span<const double> current, size_t top_k,
-                                                   const BinLayout* layout = nullptr);
+// Checks `current` (K entries, finite, >= 0, not all zero) against `reference`
+// and computes every measure plus the `top_k` most contributing bins. `layout`,
+// if given, names the bins. Errors: INVALID_ARGUMENT with a message naming the
+// offending bin or size.
+absl::StatusOr<DriftMeasures> ComputeDriftMeasures(
+    const ReferenceProfile& reference, absl::Span<const double> current,
+    size_t top_k, const BinLayout* layout = nullptr);
 
-// The G-test p-value for `current_samples` observations whose empirical KL from the reference is
-// `kl_empirical`, over `bins` bins (K - 1 degrees of freedom; 1 when K == 1).
+// The G-test p-value for `current_samples` observations whose empirical KL from
+// the reference is `kl_empirical`, over `bins` bins (K - 1 degrees of freedom;
+// 1 when K == 1).
 double GTestPValue(double kl_empirical, double current_samples, size_t bins);
 
 }  // namespace kldrift
