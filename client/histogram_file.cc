@@ -21,9 +21,8 @@ constexpr double kMaxCount = 9007199254740992.0;
 
 absl::Status CheckCount(double count, absl::string_view where) {
   if (!std::isfinite(count) || count < 0 || count != std::floor(count) || count > kMaxCount) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(where, ": ", count,
-                     " is not a valid count; counts are integers from 0 to 2^53"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        where, ": ", count, " is not a valid count; counts are integers from 0 to 2^53"));
   }
   return absl::OkStatus();
 }
@@ -41,8 +40,8 @@ absl::Status ParseJson(absl::string_view text, Message* message, absl::string_vi
   const auto status =
       google::protobuf::util::JsonStringToMessage(std::string(text), message, options);
   if (!status.ok()) {
-    return absl::InvalidArgumentError(absl::StrCat("invalid JSON (expected ", format,
-                                                   "): ", std::string(status.message())));
+    return absl::InvalidArgumentError(
+        absl::StrCat("invalid JSON (expected ", format, "): ", std::string(status.message())));
   }
   return absl::OkStatus();
 }
@@ -63,13 +62,12 @@ absl::StatusOr<HistogramData> ParseCsv(absl::string_view text) {
         first_content_line = false;
         continue;
       }
-      return absl::InvalidArgumentError(absl::StrCat(
-          "line ", line_number, ": \"", line,
-          "\" is not a number; a CSV histogram has one count per line"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("line ", line_number, ": \"", line,
+                       "\" is not a number; a CSV histogram has one count per line"));
     }
     first_content_line = false;
-    if (absl::Status status = CheckCount(count, absl::StrCat("line ", line_number));
-        !status.ok()) {
+    if (absl::Status status = CheckCount(count, absl::StrCat("line ", line_number)); !status.ok()) {
       return status;
     }
     data.counts.push_back(count);
@@ -120,9 +118,8 @@ absl::StatusOr<GaussianData> ParseGaussian(absl::string_view text) {
     return absl::InvalidArgumentError("\"mean\" is missing or empty");
   }
   if (file.mean_size() != file.var_size()) {
-    return absl::InvalidArgumentError(absl::StrCat("\"mean\" has ", file.mean_size(),
-                                                   " dimensions but \"var\" has ",
-                                                   file.var_size()));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "\"mean\" has ", file.mean_size(), " dimensions but \"var\" has ", file.var_size()));
   }
   for (int i = 0; i < file.mean_size(); ++i) {
     if (!std::isfinite(file.mean(i))) {
@@ -159,10 +156,10 @@ absl::StatusOr<std::vector<double>> ExpandNumericCounts(const std::vector<double
     std::copy(counts.begin(), counts.end(), full.begin() + 1);
     return full;
   }
-  return absl::InvalidArgumentError(absl::StrCat(
-      num_edges, " edges make ", num_edges - 1, " bins, but there are ", counts.size(),
-      " counts; give ", num_edges - 1, " counts (one per bin) or ", num_edges + 2,
-      " (underflow, the bins, overflow, NaN)"));
+  return absl::InvalidArgumentError(
+      absl::StrCat(num_edges, " edges make ", num_edges - 1, " bins, but there are ", counts.size(),
+                   " counts; give ", num_edges - 1, " counts (one per bin) or ", num_edges + 2,
+                   " (underflow, the bins, overflow, NaN)"));
 }
 
 absl::StatusOr<std::vector<double>> ExpandCategoricalCounts(const std::vector<double>& counts,
@@ -232,9 +229,9 @@ absl::StatusOr<std::vector<double>> AlignToReference(const LaidOutHistogram& ref
     }
     if (current.counts.size() != current.categories.size() &&
         current.counts.size() != current.categories.size() + 1) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "the current histogram has ", current.categories.size(), " categories but ",
-          current.counts.size(), " counts"));
+      return absl::InvalidArgumentError(absl::StrCat("the current histogram has ",
+                                                     current.categories.size(), " categories but ",
+                                                     current.counts.size(), " counts"));
     }
     std::vector<double> aligned(layout.size(), 0.0);
     absl::flat_hash_map<absl::string_view, size_t> seen;
@@ -261,9 +258,8 @@ absl::StatusOr<std::vector<double>> AlignToReference(const LaidOutHistogram& ref
   if (layout.kind() == BinLayout::Kind::kCategorical) {
     return ExpandCategoricalCounts(current.counts, layout.categories().size());
   }
-  return absl::InvalidArgumentError(absl::StrCat("the current histogram has ",
-                                                 current.counts.size(),
-                                                 " bins but the reference has ", k));
+  return absl::InvalidArgumentError(absl::StrCat(
+      "the current histogram has ", current.counts.size(), " bins but the reference has ", k));
 }
 
 }  // namespace kldrift

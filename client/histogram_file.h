@@ -24,8 +24,8 @@ namespace kldrift {
 // A histogram as written in a file, before it is laid out.
 struct HistogramData {
   std::vector<double> counts;
-  std::vector<double> edges;             // Numeric bins, if given.
-  std::vector<std::string> categories;   // Categorical bins, if given.
+  std::vector<double> edges;            // Numeric bins, if given.
+  std::vector<std::string> categories;  // Categorical bins, if given.
 };
 
 // A reference histogram in its full bin layout (automatic buckets included).

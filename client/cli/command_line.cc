@@ -15,14 +15,12 @@ std::optional<std::string> ParsedFlags::Get(const std::string& name) const {
   return it->second;
 }
 
-absl::StatusOr<double> ParsedFlags::GetDouble(const std::string& name,
-                                              double default_value) const {
+absl::StatusOr<double> ParsedFlags::GetDouble(const std::string& name, double default_value) const {
   std::optional<std::string> value = Get(name);
   if (!value) return default_value;
   double parsed;
   if (!absl::SimpleAtod(*value, &parsed) || std::isnan(parsed)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--", name, "=", *value, " is not a number"));
+    return absl::InvalidArgumentError(absl::StrCat("--", name, "=", *value, " is not a number"));
   }
   return parsed;
 }

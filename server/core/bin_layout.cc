@@ -26,47 +26,43 @@ std::string EdgeText(double edge) {
 absl::StatusOr<BinLayout> BinLayout::Numeric(std::vector<double> edges) {
   if (edges.size() < 2) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "a numeric reference needs at least 2 bin edges (one bin), got ",
-        edges.size()));
+        "a numeric reference needs at least 2 bin edges (one bin), got ", edges.size()));
   }
   for (size_t i = 0; i < edges.size(); ++i) {
     if (!std::isfinite(edges[i])) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "edges[", i, "] = ", edges[i],
-          " is not finite; use finite edges (values beyond them go to the "
-          "underflow/overflow buckets automatically)"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("edges[", i, "] = ", edges[i],
+                       " is not finite; use finite edges (values beyond them go to the "
+                       "underflow/overflow buckets automatically)"));
     }
     if (i > 0 && !(edges[i] > edges[i - 1])) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "edges[", i, "] = ", edges[i], " is not greater than edges[", i - 1,
-          "] = ", edges[i - 1], "; edges must be strictly increasing"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("edges[", i, "] = ", edges[i], " is not greater than edges[", i - 1,
+                       "] = ", edges[i - 1], "; edges must be strictly increasing"));
     }
   }
   BinLayout layout(Kind::kNumeric, edges.size() + 2);
   layout.search_edges_.resize(kernels::SearchEdgesSize(edges.size()));
-  kernels::PadEdgesForSearch(edges.data(), edges.size(),
-                             layout.search_edges_.data());
+  kernels::PadEdgesForSearch(edges.data(), edges.size(), layout.search_edges_.data());
   layout.edges_ = std::move(edges);
   return layout;
 }
 
-absl::StatusOr<BinLayout> BinLayout::Categorical(
-    std::vector<std::string> categories) {
+absl::StatusOr<BinLayout> BinLayout::Categorical(std::vector<std::string> categories) {
   if (categories.empty()) {
-    return absl::InvalidArgumentError(
-        "a categorical reference needs at least one category");
+    return absl::InvalidArgumentError("a categorical reference needs at least one category");
   }
   BinLayout layout(Kind::kCategorical, categories.size() + 1);
   for (size_t i = 0; i < categories.size(); ++i) {
     if (categories[i].empty()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "category ", i, " is an empty string; every category needs a label"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("category ", i, " is an empty string; every category needs a label"));
     }
     auto [it, inserted] = layout.category_bins_.try_emplace(categories[i], i);
     if (!inserted) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "category \"", categories[i], "\" appears twice (positions ",
-          it->second, " and ", i, "); labels must be unique"));
+      return absl::InvalidArgumentError(absl::StrCat("category \"", categories[i],
+                                                     "\" appears twice (positions ", it->second,
+                                                     " and ", i, "); labels must be unique"));
     }
   }
   layout.categories_ = std::move(categories);
@@ -75,8 +71,7 @@ absl::StatusOr<BinLayout> BinLayout::Categorical(
 
 absl::StatusOr<BinLayout> BinLayout::PreBinned(size_t bins) {
   if (bins == 0) {
-    return absl::InvalidArgumentError(
-        "a pre-binned reference needs at least one bin");
+    return absl::InvalidArgumentError("a pre-binned reference needs at least one bin");
   }
   return BinLayout(Kind::kPreBinned, bins);
 }
@@ -88,27 +83,23 @@ std::string BinLayout::BinLabel(size_t bin) const {
       if (bin == 0) return absl::StrCat("< ", EdgeText(edges_.front()));
       if (bin == num_edges) return absl::StrCat(">= ", EdgeText(edges_.back()));
       if (bin == num_edges + 1) return "NaN";
-      return absl::StrCat("[", EdgeText(edges_[bin - 1]), ", ",
-                          EdgeText(edges_[bin]), ")");
+      return absl::StrCat("[", EdgeText(edges_[bin - 1]), ", ", EdgeText(edges_[bin]), ")");
     }
     case Kind::kCategorical:
-      return bin < categories_.size() ? categories_[bin]
-                                      : std::string(kUnseenCategoryLabel);
+      return bin < categories_.size() ? categories_[bin] : std::string(kUnseenCategoryLabel);
     case Kind::kPreBinned:
       return absl::StrCat("bin ", bin);
   }
   return absl::StrCat("bin ", bin);
 }
 
-void BinLayout::AddValues(absl::Span<const double> values,
-                          absl::Span<double> counts) const {
+void BinLayout::AddValues(absl::Span<const double> values, absl::Span<double> counts) const {
   // Bin in fixed-size chunks so the index buffer stays on the stack and in L1.
   constexpr size_t kChunk = 512;
   uint32_t bins[kChunk];
   for (size_t begin = 0; begin < values.size(); begin += kChunk) {
     const size_t n = std::min(kChunk, values.size() - begin);
-    kernels::BinIndices(values.data() + begin, n, search_edges_.data(),
-                        edges_.size(), bins);
+    kernels::BinIndices(values.data() + begin, n, search_edges_.data(), edges_.size(), bins);
     for (size_t j = 0; j < n; ++j) {
       counts[bins[j]] += 1;
     }

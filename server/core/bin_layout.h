@@ -42,8 +42,7 @@ class BinLayout {
   // increasing edges.
   static absl::StatusOr<BinLayout> Numeric(std::vector<double> edges);
   // Fails with INVALID_ARGUMENT on no labels, an empty label or a duplicate.
-  static absl::StatusOr<BinLayout> Categorical(
-      std::vector<std::string> categories);
+  static absl::StatusOr<BinLayout> Categorical(std::vector<std::string> categories);
   // Fails with INVALID_ARGUMENT when bins == 0.
   static absl::StatusOr<BinLayout> PreBinned(size_t bins);
 
@@ -60,8 +59,7 @@ class BinLayout {
 
   // Numeric layouts: adds 1 to counts[bucket of v] for every v in values (NaN
   // and +-inf included). REQUIRES: kind() == kNumeric, counts.size() == size().
-  void AddValues(absl::Span<const double> values,
-                 absl::Span<double> counts) const;
+  void AddValues(absl::Span<const double> values, absl::Span<double> counts) const;
 
   // Categorical layouts: the bucket of `label`, or the unseen bucket for an
   // unknown label. REQUIRES: kind() == kCategorical.
@@ -73,8 +71,7 @@ class BinLayout {
   Kind kind_;
   size_t size_;
   std::vector<double> edges_;
-  std::vector<double>
-      search_edges_;  // edges_ padded with NaN for kernels::BinIndices.
+  std::vector<double> search_edges_;  // edges_ padded with NaN for kernels::BinIndices.
   std::vector<std::string> categories_;
   absl::flat_hash_map<std::string, size_t> category_bins_;
 };

@@ -26,8 +26,7 @@ constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 
 // Counts per bucket of `values` binned by `layout` in a single AddValues()
 // call.
-std::vector<double> Histogram(const BinLayout& layout,
-                              const std::vector<double>& values) {
+std::vector<double> Histogram(const BinLayout& layout, const std::vector<double>& values) {
   std::vector<double> counts(layout.size(), 0.0);
   layout.AddValues(values, absl::MakeSpan(counts));
   return counts;
@@ -48,8 +47,7 @@ std::vector<double> OracleHistogram(const std::vector<double>& edges,
 TEST(BinLayoutNumeric, SizeIsEdgesPlusTwo) {
   for (size_t num_edges : {2, 3, 4, 10, 1000}) {
     std::vector<double> edges(num_edges);
-    for (size_t i = 0; i < num_edges; ++i)
-      edges[i] = static_cast<double>(i) * 0.25 - 1.0;
+    for (size_t i = 0; i < num_edges; ++i) edges[i] = static_cast<double>(i) * 0.25 - 1.0;
     absl::StatusOr<BinLayout> layout = BinLayout::Numeric(edges);
     ASSERT_TRUE(layout.ok()) << layout.status();
     EXPECT_EQ(layout->kind(), BinLayout::Kind::kNumeric);
@@ -60,14 +58,12 @@ TEST(BinLayoutNumeric, SizeIsEdgesPlusTwo) {
 }
 
 TEST(BinLayoutNumeric, RejectsFewerThanTwoEdges) {
-  for (const std::vector<double>& edges :
-       {std::vector<double>{}, std::vector<double>{1.0}}) {
+  for (const std::vector<double>& edges : {std::vector<double>{}, std::vector<double>{1.0}}) {
     absl::StatusOr<BinLayout> layout = BinLayout::Numeric(edges);
     ASSERT_FALSE(layout.ok());
     EXPECT_EQ(layout.status().code(), absl::StatusCode::kInvalidArgument);
     EXPECT_THAT(layout.status().message(),
-                AllOf(HasSubstr("at least 2"),
-                      HasSubstr(absl::StrCat("got ", edges.size()))));
+                AllOf(HasSubstr("at least 2"), HasSubstr(absl::StrCat("got ", edges.size()))));
   }
 }
 
@@ -89,9 +85,9 @@ TEST(BinLayoutNumeric, RejectsNonFiniteEdgesNamingPositionAndValue) {
     absl::StatusOr<BinLayout> layout = BinLayout::Numeric(c.edges);
     ASSERT_FALSE(layout.ok());
     EXPECT_EQ(layout.status().code(), absl::StatusCode::kInvalidArgument);
-    EXPECT_THAT(layout.status().message(),
-                AllOf(HasSubstr(absl::StrCat(c.position, " = ", c.value)),
-                      HasSubstr("not finite")));
+    EXPECT_THAT(
+        layout.status().message(),
+        AllOf(HasSubstr(absl::StrCat(c.position, " = ", c.value)), HasSubstr("not finite")));
   }
 }
 
@@ -105,9 +101,7 @@ TEST(BinLayoutNumeric, RejectsEqualOrDecreasingEdgesNamingBoth) {
       {{0.0, 1.0, 1.0, 2.0}, "edges[2] = 1", "edges[1] = 1"},
       {{0.0, 2.0, 1.0}, "edges[2] = 1", "edges[1] = 2"},
       {{5.0, -5.0}, "edges[1] = -5", "edges[0] = 5"},
-      {{0.0, -0.0},
-       "edges[1] = -0",
-       "edges[0] = 0"},  // -0 == 0: not strictly increasing.
+      {{0.0, -0.0}, "edges[1] = -0", "edges[0] = 0"},  // -0 == 0: not strictly increasing.
       {{1.5, 2.5, 3.5, 4.5, 4.25}, "edges[4] = 4.25", "edges[3] = 4.5"},
   };
   for (const Case& c : cases) {
@@ -115,9 +109,8 @@ TEST(BinLayoutNumeric, RejectsEqualOrDecreasingEdgesNamingBoth) {
     absl::StatusOr<BinLayout> layout = BinLayout::Numeric(c.edges);
     ASSERT_FALSE(layout.ok());
     EXPECT_EQ(layout.status().code(), absl::StatusCode::kInvalidArgument);
-    EXPECT_THAT(layout.status().message(),
-                AllOf(HasSubstr(c.offending), HasSubstr(c.previous),
-                      HasSubstr("strictly increasing")));
+    EXPECT_THAT(layout.status().message(), AllOf(HasSubstr(c.offending), HasSubstr(c.previous),
+                                                 HasSubstr("strictly increasing")));
   }
 }
 
@@ -127,8 +120,7 @@ TEST(BinLayoutNumeric, AcceptsAdjacentDoubles) {
   absl::StatusOr<BinLayout> layout = BinLayout::Numeric({e0, e1});
   ASSERT_TRUE(layout.ok()) << layout.status();
   EXPECT_EQ(layout->size(), 4u);
-  const std::vector<double> counts =
-      Histogram(*layout, {std::nextafter(e0, -kInf), e0, e1});
+  const std::vector<double> counts = Histogram(*layout, {std::nextafter(e0, -kInf), e0, e1});
   EXPECT_EQ(counts, (std::vector<double>{1, 1, 1, 0}));
 }
 
@@ -200,8 +192,7 @@ TEST(BinLayoutNumeric, ValuesExactlyOnEdgesGoToTheBucketStartingThere) {
 TEST(BinLayoutNumeric, CountsAccumulateAcrossCalls) {
   absl::StatusOr<BinLayout> layout = BinLayout::Numeric({0.0, 1.0});
   ASSERT_TRUE(layout.ok()) << layout.status();
-  std::vector<double> counts = {
-      10, 20, 30, 40};  // Existing counts are added to, not replaced.
+  std::vector<double> counts = {10, 20, 30, 40};  // Existing counts are added to, not replaced.
   layout->AddValues({-1.0, 0.5}, absl::MakeSpan(counts));
   layout->AddValues({}, absl::MakeSpan(counts));
   layout->AddValues({0.25, 1.0, kNaN, kNaN}, absl::MakeSpan(counts));
@@ -274,13 +265,11 @@ TEST(BinLayoutNumeric, MatchesOracleBinIndexOnRandomValues) {
 // -------------------------------------------------------------------------------
 
 TEST(BinLayoutCategorical, SizeLabelsAndCategoryBins) {
-  absl::StatusOr<BinLayout> layout =
-      BinLayout::Categorical({"red", "green", "blue"});
+  absl::StatusOr<BinLayout> layout = BinLayout::Categorical({"red", "green", "blue"});
   ASSERT_TRUE(layout.ok()) << layout.status();
   EXPECT_EQ(layout->kind(), BinLayout::Kind::kCategorical);
   EXPECT_EQ(layout->size(), 4u);
-  EXPECT_EQ(layout->categories(),
-            (std::vector<std::string>{"red", "green", "blue"}));
+  EXPECT_EQ(layout->categories(), (std::vector<std::string>{"red", "green", "blue"}));
   EXPECT_TRUE(layout->edges().empty());
   EXPECT_EQ(layout->BinLabel(0), "red");
   EXPECT_EQ(layout->BinLabel(1), "green");
@@ -334,25 +323,21 @@ TEST(BinLayoutCategorical, RejectsEmptyLabelNamingPosition) {
     ASSERT_FALSE(layout.ok());
     EXPECT_EQ(layout.status().code(), absl::StatusCode::kInvalidArgument);
     EXPECT_THAT(layout.status().message(),
-                AllOf(HasSubstr(absl::StrCat("category ", position)),
-                      HasSubstr("empty")));
+                AllOf(HasSubstr(absl::StrCat("category ", position)), HasSubstr("empty")));
   }
 }
 
 TEST(BinLayoutCategorical, RejectsDuplicateNamingLabelAndBothPositions) {
-  absl::StatusOr<BinLayout> layout =
-      BinLayout::Categorical({"a", "b", "c", "b"});
+  absl::StatusOr<BinLayout> layout = BinLayout::Categorical({"a", "b", "c", "b"});
   ASSERT_FALSE(layout.ok());
   EXPECT_EQ(layout.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(layout.status().message(),
-              AllOf(HasSubstr("\"b\""), HasSubstr("positions 1 and 3"),
-                    HasSubstr("unique")));
+              AllOf(HasSubstr("\"b\""), HasSubstr("positions 1 and 3"), HasSubstr("unique")));
 
   absl::StatusOr<BinLayout> first = BinLayout::Categorical({"x", "x"});
   ASSERT_FALSE(first.ok());
   EXPECT_EQ(first.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(first.status().message(),
-              AllOf(HasSubstr("\"x\""), HasSubstr("positions 0 and 1")));
+  EXPECT_THAT(first.status().message(), AllOf(HasSubstr("\"x\""), HasSubstr("positions 0 and 1")));
 }
 
 // --- Pre-binned
@@ -394,8 +379,7 @@ TEST(BinLayout, CopiesAreIndependentAndEquivalent) {
 // Labels print edges in the shortest form that reads back exactly, so close
 // edges stay distinct.
 TEST(BinLayoutNumeric, LabelsOfCloseEdgesAreDistinctAndExact) {
-  absl::StatusOr<BinLayout> layout =
-      BinLayout::Numeric({1.0000001, 1.0000002, 0.1 + 0.2});
+  absl::StatusOr<BinLayout> layout = BinLayout::Numeric({1.0000001, 1.0000002, 0.1 + 0.2});
   ASSERT_FALSE(layout.ok());  // 0.3 < 1.0000002: not increasing.
   layout = BinLayout::Numeric({1.0000001, 1.0000002, 2.5});
   ASSERT_TRUE(layout.ok());

@@ -25,17 +25,14 @@ absl::Status ValidateAlpha(double alpha) {
 }
 
 // Names the first bad entry, so a user can find it in a large file.
-absl::Status DescribeBadCount(absl::string_view which,
-                              absl::Span<const double> counts) {
+absl::Status DescribeBadCount(absl::string_view which, absl::Span<const double> counts) {
   for (size_t i = 0; i < counts.size(); ++i) {
     if (!(counts[i] >= 0) || !std::isfinite(counts[i])) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(which, " count for bin ", i, " is ", counts[i],
-                       "; counts must be finite and >= 0"));
+      return absl::InvalidArgumentError(absl::StrCat(which, " count for bin ", i, " is ", counts[i],
+                                                     "; counts must be finite and >= 0"));
     }
   }
-  return absl::InternalError(
-      "count summary flagged a bad count that was not found");
+  return absl::InternalError("count summary flagged a bad count that was not found");
 }
 
 double Clamp(double value, double low, double high) {
@@ -46,16 +43,14 @@ double Clamp(double value, double low, double high) {
 
 }  // namespace
 
-absl::StatusOr<ReferenceProfile> ReferenceProfile::Create(
-    std::vector<double> counts, double alpha) {
+absl::StatusOr<ReferenceProfile> ReferenceProfile::Create(std::vector<double> counts,
+                                                          double alpha) {
   if (absl::Status status = ValidateAlpha(alpha); !status.ok()) return status;
   if (counts.empty()) {
     return absl::InvalidArgumentError("the reference histogram has no bins");
   }
-  const kernels::CountSummary summary =
-      kernels::SummarizeCounts(counts.data(), counts.size());
-  if (!summary.all_finite_non_negative)
-    return DescribeBadCount("reference", counts);
+  const kernels::CountSummary summary = kernels::SummarizeCounts(counts.data(), counts.size());
+  if (!summary.all_finite_non_negative) return DescribeBadCount("reference", counts);
   if (summary.total == 0) {
     return absl::InvalidArgumentError(
         "the reference histogram is empty (every count is 0); a reference "
@@ -71,10 +66,9 @@ absl::StatusOr<ReferenceProfile> ReferenceProfile::Create(
   profile.samples_ = summary.total;
   profile.shares_.resize(counts.size());
   profile.log_shares_.resize(counts.size());
-  kernels::SmoothedShares(
-      counts.data(), counts.size(), alpha,
-      1.0 / (summary.total + static_cast<double>(counts.size()) * alpha),
-      profile.shares_.data(), profile.log_shares_.data());
+  kernels::SmoothedShares(counts.data(), counts.size(), alpha,
+                          1.0 / (summary.total + static_cast<double>(counts.size()) * alpha),
+                          profile.shares_.data(), profile.log_shares_.data());
   profile.counts_ = std::move(counts);
   return profile;
 }
@@ -85,25 +79,21 @@ double GTestPValue(double kl_empirical, double current_samples, size_t bins) {
   return kernels::ChiSquaredSurvival(g, static_cast<double>(bins - 1));
 }
 
-absl::StatusOr<DriftMeasures> ComputeDriftMeasures(
-    const ReferenceProfile& reference, absl::Span<const double> current,
-    size_t top_k, const BinLayout* layout) {
+absl::StatusOr<DriftMeasures> ComputeDriftMeasures(const ReferenceProfile& reference,
+                                                   absl::Span<const double> current, size_t top_k,
+                                                   const BinLayout* layout) {
   const size_t k = reference.size();
   if (current.size() != k) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("the current histogram has ", current.size(),
-                     " bins but the reference has ", k,
-                     "; both must use the reference's bins"));
+    return absl::InvalidArgumentError(absl::StrCat("the current histogram has ", current.size(),
+                                                   " bins but the reference has ", k,
+                                                   "; both must use the reference's bins"));
   }
   if (layout != nullptr && layout->size() != k) {
     return absl::InvalidArgumentError(
-        absl::StrCat("the bin layout has ", layout->size(),
-                     " bins but the reference has ", k));
+        absl::StrCat("the bin layout has ", layout->size(), " bins but the reference has ", k));
   }
-  const kernels::CountSummary summary =
-      kernels::SummarizeCounts(current.data(), k);
-  if (!summary.all_finite_non_negative)
-    return DescribeBadCount("current", current);
+  const kernels::CountSummary summary = kernels::SummarizeCounts(current.data(), k);
+  if (!summary.all_finite_non_negative) return DescribeBadCount("current", current);
   if (summary.total == 0) {
     return absl::InvalidArgumentError(
         "the current histogram is empty (every count is 0); there is nothing "
@@ -115,9 +105,9 @@ absl::StatusOr<DriftMeasures> ComputeDriftMeasures(
         "down");
   }
   const double alpha = reference.alpha();
-  const kernels::DivergenceSums sums = kernels::ComputeDivergenceSums(
-      current.data(), k, alpha, summary.total, reference.shares().data(),
-      reference.log_shares().data());
+  const kernels::DivergenceSums sums =
+      kernels::ComputeDivergenceSums(current.data(), k, alpha, summary.total,
+                                     reference.shares().data(), reference.log_shares().data());
 
   DriftMeasures m;
   m.kl_current_reference = std::max(sums.kl_pq, 0.0);
@@ -125,8 +115,7 @@ absl::StatusOr<DriftMeasures> ComputeDriftMeasures(
   m.jeffreys = m.kl_current_reference + m.kl_reference_current;
   m.psi = m.jeffreys;
   m.js_bits = Clamp(sums.js_nats / std::log(2.0), 0.0, 1.0);
-  m.hellinger =
-      Clamp(std::sqrt(std::max(sums.sq_root_diff, 0.0) / 2), 0.0, 1.0);
+  m.hellinger = Clamp(std::sqrt(std::max(sums.sq_root_diff, 0.0) / 2), 0.0, 1.0);
   m.total_variation = Clamp(sums.abs_diff / 2, 0.0, 1.0);
   m.l_inf = Clamp(sums.max_abs_diff, 0.0, 1.0);
   m.chi2 = std::max(sums.chi2, 0.0);
@@ -136,30 +125,24 @@ absl::StatusOr<DriftMeasures> ComputeDriftMeasures(
   m.alpha = alpha;
 
   if (top_k > 0) {
-    const double p_scale =
-        1.0 / (summary.total + static_cast<double>(k) * alpha);
+    const double p_scale = 1.0 / (summary.total + static_cast<double>(k) * alpha);
     std::vector<double> contributions(k);
-    kernels::KlContributions(current.data(), k, alpha, p_scale,
-                             reference.log_shares().data(),
+    kernels::KlContributions(current.data(), k, alpha, p_scale, reference.log_shares().data(),
                              contributions.data());
     std::vector<size_t> order(k);
     std::iota(order.begin(), order.end(), 0);
     const size_t n = std::min(top_k, k);
     // Ties (equal contributions) keep the lower bin first, so output is
     // deterministic.
-    std::partial_sort(order.begin(), order.begin() + n, order.end(),
-                      [&](size_t a, size_t b) {
-                        return contributions[a] != contributions[b]
-                                   ? contributions[a] > contributions[b]
-                                   : a < b;
-                      });
+    std::partial_sort(order.begin(), order.begin() + n, order.end(), [&](size_t a, size_t b) {
+      return contributions[a] != contributions[b] ? contributions[a] > contributions[b] : a < b;
+    });
     m.top_bins.reserve(n);
     for (size_t j = 0; j < n; ++j) {
       const size_t bin = order[j];
       BinContribution c;
       c.bin = bin;
-      c.label =
-          layout != nullptr ? layout->BinLabel(bin) : absl::StrCat("bin ", bin);
+      c.label = layout != nullptr ? layout->BinLabel(bin) : absl::StrCat("bin ", bin);
       c.current_share = (current[bin] + alpha) * p_scale;
       c.reference_share = reference.shares()[bin];
       c.contribution = contributions[bin];

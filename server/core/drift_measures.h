@@ -49,8 +49,7 @@ class ReferenceProfile {
  public:
   // Fails with INVALID_ARGUMENT when counts is empty, has a negative or
   // non-finite entry, sums to zero, or alpha is negative or not finite.
-  static absl::StatusOr<ReferenceProfile> Create(std::vector<double> counts,
-                                                 double alpha);
+  static absl::StatusOr<ReferenceProfile> Create(std::vector<double> counts, double alpha);
 
   size_t size() const { return counts_.size(); }
   double alpha() const { return alpha_; }
@@ -101,9 +100,9 @@ struct DriftMeasures {
 // and computes every measure plus the `top_k` most contributing bins. `layout`,
 // if given, names the bins. Errors: INVALID_ARGUMENT with a message naming the
 // offending bin or size.
-absl::StatusOr<DriftMeasures> ComputeDriftMeasures(
-    const ReferenceProfile& reference, absl::Span<const double> current,
-    size_t top_k, const BinLayout* layout = nullptr);
+absl::StatusOr<DriftMeasures> ComputeDriftMeasures(const ReferenceProfile& reference,
+                                                   absl::Span<const double> current, size_t top_k,
+                                                   const BinLayout* layout = nullptr);
 
 // The G-test p-value for `current_samples` observations whose empirical KL from
 // the reference is `kl_empirical`, over `bins` bins (K - 1 degrees of freedom;

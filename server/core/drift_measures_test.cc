@@ -56,12 +56,10 @@ std::vector<double> RandomCounts(size_t k, Shape shape, std::mt19937_64& rng) {
       for (double& c : counts) c = std::floor(unit(rng) * 1000);
       break;
     case Shape::kSparse:
-      for (double& c : counts)
-        c = unit(rng) < 0.9 ? 0 : std::floor(unit(rng) * 50);
+      for (double& c : counts) c = unit(rng) < 0.9 ? 0 : std::floor(unit(rng) * 50);
       break;
     case Shape::kHuge:
-      for (double& c : counts)
-        c = std::ldexp(std::floor(unit(rng) * 0x1p20), 30);
+      for (double& c : counts) c = std::ldexp(std::floor(unit(rng) * 0x1p20), 30);
       break;
     case Shape::kTiny:
       for (double& c : counts) c = unit(rng) < 0.5 ? 1 : 0;
@@ -70,9 +68,7 @@ std::vector<double> RandomCounts(size_t k, Shape shape, std::mt19937_64& rng) {
       counts[rng() % k] = 1;
       break;
   }
-  if (std::all_of(counts.begin(), counts.end(),
-                  [](double c) { return c == 0; }))
-    counts[0] = 1;
+  if (std::all_of(counts.begin(), counts.end(), [](double c) { return c == 0; })) counts[0] = 1;
   return counts;
 }
 
@@ -89,12 +85,10 @@ Real Total(const std::vector<double>& counts) {
 // summing to a few ulps of 1): e.g. with one bin, c * (1 / c) may be 1 - 2^-53,
 // so KL = 1e-16. Infinities must match exactly.
 constexpr double kShareRounding = 1e-15;
-::testing::AssertionResult Close(const char* what, double got, Real want,
-                                 double rel, Real scale = 0,
-                                 double rel_to_scale = 1e-14,
+::testing::AssertionResult Close(const char* what, double got, Real want, double rel,
+                                 Real scale = 0, double rel_to_scale = 1e-14,
                                  double absolute = kShareRounding) {
-  if (std::isnan(got))
-    return ::testing::AssertionFailure() << what << ": got NaN";
+  if (std::isnan(got)) return ::testing::AssertionFailure() << what << ": got NaN";
   if (std::isinf(static_cast<double>(want)) || std::isinf(got)) {
     if (got == static_cast<double>(want)) return ::testing::AssertionSuccess();
     return ::testing::AssertionFailure()
@@ -104,9 +98,8 @@ constexpr double kShareRounding = 1e-15;
   const Real allowed = rel * std::fabs(want) + rel_to_scale * scale + absolute;
   if (error <= allowed) return ::testing::AssertionSuccess();
   return ::testing::AssertionFailure()
-         << what << ": got " << got << ", want " << static_cast<double>(want)
-         << " (error " << static_cast<double>(error) << " > allowed "
-         << static_cast<double>(allowed) << ")";
+         << what << ": got " << got << ", want " << static_cast<double>(want) << " (error "
+         << static_cast<double>(error) << " > allowed " << static_cast<double>(allowed) << ")";
 }
 
 // Sum of |terms| of the Jensen-Shannon sum, in bits.
@@ -114,33 +107,26 @@ Real JsScale(const std::vector<Real>& p, const std::vector<Real>& q) {
   Real scale = 0;
   for (size_t i = 0; i < p.size(); ++i) {
     const Real m = (p[i] + q[i]) / 2;
-    if (p[i] > 0)
-      scale += p[i] * (std::fabs(std::log(p[i])) + std::fabs(std::log(m)));
-    if (q[i] > 0)
-      scale += q[i] * (std::fabs(std::log(q[i])) + std::fabs(std::log(m)));
+    if (p[i] > 0) scale += p[i] * (std::fabs(std::log(p[i])) + std::fabs(std::log(m)));
+    if (q[i] > 0) scale += q[i] * (std::fabs(std::log(q[i])) + std::fabs(std::log(m)));
   }
   return scale / std::log(Real{2});
 }
 
 // Sum of |terms| of KL(Phat||Q) with Phat the unsmoothed current shares.
-Real EmpiricalKlScale(const std::vector<double>& current,
-                      const std::vector<Real>& q) {
+Real EmpiricalKlScale(const std::vector<double>& current, const std::vector<Real>& q) {
   const std::vector<Real> phat = oracle::Shares(current, 0.0);
   Real scale = 0;
   for (size_t i = 0; i < phat.size(); ++i) {
-    if (phat[i] > 0)
-      scale +=
-          phat[i] * (std::fabs(std::log(phat[i])) + std::fabs(std::log(q[i])));
+    if (phat[i] > 0) scale += phat[i] * (std::fabs(std::log(phat[i])) + std::fabs(std::log(q[i])));
   }
   return scale;
 }
 
 absl::StatusOr<DriftMeasures> Compute(const std::vector<double>& reference,
-                                      const std::vector<double>& current,
-                                      double alpha, size_t top_k = 0,
-                                      const BinLayout* layout = nullptr) {
-  absl::StatusOr<ReferenceProfile> profile =
-      ReferenceProfile::Create(reference, alpha);
+                                      const std::vector<double>& current, double alpha,
+                                      size_t top_k = 0, const BinLayout* layout = nullptr) {
+  absl::StatusOr<ReferenceProfile> profile = ReferenceProfile::Create(reference, alpha);
   if (!profile.ok()) return profile.status();
   return ComputeDriftMeasures(*profile, current, top_k, layout);
 }
@@ -157,27 +143,22 @@ TEST(ReferenceProfile, StoresCountsAndSmoothedShares) {
   for (size_t k : {1, 2, 5, 17, 1000}) {
     for (double alpha : {0.0, 0.5, 1.0}) {
       const std::vector<double> counts = RandomCounts(k, Shape::kSparse, rng);
-      absl::StatusOr<ReferenceProfile> profile =
-          ReferenceProfile::Create(counts, alpha);
+      absl::StatusOr<ReferenceProfile> profile = ReferenceProfile::Create(counts, alpha);
       ASSERT_TRUE(profile.ok()) << profile.status();
       EXPECT_EQ(profile->size(), k);
       EXPECT_EQ(profile->alpha(), alpha);
       EXPECT_EQ(profile->samples(), static_cast<double>(Total(counts)));
-      EXPECT_EQ(std::vector<double>(profile->counts().begin(),
-                                    profile->counts().end()),
-                counts);
+      EXPECT_EQ(std::vector<double>(profile->counts().begin(), profile->counts().end()), counts);
       const std::vector<Real> want = oracle::Shares(counts, alpha);
       ASSERT_EQ(profile->shares().size(), k);
       ASSERT_EQ(profile->log_shares().size(), k);
       for (size_t i = 0; i < k; ++i) {
-        ASSERT_TRUE(
-            Close("share", profile->shares()[i], want[i], 1e-14, 0, 0, 0))
-            << i;
+        ASSERT_TRUE(Close("share", profile->shares()[i], want[i], 1e-14, 0, 0, 0)) << i;
         if (want[i] == 0) {
           ASSERT_EQ(profile->log_shares()[i], -kInf) << i;
         } else {
-          ASSERT_TRUE(Close("log share", profile->log_shares()[i],
-                            std::log(want[i]), 1e-14, 0, 0, 1e-15))
+          ASSERT_TRUE(
+              Close("log share", profile->log_shares()[i], std::log(want[i]), 1e-14, 0, 0, 1e-15))
               << i;
         }
       }
@@ -197,19 +178,17 @@ TEST(ReferenceProfile, RejectsBadCountsNamingTheBin) {
     double bad;
     std::string value;
   };
-  for (const Case& c : {Case{-1.0, "-1"}, Case{-0.5, "-0.5"}, Case{kNaN, "nan"},
-                        Case{kInf, "inf"}, Case{-kInf, "-inf"}}) {
+  for (const Case& c : {Case{-1.0, "-1"}, Case{-0.5, "-0.5"}, Case{kNaN, "nan"}, Case{kInf, "inf"},
+                        Case{-kInf, "-inf"}}) {
     for (size_t position : {size_t{0}, size_t{3}, size_t{18}}) {
       std::vector<double> counts(19, 2.0);
       counts[position] = c.bad;
-      absl::StatusOr<ReferenceProfile> profile =
-          ReferenceProfile::Create(counts, 0.5);
+      absl::StatusOr<ReferenceProfile> profile = ReferenceProfile::Create(counts, 0.5);
       ASSERT_FALSE(profile.ok()) << c.value << " at " << position;
       ExpectInvalidArgument(profile.status());
-      EXPECT_THAT(
-          profile.status().message(),
-          AllOf(HasSubstr("reference"),
-                HasSubstr(absl::StrCat("bin ", position, " is ", c.value))));
+      EXPECT_THAT(profile.status().message(),
+                  AllOf(HasSubstr("reference"),
+                        HasSubstr(absl::StrCat("bin ", position, " is ", c.value))));
     }
   }
 }
@@ -218,8 +197,7 @@ TEST(ReferenceProfile, NamesTheFirstBadBin) {
   std::vector<double> counts(10, 1.0);
   counts[4] = -3;
   counts[7] = kNaN;
-  absl::StatusOr<ReferenceProfile> profile =
-      ReferenceProfile::Create(counts, 0.5);
+  absl::StatusOr<ReferenceProfile> profile = ReferenceProfile::Create(counts, 0.5);
   ASSERT_FALSE(profile.ok());
   EXPECT_THAT(profile.status().message(), HasSubstr("bin 4 is -3"));
 }
@@ -239,15 +217,12 @@ TEST(ReferenceProfile, RejectsBadAlpha) {
     double alpha;
     std::string value;
   };
-  for (const Case& c :
-       {Case{-0.5, "-0.5"}, Case{-1e-300, "-1e-300"}, Case{kNaN, "nan"},
-        Case{kInf, "inf"}, Case{-kInf, "-inf"}}) {
-    absl::StatusOr<ReferenceProfile> profile =
-        ReferenceProfile::Create({1, 2, 3}, c.alpha);
+  for (const Case& c : {Case{-0.5, "-0.5"}, Case{-1e-300, "-1e-300"}, Case{kNaN, "nan"},
+                        Case{kInf, "inf"}, Case{-kInf, "-inf"}}) {
+    absl::StatusOr<ReferenceProfile> profile = ReferenceProfile::Create({1, 2, 3}, c.alpha);
     ASSERT_FALSE(profile.ok()) << c.value;
     ExpectInvalidArgument(profile.status());
-    EXPECT_THAT(profile.status().message(),
-                HasSubstr(absl::StrCat("alpha = ", c.value)));
+    EXPECT_THAT(profile.status().message(), HasSubstr(absl::StrCat("alpha = ", c.value)));
   }
 }
 
@@ -255,27 +230,22 @@ TEST(ReferenceProfile, RejectsBadAlpha) {
 // -----------------------------------------------------------------
 
 TEST(ComputeDriftMeasures, RejectsBinCountMismatch) {
-  absl::StatusOr<ReferenceProfile> profile =
-      ReferenceProfile::Create({1, 2, 3, 4}, 0.5);
+  absl::StatusOr<ReferenceProfile> profile = ReferenceProfile::Create({1, 2, 3, 4}, 0.5);
   ASSERT_TRUE(profile.ok());
   for (size_t k : {0, 1, 3, 5, 100}) {
     const std::vector<double> current(k, 1.0);
-    absl::StatusOr<DriftMeasures> m =
-        ComputeDriftMeasures(*profile, current, 3);
+    absl::StatusOr<DriftMeasures> m = ComputeDriftMeasures(*profile, current, 3);
     ASSERT_FALSE(m.ok()) << k;
     ExpectInvalidArgument(m.status());
     EXPECT_THAT(m.status().message(),
-                AllOf(HasSubstr(absl::StrCat("has ", k, " bins")),
-                      HasSubstr("reference has 4")));
+                AllOf(HasSubstr(absl::StrCat("has ", k, " bins")), HasSubstr("reference has 4")));
   }
 }
 
 TEST(ComputeDriftMeasures, RejectsEmptyCurrent) {
-  absl::StatusOr<ReferenceProfile> profile =
-      ReferenceProfile::Create({1, 2, 3, 4}, 0.5);
+  absl::StatusOr<ReferenceProfile> profile = ReferenceProfile::Create({1, 2, 3, 4}, 0.5);
   ASSERT_TRUE(profile.ok());
-  absl::StatusOr<DriftMeasures> m =
-      ComputeDriftMeasures(*profile, {0, 0, 0, 0}, 3);
+  absl::StatusOr<DriftMeasures> m = ComputeDriftMeasures(*profile, {0, 0, 0, 0}, 3);
   ASSERT_FALSE(m.ok());
   ExpectInvalidArgument(m.status());
   EXPECT_THAT(m.status().message(), HasSubstr("empty"));
@@ -289,36 +259,31 @@ TEST(ComputeDriftMeasures, RejectsBadCurrentCountNamingTheBin) {
     double bad;
     std::string value;
   };
-  for (const Case& c : {Case{-1.0, "-1"}, Case{-2.5, "-2.5"}, Case{kNaN, "nan"},
-                        Case{kInf, "inf"}}) {
+  for (const Case& c :
+       {Case{-1.0, "-1"}, Case{-2.5, "-2.5"}, Case{kNaN, "nan"}, Case{kInf, "inf"}}) {
     for (size_t position : {size_t{0}, size_t{7}, size_t{20}}) {
       std::vector<double> current(21, 1.0);
       current[position] = c.bad;
-      absl::StatusOr<DriftMeasures> m =
-          ComputeDriftMeasures(*profile, current, 3);
+      absl::StatusOr<DriftMeasures> m = ComputeDriftMeasures(*profile, current, 3);
       ASSERT_FALSE(m.ok()) << c.value << " at " << position;
       ExpectInvalidArgument(m.status());
       EXPECT_THAT(
           m.status().message(),
-          AllOf(HasSubstr("current"),
-                HasSubstr(absl::StrCat("bin ", position, " is ", c.value))));
+          AllOf(HasSubstr("current"), HasSubstr(absl::StrCat("bin ", position, " is ", c.value))));
     }
   }
 }
 
 TEST(ComputeDriftMeasures, RejectsLayoutSizeMismatch) {
-  absl::StatusOr<ReferenceProfile> profile =
-      ReferenceProfile::Create({1, 2, 3, 4}, 0.5);
+  absl::StatusOr<ReferenceProfile> profile = ReferenceProfile::Create({1, 2, 3, 4}, 0.5);
   ASSERT_TRUE(profile.ok());
-  absl::StatusOr<BinLayout> layout =
-      BinLayout::Numeric({0.0, 1.0, 2.0});  // 5 buckets.
+  absl::StatusOr<BinLayout> layout = BinLayout::Numeric({0.0, 1.0, 2.0});  // 5 buckets.
   ASSERT_TRUE(layout.ok());
-  absl::StatusOr<DriftMeasures> m =
-      ComputeDriftMeasures(*profile, {1, 1, 1, 1}, 3, &*layout);
+  absl::StatusOr<DriftMeasures> m = ComputeDriftMeasures(*profile, {1, 1, 1, 1}, 3, &*layout);
   ASSERT_FALSE(m.ok());
   ExpectInvalidArgument(m.status());
-  EXPECT_THAT(m.status().message(), AllOf(HasSubstr("layout has 5 bins"),
-                                          HasSubstr("reference has 4")));
+  EXPECT_THAT(m.status().message(),
+              AllOf(HasSubstr("layout has 5 bins"), HasSubstr("reference has 4")));
   // A layout of the right size is accepted.
   absl::StatusOr<BinLayout> good = BinLayout::Numeric({0.0, 1.0});
   ASSERT_TRUE(good.ok());
@@ -328,8 +293,8 @@ TEST(ComputeDriftMeasures, RejectsLayoutSizeMismatch) {
 // --- Values against the long-double oracle
 // ---------------------------------------------------------
 
-void ExpectMatchesOracle(const std::vector<double>& current,
-                         const std::vector<double>& reference, double alpha) {
+void ExpectMatchesOracle(const std::vector<double>& current, const std::vector<double>& reference,
+                         double alpha) {
   const size_t k = current.size();
   absl::StatusOr<DriftMeasures> got = Compute(reference, current, alpha);
   ASSERT_TRUE(got.ok()) << got.status();
@@ -337,21 +302,18 @@ void ExpectMatchesOracle(const std::vector<double>& current,
   const std::vector<Real> p = oracle::Shares(current, alpha);
   const std::vector<Real> q = oracle::Shares(reference, alpha);
 
-  EXPECT_TRUE(Close("kl_current_reference", got->kl_current_reference,
-                    want.kl_pq, 1e-12, want.kl_pq_scale));
-  EXPECT_TRUE(Close("kl_reference_current", got->kl_reference_current,
-                    want.kl_qp, 1e-12, want.kl_qp_scale));
+  EXPECT_TRUE(Close("kl_current_reference", got->kl_current_reference, want.kl_pq, 1e-12,
+                    want.kl_pq_scale));
+  EXPECT_TRUE(Close("kl_reference_current", got->kl_reference_current, want.kl_qp, 1e-12,
+                    want.kl_qp_scale));
   const Real jeffreys = want.kl_pq + want.kl_qp;
-  EXPECT_TRUE(Close("jeffreys", got->jeffreys, jeffreys, 1e-12,
-                    want.kl_pq_scale + want.kl_qp_scale));
-  EXPECT_EQ(got->jeffreys,
-            got->kl_current_reference + got->kl_reference_current);
-  EXPECT_EQ(got->psi, got->jeffreys);
   EXPECT_TRUE(
-      Close("js_bits", got->js_bits, want.js_bits, 1e-12, JsScale(p, q)));
+      Close("jeffreys", got->jeffreys, jeffreys, 1e-12, want.kl_pq_scale + want.kl_qp_scale));
+  EXPECT_EQ(got->jeffreys, got->kl_current_reference + got->kl_reference_current);
+  EXPECT_EQ(got->psi, got->jeffreys);
+  EXPECT_TRUE(Close("js_bits", got->js_bits, want.js_bits, 1e-12, JsScale(p, q)));
   EXPECT_TRUE(Close("hellinger", got->hellinger, want.hellinger, 1e-12));
-  EXPECT_TRUE(Close("total_variation", got->total_variation,
-                    want.total_variation, 1e-12));
+  EXPECT_TRUE(Close("total_variation", got->total_variation, want.total_variation, 1e-12));
   EXPECT_TRUE(Close("l_inf", got->l_inf, want.l_inf, 1e-12));
   EXPECT_TRUE(Close("chi2", got->chi2, want.chi2, 1e-12));
   EXPECT_EQ(got->samples_current, static_cast<double>(Total(current)));
@@ -381,14 +343,11 @@ void ExpectMatchesOracle(const std::vector<double>& current,
       // p-value must lie between the survival function at G -+ that error.
       const Real g_error =
           2 * n *
-          (1e-12L * want.kl_empirical_pq +
-           1e-14L * EmpiricalKlScale(current, q) + kShareRounding);
-      const double exact =
-          kernels::ChiSquaredSurvival(static_cast<double>(g), dof);
-      const double upper = kernels::ChiSquaredSurvival(
-          static_cast<double>(std::max<Real>(g - g_error, 0)), dof);
-      const double lower =
-          kernels::ChiSquaredSurvival(static_cast<double>(g + g_error), dof);
+          (1e-12L * want.kl_empirical_pq + 1e-14L * EmpiricalKlScale(current, q) + kShareRounding);
+      const double exact = kernels::ChiSquaredSurvival(static_cast<double>(g), dof);
+      const double upper =
+          kernels::ChiSquaredSurvival(static_cast<double>(std::max<Real>(g - g_error, 0)), dof);
+      const double lower = kernels::ChiSquaredSurvival(static_cast<double>(g + g_error), dof);
       EXPECT_GE(p_value, lower * (1 - 1e-12) - 1e-300)
           << "exact " << exact << " G " << static_cast<double>(g);
       EXPECT_LE(p_value, upper * (1 + 1e-12) + 1e-300)
@@ -398,8 +357,7 @@ void ExpectMatchesOracle(const std::vector<double>& current,
 }
 
 TEST(ComputeDriftMeasures, MatchesLongDoubleOracle) {
-  const std::vector<Shape> shapes = {Shape::kDense, Shape::kSparse,
-                                     Shape::kHuge, Shape::kTiny,
+  const std::vector<Shape> shapes = {Shape::kDense, Shape::kSparse, Shape::kHuge, Shape::kTiny,
                                      Shape::kOneHot};
   uint64_t seed = 1;
   for (size_t k : {1, 2, 3, 8, 17, 64, 1000}) {
@@ -409,9 +367,8 @@ TEST(ComputeDriftMeasures, MatchesLongDoubleOracle) {
           std::mt19937_64 rng(seed++);
           const std::vector<double> current = RandomCounts(k, shape, rng);
           const std::vector<double> reference = RandomCounts(k, shape, rng);
-          SCOPED_TRACE(::testing::Message()
-                       << "k=" << k << " shape=" << ShapeName(shape)
-                       << " alpha=" << alpha << " seed=" << seed - 1);
+          SCOPED_TRACE(::testing::Message() << "k=" << k << " shape=" << ShapeName(shape)
+                                            << " alpha=" << alpha << " seed=" << seed - 1);
           ExpectMatchesOracle(current, reference, alpha);
           if (HasFatalFailure()) return;
         }
@@ -422,21 +379,17 @@ TEST(ComputeDriftMeasures, MatchesLongDoubleOracle) {
 
 TEST(ComputeDriftMeasures, MatchesLongDoubleOracleWithMixedShapes) {
   uint64_t seed = 1000;
-  const std::vector<Shape> shapes = {Shape::kDense, Shape::kSparse,
-                                     Shape::kTiny};
+  const std::vector<Shape> shapes = {Shape::kDense, Shape::kSparse, Shape::kTiny};
   for (size_t k : {2, 17, 1000}) {
     for (Shape current_shape : shapes) {
       for (Shape reference_shape : shapes) {
         for (double alpha : {0.0, 0.5, 1.0}) {
           std::mt19937_64 rng(seed++);
-          const std::vector<double> current =
-              RandomCounts(k, current_shape, rng);
-          const std::vector<double> reference =
-              RandomCounts(k, reference_shape, rng);
+          const std::vector<double> current = RandomCounts(k, current_shape, rng);
+          const std::vector<double> reference = RandomCounts(k, reference_shape, rng);
           SCOPED_TRACE(::testing::Message()
                        << "k=" << k << " current=" << ShapeName(current_shape)
-                       << " reference=" << ShapeName(reference_shape)
-                       << " alpha=" << alpha);
+                       << " reference=" << ShapeName(reference_shape) << " alpha=" << alpha);
           ExpectMatchesOracle(current, reference, alpha);
           if (HasFatalFailure()) return;
         }
@@ -453,8 +406,7 @@ TEST(ComputeDriftMeasures, MatchesLongDoubleOracleAtOneHundredThousandBins) {
       std::mt19937_64 rng(seed++);
       const std::vector<double> current = RandomCounts(k, shape, rng);
       const std::vector<double> reference = RandomCounts(k, shape, rng);
-      SCOPED_TRACE(::testing::Message()
-                   << "shape=" << ShapeName(shape) << " alpha=" << alpha);
+      SCOPED_TRACE(::testing::Message() << "shape=" << ShapeName(shape) << " alpha=" << alpha);
       ExpectMatchesOracle(current, reference, alpha);
     }
   }
@@ -469,15 +421,12 @@ struct RandomPair {
   std::string description;
 };
 
-std::vector<RandomPair> RandomPairs(uint64_t seed, size_t count,
-                                    bool positive_alpha) {
+std::vector<RandomPair> RandomPairs(uint64_t seed, size_t count, bool positive_alpha) {
   std::mt19937_64 rng(seed);
-  const std::vector<Shape> shapes = {Shape::kDense, Shape::kSparse,
-                                     Shape::kTiny, Shape::kOneHot};
+  const std::vector<Shape> shapes = {Shape::kDense, Shape::kSparse, Shape::kTiny, Shape::kOneHot};
   const std::vector<size_t> sizes = {2, 3, 5, 17, 64, 300};
-  const std::vector<double> alphas = positive_alpha
-                                         ? std::vector<double>{0.5, 1.0, 0.01}
-                                         : std::vector<double>{0.0, 0.5, 1.0};
+  const std::vector<double> alphas =
+      positive_alpha ? std::vector<double>{0.5, 1.0, 0.01} : std::vector<double>{0.0, 0.5, 1.0};
   std::vector<RandomPair> pairs;
   for (size_t i = 0; i < count; ++i) {
     const size_t k = sizes[rng() % sizes.size()];
@@ -487,41 +436,36 @@ std::vector<RandomPair> RandomPairs(uint64_t seed, size_t count,
     pair.current = RandomCounts(k, current_shape, rng);
     pair.reference = RandomCounts(k, reference_shape, rng);
     pair.alpha = alphas[rng() % alphas.size()];
-    pair.description = absl::StrCat(
-        "pair ", i, " k=", k, " current=", ShapeName(current_shape),
-        " reference=", ShapeName(reference_shape), " alpha=", pair.alpha);
+    pair.description =
+        absl::StrCat("pair ", i, " k=", k, " current=", ShapeName(current_shape),
+                     " reference=", ShapeName(reference_shape), " alpha=", pair.alpha);
     pairs.push_back(std::move(pair));
   }
   return pairs;
 }
 
 TEST(DriftProperties, BoundsAndPinskerOverRandomPairs) {
-  for (const RandomPair& pair :
-       RandomPairs(17, 600, /*positive_alpha=*/false)) {
+  for (const RandomPair& pair : RandomPairs(17, 600, /*positive_alpha=*/false)) {
     SCOPED_TRACE(pair.description);
-    absl::StatusOr<DriftMeasures> m =
-        Compute(pair.reference, pair.current, pair.alpha);
+    absl::StatusOr<DriftMeasures> m = Compute(pair.reference, pair.current, pair.alpha);
     ASSERT_TRUE(m.ok()) << m.status();
     for (double value :
-         {m->kl_current_reference, m->kl_reference_current, m->jeffreys, m->psi,
-          m->js_bits, m->hellinger, m->total_variation, m->l_inf, m->chi2,
-          m->g_test_p_value}) {
+         {m->kl_current_reference, m->kl_reference_current, m->jeffreys, m->psi, m->js_bits,
+          m->hellinger, m->total_variation, m->l_inf, m->chi2, m->g_test_p_value}) {
       ASSERT_FALSE(std::isnan(value));
     }
     EXPECT_GE(m->kl_current_reference, 0.0);
     EXPECT_GE(m->kl_reference_current, 0.0);
     EXPECT_GE(m->chi2, 0.0);
-    for (double bounded : {m->js_bits, m->hellinger, m->total_variation,
-                           m->l_inf, m->g_test_p_value}) {
+    for (double bounded :
+         {m->js_bits, m->hellinger, m->total_variation, m->l_inf, m->g_test_p_value}) {
       EXPECT_GE(bounded, 0.0);
       EXPECT_LE(bounded, 1.0);
     }
     // Pinsker: TV <= sqrt(KL / 2) in both directions.
     const double slack = 1e-12;
-    EXPECT_LE(m->total_variation,
-              std::sqrt(m->kl_current_reference / 2) + slack);
-    EXPECT_LE(m->total_variation,
-              std::sqrt(m->kl_reference_current / 2) + slack);
+    EXPECT_LE(m->total_variation, std::sqrt(m->kl_current_reference / 2) + slack);
+    EXPECT_LE(m->total_variation, std::sqrt(m->kl_reference_current / 2) + slack);
     // Since sum(p - q) = 0, the largest |p - q| is at most TV; and H^2 <= TV <=
     // sqrt(2) H.
     EXPECT_LE(m->l_inf, m->total_variation + slack);
@@ -533,13 +477,11 @@ TEST(DriftProperties, BoundsAndPinskerOverRandomPairs) {
 TEST(DriftProperties, IdenticalCountsGiveExactlyZero) {
   std::mt19937_64 rng(23);
   for (size_t k : {1, 2, 3, 8, 13, 17, 1000}) {
-    for (Shape shape :
-         {Shape::kDense, Shape::kSparse, Shape::kTiny, Shape::kOneHot}) {
+    for (Shape shape : {Shape::kDense, Shape::kSparse, Shape::kTiny, Shape::kOneHot}) {
       const std::vector<double> counts = RandomCounts(k, shape, rng);
       for (double alpha : {0.0, 0.5, 1.0}) {
         SCOPED_TRACE(::testing::Message()
-                     << "k=" << k << " shape=" << ShapeName(shape)
-                     << " alpha=" << alpha);
+                     << "k=" << k << " shape=" << ShapeName(shape) << " alpha=" << alpha);
         absl::StatusOr<DriftMeasures> m = Compute(counts, counts, alpha, k);
         ASSERT_TRUE(m.ok()) << m.status();
         EXPECT_EQ(m->kl_current_reference, 0.0);
@@ -551,8 +493,7 @@ TEST(DriftProperties, IdenticalCountsGiveExactlyZero) {
         EXPECT_EQ(m->total_variation, 0.0);
         EXPECT_EQ(m->l_inf, 0.0);
         EXPECT_EQ(m->chi2, 0.0);
-        for (const BinContribution& c : m->top_bins)
-          EXPECT_EQ(c.contribution, 0.0) << c.bin;
+        for (const BinContribution& c : m->top_bins) EXPECT_EQ(c.contribution, 0.0) << c.bin;
         if (alpha == 0) {
           EXPECT_NEAR(m->g_test_p_value, 1.0, 1e-9);  // Phat == Q.
         }
@@ -569,13 +510,10 @@ TEST(DriftProperties, DifferentCountsGivePositiveDivergenceWithSmoothing) {
     // identical.
     if (pair.current == pair.reference) continue;
     SCOPED_TRACE(pair.description);
-    absl::StatusOr<DriftMeasures> m =
-        Compute(pair.reference, pair.current, pair.alpha);
+    absl::StatusOr<DriftMeasures> m = Compute(pair.reference, pair.current, pair.alpha);
     ASSERT_TRUE(m.ok()) << m.status();
-    const oracle::Measures want =
-        oracle::AllMeasures(pair.current, pair.reference, pair.alpha);
-    if (want.total_variation == 0)
-      continue;  // Proportional counts with uniform shares.
+    const oracle::Measures want = oracle::AllMeasures(pair.current, pair.reference, pair.alpha);
+    if (want.total_variation == 0) continue;  // Proportional counts with uniform shares.
     EXPECT_GT(m->kl_current_reference, 0.0);
     EXPECT_GT(m->kl_reference_current, 0.0);
     EXPECT_GT(m->js_bits, 0.0);
@@ -591,30 +529,21 @@ TEST(DriftProperties, SwappingCurrentAndReferenceSwapsTheKlDirections) {
   bool found_asymmetric = false;
   for (const RandomPair& pair : RandomPairs(31, 500, /*positive_alpha=*/true)) {
     SCOPED_TRACE(pair.description);
-    absl::StatusOr<DriftMeasures> forward =
-        Compute(pair.reference, pair.current, pair.alpha);
-    absl::StatusOr<DriftMeasures> backward =
-        Compute(pair.current, pair.reference, pair.alpha);
+    absl::StatusOr<DriftMeasures> forward = Compute(pair.reference, pair.current, pair.alpha);
+    absl::StatusOr<DriftMeasures> backward = Compute(pair.current, pair.reference, pair.alpha);
     ASSERT_TRUE(forward.ok()) << forward.status();
     ASSERT_TRUE(backward.ok()) << backward.status();
-    EXPECT_TRUE(Close("swapped kl_current_reference",
-                      backward->kl_current_reference,
+    EXPECT_TRUE(Close("swapped kl_current_reference", backward->kl_current_reference,
                       forward->kl_reference_current, 1e-12));
-    EXPECT_TRUE(Close("swapped kl_reference_current",
-                      backward->kl_reference_current,
+    EXPECT_TRUE(Close("swapped kl_reference_current", backward->kl_reference_current,
                       forward->kl_current_reference, 1e-12));
-    EXPECT_TRUE(
-        Close("swapped js_bits", backward->js_bits, forward->js_bits, 1e-12));
-    EXPECT_TRUE(Close("swapped jeffreys", backward->jeffreys, forward->jeffreys,
-                      1e-12));
-    EXPECT_TRUE(Close("swapped hellinger", backward->hellinger,
-                      forward->hellinger, 1e-12));
+    EXPECT_TRUE(Close("swapped js_bits", backward->js_bits, forward->js_bits, 1e-12));
+    EXPECT_TRUE(Close("swapped jeffreys", backward->jeffreys, forward->jeffreys, 1e-12));
+    EXPECT_TRUE(Close("swapped hellinger", backward->hellinger, forward->hellinger, 1e-12));
     EXPECT_TRUE(Close("swapped total_variation", backward->total_variation,
                       forward->total_variation, 1e-12));
-    const double larger =
-        std::max(forward->kl_current_reference, forward->kl_reference_current);
-    if (std::fabs(forward->kl_current_reference -
-                  forward->kl_reference_current) > 1e-3 * larger) {
+    const double larger = std::max(forward->kl_current_reference, forward->kl_reference_current);
+    if (std::fabs(forward->kl_current_reference - forward->kl_reference_current) > 1e-3 * larger) {
       found_asymmetric = true;
     }
   }
@@ -648,8 +577,7 @@ TEST(DriftProperties, ZeroReferenceBinWithoutSmoothingIsInfiniteNeverNaN) {
     EXPECT_TRUE(std::isfinite(m->js_bits));
     EXPECT_GT(m->js_bits, 0.0);
     EXPECT_LE(m->js_bits, 1.0);
-    for (double value : {m->kl_reference_current, m->hellinger,
-                         m->total_variation, m->l_inf}) {
+    for (double value : {m->kl_reference_current, m->hellinger, m->total_variation, m->l_inf}) {
       EXPECT_FALSE(std::isnan(value));
       EXPECT_LE(value, kInf);
     }
@@ -660,8 +588,7 @@ TEST(DriftProperties, ZeroReferenceBinWithoutSmoothingIsInfiniteNeverNaN) {
     EXPECT_EQ(m->top_bins[0].bin, 2u);
     EXPECT_EQ(m->top_bins[0].contribution, kInf);
     EXPECT_EQ(m->top_bins[0].reference_share, 0.0);
-    for (const BinContribution& c : m->top_bins)
-      EXPECT_FALSE(std::isnan(c.contribution));
+    for (const BinContribution& c : m->top_bins) EXPECT_FALSE(std::isnan(c.contribution));
   }
   // The reverse direction is finite when every bin with q > 0 has p > 0.
   absl::StatusOr<DriftMeasures> m = Compute(reference, {5, 3, 2}, 0.0);
@@ -718,8 +645,7 @@ TEST(TopBins, TiesKeepTheLowerBinFirst) {
     EXPECT_GT(m->top_bins[2].contribution, m->top_bins[3].contribution);
   }
   // All equal: bins in index order.
-  absl::StatusOr<DriftMeasures> flat =
-      Compute({1, 1, 1, 1}, {2, 2, 2, 2}, 0.5, 3);
+  absl::StatusOr<DriftMeasures> flat = Compute({1, 1, 1, 1}, {2, 2, 2, 2}, 0.5, 3);
   ASSERT_TRUE(flat.ok());
   ASSERT_EQ(flat->top_bins.size(), 3u);
   for (size_t j = 0; j < 3; ++j) EXPECT_EQ(flat->top_bins[j].bin, j);
@@ -734,16 +660,13 @@ TEST(TopBins, MatchOracleOnRandomHistograms) {
         const std::vector<double> current = RandomCounts(k, shape, rng);
         const std::vector<double> reference = RandomCounts(k, shape, rng);
         SCOPED_TRACE(::testing::Message()
-                     << "k=" << k << " shape=" << ShapeName(shape)
-                     << " alpha=" << alpha);
-        absl::StatusOr<DriftMeasures> all =
-            Compute(reference, current, alpha, k);
+                     << "k=" << k << " shape=" << ShapeName(shape) << " alpha=" << alpha);
+        absl::StatusOr<DriftMeasures> all = Compute(reference, current, alpha, k);
         ASSERT_TRUE(all.ok()) << all.status();
         ASSERT_EQ(all->top_bins.size(), k);
         const std::vector<Real> p = oracle::Shares(current, alpha);
         const std::vector<Real> q = oracle::Shares(reference, alpha);
-        const oracle::Measures want =
-            oracle::AllMeasures(current, reference, alpha);
+        const oracle::Measures want = oracle::AllMeasures(current, reference, alpha);
 
         std::vector<bool> seen(k, false);
         Real sum = 0;
@@ -753,28 +676,21 @@ TEST(TopBins, MatchOracleOnRandomHistograms) {
           ASSERT_FALSE(seen[c.bin]) << "bin " << c.bin << " listed twice";
           seen[c.bin] = true;
           EXPECT_EQ(c.label, absl::StrCat("bin ", c.bin));
-          ASSERT_TRUE(
-              Close("current_share", c.current_share, p[c.bin], 1e-14, 0, 0, 0))
+          ASSERT_TRUE(Close("current_share", c.current_share, p[c.bin], 1e-14, 0, 0, 0)) << c.bin;
+          ASSERT_TRUE(Close("reference_share", c.reference_share, q[c.bin], 1e-14, 0, 0, 0))
               << c.bin;
-          ASSERT_TRUE(Close("reference_share", c.reference_share, q[c.bin],
-                            1e-14, 0, 0, 0))
-              << c.bin;
-          const Real term = p[c.bin] == 0 ? 0
-                            : q[c.bin] == 0
-                                ? oracle::kInf
-                                : p[c.bin] * std::log(p[c.bin] / q[c.bin]);
+          const Real term = p[c.bin] == 0   ? 0
+                            : q[c.bin] == 0 ? oracle::kInf
+                                            : p[c.bin] * std::log(p[c.bin] / q[c.bin]);
           const Real term_scale =
-              p[c.bin] == 0 ? 0
-                            : p[c.bin] * (std::fabs(std::log(p[c.bin])) +
-                                          std::fabs(std::log(q[c.bin])) + 1);
-          ASSERT_TRUE(
-              Close("contribution", c.contribution, term, 1e-12, term_scale))
-              << c.bin;
+              p[c.bin] == 0
+                  ? 0
+                  : p[c.bin] * (std::fabs(std::log(p[c.bin])) + std::fabs(std::log(q[c.bin])) + 1);
+          ASSERT_TRUE(Close("contribution", c.contribution, term, 1e-12, term_scale)) << c.bin;
           if (j > 0) {
             const BinContribution& previous = all->top_bins[j - 1];
             ASSERT_TRUE(previous.contribution > c.contribution ||
-                        (previous.contribution == c.contribution &&
-                         previous.bin < c.bin))
+                        (previous.contribution == c.contribution && previous.bin < c.bin))
                 << "position " << j;
           }
           sum += c.contribution;
@@ -785,14 +701,12 @@ TEST(TopBins, MatchOracleOnRandomHistograms) {
 
         // A shorter list is a prefix of the full one.
         for (size_t top_k : {size_t{0}, size_t{1}, size_t{3}, k / 2}) {
-          absl::StatusOr<DriftMeasures> some =
-              Compute(reference, current, alpha, top_k);
+          absl::StatusOr<DriftMeasures> some = Compute(reference, current, alpha, top_k);
           ASSERT_TRUE(some.ok());
           ASSERT_EQ(some->top_bins.size(), std::min(top_k, k));
           for (size_t j = 0; j < some->top_bins.size(); ++j) {
             EXPECT_EQ(some->top_bins[j].bin, all->top_bins[j].bin);
-            EXPECT_EQ(some->top_bins[j].contribution,
-                      all->top_bins[j].contribution);
+            EXPECT_EQ(some->top_bins[j].contribution, all->top_bins[j].contribution);
           }
           // The measures do not depend on top_k.
           EXPECT_EQ(some->kl_current_reference, all->kl_current_reference);
@@ -822,40 +736,31 @@ TEST(TopBins, LabelsComeFromTheLayout) {
   absl::StatusOr<BinLayout> numeric = BinLayout::Numeric({0.0, 1.0, 2.0});
   ASSERT_TRUE(numeric.ok());
   const std::vector<double> reference = {1, 10, 10, 1, 1};
-  const std::vector<double> current = {0, 30, 1, 0,
-                                       0};  // Bin 1, [0, 1), dominates.
-  absl::StatusOr<DriftMeasures> m =
-      Compute(reference, current, 0.5, 5, &*numeric);
+  const std::vector<double> current = {0, 30, 1, 0, 0};  // Bin 1, [0, 1), dominates.
+  absl::StatusOr<DriftMeasures> m = Compute(reference, current, 0.5, 5, &*numeric);
   ASSERT_TRUE(m.ok()) << m.status();
   ASSERT_EQ(m->top_bins.size(), 5u);
   EXPECT_EQ(m->top_bins[0].bin, 1u);
   EXPECT_EQ(m->top_bins[0].label, "[0, 1)");
-  for (const BinContribution& c : m->top_bins)
-    EXPECT_EQ(c.label, numeric->BinLabel(c.bin));
+  for (const BinContribution& c : m->top_bins) EXPECT_EQ(c.label, numeric->BinLabel(c.bin));
   std::vector<std::string> labels;
   for (const BinContribution& c : m->top_bins) labels.push_back(c.label);
-  EXPECT_THAT(labels, ::testing::UnorderedElementsAre("< 0", "[0, 1)", "[1, 2)",
-                                                      ">= 2", "NaN"));
+  EXPECT_THAT(labels, ::testing::UnorderedElementsAre("< 0", "[0, 1)", "[1, 2)", ">= 2", "NaN"));
 
-  absl::StatusOr<BinLayout> categorical =
-      BinLayout::Categorical({"cat", "dog"});
+  absl::StatusOr<BinLayout> categorical = BinLayout::Categorical({"cat", "dog"});
   ASSERT_TRUE(categorical.ok());
-  absl::StatusOr<DriftMeasures> c =
-      Compute({10, 10, 0}, {1, 10, 9}, 0.5, 3, &*categorical);
+  absl::StatusOr<DriftMeasures> c = Compute({10, 10, 0}, {1, 10, 9}, 0.5, 3, &*categorical);
   ASSERT_TRUE(c.ok()) << c.status();
   ASSERT_EQ(c->top_bins.size(), 3u);
   EXPECT_EQ(c->top_bins[0].bin, 2u);
   EXPECT_EQ(c->top_bins[0].label, "<unseen>");
-  for (const BinContribution& b : c->top_bins)
-    EXPECT_EQ(b.label, categorical->BinLabel(b.bin));
+  for (const BinContribution& b : c->top_bins) EXPECT_EQ(b.label, categorical->BinLabel(b.bin));
 
   absl::StatusOr<BinLayout> pre_binned = BinLayout::PreBinned(3);
   ASSERT_TRUE(pre_binned.ok());
-  absl::StatusOr<DriftMeasures> p =
-      Compute({10, 10, 1}, {1, 10, 9}, 0.5, 3, &*pre_binned);
+  absl::StatusOr<DriftMeasures> p = Compute({10, 10, 1}, {1, 10, 9}, 0.5, 3, &*pre_binned);
   ASSERT_TRUE(p.ok()) << p.status();
-  for (const BinContribution& b : p->top_bins)
-    EXPECT_EQ(b.label, absl::StrCat("bin ", b.bin));
+  for (const BinContribution& b : p->top_bins) EXPECT_EQ(b.label, absl::StrCat("bin ", b.bin));
 }
 
 TEST(TopBins, LabelsWithoutLayoutAreBinIndices) {
@@ -864,8 +769,7 @@ TEST(TopBins, LabelsWithoutLayoutAreBinIndices) {
   ASSERT_EQ(m->top_bins.size(), 4u);
   EXPECT_EQ(m->top_bins[0].bin, 3u);
   EXPECT_EQ(m->top_bins[0].label, "bin 3");
-  for (const BinContribution& c : m->top_bins)
-    EXPECT_EQ(c.label, absl::StrCat("bin ", c.bin));
+  for (const BinContribution& c : m->top_bins) EXPECT_EQ(c.label, absl::StrCat("bin ", c.bin));
 }
 
 TEST(GTestPValue, EdgeCases) {
@@ -875,8 +779,7 @@ TEST(GTestPValue, EdgeCases) {
   EXPECT_EQ(GTestPValue(-1e-17, 100, 10),
             1.0);  // Rounding below zero is clamped.
   EXPECT_EQ(GTestPValue(kInf, 100, 10), 0.0);
-  EXPECT_EQ(GTestPValue(0.3, 200, 7),
-            kernels::ChiSquaredSurvival(2.0 * 200 * 0.3, 6.0));
+  EXPECT_EQ(GTestPValue(0.3, 200, 7), kernels::ChiSquaredSurvival(2.0 * 200 * 0.3, 6.0));
   // More evidence (more samples at the same KL) can only lower the p-value.
   double previous = 1.0;
   for (double n : {1.0, 10.0, 100.0, 1000.0, 1e4}) {
@@ -892,20 +795,16 @@ TEST(GTestPValue, EdgeCases) {
 // +inf: refused.
 TEST(DriftMeasuresOverflow, CountsWhoseTotalOverflowsAreRejected) {
   const double huge = std::numeric_limits<double>::max();
-  absl::StatusOr<ReferenceProfile> reference =
-      ReferenceProfile::Create({huge, huge}, 0.5);
+  absl::StatusOr<ReferenceProfile> reference = ReferenceProfile::Create({huge, huge}, 0.5);
   EXPECT_EQ(reference.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(reference.status().message(),
-              ::testing::HasSubstr("add up to more"));
+  EXPECT_THAT(reference.status().message(), ::testing::HasSubstr("add up to more"));
 
   absl::StatusOr<ReferenceProfile> ok = ReferenceProfile::Create({1, 1}, 0.5);
   ASSERT_TRUE(ok.ok());
   const std::vector<double> current = {huge, huge};
-  absl::StatusOr<DriftMeasures> measures =
-      ComputeDriftMeasures(*ok, current, 0);
+  absl::StatusOr<DriftMeasures> measures = ComputeDriftMeasures(*ok, current, 0);
   EXPECT_EQ(measures.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(measures.status().message(),
-              ::testing::HasSubstr("current counts add up"));
+  EXPECT_THAT(measures.status().message(), ::testing::HasSubstr("current counts add up"));
 }
 
 }  // namespace

@@ -34,9 +34,7 @@ double IncrementalKl::CrossTerm(size_t bin, double count) const {
   const double c = count + reference_->alpha();
   // Impossible bins (c > 0 = q) are tracked apart; their -inf would poison the
   // sum.
-  return c > 0 && reference_->shares()[bin] > 0
-             ? c * reference_->log_shares()[bin]
-             : 0.0;
+  return c > 0 && reference_->shares()[bin] > 0 ? c * reference_->log_shares()[bin] : 0.0;
 }
 
 bool IncrementalKl::Impossible(size_t bin, double count) const {
@@ -46,8 +44,7 @@ bool IncrementalKl::Impossible(size_t bin, double count) const {
 void IncrementalKl::Add(size_t bin, double delta) {
   const double old_count = counts_[bin];
   double new_count = old_count + delta;
-  if (new_count < 0)
-    new_count = 0;  // REQUIRES allows only rounding-sized negatives.
+  if (new_count < 0) new_count = 0;  // REQUIRES allows only rounding-sized negatives.
   sum_c_log_c_.Add(EntropyTerm(new_count) - EntropyTerm(old_count));
   sum_c_log_q_.Add(CrossTerm(bin, new_count) - CrossTerm(bin, old_count));
   impossible_bins_ += Impossible(bin, new_count);
@@ -65,12 +62,10 @@ void IncrementalKl::Add(size_t bin, double delta) {
 }
 
 double IncrementalKl::KlCurrentReference() const {
-  const double total = samples_.value() + static_cast<double>(counts_.size()) *
-                                              reference_->alpha();
+  const double total = samples_.value() + static_cast<double>(counts_.size()) * reference_->alpha();
   if (nonzero_bins_ == 0 || samples_.value() <= 0 || total <= 0) return 0.0;
   if (impossible_bins_ > 0) return std::numeric_limits<double>::infinity();
-  const double kl =
-      (sum_c_log_c_.value() - sum_c_log_q_.value()) / total - std::log(total);
+  const double kl = (sum_c_log_c_.value() - sum_c_log_q_.value()) / total - std::log(total);
   return kl > 0 ? kl : 0.0;
 }
 

@@ -74,8 +74,7 @@ class IncrementalKl {
   CompensatedSum sum_c_log_c_;
   CompensatedSum sum_c_log_q_;
   size_t impossible_bins_ = 0;  // Bins with c > 0 where q = 0.
-  size_t nonzero_bins_ =
-      0;  // Bins with c != 0; 0 means the histogram is empty.
+  size_t nonzero_bins_ = 0;     // Bins with c != 0; 0 means the histogram is empty.
   // The running sums of the empty histogram, restored exactly whenever it
   // empties again: rounded fractional updates need not cancel, and a residue of
   // 1e-17 samples would otherwise give KL = -log(1e-17) for an empty histogram.

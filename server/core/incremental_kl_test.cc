@@ -24,10 +24,8 @@ using Real = oracle::Real;
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
 
-std::shared_ptr<const ReferenceProfile> MakeReference(
-    std::vector<double> counts, double alpha) {
-  absl::StatusOr<ReferenceProfile> profile =
-      ReferenceProfile::Create(std::move(counts), alpha);
+std::shared_ptr<const ReferenceProfile> MakeReference(std::vector<double> counts, double alpha) {
+  absl::StatusOr<ReferenceProfile> profile = ReferenceProfile::Create(std::move(counts), alpha);
   EXPECT_TRUE(profile.ok()) << profile.status();
   if (!profile.ok()) return nullptr;
   return std::make_shared<const ReferenceProfile>(*std::move(profile));
@@ -41,9 +39,8 @@ std::vector<double> ToVector(absl::Span<const double> span) {
 // oracle.
 Real OracleKl(const IncrementalKl& kl) {
   const ReferenceProfile& reference = kl.reference();
-  return oracle::Kl(
-      oracle::Shares(ToVector(kl.counts()), reference.alpha()),
-      oracle::Shares(ToVector(reference.counts()), reference.alpha()));
+  return oracle::Kl(oracle::Shares(ToVector(kl.counts()), reference.alpha()),
+                    oracle::Shares(ToVector(reference.counts()), reference.alpha()));
 }
 
 Real OracleTotal(absl::Span<const double> counts) {
@@ -54,22 +51,19 @@ Real OracleTotal(absl::Span<const double> counts) {
 
 // |got - want| <= rel * |want| + rel_to_scale * scale; infinities must match
 // exactly.
-::testing::AssertionResult RelativelyClose(double got, Real want, double rel,
-                                           Real scale = 0,
+::testing::AssertionResult RelativelyClose(double got, Real want, double rel, Real scale = 0,
                                            double rel_to_scale = 1e-14) {
   if (std::isnan(got)) return ::testing::AssertionFailure() << "got NaN";
   if (std::isinf(got) || std::isinf(static_cast<double>(want))) {
     if (got == static_cast<double>(want)) return ::testing::AssertionSuccess();
-    return ::testing::AssertionFailure()
-           << "got " << got << ", want " << static_cast<double>(want);
+    return ::testing::AssertionFailure() << "got " << got << ", want " << static_cast<double>(want);
   }
   const Real error = std::fabs(static_cast<Real>(got) - want);
   const Real allowed = rel * std::fabs(want) + rel_to_scale * scale;
   if (error <= allowed) return ::testing::AssertionSuccess();
   return ::testing::AssertionFailure()
-         << "got " << got << ", want " << static_cast<double>(want)
-         << " (error " << static_cast<double>(error) << " > allowed "
-         << static_cast<double>(allowed) << ")";
+         << "got " << got << ", want " << static_cast<double>(want) << " (error "
+         << static_cast<double>(error) << " > allowed " << static_cast<double>(allowed) << ")";
 }
 
 // The magnitude of the terms IncrementalKl cancels, KL = (S_cc - S_cq) / N' -
@@ -85,8 +79,7 @@ Real CancellationScale(const IncrementalKl& kl) {
   for (size_t i = 0; i < kl.size(); ++i) {
     const Real c = kl.counts()[i] + Real{alpha};
     if (c > 0 && reference.shares()[i] > 0) {
-      scale += c / total *
-               (std::fabs(std::log(c)) + std::fabs(reference.log_shares()[i]));
+      scale += c / total * (std::fabs(std::log(c)) + std::fabs(reference.log_shares()[i]));
     }
   }
   return scale;
@@ -103,11 +96,9 @@ void ExpectMatchesBatch(const IncrementalKl& kl, double rel = 1e-10) {
   }
   const Real scale = CancellationScale(kl);
   EXPECT_TRUE(RelativelyClose(got, OracleKl(kl), rel, scale)) << "vs oracle";
-  absl::StatusOr<DriftMeasures> batch =
-      ComputeDriftMeasures(kl.reference(), kl.counts(), 0);
+  absl::StatusOr<DriftMeasures> batch = ComputeDriftMeasures(kl.reference(), kl.counts(), 0);
   ASSERT_TRUE(batch.ok()) << batch.status();
-  EXPECT_TRUE(RelativelyClose(got, batch->kl_current_reference, rel, scale))
-      << "vs batch";
+  EXPECT_TRUE(RelativelyClose(got, batch->kl_current_reference, rel, scale)) << "vs batch";
 }
 
 // --- CompensatedSum
@@ -116,8 +107,7 @@ void ExpectMatchesBatch(const IncrementalKl& kl, double rel = 1e-10) {
 TEST(CompensatedSum, RecoversSmallAddendsLostNextToALargeOne) {
   CompensatedSum sum;
   sum.Add(1e16);
-  for (int i = 0; i < 1000; ++i)
-    sum.Add(1.0);  // Each is below half an ulp of 1e16.
+  for (int i = 0; i < 1000; ++i) sum.Add(1.0);  // Each is below half an ulp of 1e16.
   sum.Add(-1e16);
   EXPECT_EQ(sum.value(), 1000.0);
 
@@ -144,8 +134,7 @@ TEST(CompensatedSum, ManySmallTermsMatchLongDouble) {
   std::mt19937_64 rng(7);
   std::uniform_real_distribution<double> unit(-1.0, 1.0);
   for (int i = 0; i < 1000000; ++i) {
-    const double x =
-        unit(rng) * std::ldexp(1.0, static_cast<int>(rng() % 40) - 20);
+    const double x = unit(rng) * std::ldexp(1.0, static_cast<int>(rng() % 40) - 20);
     sum.Add(x);
     exact += x;
   }
@@ -226,8 +215,7 @@ TEST(IncrementalKl, EmptyAfterFractionalAddsAndRemovesIsZero) {
     kl.Add(0, -kl.counts()[0]);
     kl.Add(1, -kl.counts()[1]);
     EXPECT_EQ(ToVector(kl.counts()), std::vector<double>(2, 0.0));
-    EXPECT_EQ(kl.KlCurrentReference(), 0.0)
-        << "alpha " << alpha << " samples " << kl.samples();
+    EXPECT_EQ(kl.KlCurrentReference(), 0.0) << "alpha " << alpha << " samples " << kl.samples();
     EXPECT_EQ(kl.samples(), 0.0) << "alpha " << alpha;
   }
   std::mt19937_64 rng(11);
@@ -235,11 +223,9 @@ TEST(IncrementalKl, EmptyAfterFractionalAddsAndRemovesIsZero) {
   for (int trial = 0; trial < 200; ++trial) {
     const double alpha = trial % 2 == 0 ? 0.0 : 0.5;
     IncrementalKl kl(MakeReference({1, 2, 3}, alpha));
-    for (int step = 0; step < 50; ++step)
-      kl.Add(rng() % 3, unit(rng) * std::pow(10.0, rng() % 6));
+    for (int step = 0; step < 50; ++step) kl.Add(rng() % 3, unit(rng) * std::pow(10.0, rng() % 6));
     for (size_t bin = 0; bin < 3; ++bin) kl.Add(bin, -kl.counts()[bin]);
-    ASSERT_EQ(kl.KlCurrentReference(), 0.0)
-        << "trial " << trial << " samples " << kl.samples();
+    ASSERT_EQ(kl.KlCurrentReference(), 0.0) << "trial " << trial << " samples " << kl.samples();
     ASSERT_EQ(kl.samples(), 0.0) << "trial " << trial;
   }
 }
@@ -253,8 +239,7 @@ TEST(IncrementalKl, RandomUpdatesMatchBatch) {
       std::vector<double> reference(k);
       // With alpha = 0 every reference bin is populated, so no update makes KL
       // infinite.
-      for (double& c : reference)
-        c = std::floor(unit(rng) * 100) + (alpha == 0 ? 1 : 0);
+      for (double& c : reference) c = std::floor(unit(rng) * 100) + (alpha == 0 ? 1 : 0);
       if (alpha > 0) reference[0] += 1;
       IncrementalKl kl(MakeReference(reference, alpha));
       std::vector<double> shadow(k, 0.0);
@@ -281,8 +266,7 @@ TEST(IncrementalKl, RandomUpdatesMatchBatch) {
         if (step % 97 == 0 || step == 1999) {
           // Fractional updates round, so allow a few ulps of the largest count
           // seen.
-          ASSERT_NEAR(kl.samples(), static_cast<double>(OracleTotal(shadow)),
-                      1e-10);
+          ASSERT_NEAR(kl.samples(), static_cast<double>(OracleTotal(shadow)), 1e-10);
           ExpectMatchesBatch(kl);
           if (HasFailure()) return;
         }
@@ -298,8 +282,7 @@ TEST(IncrementalKl, LongRunStaysAccurate) {
     std::mt19937_64 rng(4242);
     std::uniform_real_distribution<double> unit(0.0, 1.0);
     std::vector<double> reference(k);
-    for (size_t i = 0; i < k; ++i)
-      reference[i] = 1 + std::floor(unit(rng) * 1000);
+    for (size_t i = 0; i < k; ++i) reference[i] = 1 + std::floor(unit(rng) * 1000);
     IncrementalKl kl(MakeReference(reference, alpha));
     std::vector<double> shadow(k, 0.0);
     SCOPED_TRACE(::testing::Message() << "alpha=" << alpha);
@@ -332,8 +315,7 @@ TEST(IncrementalKl, LongRunStaysAccurate) {
     EXPECT_GT(before, 0.0);
     kl.Resync();
     const double after = kl.KlCurrentReference();
-    EXPECT_TRUE(RelativelyClose(before, after, 1e-12))
-        << "Resync moved the value";
+    EXPECT_TRUE(RelativelyClose(before, after, 1e-12)) << "Resync moved the value";
     ExpectMatchesBatch(kl);
   }
 }
@@ -406,8 +388,7 @@ TEST(IncrementalKl, ResyncChangesTheValueNegligibly) {
       const double before = kl.KlCurrentReference();
       kl.Resync();
       const double after = kl.KlCurrentReference();
-      EXPECT_TRUE(RelativelyClose(before, after, 1e-12))
-          << "k=" << k << " alpha=" << alpha;
+      EXPECT_TRUE(RelativelyClose(before, after, 1e-12)) << "k=" << k << " alpha=" << alpha;
       // Resync is idempotent.
       kl.Resync();
       EXPECT_EQ(kl.KlCurrentReference(), after);
@@ -476,8 +457,7 @@ TEST(IncrementalKl, SamplesTrackTheTotal) {
   std::uniform_real_distribution<double> unit(0.0, 1.0);
   for (int step = 0; step < 10000; ++step) {
     const size_t bin = rng() % 3;
-    const double delta =
-        step % 4 == 3 ? -kl.counts()[bin] : std::floor(unit(rng) * 10);
+    const double delta = step % 4 == 3 ? -kl.counts()[bin] : std::floor(unit(rng) * 10);
     total += std::max(kl.counts()[bin] + delta, 0.0) - kl.counts()[bin];
     kl.Add(bin, delta);
     // Integer counts: every partial sum is exact, so the tracked total is too.
@@ -487,8 +467,7 @@ TEST(IncrementalKl, SamplesTrackTheTotal) {
 }
 
 TEST(IncrementalKl, SharesTheReference) {
-  std::shared_ptr<const ReferenceProfile> reference =
-      MakeReference({1, 2, 3}, 0.5);
+  std::shared_ptr<const ReferenceProfile> reference = MakeReference({1, 2, 3}, 0.5);
   IncrementalKl a(reference);
   IncrementalKl b(reference);
   a.Add(0, 10);

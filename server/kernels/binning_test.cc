@@ -37,8 +37,8 @@ TEST(BinningLayout, SearchSizes) {
 
 TEST_P(BinningTest, HalfOpenBinsUnderflowOverflowAndNaN) {
   const std::vector<double> edges = {0.0, 1.0, 2.5};
-  const std::vector<double> values = {-kInf, -1.0, 0.0, 0.5, 1.0, 2.4999, 2.5, 1e300, kInf, kNaN,
-                                      -0.0};
+  const std::vector<double> values = {-kInf, -1.0,  0.0,  0.5,  1.0, 2.4999,
+                                      2.5,   1e300, kInf, kNaN, -0.0};
   const std::vector<uint32_t> want = {0, 0, 1, 1, 2, 2, 3, 3, 3, 4, 1};
   EXPECT_EQ(Bin(edges, values), want);
 }

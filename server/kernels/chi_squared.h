@@ -1,9 +1,9 @@
 // The chi-squared distribution's survival function, for the G-test p-value of a drift report.
 //
-// Implemented here (no special-function library) through the regularized incomplete gamma functions:
-// a series for x < a + 1 and a Lentz continued fraction otherwise, with the prefactor
-// x^a e^-x / Gamma(a) evaluated in a cancellation-free form for large a, so the result stays accurate
-// to ~1e-13 relative even for a ~ 5e5 (K = 2^20 bins) and far into the tails.
+// Implemented here (no special-function library) through the regularized incomplete gamma
+// functions: a series for x < a + 1 and a Lentz continued fraction otherwise, with the prefactor
+// x^a e^-x / Gamma(a) evaluated in a cancellation-free form for large a, so the result stays
+// accurate to ~1e-13 relative even for a ~ 5e5 (K = 2^20 bins) and far into the tails.
 //
 // Thread safety: pure functions.
 //
@@ -18,7 +18,8 @@ namespace kldrift::kernels {
 // REQUIRES: a > 0, x >= 0 (x = +inf gives 1). NaN inputs give NaN.
 double RegularizedGammaP(double a, double x);
 
-// Q(a, x) = Gamma(a, x) / Gamma(a) = 1 - P(a, x), computed directly (not as 1 - P) in the upper tail.
+// Q(a, x) = Gamma(a, x) / Gamma(a) = 1 - P(a, x), computed directly (not as 1 - P) in the upper
+// tail.
 double RegularizedGammaQ(double a, double x);
 
 // Pr[X >= statistic] for X ~ chi-squared with `degrees_of_freedom` (> 0, need not be an integer).

@@ -133,9 +133,8 @@ double KlCurrentReferenceImpl(const double* HWY_RESTRICT current, size_t k, doub
              : KlCurrentReferenceLoop<false>(current, k, alpha, p_scale, log_q);
 }
 
-void KlContributionsImpl(const double* HWY_RESTRICT current, size_t k, double alpha,
-                         double p_scale, const double* HWY_RESTRICT log_q,
-                         double* HWY_RESTRICT contributions) {
+void KlContributionsImpl(const double* HWY_RESTRICT current, size_t k, double alpha, double p_scale,
+                         const double* HWY_RESTRICT log_q, double* HWY_RESTRICT contributions) {
   const D d;
   const size_t lanes = hn::Lanes(d);
   const V a = hn::Set(d, alpha);
@@ -209,8 +208,8 @@ HWY_INLINE void AccumulateSums(D d, M valid, V c, V q, V log_q, V a, V p_scale, 
   const V phat = hn::Mul(c, phat_scale);
   const M phat_pos = hn::And(valid, hn::Gt(phat, zero));
   const V log_phat = hn::Log(d, hn::IfThenElse(phat_pos, phat, hn::Set(d, 1.0)));
-  acc.kl_empirical =
-      hn::Add(acc.kl_empirical, hn::IfThenElseZero(phat_pos, hn::Mul(phat, hn::Sub(log_phat, log_q))));
+  acc.kl_empirical = hn::Add(acc.kl_empirical,
+                             hn::IfThenElseZero(phat_pos, hn::Mul(phat, hn::Sub(log_phat, log_q))));
 }
 
 template <bool kSharesAreNormal>
@@ -239,19 +238,17 @@ SumVectors DivergenceSumsLoop(const double* HWY_RESTRICT current, size_t k, V a,
   return acc;
 }
 
-DivergenceSums ComputeDivergenceSumsImpl(const double* HWY_RESTRICT current, size_t k,
-                                         double alpha, double current_total,
-                                         const double* HWY_RESTRICT q,
+DivergenceSums ComputeDivergenceSumsImpl(const double* HWY_RESTRICT current, size_t k, double alpha,
+                                         double current_total, const double* HWY_RESTRICT q,
                                          const double* HWY_RESTRICT log_q) {
   const D d;
   const double p_scale = 1.0 / (current_total + static_cast<double>(k) * alpha);
   const V a = hn::Set(d, alpha);
   const V ps = hn::Set(d, p_scale);
   const V phat_scale = hn::Set(d, 1.0 / current_total);
-  const SumVectors acc =
-      SharesAreNormal(alpha, p_scale)
-          ? DivergenceSumsLoop<true>(current, k, a, ps, phat_scale, q, log_q)
-          : DivergenceSumsLoop<false>(current, k, a, ps, phat_scale, q, log_q);
+  const SumVectors acc = SharesAreNormal(alpha, p_scale)
+                             ? DivergenceSumsLoop<true>(current, k, a, ps, phat_scale, q, log_q)
+                             : DivergenceSumsLoop<false>(current, k, a, ps, phat_scale, q, log_q);
   DivergenceSums sums;
   sums.kl_pq = SumLanes(d, acc.kl_pq);
   sums.kl_qp = SumLanes(d, acc.kl_qp);
@@ -299,7 +296,7 @@ void KlContributions(const double* current, size_t k, double alpha, double p_sca
 DivergenceSums ComputeDivergenceSums(const double* current, size_t k, double alpha,
                                      double current_total, const double* q, const double* log_q) {
   return HWY_DYNAMIC_DISPATCH(ComputeDivergenceSumsImpl)(current, k, alpha, current_total, q,
-                                                        log_q);
+                                                         log_q);
 }
 
 }  // namespace kldrift::kernels

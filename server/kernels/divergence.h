@@ -7,8 +7,8 @@
 // Notation used throughout: P is the *current* distribution (production), Q the *reference*.
 // Shares are smoothed with a Dirichlet prior of `alpha` pseudo-counts per bin:
 //   p_i = (current_i + alpha) * p_scale,   p_scale = 1 / (N_current + K * alpha).
-// The reference arrives pre-smoothed as q_i and log q_i (log q_i = -inf where q_i = 0), computed once
-// per reference by SmoothedShares(), so KL(P||Q) costs one vector log per bin.
+// The reference arrives pre-smoothed as q_i and log q_i (log q_i = -inf where q_i = 0), computed
+// once per reference by SmoothedShares(), so KL(P||Q) costs one vector log per bin.
 //
 // Zero conventions: 0 * log(0 / x) = 0. A bin with p_i > 0 = q_i makes KL(P||Q) and chi2 +inf (and
 // symmetrically for KL(Q||P)); results are never NaN for valid inputs.
@@ -34,8 +34,8 @@ struct CountSummary {
 };
 CountSummary SummarizeCounts(const double* counts, size_t k);
 
-// shares[i] = (counts[i] + alpha) * scale; log_shares[i] = log(shares[i]), or -inf where the share is 0.
-// REQUIRES: counts finite and >= 0, alpha >= 0, scale > 0.
+// shares[i] = (counts[i] + alpha) * scale; log_shares[i] = log(shares[i]), or -inf where the share
+// is 0. REQUIRES: counts finite and >= 0, alpha >= 0, scale > 0.
 void SmoothedShares(const double* counts, size_t k, double alpha, double scale, double* shares,
                     double* log_shares);
 
@@ -49,14 +49,14 @@ void KlContributions(const double* current, size_t k, double alpha, double p_sca
 
 // Every sum the drift report needs, in a single pass over the bins.
 struct DivergenceSums {
-  double kl_pq = 0;              // sum p log(p/q): KL(current || reference), nats.
-  double kl_qp = 0;              // sum q log(q/p): KL(reference || current), nats.
-  double js_nats = 0;            // 1/2 sum [p log(p/m) + q log(q/m)], m = (p + q) / 2.
-  double sq_root_diff = 0;       // sum (sqrt p - sqrt q)^2 = 2 * Hellinger^2.
-  double abs_diff = 0;           // sum |p - q| = 2 * total variation.
-  double max_abs_diff = 0;       // max |p - q| = L-infinity distance.
-  double chi2 = 0;               // sum (p - q)^2 / q: Pearson chi-squared divergence.
-  double kl_empirical_pq = 0;    // sum phat log(phat/q), phat = current / current_total (unsmoothed).
+  double kl_pq = 0;            // sum p log(p/q): KL(current || reference), nats.
+  double kl_qp = 0;            // sum q log(q/p): KL(reference || current), nats.
+  double js_nats = 0;          // 1/2 sum [p log(p/m) + q log(q/m)], m = (p + q) / 2.
+  double sq_root_diff = 0;     // sum (sqrt p - sqrt q)^2 = 2 * Hellinger^2.
+  double abs_diff = 0;         // sum |p - q| = 2 * total variation.
+  double max_abs_diff = 0;     // max |p - q| = L-infinity distance.
+  double chi2 = 0;             // sum (p - q)^2 / q: Pearson chi-squared divergence.
+  double kl_empirical_pq = 0;  // sum phat log(phat/q), phat = current / current_total (unsmoothed).
 };
 
 // REQUIRES: current finite and >= 0 with current_total > 0; q and log_q from SmoothedShares().

@@ -79,9 +79,9 @@ double Total(const std::vector<double>& counts) {
   const long double error = std::fabs(static_cast<long double>(got) - want);
   const long double allowed = rel * std::fabs(want) + rel_to_scale * scale;
   if (std::isfinite(got) && error <= allowed) return ::testing::AssertionSuccess();
-  return ::testing::AssertionFailure() << what << ": got " << got << ", want " << (double)want
-                                       << " (error " << (double)error << " > allowed "
-                                       << (double)allowed << ")";
+  return ::testing::AssertionFailure()
+         << what << ": got " << got << ", want " << (double)want << " (error " << (double)error
+         << " > allowed " << (double)allowed << ")";
 }
 
 // The reference profile as the core layer builds it: smoothed q and cached log q.
@@ -91,8 +91,8 @@ struct Profile {
 Profile MakeProfile(const std::vector<double>& reference, double alpha) {
   const size_t k = reference.size();
   Profile profile{std::vector<double>(k), std::vector<double>(k)};
-  SmoothedShares(reference.data(), k, alpha, 1.0 / (Total(reference) + k * alpha),
-                 profile.q.data(), profile.log_q.data());
+  SmoothedShares(reference.data(), k, alpha, 1.0 / (Total(reference) + k * alpha), profile.q.data(),
+                 profile.log_q.data());
   return profile;
 }
 
@@ -101,7 +101,8 @@ HWY_TARGET_INSTANTIATE_TEST_SUITE_P(DivergenceTest);
 
 // Every measure against the long-double oracle over many sizes, shapes, alphas and seeds.
 TEST_P(DivergenceTest, MatchesLongDoubleOracle) {
-  const std::vector<size_t> sizes = {1, 2, 3, 5, 7, 8, 9, 15, 16, 17, 31, 64, 100, 1000, 4099, 65536};
+  const std::vector<size_t> sizes = {1,  2,  3,  5,  7,   8,    9,    15,
+                                     16, 17, 31, 64, 100, 1000, 4099, 65536};
   const std::vector<Shape> shapes = {Shape::kDense, Shape::kSparse, Shape::kHuge, Shape::kTiny,
                                      Shape::kOneHot};
   const std::vector<double> alphas = {0.5, 1.0, 1e-3, 0.0};
@@ -120,8 +121,8 @@ TEST_P(DivergenceTest, MatchesLongDoubleOracle) {
         const double total = Total(current);
         const double p_scale = 1.0 / (total + k * alpha);
 
-        const DivergenceSums got = ComputeDivergenceSums(current.data(), k, alpha, total,
-                                                         ref.q.data(), ref.log_q.data());
+        const DivergenceSums got =
+            ComputeDivergenceSums(current.data(), k, alpha, total, ref.q.data(), ref.log_q.data());
         EXPECT_TRUE(Close("kl_pq", got.kl_pq, want.kl_pq, 1e-12, want.kl_pq_scale));
         EXPECT_TRUE(Close("kl_qp", got.kl_qp, want.kl_qp, 1e-12, want.kl_qp_scale));
         EXPECT_TRUE(Close("js_bits", got.js_nats / std::log(2.0), want.js_bits, 1e-12,
@@ -137,16 +138,15 @@ TEST_P(DivergenceTest, MatchesLongDoubleOracle) {
         const double kl = KlCurrentReference(current.data(), k, alpha, p_scale, ref.log_q.data());
         EXPECT_TRUE(Close("KlCurrentReference", kl, want.kl_pq, 1e-12, want.kl_pq_scale));
         std::vector<double> contributions(k);
-        KlContributions(current.data(), k, alpha, p_scale, ref.log_q.data(),
-                        contributions.data());
+        KlContributions(current.data(), k, alpha, p_scale, ref.log_q.data(), contributions.data());
         const std::vector<long double> p = oracle::Shares(current, alpha);
         const std::vector<long double> q = oracle::Shares(reference, alpha);
         for (size_t i = 0; i < k; ++i) {
           const long double term = p[i] == 0   ? 0
                                    : q[i] == 0 ? oracle::kInf
                                                : p[i] * std::log(p[i] / q[i]);
-          const long double term_scale = p[i] == 0 ? 0 : p[i] * (std::fabs(std::log(p[i])) +
-                                                                 std::fabs(std::log(q[i])));
+          const long double term_scale =
+              p[i] == 0 ? 0 : p[i] * (std::fabs(std::log(p[i])) + std::fabs(std::log(q[i])));
           ASSERT_TRUE(Close("contribution", contributions[i], term, 1e-12, term_scale)) << i;
         }
       }
@@ -243,8 +243,8 @@ TEST(DivergenceTargets, AllTargetsAgree) {
     for (int64_t target : targets) {
       hwy::SetSupportedTargetsForTest(target);
       const Profile ref = MakeProfile(reference, 0.5);
-      results.push_back(ComputeDivergenceSums(current.data(), k, 0.5, Total(current),
-                                              ref.q.data(), ref.log_q.data()));
+      results.push_back(ComputeDivergenceSums(current.data(), k, 0.5, Total(current), ref.q.data(),
+                                              ref.log_q.data()));
     }
     hwy::SetSupportedTargetsForTest(0);
     for (size_t t = 1; t < results.size(); ++t) {

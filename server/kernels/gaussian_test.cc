@@ -29,7 +29,8 @@ Params RandomGaussian(size_t d, std::mt19937_64& rng, double var_spread) {
 }
 
 void ExpectNear(double got, long double want, double rel) {
-  EXPECT_LE(std::fabs(got - want), rel * std::fabs(want) + 1e-300L) << got << " vs " << (double)want;
+  EXPECT_LE(std::fabs(got - want), rel * std::fabs(want) + 1e-300L)
+      << got << " vs " << (double)want;
 }
 
 TEST_P(GaussianTest, MatchesOracleBothDirections) {
@@ -39,8 +40,8 @@ TEST_P(GaussianTest, MatchesOracleBothDirections) {
       std::mt19937_64 rng(seed++);
       const Params a = RandomGaussian(d, rng, spread);
       const Params b = RandomGaussian(d, rng, spread);
-      const GaussianKlPair got = DiagonalGaussianKl(a.mean.data(), a.var.data(), b.mean.data(),
-                                                    b.var.data(), d);
+      const GaussianKlPair got =
+          DiagonalGaussianKl(a.mean.data(), a.var.data(), b.mean.data(), b.var.data(), d);
       ExpectNear(got.forward, oracle::GaussianKl(a.mean, a.var, b.mean, b.var), 1e-12);
       ExpectNear(got.reverse, oracle::GaussianKl(b.mean, b.var, a.mean, a.var), 1e-12);
     }
@@ -79,7 +80,8 @@ TEST_P(GaussianTest, StandardNormalIsTheVaeRegulariser) {
 
 TEST_P(GaussianTest, IdenticalDistributionsGiveZero) {
   const std::vector<double> mean = {1, 2, 3, 4, 5}, var = {0.1, 1, 10, 100, 1000};
-  const GaussianKlPair got = DiagonalGaussianKl(mean.data(), var.data(), mean.data(), var.data(), 5);
+  const GaussianKlPair got =
+      DiagonalGaussianKl(mean.data(), var.data(), mean.data(), var.data(), 5);
   EXPECT_EQ(got.forward, 0.0);
   EXPECT_EQ(got.reverse, 0.0);
 }

@@ -30,7 +30,8 @@ HWY_INLINE Estimators EstimatorsFor(D d, V log_p_current, V log_p_reference) {
 }
 
 // Calls visit(valid_mask, estimators) for each vector of samples (padding lanes masked off) and
-// end_block() after every kBlockVectors vectors and at the end, so callers can accumulate blockwise.
+// end_block() after every kBlockVectors vectors and at the end, so callers can accumulate
+// blockwise.
 template <class Visit, class EndBlock>
 HWY_INLINE void ForEachEstimatorVector(D d, const double* HWY_RESTRICT log_p_current,
                                        const double* HWY_RESTRICT log_p_reference, size_t n,

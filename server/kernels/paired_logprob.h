@@ -6,8 +6,8 @@
 //   k1 = -log r                (unbiased, high variance, can be negative)
 //   k2 = (log r)^2 / 2         (biased, low variance)
 //   k3 = (r - 1) - log r       (unbiased, never negative)
-// The batch mean of each, and its standard error (sample standard deviation / sqrt(n)), are returned.
-// Means and variances use two passes over the data, so the variance does not cancel.
+// The batch mean of each, and its standard error (sample standard deviation / sqrt(n)), are
+// returned. Means and variances use two passes over the data, so the variance does not cancel.
 //
 // Thread safety: pure functions over caller-owned memory; no allocation.
 #ifndef KLDRIFT_SERVER_KERNELS_PAIRED_LOGPROB_H_

@@ -106,9 +106,8 @@ void BM_DivergenceSums(benchmark::State& state) {
   const size_t k = static_cast<size_t>(state.range(0));
   const HistogramPair& h = Pair(k);
   for (auto _ : state) {
-    benchmark::DoNotOptimize(kernels::ComputeDivergenceSums(h.current.data(), k, kAlpha,
-                                                            h.current_total, h.q.data(),
-                                                            h.log_q.data()));
+    benchmark::DoNotOptimize(kernels::ComputeDivergenceSums(
+        h.current.data(), k, kAlpha, h.current_total, h.q.data(), h.log_q.data()));
   }
   state.SetItemsProcessed(static_cast<int64_t>(state.iterations() * k));
 }
@@ -142,8 +141,8 @@ BENCHMARK(BM_KlContributions)->Apply(BinSizes);
 void BM_IncrementalKlAddAndRead(benchmark::State& state) {
   const size_t k = static_cast<size_t>(state.range(0));
   const HistogramPair& h = Pair(k);
-  auto profile = std::make_shared<const ReferenceProfile>(
-      *ReferenceProfile::Create(h.reference, kAlpha));
+  auto profile =
+      std::make_shared<const ReferenceProfile>(*ReferenceProfile::Create(h.reference, kAlpha));
   IncrementalKl kl(profile);
   size_t bin = 0;
   for (auto _ : state) {

@@ -68,8 +68,8 @@ int main(int argc, char** argv) {
     }
   } else if (mode == "gaussian") {
     while (ReadLine(a) && ReadLine(b) && ReadLine(c) && ReadLine(d)) {
-      const auto kl = kldrift::kernels::DiagonalGaussianKl(a.data(), b.data(), c.data(),
-                                                           d.data(), a.size());
+      const auto kl =
+          kldrift::kernels::DiagonalGaussianKl(a.data(), b.data(), c.data(), d.data(), a.size());
       Print({kl.forward, kl.reverse});
     }
   } else if (mode == "policy") {

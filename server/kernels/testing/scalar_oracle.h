@@ -46,8 +46,8 @@ struct Measures {
   Real kl_pq_scale, kl_qp_scale;
 };
 
-inline Measures AllMeasures(const std::vector<double>& current, const std::vector<double>& reference,
-                            double alpha) {
+inline Measures AllMeasures(const std::vector<double>& current,
+                            const std::vector<double>& reference, double alpha) {
   const std::vector<Real> p = Shares(current, alpha);
   const std::vector<Real> q = Shares(reference, alpha);
   Measures m{};
@@ -63,8 +63,10 @@ inline Measures AllMeasures(const std::vector<double>& current, const std::vecto
     tv += diff;
     linf = std::max(linf, diff);
     if (diff != 0) chi2 += q[i] == 0 ? kInf : diff * diff / q[i];
-    if (p[i] > 0) m.kl_pq_scale += std::fabs(p[i] * std::log(p[i])) + std::fabs(p[i] * std::log(q[i]));
-    if (q[i] > 0) m.kl_qp_scale += std::fabs(q[i] * std::log(q[i])) + std::fabs(q[i] * std::log(p[i]));
+    if (p[i] > 0)
+      m.kl_pq_scale += std::fabs(p[i] * std::log(p[i])) + std::fabs(p[i] * std::log(q[i]));
+    if (q[i] > 0)
+      m.kl_qp_scale += std::fabs(q[i] * std::log(q[i])) + std::fabs(q[i] * std::log(p[i]));
   }
   js = (Kl(p, mid) + Kl(q, mid)) / 2 / std::log(Real{2});
   m.js_bits = js;
