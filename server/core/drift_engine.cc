@@ -1,0 +1,784 @@
+#include "server/core/drift_engine.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <utility>
+
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "server/kernels/gaussian.h"
+
+namespace kldrift {
+namespace {
+
+constexpr size_t kDefaultPageSize = 100;
+constexpr size_t kMaxPageSize = 1000;
+constexpr size_t kEvaluationTopBins = 5;
+// Probability vectors must sum to 1 within this.
+constexpr double kProbabilitySumTolerance = 1e-6;
+constexpr double kDefaultMinSamplesNonHistogram = 100;
+
+std::string WindowList(const Reference& ref) {
+  std::vector<std::string> names;
+  for (absl::Duration w : ref.policy.windows) names.push_back(FormatWindow(w));
+  return absl::StrJoin(names, ", ");
+}
+
+absl::Status KindMismatch(const StreamKey& key, const Reference& ref, absl::string_view sent) {
+  absl::string_view accepted = "a histogram";
+  switch (ref.kind) {
+    case ReferenceKind::kNumeric:
+      accepted = "a histogram or raw values";
+      break;
+    case ReferenceKind::kCategorical:
+      accepted = "a histogram, labels or probability vectors";
+      break;
+    case ReferenceKind::kPreBinned:
+      accepted = "a histogram or probability vectors";
+      break;
+    case ReferenceKind::kGaussian:
+      accepted = "Gaussian statistics";
+      break;
+    case ReferenceKind::kPairedLogProbs:
+      accepted = "log-prob pairs";
+      break;
+  }
+  return absl::FailedPreconditionError(
+      absl::StrCat("stream ", key.ToString(), " has a ", ReferenceKindName(ref.kind),
+                   " reference, which takes ", accepted, ", not ", sent));
+}
+
+// The window delta a stream's data adds, validated against its reference.
+absl::StatusOr<std::vector<double>> ComputeDelta(const StreamKey& key, const Reference& ref,
+                                                 const StreamData& data,
+                                                 const EngineOptions& options) {
+  using Type = StreamData::Type;
+  std::vector<double> delta(ref.window_width(), 0.0);
+  switch (data.type) {
+    case Type::kHistogram: {
+      if (!ref.is_histogram()) return KindMismatch(key, ref, "a histogram");
+      if (data.numbers.size() != delta.size()) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "stream ", key.ToString(), ": the histogram has ", data.numbers.size(),
+            " bins but reference version ", ref.version, " has ", delta.size(),
+            " (underflow, bins, overflow and NaN buckets included); fetch its bins again"));
+      }
+      for (size_t i = 0; i < delta.size(); ++i) {
+        const double c = data.numbers[i];
+        if (!std::isfinite(c) || c < 0 || c != std::floor(c)) {
+          return absl::InvalidArgumentError(absl::StrCat("stream ", key.ToString(), ": bin ", i,
+                                                         " has count ", c,
+                                                         "; histogram counts are integers >= 0"));
+        }
+        delta[i] = c;
+      }
+      return delta;
+    }
+    case Type::kValues:
+      if (ref.kind != ReferenceKind::kNumeric) return KindMismatch(key, ref, "raw values");
+      ref.layout->AddValues(data.numbers, absl::MakeSpan(delta));
+      return delta;
+    case Type::kLabels:
+      if (ref.kind != ReferenceKind::kCategorical) return KindMismatch(key, ref, "labels");
+      for (const std::string& label : data.labels) delta[ref.layout->CategoryBin(label)] += 1;
+      return delta;
+    case Type::kProbabilities: {
+      if (ref.kind != ReferenceKind::kCategorical && ref.kind != ReferenceKind::kPreBinned) {
+        return KindMismatch(key, ref, "probability vectors");
+      }
+      const size_t width = ref.kind == ReferenceKind::kCategorical ? ref.layout->categories().size()
+                                                                   : ref.layout->size();
+      if (data.numbers.empty() || data.numbers.size() % width != 0) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("stream ", key.ToString(), ": ", data.numbers.size(),
+                         " probabilities are not a whole number of vectors of ", width));
+      }
+      for (size_t start = 0; start < data.numbers.size(); start += width) {
+        double sum = 0;
+        for (size_t i = 0; i < width; ++i) {
+          const double p = data.numbers[start + i];
+          if (!(p >= 0 && p <= 1)) {
+            return absl::InvalidArgumentError(
+                absl::StrCat("stream ", key.ToString(), ": probability vector ", start / width,
+                             " has ", p, " at position ", i, "; probabilities are in [0, 1]"));
+          }
+          sum += p;
+          delta[i] += p;
+        }
+        if (std::fabs(sum - 1.0) > kProbabilitySumTolerance) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              "stream ", key.ToString(), ": probability vector ", start / width, " sums to ", sum,
+              "; each vector must sum to 1 within ", kProbabilitySumTolerance));
+        }
+      }
+      return delta;
+    }
+    case Type::kGaussian: {
+      if (ref.kind != ReferenceKind::kGaussian)
+        return KindMismatch(key, ref, "Gaussian statistics");
+      const size_t dims = ref.gaussian.mean.size();
+      if (data.gaussian_sum.size() != dims || data.gaussian_sum_squares.size() != dims) {
+        return absl::FailedPreconditionError(
+            absl::StrCat("stream ", key.ToString(), ": the reference has ", dims,
+                         " dimensions but the batch ", "has ", data.gaussian_sum.size(),
+                         " sums and ", data.gaussian_sum_squares.size(), " sums of squares"));
+      }
+      if (!std::isfinite(data.gaussian_count) || !(data.gaussian_count > 0)) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "stream ", key.ToString(), ": Gaussian count ", data.gaussian_count, " must be > 0"));
+      }
+      delta[0] = data.gaussian_count;
+      for (size_t i = 0; i < dims; ++i) {
+        const double s = data.gaussian_sum[i];
+        const double ss = data.gaussian_sum_squares[i];
+        if (!std::isfinite(s) || !std::isfinite(ss) || ss < 0) {
+          return absl::InvalidArgumentError(
+              absl::StrCat("stream ", key.ToString(), ": dimension ", i, " has sum ", s,
+                           " and sum of squares ", ss, "; both must be finite, squares >= 0"));
+        }
+        delta[1 + i] = s;
+        delta[1 + dims + i] = ss;
+      }
+      return delta;
+    }
+    case Type::kLogProbs: {
+      if (ref.kind != ReferenceKind::kPairedLogProbs)
+        return KindMismatch(key, ref, "log-prob pairs");
+      const size_t n = data.log_p_current.size();
+      if (n == 0 || data.log_p_reference.size() != n) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "stream ", key.ToString(), ": ", n, " current and ", data.log_p_reference.size(),
+            " reference log-probs; pairs need equal, non-zero counts"));
+      }
+      for (size_t i = 0; i < n; ++i) {
+        for (double lp : {data.log_p_current[i], data.log_p_reference[i]}) {
+          if (!std::isfinite(lp) || lp > 0) {
+            return absl::InvalidArgumentError(
+                absl::StrCat("stream ", key.ToString(), ": pair ", i, " has log-prob ", lp,
+                             "; log-probabilities are finite and <= 0"));
+          }
+        }
+      }
+      const kernels::PolicyKlSums sums =
+          kernels::SumPolicyKl(data.log_p_current.data(), data.log_p_reference.data(), n);
+      delta = {sums.samples, sums.k1, sums.k1_sq, sums.k2, sums.k2_sq, sums.k3, sums.k3_sq};
+      return delta;
+    }
+  }
+  return absl::InternalError("unknown stream data type");
+}
+
+size_t ObservationCount(const StreamData& data) {
+  switch (data.type) {
+    case StreamData::Type::kLabels:
+      return data.labels.size();
+    case StreamData::Type::kLogProbs:
+      return data.log_p_current.size();
+    case StreamData::Type::kGaussian:
+      return data.gaussian_sum.size();
+    default:
+      return data.numbers.size();
+  }
+}
+
+std::string EncodePageToken(const StreamKey& key) {
+  return absl::WebSafeBase64Escape(absl::StrCat(key.model, std::string(1, '\0'), key.model_version,
+                                                std::string(1, '\0'), key.signal));
+}
+
+absl::StatusOr<StreamKey> DecodePageToken(const std::string& token) {
+  std::string raw;
+  if (!absl::WebSafeBase64Unescape(token, &raw)) {
+    return absl::InvalidArgumentError("page_token is not one this server issued");
+  }
+  std::vector<std::string> parts = absl::StrSplit(raw, '\0');
+  if (parts.size() != 3)
+    return absl::InvalidArgumentError("page_token is not one this server issued");
+  return StreamKey{parts[0], parts[1], parts[2]};
+}
+
+double Sum(absl::Span<const double> values) {
+  double total = 0;
+  for (double v : values) total += v;
+  return total;
+}
+
+kernels::EstimatorSummary Estimator(double n, double sum, double sum_squares) {
+  kernels::EstimatorSummary e;
+  e.mean = sum / n;
+  if (n < 2) {
+    e.standard_error = std::numeric_limits<double>::infinity();
+  } else {
+    const double variance = std::max(0.0, (sum_squares - n * e.mean * e.mean) / (n - 1));
+    e.standard_error = std::sqrt(variance / n);
+  }
+  return e;
+}
+
+}  // namespace
+
+struct DriftEngine::WindowState {
+  WindowState(absl::Duration length, int sub_buckets, size_t width)
+      : ring(length, sub_buckets, width) {}
+
+  SlidingWindow ring;
+  std::optional<IncrementalKl> kl;  // Histogram kinds.
+  AlertStateMachine alert;
+};
+
+struct DriftEngine::StreamState {
+  explicit StreamState(StreamKey k) : key(std::move(k)) {}
+
+  const Reference& current() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex) { return *versions.back(); }
+
+  const StreamKey key;
+  mutable absl::Mutex mutex;
+  std::vector<std::shared_ptr<const Reference>> versions ABSL_GUARDED_BY(mutex);
+  std::vector<WindowState> windows ABSL_GUARDED_BY(mutex);
+  // Set when the stream was deleted while a caller held a pointer to it.
+  bool deleted ABSL_GUARDED_BY(mutex) = false;
+};
+
+struct DriftEngine::ClientState {
+  absl::Mutex mutex;
+  uint64_t last_sequence ABSL_GUARDED_BY(mutex) = 0;
+};
+
+DriftEngine::DriftEngine(EngineOptions options, const Clock* clock)
+    : options_(std::move(options)), clock_(clock) {}
+
+DriftEngine::~DriftEngine() = default;
+
+std::shared_ptr<DriftEngine::StreamState> DriftEngine::FindStream(const StreamKey& key) const {
+  absl::ReaderMutexLock lock(&streams_mutex_);
+  auto it = streams_.find(key);
+  return it == streams_.end() ? nullptr : it->second;
+}
+
+void DriftEngine::AdvanceWindows(StreamState& stream, absl::Time now) {
+  for (WindowState& window : stream.windows) {
+    if (window.kl) {
+      window.ring.Advance(now, [&window](absl::Span<const double> expired) {
+        for (size_t bin = 0; bin < expired.size(); ++bin) {
+          if (expired[bin] != 0) window.kl->Add(bin, -expired[bin]);
+        }
+      });
+    } else {
+      window.ring.Advance(now);
+    }
+  }
+}
+
+absl::StatusOr<std::shared_ptr<const Reference>> DriftEngine::PutReference(
+    const ReferenceSpec& spec) {
+  if (absl::Status s = ValidateStreamKey(spec.stream); !s.ok()) return s;
+  const absl::Time now = clock_->Now();
+
+  std::vector<double> window_counts;
+  if (spec.from_window) {
+    const StreamKey source = spec.from_window->stream.value_or(spec.stream);
+    std::shared_ptr<StreamState> src = FindStream(source);
+    if (src == nullptr) {
+      return absl::NotFoundError(
+          absl::StrCat("no stream ", source.ToString(), " to take a window from"));
+    }
+    absl::MutexLock lock(&src->mutex);
+    if (src->deleted || src->versions.empty()) {
+      return absl::NotFoundError(absl::StrCat("no stream ", source.ToString()));
+    }
+    if (!src->current().is_histogram()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("stream ", source.ToString(), " is not a histogram stream"));
+    }
+    AdvanceWindows(*src, now);
+    const WindowState* found = nullptr;
+    for (const WindowState& w : src->windows) {
+      if (w.ring.length() == spec.from_window->window) found = &w;
+    }
+    if (found == nullptr) {
+      return absl::NotFoundError(absl::StrCat(
+          "stream ", source.ToString(), " has no ", FormatWindow(spec.from_window->window),
+          " window; its windows are ", WindowList(src->current())));
+    }
+    window_counts.assign(found->ring.totals().begin(), found->ring.totals().end());
+    if (Sum(window_counts) == 0) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("the ", FormatWindow(spec.from_window->window), " window of ",
+                       source.ToString(), " is empty; nothing to re-baseline on"));
+    }
+  }
+
+  std::shared_ptr<StreamState> stream;
+  {
+    absl::MutexLock lock(&streams_mutex_);
+    auto it = streams_.find(spec.stream);
+    if (it == streams_.end()) {
+      if (streams_.size() >= options_.max_streams) {
+        return absl::ResourceExhaustedError(
+            absl::StrCat("the server holds its maximum of ", options_.max_streams,
+                         " streams (--max-streams); delete unused references or raise the limit"));
+      }
+      it = streams_.emplace(spec.stream, std::make_shared<StreamState>(spec.stream)).first;
+    }
+    stream = it->second;
+  }
+
+  absl::StatusOr<std::shared_ptr<const Reference>> built;
+  {
+    absl::MutexLock lock(&stream->mutex);
+    if (stream->deleted) {
+      return absl::AbortedError(
+          "the stream was deleted while its reference was being written; retry");
+    }
+    const uint64_t version = stream->versions.empty() ? 1 : stream->current().version + 1;
+    built = BuildReference(spec, version, now, options_.reference_limits,
+                           spec.from_window ? &window_counts : nullptr);
+    if (built.ok()) {
+      const Reference& ref = **built;
+      const bool keep_windows = !stream->versions.empty() && stream->current().SameBins(ref) &&
+                                stream->current().policy.windows == ref.policy.windows &&
+                                stream->current().policy.sub_buckets == ref.policy.sub_buckets;
+      if (!keep_windows) {
+        stream->windows.clear();
+        stream->windows.reserve(ref.policy.windows.size());
+        for (absl::Duration length : ref.policy.windows) {
+          stream->windows.emplace_back(length, ref.policy.sub_buckets, ref.window_width());
+        }
+      }
+      for (WindowState& w : stream->windows) {
+        w.alert = AlertStateMachine();
+        if (ref.is_histogram()) {
+          // A new profile (alpha or counts may have changed): rebuild the incremental sums.
+          w.kl.emplace(ref.profile);
+          absl::Span<const double> totals = w.ring.totals();
+          for (size_t bin = 0; bin < totals.size(); ++bin) {
+            if (totals[bin] != 0) w.kl->Add(bin, totals[bin]);
+          }
+        }
+      }
+      stream->versions.push_back(*built);
+      AdvanceWindows(*stream, now);
+      return built;
+    }
+  }
+  // The spec was bad. If this call created the stream, remove it again.
+  absl::MutexLock map_lock(&streams_mutex_);
+  absl::MutexLock lock(&stream->mutex);
+  if (stream->versions.empty() && !stream->deleted) {
+    stream->deleted = true;
+    auto it = streams_.find(spec.stream);
+    if (it != streams_.end() && it->second == stream) streams_.erase(it);
+  }
+  return built.status();
+}
+
+absl::StatusOr<std::shared_ptr<const Reference>> DriftEngine::GetReference(const StreamKey& key,
+                                                                           uint64_t version) const {
+  if (absl::Status s = ValidateStreamKey(key); !s.ok()) return s;
+  std::shared_ptr<StreamState> stream = FindStream(key);
+  if (stream != nullptr) {
+    absl::MutexLock lock(&stream->mutex);
+    if (!stream->deleted && !stream->versions.empty()) {
+      if (version == 0) return stream->versions.back();
+      for (const auto& ref : stream->versions) {
+        if (ref->version == version) return ref;
+      }
+      return absl::NotFoundError(absl::StrCat("stream ", key.ToString(), " has no version ",
+                                              version, "; the latest is ",
+                                              stream->current().version));
+    }
+  }
+  return absl::NotFoundError(absl::StrCat("no reference for stream ", key.ToString()));
+}
+
+absl::StatusOr<DriftEngine::ReferencePage> DriftEngine::ListReferences(
+    const std::string& model, size_t page_size, const std::string& page_token) const {
+  if (!model.empty()) {
+    if (absl::Status s = ValidateName("model", model, false); !s.ok()) return s;
+  }
+  if (page_size == 0) page_size = kDefaultPageSize;
+  page_size = std::min(page_size, kMaxPageSize);
+  std::optional<StreamKey> after;
+  if (!page_token.empty()) {
+    absl::StatusOr<StreamKey> key = DecodePageToken(page_token);
+    if (!key.ok()) return key.status();
+    after = *key;
+  }
+  std::vector<std::shared_ptr<StreamState>> candidates;
+  {
+    absl::ReaderMutexLock lock(&streams_mutex_);
+    auto it =
+        after ? streams_.upper_bound(*after)
+              : (model.empty() ? streams_.begin() : streams_.lower_bound(StreamKey{model, "", ""}));
+    for (; it != streams_.end() && candidates.size() <= page_size; ++it) {
+      if (!model.empty() && it->first.model != model) break;
+      candidates.push_back(it->second);
+    }
+  }
+  ReferencePage page;
+  for (const auto& stream : candidates) {
+    if (page.references.size() == page_size) {
+      page.next_page_token = EncodePageToken(page.references.back()->stream);
+      break;
+    }
+    absl::MutexLock lock(&stream->mutex);
+    if (!stream->deleted && !stream->versions.empty())
+      page.references.push_back(stream->versions.back());
+  }
+  return page;
+}
+
+absl::StatusOr<uint64_t> DriftEngine::DeleteReference(const StreamKey& key) {
+  if (absl::Status s = ValidateStreamKey(key); !s.ok()) return s;
+  std::shared_ptr<StreamState> stream;
+  {
+    absl::MutexLock lock(&streams_mutex_);
+    auto it = streams_.find(key);
+    if (it == streams_.end()) {
+      return absl::NotFoundError(absl::StrCat("no reference for stream ", key.ToString()));
+    }
+    stream = it->second;
+    streams_.erase(it);
+  }
+  absl::MutexLock lock(&stream->mutex);
+  stream->deleted = true;
+  const uint64_t versions = stream->versions.size();
+  stream->versions.clear();
+  stream->windows.clear();
+  return versions;
+}
+
+IngestResult DriftEngine::Ingest(const IngestBatch& batch) {
+  IngestResult result;
+  if (absl::Status s = ValidateName("client_id", batch.client_id, false); !s.ok()) {
+    result.status = s;
+    return result;
+  }
+  if (batch.sequence == 0) {
+    result.status = absl::InvalidArgumentError("sequence numbers start at 1");
+    return result;
+  }
+  std::shared_ptr<ClientState> client;
+  {
+    absl::MutexLock lock(&clients_mutex_);
+    auto& slot = clients_[batch.client_id];
+    if (slot == nullptr) slot = std::make_shared<ClientState>();
+    client = slot;
+  }
+  absl::MutexLock client_lock(&client->mutex);
+  if (batch.sequence <= client->last_sequence) {
+    result.duplicate = true;
+    result.acked_sequence = client->last_sequence;
+    return result;
+  }
+  result.status = ApplyBatch(batch, clock_->Now());
+  client->last_sequence = batch.sequence;
+  result.acked_sequence = batch.sequence;
+  return result;
+}
+
+absl::Status DriftEngine::ApplyBatch(const IngestBatch& batch, absl::Time now)
+    ABSL_NO_THREAD_SAFETY_ANALYSIS {  // Locks a dynamic set of streams, in key order.
+  if (absl::Status s = ValidateName("model", batch.model, false); !s.ok()) return s;
+  if (batch.streams.empty()) return absl::InvalidArgumentError("the batch has no streams");
+  size_t observations = 0;
+  for (const StreamData& data : batch.streams) observations += ObservationCount(data);
+  if (observations > options_.max_observations_per_batch) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("the batch has ", observations, " observations; the limit is ",
+                     options_.max_observations_per_batch, " (--max-batch-observations): split it"));
+  }
+  absl::Time event_time = batch.event_time.value_or(now);
+  if (event_time > now + options_.max_future_skew) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("event_time ", absl::FormatTime(event_time), " is more than ",
+                     absl::FormatDuration(options_.max_future_skew), " in the future (server time ",
+                     absl::FormatTime(now), ")"));
+  }
+  event_time = std::min(event_time, now);
+
+  struct Target {
+    StreamKey key;
+    const StreamData* data;
+    std::shared_ptr<StreamState> state;
+  };
+  std::vector<Target> targets;
+  targets.reserve(batch.streams.size());
+  for (const StreamData& data : batch.streams) {
+    StreamKey key{batch.model, data.model_version, data.signal};
+    if (absl::Status s = ValidateStreamKey(key); !s.ok()) return s;
+    targets.push_back(Target{std::move(key), &data, nullptr});
+  }
+  std::sort(targets.begin(), targets.end(),
+            [](const Target& a, const Target& b) { return a.key < b.key; });
+  for (size_t i = 1; i < targets.size(); ++i) {
+    if (targets[i].key == targets[i - 1].key) {
+      return absl::InvalidArgumentError(absl::StrCat("stream ", targets[i].key.ToString(),
+                                                     " appears twice in one batch; merge them"));
+    }
+  }
+  {
+    absl::ReaderMutexLock lock(&streams_mutex_);
+    for (Target& t : targets) {
+      auto it = streams_.find(t.key);
+      if (it == streams_.end()) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "no reference for stream ", t.key.ToString(),
+            "; create one with PutReference (kldrift reference put) before ingesting"));
+      }
+      t.state = it->second;
+    }
+  }
+  // Lock every stream of the batch in key order, validate everything, then apply everything.
+  for (Target& t : targets) t.state->mutex.Lock();
+  absl::Status status = absl::OkStatus();
+  std::vector<std::vector<double>> deltas;
+  deltas.reserve(targets.size());
+  for (const Target& t : targets) {
+    if (t.state->deleted || t.state->versions.empty()) {
+      status = absl::FailedPreconditionError(
+          absl::StrCat("the reference of stream ", t.key.ToString(), " was just deleted"));
+      break;
+    }
+    const Reference& ref = t.state->current();
+    if (t.data->reference_version != 0 && t.data->reference_version != ref.version) {
+      status = absl::FailedPreconditionError(
+          absl::StrCat("stream ", t.key.ToString(), " was binned against reference version ",
+                       t.data->reference_version, " but the current version is ", ref.version,
+                       "; fetch the new bins"));
+      break;
+    }
+    if (event_time <= now - ref.policy.LongestWindow()) {
+      status = absl::InvalidArgumentError(absl::StrCat(
+          "event_time ", absl::FormatTime(event_time), " is older than stream ", t.key.ToString(),
+          "'s longest window (", FormatWindow(ref.policy.LongestWindow()), ")"));
+      break;
+    }
+    absl::StatusOr<std::vector<double>> delta = ComputeDelta(t.key, ref, *t.data, options_);
+    if (!delta.ok()) {
+      status = delta.status();
+      break;
+    }
+    deltas.push_back(*std::move(delta));
+  }
+  if (status.ok()) {
+    for (size_t i = 0; i < targets.size(); ++i) {
+      StreamState& stream = *targets[i].state;
+      AdvanceWindows(stream, now);
+      const std::vector<double>& delta = deltas[i];
+      for (WindowState& w : stream.windows) {
+        if (!w.ring.Covers(event_time)) continue;
+        w.ring.Add(event_time, delta);
+        if (w.kl) {
+          for (size_t bin = 0; bin < delta.size(); ++bin) {
+            if (delta[bin] != 0) w.kl->Add(bin, delta[bin]);
+          }
+        }
+      }
+    }
+  }
+  for (auto it = targets.rbegin(); it != targets.rend(); ++it) it->state->mutex.Unlock();
+  return status;
+}
+
+WindowReport DriftEngine::Report(const StreamState& stream, const WindowState& window,
+                                 size_t top_bins, absl::Time now)
+    ABSL_NO_THREAD_SAFETY_ANALYSIS {  // REQUIRES stream.mutex, held by every caller.
+  const Reference& ref = *stream.versions.back();
+  WindowReport report;
+  report.stream = stream.key;
+  report.window = window.ring.length();
+  report.kind = ref.kind;
+  report.reference_version = ref.version;
+  report.evaluated_at = now;
+  report.alert = window.alert.status();
+  absl::Span<const double> totals = window.ring.totals();
+  if (ref.is_histogram()) {
+    report.samples = Sum(totals);
+    report.measure = std::string(MeasureName(ref.policy.measure));
+    report.enough_samples = report.samples >= ref.policy.EffectiveMinSamples(ref.layout->size());
+    if (report.samples > 0) {
+      absl::StatusOr<DriftMeasures> measures =
+          ComputeDriftMeasures(*ref.profile, totals, top_bins, &*ref.layout);
+      if (measures.ok()) {
+        report.measure_value = MeasureValue(*measures, ref.policy.measure);
+        report.histogram = *std::move(measures);
+      }
+    }
+    return report;
+  }
+  const double n = totals[0];
+  report.samples = n;
+  report.enough_samples =
+      n >= ref.policy.min_samples.value_or(kDefaultMinSamplesNonHistogram) && n >= 2;
+  if (ref.kind == ReferenceKind::kGaussian) {
+    report.measure =
+        ref.policy.measure == Measure::kKlReferenceCurrent ? "kl_reference_current"
+        : ref.policy.measure == Measure::kJeffreys || ref.policy.measure == Measure::kPsi
+            ? "jeffreys"
+            : "kl_current_reference";
+    if (n >= 2) {
+      const size_t dims = ref.gaussian.mean.size();
+      GaussianDriftData g;
+      g.current_mean.resize(dims);
+      g.current_var.resize(dims);
+      bool degenerate = false;
+      for (size_t i = 0; i < dims; ++i) {
+        const double mean = totals[1 + i] / n;
+        // Sample variance from the sufficient statistics.
+        const double var = (totals[1 + dims + i] - n * mean * mean) / (n - 1);
+        g.current_mean[i] = mean;
+        g.current_var[i] = var;
+        degenerate |= !(var > 0);
+      }
+      if (degenerate) {
+        g.kl = {std::numeric_limits<double>::infinity(), std::numeric_limits<double>::infinity()};
+      } else {
+        g.kl = kernels::DiagonalGaussianKl(g.current_mean.data(), g.current_var.data(),
+                                           ref.gaussian.mean.data(), ref.gaussian.var.data(), dims);
+      }
+      report.measure_value = report.measure == "kl_reference_current" ? g.kl.reverse
+                             : report.measure == "jeffreys"           ? g.kl.forward + g.kl.reverse
+                                                                      : g.kl.forward;
+      report.gaussian = std::move(g);
+    }
+    return report;
+  }
+  // Paired log-probs: totals = [n, sum k1, sum k1^2, sum k2, sum k2^2, sum k3, sum k3^2].
+  report.measure = "k3";
+  if (n > 0) {
+    kernels::PolicyKlEstimates estimates;
+    estimates.samples = static_cast<size_t>(n);
+    estimates.k1 = Estimator(n, totals[1], totals[2]);
+    estimates.k2 = Estimator(n, totals[3], totals[4]);
+    estimates.k3 = Estimator(n, totals[5], totals[6]);
+    report.measure_value = estimates.k3.mean;
+    report.policy = estimates;
+  }
+  return report;
+}
+
+absl::StatusOr<std::vector<WindowReport>> DriftEngine::GetDrift(
+    const StreamKey& key, std::optional<absl::Duration> window, size_t top_bins) const {
+  if (absl::Status s = ValidateStreamKey(key); !s.ok()) return s;
+  std::shared_ptr<StreamState> stream = FindStream(key);
+  if (stream == nullptr) {
+    return absl::NotFoundError(absl::StrCat("no reference for stream ", key.ToString()));
+  }
+  const absl::Time now = clock_->Now();
+  absl::MutexLock lock(&stream->mutex);
+  if (stream->deleted || stream->versions.empty()) {
+    return absl::NotFoundError(absl::StrCat("no reference for stream ", key.ToString()));
+  }
+  AdvanceWindows(*stream, now);
+  std::vector<WindowReport> reports;
+  for (const WindowState& w : stream->windows) {
+    if (window && w.ring.length() != *window) continue;
+    reports.push_back(Report(*stream, w, top_bins, now));
+  }
+  if (window && reports.empty()) {
+    return absl::NotFoundError(absl::StrCat("stream ", key.ToString(), " has no ",
+                                            FormatWindow(*window), " window; its windows are ",
+                                            WindowList(stream->current())));
+  }
+  return reports;
+}
+
+absl::StatusOr<double> DriftEngine::IncrementalKlCurrentReference(const StreamKey& key,
+                                                                  absl::Duration window) const {
+  std::shared_ptr<StreamState> stream = FindStream(key);
+  if (stream == nullptr) {
+    return absl::NotFoundError(absl::StrCat("no reference for stream ", key.ToString()));
+  }
+  absl::MutexLock lock(&stream->mutex);
+  if (stream->deleted || stream->versions.empty()) {
+    return absl::NotFoundError(absl::StrCat("no reference for stream ", key.ToString()));
+  }
+  AdvanceWindows(*stream, clock_->Now());
+  for (const WindowState& w : stream->windows) {
+    if (w.ring.length() != window) continue;
+    if (!w.kl) return absl::FailedPreconditionError("not a histogram stream");
+    return w.kl->KlCurrentReference();
+  }
+  return absl::NotFoundError(
+      absl::StrCat("stream ", key.ToString(), " has no ", FormatWindow(window), " window"));
+}
+
+size_t DriftEngine::Evaluate() {
+  const absl::Time now = clock_->Now();
+  std::vector<std::shared_ptr<StreamState>> streams;
+  {
+    absl::ReaderMutexLock lock(&streams_mutex_);
+    streams.reserve(streams_.size());
+    for (const auto& [key, state] : streams_) streams.push_back(state);
+  }
+  bool have_watchers;
+  {
+    absl::MutexLock lock(&watch_mutex_);
+    have_watchers = !watchers_.empty();
+  }
+  std::vector<std::pair<WindowReport, bool>> reports;
+  size_t evaluated = 0;
+  for (const auto& stream : streams) {
+    absl::MutexLock lock(&stream->mutex);
+    if (stream->deleted || stream->versions.empty()) continue;
+    AdvanceWindows(*stream, now);
+    const Reference& ref = stream->current();
+    for (WindowState& w : stream->windows) {
+      WindowReport report = Report(*stream, w, have_watchers ? kEvaluationTopBins : 0, now);
+      const bool evidence =
+          !report.histogram || report.histogram->g_test_p_value <= ref.policy.max_p_value;
+      const bool changed =
+          w.alert.Observe(report.measure_value, report.enough_samples && evidence, now, ref.policy);
+      report.alert = w.alert.status();
+      // Bound the rounding drift of the incremental sums.
+      if (w.kl) w.kl->Resync();
+      ++evaluated;
+      if (have_watchers) reports.emplace_back(std::move(report), changed);
+    }
+  }
+  if (!reports.empty()) {
+    absl::MutexLock lock(&watch_mutex_);
+    for (const auto& [report, changed] : reports) {
+      for (const auto& [id, watcher] : watchers_) {
+        const WatchFilter& f = watcher.first;
+        if (f.model != report.stream.model) continue;
+        const bool whole_model = f.model_version.empty() && f.signal.empty();
+        if (!whole_model &&
+            (f.model_version != report.stream.model_version || f.signal != report.stream.signal)) {
+          continue;
+        }
+        if (f.state_changes_only && !changed) continue;
+        watcher.second(report);
+      }
+    }
+  }
+  return evaluated;
+}
+
+uint64_t DriftEngine::Watch(WatchFilter filter, WatchCallback callback) {
+  absl::MutexLock lock(&watch_mutex_);
+  const uint64_t id = next_watch_id_++;
+  watchers_.emplace(id, std::make_pair(std::move(filter), std::move(callback)));
+  return id;
+}
+
+void DriftEngine::Unwatch(uint64_t id) {
+  absl::MutexLock lock(&watch_mutex_);
+  watchers_.erase(id);
+}
+
+size_t DriftEngine::stream_count() const {
+  absl::ReaderMutexLock lock(&streams_mutex_);
+  return streams_.size();
+}
+
+size_t DriftEngine::client_count() const {
+  absl::MutexLock lock(&clients_mutex_);
+  return clients_.size();
+}
+
+}  // namespace kldrift

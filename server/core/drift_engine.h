@@ -1,0 +1,205 @@
+// DriftEngine: every stream's references, sliding windows and alert state, in memory.
+//
+// The engine is the whole of kldriftd's behaviour without the network: the gRPC service
+// (server/service) only converts messages and statuses. It
+//   - keeps versioned references per stream (PutReference / GetReference / List / Delete);
+//   - applies ingest batches atomically (all streams of a batch or none), de-duplicating resent
+//     batches by (client id, sequence number);
+//   - keeps each stream's windows as rings of sub-buckets (SlidingWindow), with KL(current||ref)
+//     of histogram windows maintained incrementally (IncrementalKl) so it is O(1) to read;
+//   - evaluates every window on Evaluate() (the server's tick) with the vector kernels, drives the
+//     alert state machines and pushes reports to watchers;
+//   - answers GetDrift on demand with freshly computed measures.
+//
+// Thread safety: all methods are safe to call concurrently. Locks: one mutex for the stream map,
+// one per stream (windows, references), one per ingest client (sequence numbers), one for the
+// watchers. A batch locks its streams in key order, so concurrent batches cannot deadlock. Watch
+// callbacks run on the thread calling Evaluate() with no stream lock held, and must not block.
+#ifndef KLDRIFT_SERVER_CORE_DRIFT_ENGINE_H_
+#define KLDRIFT_SERVER_CORE_DRIFT_ENGINE_H_
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/btree_map.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "server/core/alert_state.h"
+#include "server/core/clock.h"
+#include "server/core/drift_measures.h"
+#include "server/core/incremental_kl.h"
+#include "server/core/reference.h"
+#include "server/core/sliding_window.h"
+#include "server/core/stream_key.h"
+#include "server/kernels/gaussian.h"
+#include "server/kernels/paired_logprob.h"
+
+namespace kldrift {
+
+struct EngineOptions {
+  ReferenceLimits reference_limits;
+  // Streams in total (RESOURCE_EXHAUSTED beyond; keeps memory and metric cardinality bounded).
+  size_t max_streams = 100000;
+  // Observations (values, labels, probability vectors, log-prob pairs) per ingest batch.
+  size_t max_observations_per_batch = 1 << 20;
+  // Event times may be this far in the future (clock skew); later ones are rejected.
+  absl::Duration max_future_skew = absl::Minutes(1);
+};
+
+// One stream's data in an ingest batch. Exactly one kind of data is set.
+struct StreamData {
+  enum class Type { kHistogram, kValues, kLabels, kProbabilities, kGaussian, kLogProbs };
+  std::string model_version;
+  std::string signal;
+  Type type = Type::kHistogram;
+  std::vector<double> numbers;  // kHistogram counts, kValues, kProbabilities (flattened).
+  std::vector<std::string> labels;
+  double gaussian_count = 0;  // kGaussian sufficient statistics.
+  std::vector<double> gaussian_sum;
+  std::vector<double> gaussian_sum_squares;
+  std::vector<double> log_p_current;  // kLogProbs.
+  std::vector<double> log_p_reference;
+  uint64_t reference_version = 0;  // If non-zero, must match the current version.
+};
+
+struct IngestBatch {
+  std::string client_id;
+  uint64_t sequence = 0;
+  std::string model;
+  std::vector<StreamData> streams;
+  std::optional<absl::Time> event_time;
+};
+
+struct IngestResult {
+  // Highest sequence of this client the engine is done with (applied or rejected).
+  uint64_t acked_sequence = 0;
+  // This batch's outcome; OK for duplicates.
+  absl::Status status;
+  bool duplicate = false;
+};
+
+struct GaussianDriftData {
+  kernels::GaussianKlPair kl;
+  std::vector<double> current_mean;
+  std::vector<double> current_var;
+};
+
+// One window's evaluation.
+struct WindowReport {
+  StreamKey stream;
+  absl::Duration window;
+  ReferenceKind kind = ReferenceKind::kPreBinned;
+  double samples = 0;
+  bool enough_samples = false;
+  std::optional<DriftMeasures> histogram;  // Histogram kinds with samples > 0.
+  std::optional<GaussianDriftData> gaussian;
+  std::optional<kernels::PolicyKlEstimates> policy;
+  std::string measure;  // Name of the alerting measure ("k3" for policy streams).
+  double measure_value = 0;
+  AlertStatus alert;
+  uint64_t reference_version = 0;
+  absl::Time evaluated_at;
+};
+
+struct WatchFilter {
+  std::string model;
+  std::string model_version;  // With signal: one stream; both empty: the whole model.
+  std::string signal;
+  bool state_changes_only = false;
+};
+
+class DriftEngine {
+ public:
+  // `clock` must outlive the engine.
+  DriftEngine(EngineOptions options, const Clock* clock);
+  ~DriftEngine();
+
+  DriftEngine(const DriftEngine&) = delete;
+  DriftEngine& operator=(const DriftEngine&) = delete;
+
+  // Creates or replaces a stream's reference; returns the new version. Windows are kept when the
+  // bins are unchanged and reset otherwise; alert state is reset either way.
+  absl::StatusOr<std::shared_ptr<const Reference>> PutReference(const ReferenceSpec& spec);
+
+  // Version `version` (0: the latest) of a stream's reference; NOT_FOUND if absent.
+  absl::StatusOr<std::shared_ptr<const Reference>> GetReference(const StreamKey& stream,
+                                                                uint64_t version) const;
+
+  struct ReferencePage {
+    std::vector<std::shared_ptr<const Reference>> references;
+    std::string next_page_token;  // Empty on the last page.
+  };
+  // Latest references in stream order, optionally of one model. page_size 0 means 100.
+  absl::StatusOr<ReferencePage> ListReferences(const std::string& model, size_t page_size,
+                                               const std::string& page_token) const;
+
+  // Drops a stream: all reference versions, windows, alert state. Returns the versions deleted.
+  absl::StatusOr<uint64_t> DeleteReference(const StreamKey& stream);
+
+  // Applies one batch atomically (see IngestBatch), or rejects it whole.
+  IngestResult Ingest(const IngestBatch& batch);
+
+  // Fresh reports for a stream's windows (all, or the one equal to `window`).
+  absl::StatusOr<std::vector<WindowReport>> GetDrift(const StreamKey& stream,
+                                                     std::optional<absl::Duration> window,
+                                                     size_t top_bins) const;
+
+  // KL(current || reference) of a histogram window, read in O(1) from its incremental sums.
+  absl::StatusOr<double> IncrementalKlCurrentReference(const StreamKey& stream,
+                                                       absl::Duration window) const;
+
+  // Evaluates every window of every stream: advances windows, computes measures, moves alert
+  // states and notifies watchers. Returns the number of windows evaluated.
+  size_t Evaluate();
+
+  using WatchCallback = std::function<void(const WindowReport&)>;
+  // Registers a watcher; returns its id. The callback runs on the Evaluate() thread.
+  uint64_t Watch(WatchFilter filter, WatchCallback callback);
+  void Unwatch(uint64_t id);
+
+  size_t stream_count() const;
+  // Ingest clients whose sequence numbers are remembered.
+  size_t client_count() const;
+
+  const EngineOptions& options() const { return options_; }
+
+ private:
+  struct WindowState;
+  struct StreamState;
+  struct ClientState;
+
+  std::shared_ptr<StreamState> FindStream(const StreamKey& key) const;
+  // Advances the stream's windows to `now`. REQUIRES: stream->mutex held.
+  static void AdvanceWindows(StreamState& stream, absl::Time now);
+  // A report for one window. REQUIRES: stream.mutex held.
+  static WindowReport Report(const StreamState& stream, const WindowState& window, size_t top_bins,
+                             absl::Time now);
+  absl::Status ApplyBatch(const IngestBatch& batch, absl::Time now);
+
+  const EngineOptions options_;
+  const Clock* const clock_;
+
+  mutable absl::Mutex streams_mutex_;
+  absl::btree_map<StreamKey, std::shared_ptr<StreamState>> streams_ ABSL_GUARDED_BY(streams_mutex_);
+
+  mutable absl::Mutex clients_mutex_;
+  absl::flat_hash_map<std::string, std::shared_ptr<ClientState>> clients_
+      ABSL_GUARDED_BY(clients_mutex_);
+
+  mutable absl::Mutex watch_mutex_;
+  uint64_t next_watch_id_ ABSL_GUARDED_BY(watch_mutex_) = 1;
+  std::map<uint64_t, std::pair<WatchFilter, WatchCallback>> watchers_ ABSL_GUARDED_BY(watch_mutex_);
+};
+
+}  // namespace kldrift
+
+#endif  // KLDRIFT_SERVER_CORE_DRIFT_ENGINE_H_

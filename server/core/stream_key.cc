@@ -1,0 +1,49 @@
+#include "server/core/stream_key.h"
+
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
+
+namespace kldrift {
+namespace {
+
+bool IsNameChar(char c) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
+         c == '_' || c == ':' || c == '/' || c == '-';
+}
+
+}  // namespace
+
+std::string StreamKey::ToString() const {
+  return absl::StrCat(model, "/", model_version, "/", signal);
+}
+
+absl::Status ValidateName(absl::string_view what, absl::string_view name, bool may_be_empty) {
+  if (name.empty()) {
+    if (may_be_empty) return absl::OkStatus();
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, " is empty; give 1-128 characters of ", "[A-Za-z0-9._:/-]"));
+  }
+  if (name.size() > kMaxNameLength) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, " is ", name.size(), " characters long; the limit is ", kMaxNameLength));
+  }
+  for (size_t i = 0; i < name.size(); ++i) {
+    if (!IsNameChar(name[i])) {
+      const unsigned char c = static_cast<unsigned char>(name[i]);
+      return absl::InvalidArgumentError(
+          absl::StrCat(what, " \"", absl::CEscape(name), "\" has the character ",
+                       c >= 0x20 && c < 0x7f ? absl::StrCat("'", std::string(1, name[i]), "'")
+                                             : absl::StrCat("0x", absl::Hex(c)),
+                       " at position ", i, "; names use only [A-Za-z0-9._:/-]"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateStreamKey(const StreamKey& key) {
+  if (absl::Status s = ValidateName("model", key.model, false); !s.ok()) return s;
+  if (absl::Status s = ValidateName("model_version", key.model_version, true); !s.ok()) return s;
+  return ValidateName("signal", key.signal, false);
+}
+
+}  // namespace kldrift
