@@ -1,0 +1,36 @@
+#include "server/config.h"
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+
+namespace kldrift {
+
+absl::Status ValidateConfig(const ServerConfig& c) {
+  if (c.listen.empty() || !absl::StrContains(c.listen, ':')) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--listen=", c.listen, " is not host:port (e.g. 127.0.0.1:50051, [::1]:0, 0.0.0.0:50051)"));
+  }
+  if (c.storage != "memory") {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--storage=", c.storage, " is not supported by this build; use --storage=memory"));
+  }
+  if (c.eval_interval < absl::Milliseconds(10) || c.eval_interval > absl::Hours(1)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--eval-interval=", absl::FormatDuration(c.eval_interval), " is outside [10ms, 1h]"));
+  }
+  if (c.shutdown_grace < absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("--shutdown-grace must not be negative");
+  }
+  if (c.max_streams == 0) return absl::InvalidArgumentError("--max-streams must be > 0");
+  if (c.max_bins < 1) return absl::InvalidArgumentError("--max-bins must be > 0");
+  if (c.max_dimensions < 1) return absl::InvalidArgumentError("--max-dimensions must be > 0");
+  if (c.max_batch_observations < 1) {
+    return absl::InvalidArgumentError("--max-batch-observations must be > 0");
+  }
+  if (c.max_receive_message_bytes < 1024 || c.max_receive_message_bytes > (size_t{1} << 30)) {
+    return absl::InvalidArgumentError("--max-receive-message-bytes must be in [1 KiB, 1 GiB]");
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace kldrift

@@ -1,0 +1,39 @@
+// ServerConfig: every kldriftd setting in one place, with defaults that work, filled from flags in
+// main.cc and validated at start-up with messages that say what to change.
+//
+// Thread safety: a value type.
+#ifndef KLDRIFT_SERVER_CONFIG_H_
+#define KLDRIFT_SERVER_CONFIG_H_
+
+#include <cstddef>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/time/time.h"
+
+namespace kldrift {
+
+struct ServerConfig {
+  // host:port for gRPC; port 0 picks a free port (see port_file).
+  std::string listen = "127.0.0.1:50051";
+  // Where kldriftd writes the port it bound, once it is serving (for tests and scripts).
+  std::string port_file;
+  // "memory" keeps state in this process only.
+  std::string storage = "memory";
+  std::string data_dir = "./kldrift-data";
+  absl::Duration eval_interval = absl::Seconds(10);
+  absl::Duration shutdown_grace = absl::Seconds(5);
+  size_t max_streams = 100000;
+  size_t max_bins = size_t{1} << 20;
+  size_t max_dimensions = 65536;
+  size_t max_batch_observations = size_t{1} << 20;
+  // Largest gRPC message accepted, bytes.
+  size_t max_receive_message_bytes = 16 << 20;
+};
+
+// INVALID_ARGUMENT naming the flag and the accepted values.
+absl::Status ValidateConfig(const ServerConfig& config);
+
+}  // namespace kldrift
+
+#endif  // KLDRIFT_SERVER_CONFIG_H_

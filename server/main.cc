@@ -1,0 +1,170 @@
+// kldriftd: the kldrift drift-monitoring server.
+//
+//   kldriftd --listen 127.0.0.1:50051 --eval-interval 10s
+//
+// Flags may be written with dashes or underscores (--eval-interval or --eval_interval).
+// On SIGTERM or SIGINT it stops accepting calls, ends watch streams, lets in-flight calls finish
+// (up to --shutdown-grace), runs a final evaluation and exits 0.
+#include <pthread.h>
+#include <signal.h>
+
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <iostream>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
+#include "grpcpp/ext/proto_server_reflection_plugin.h"
+#include "grpcpp/grpcpp.h"
+#include "grpcpp/health_check_service_interface.h"
+#include "server/config.h"
+#include "server/core/clock.h"
+#include "server/core/drift_engine.h"
+#include "server/service/kldrift_service.h"
+
+namespace {
+const kldrift::ServerConfig kDefaults;
+}  // namespace
+
+ABSL_FLAG(std::string, listen, kDefaults.listen,
+          "gRPC address host:port; port 0 picks a free port (see --port_file)");
+ABSL_FLAG(std::string, port_file, "",
+          "if set, write the bound gRPC port to this file once serving");
+ABSL_FLAG(std::string, storage, kDefaults.storage, "state storage: memory");
+ABSL_FLAG(std::string, data_dir, kDefaults.data_dir, "data folder for persistent storage");
+ABSL_FLAG(absl::Duration, eval_interval, kDefaults.eval_interval,
+          "how often every window is evaluated and alert states move (10ms-1h)");
+ABSL_FLAG(absl::Duration, shutdown_grace, kDefaults.shutdown_grace,
+          "on SIGTERM, how long in-flight calls may take before they are cancelled");
+ABSL_FLAG(uint64_t, max_streams, kDefaults.max_streams,
+          "most streams (model, version, signal) the server keeps; RESOURCE_EXHAUSTED beyond");
+ABSL_FLAG(uint64_t, max_bins, kDefaults.max_bins, "most bins in one reference");
+ABSL_FLAG(uint64_t, max_dimensions, kDefaults.max_dimensions,
+          "most dimensions of a Gaussian reference");
+ABSL_FLAG(uint64_t, max_batch_observations, kDefaults.max_batch_observations,
+          "most observations (values, labels, vectors, pairs) in one ingest batch");
+ABSL_FLAG(uint64_t, max_receive_message_bytes, kDefaults.max_receive_message_bytes,
+          "largest gRPC message accepted, in bytes");
+
+namespace kldrift {
+namespace {
+
+// absl flag names are identifiers; accept the dashed spelling users type (--eval-interval).
+void NormalizeFlagNames(int argc, char** argv) {
+  for (int i = 1; i < argc; ++i) {
+    if (std::strncmp(argv[i], "--", 2) != 0) continue;
+    for (char* c = argv[i] + 2; *c != '\0' && *c != '='; ++c) {
+      if (*c == '-') *c = '_';
+    }
+  }
+}
+
+ServerConfig ConfigFromFlags() {
+  ServerConfig c;
+  c.listen = absl::GetFlag(FLAGS_listen);
+  c.port_file = absl::GetFlag(FLAGS_port_file);
+  c.storage = absl::GetFlag(FLAGS_storage);
+  c.data_dir = absl::GetFlag(FLAGS_data_dir);
+  c.eval_interval = absl::GetFlag(FLAGS_eval_interval);
+  c.shutdown_grace = absl::GetFlag(FLAGS_shutdown_grace);
+  c.max_streams = absl::GetFlag(FLAGS_max_streams);
+  c.max_bins = absl::GetFlag(FLAGS_max_bins);
+  c.max_dimensions = absl::GetFlag(FLAGS_max_dimensions);
+  c.max_batch_observations = absl::GetFlag(FLAGS_max_batch_observations);
+  c.max_receive_message_bytes = absl::GetFlag(FLAGS_max_receive_message_bytes);
+  return c;
+}
+
+// Writes the port next to the final name and renames, so readers never see a partial file.
+bool WritePortFile(const std::string& path, int port) {
+  const std::string temp = path + ".tmp";
+  {
+    std::ofstream out(temp, std::ios::trunc);
+    out << port << "\n";
+    if (!out) return false;
+  }
+  return std::rename(temp.c_str(), path.c_str()) == 0;
+}
+
+int Run(const ServerConfig& config) {
+  // Signals are taken by sigwait on the main thread; every thread started below inherits the mask.
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+
+  RealClock clock;
+  EngineOptions options;
+  options.max_streams = config.max_streams;
+  options.reference_limits.max_bins = config.max_bins;
+  options.reference_limits.max_dimensions = config.max_dimensions;
+  options.max_observations_per_batch = config.max_batch_observations;
+  DriftEngine engine(options, &clock);
+  KlDriftService service(&engine);
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort(config.listen, grpc::InsecureServerCredentials(), &port);
+  builder.SetMaxReceiveMessageSize(static_cast<int>(config.max_receive_message_bytes));
+  builder.RegisterService(&service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || port == 0) {
+    std::cerr << "kldriftd: cannot listen on " << config.listen
+              << " (address in use, or not an address of this machine?)\n";
+    return 1;
+  }
+  if (!config.port_file.empty() && !WritePortFile(config.port_file, port)) {
+    std::cerr << "kldriftd: cannot write --port_file " << config.port_file << "\n";
+    return 1;
+  }
+  const std::string host = config.listen.substr(0, config.listen.rfind(':'));
+  std::cerr << "kldriftd: serving on " << host << ":" << port << " (storage=" << config.storage
+            << ", eval-interval=" << absl::FormatDuration(config.eval_interval) << ")" << std::endl;
+
+  absl::Notification stop_evaluating;
+  std::thread evaluator([&] {
+    while (!stop_evaluating.WaitForNotificationWithTimeout(config.eval_interval)) {
+      engine.Evaluate();
+    }
+  });
+
+  int signal_number = 0;
+  sigwait(&stop_signals, &signal_number);
+  std::cerr << "kldriftd: " << strsignal(signal_number) << ", shutting down" << std::endl;
+  server->GetHealthCheckService()->SetServingStatus(false);
+  service.BeginShutdown();
+  server->Shutdown(absl::ToChronoTime(absl::Now() + config.shutdown_grace));
+  stop_evaluating.Notify();
+  evaluator.join();
+  engine.Evaluate();  // Final evaluation, so the last state reflects every applied batch.
+  std::cerr << "kldriftd: stopped" << std::endl;
+  return 0;
+}
+
+}  // namespace
+}  // namespace kldrift
+
+int main(int argc, char** argv) {
+  kldrift::NormalizeFlagNames(argc, argv);
+  absl::SetProgramUsageMessage(
+      "kldrift drift-monitoring server.\n\n  kldriftd --listen 127.0.0.1:50051 --eval-interval 10s"
+      "\n\nFlags may be written with dashes or underscores.");
+  absl::ParseCommandLine(argc, argv);
+  const kldrift::ServerConfig config = kldrift::ConfigFromFlags();
+  if (absl::Status status = kldrift::ValidateConfig(config); !status.ok()) {
+    std::cerr << "kldriftd: " << status.message() << "\n";
+    return 2;
+  }
+  return kldrift::Run(config);
+}

@@ -1,0 +1,346 @@
+#include "server/service/kldrift_service.h"
+
+#include <algorithm>
+#include <deque>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "server/service/proto_conversion.h"
+#include "server/service/status_conversion.h"
+
+namespace kldrift {
+namespace {
+
+// Runs `body` and finishes the unary call with its status.
+template <typename Body>
+grpc::ServerUnaryReactor* Unary(grpc::CallbackServerContext* context, Body body) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(ToGrpcStatus(body()));
+  return reactor;
+}
+
+}  // namespace
+
+// One Ingest stream. See the class comment of KlDriftService for the flow control.
+class KlDriftService::IngestReactor
+    : public grpc::ServerBidiReactor<v1::IngestRequest, v1::IngestResponse> {
+ public:
+  explicit IngestReactor(KlDriftService* service) : service_(service) { StartRead(&request_); }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {
+      absl::MutexLock lock(&mutex_);
+      reads_done_ = true;
+      MaybeFinishLocked();
+      return;
+    }
+    const uint64_t sequence = request_.sequence();
+    absl::Status status;
+    uint64_t acked = 0;
+    if (!client_id_.empty() && request_.client_id() != client_id_) {
+      status = absl::InvalidArgumentError(
+          absl::StrCat("client_id changed from \"", client_id_, "\" to \"", request_.client_id(),
+                       "\" within one Ingest stream; open a stream per client id"));
+    } else if (sequence <= last_sequence_) {
+      status = absl::InvalidArgumentError(absl::StrCat(
+          "sequence ", sequence, " after ", last_sequence_,
+          " on the same stream; sequence numbers must increase (resend only after reconnecting)"));
+    } else {
+      client_id_ = request_.client_id();
+      last_sequence_ = sequence;
+      absl::StatusOr<IngestBatch> batch = FromProto(request_);
+      if (batch.ok()) {
+        const IngestResult result = service_->engine_->Ingest(*batch);
+        status = result.status;
+        acked = result.acked_sequence;
+      } else {
+        status = batch.status();
+        acked = sequence;  // Malformed: done with it, reported below.
+      }
+    }
+    absl::MutexLock lock(&mutex_);
+    pending_.set_acked_sequence(std::max({pending_.acked_sequence(), acked, highest_acked_}));
+    highest_acked_ = pending_.acked_sequence();
+    if (!status.ok()) {
+      v1::BatchError* error = pending_.add_errors();
+      error->set_sequence(sequence);
+      const grpc::Status grpc_status = ToGrpcStatus(status);
+      error->set_code(static_cast<int32_t>(grpc_status.error_code()));
+      error->set_message(grpc_status.error_message());
+    }
+    has_pending_ = true;
+    if (!writing_) StartWriteLocked();
+    if (static_cast<size_t>(pending_.errors_size()) < service_->options_.max_pending_batch_errors) {
+      StartRead(&request_);
+    } else {
+      read_paused_ = true;  // Resumed when the errors have been written.
+    }
+  }
+
+  void OnWriteDone(bool ok) override {
+    absl::MutexLock lock(&mutex_);
+    writing_ = false;
+    if (ok && has_pending_) StartWriteLocked();
+    if (read_paused_ && !reads_done_) {
+      read_paused_ = false;
+      StartRead(&request_);
+    }
+    if (!ok) write_failed_ = true;
+    MaybeFinishLocked();
+  }
+
+  void OnDone() override { delete this; }
+
+ private:
+  void StartWriteLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
+    in_flight_ = std::move(pending_);
+    pending_.Clear();
+    has_pending_ = false;
+    writing_ = true;
+    StartWrite(&in_flight_);
+  }
+
+  void MaybeFinishLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
+    if (finished_ || writing_) return;
+    if (reads_done_ && (!has_pending_ || write_failed_)) {
+      finished_ = true;
+      Finish(grpc::Status::OK);
+    }
+  }
+
+  KlDriftService* const service_;
+  // Touched only by OnReadDone, which gRPC never runs concurrently with itself.
+  v1::IngestRequest request_;
+  std::string client_id_;
+  uint64_t last_sequence_ = 0;
+
+  absl::Mutex mutex_;
+  v1::IngestResponse in_flight_ ABSL_GUARDED_BY(mutex_);
+  v1::IngestResponse pending_ ABSL_GUARDED_BY(mutex_);
+  uint64_t highest_acked_ ABSL_GUARDED_BY(mutex_) = 0;
+  bool has_pending_ ABSL_GUARDED_BY(mutex_) = false;
+  bool writing_ ABSL_GUARDED_BY(mutex_) = false;
+  bool read_paused_ ABSL_GUARDED_BY(mutex_) = false;
+  bool reads_done_ ABSL_GUARDED_BY(mutex_) = false;
+  bool write_failed_ ABSL_GUARDED_BY(mutex_) = false;
+  bool finished_ ABSL_GUARDED_BY(mutex_) = false;
+};
+
+// One WatchDrift stream: engine reports are queued and written one at a time.
+class KlDriftService::WatchReactor : public grpc::ServerWriteReactor<v1::DriftReport> {
+ public:
+  WatchReactor(KlDriftService* service, const v1::WatchDriftRequest& request) : service_(service) {
+    WatchFilter filter;
+    filter.model = request.stream().model();
+    filter.model_version = request.stream().model_version();
+    filter.signal = request.stream().signal();
+    filter.state_changes_only = request.state_changes_only();
+    absl::Status status = ValidateName("model", filter.model, false);
+    if (status.ok() && !filter.signal.empty()) {
+      status = ValidateStreamKey(StreamKey{filter.model, filter.model_version, filter.signal});
+    } else if (status.ok() && !filter.model_version.empty()) {
+      status = absl::InvalidArgumentError(
+          "model_version without signal: watch one stream (model, version, signal) or a model");
+    }
+    if (!status.ok()) {
+      absl::MutexLock lock(&mutex_);
+      FinishLocked(ToGrpcStatus(status));
+      return;
+    }
+    if (!service_->AddWatcher(this)) {
+      absl::MutexLock lock(&mutex_);
+      FinishLocked(grpc::Status(grpc::StatusCode::UNAVAILABLE, "server shutting down"));
+      return;
+    }
+    watch_id_ =
+        service_->engine_->Watch(filter, [this](const WindowReport& report) { Enqueue(report); });
+  }
+
+  // Finishes the stream once the write in flight (if any) completes.
+  void Stop(grpc::Status status) {
+    absl::MutexLock lock(&mutex_);
+    if (writing_) {
+      stop_status_ = std::move(status);
+      stop_requested_ = true;
+    } else {
+      FinishLocked(status);
+    }
+  }
+
+  void OnWriteDone(bool ok) override {
+    absl::MutexLock lock(&mutex_);
+    writing_ = false;
+    if (!ok) {
+      FinishLocked(grpc::Status::CANCELLED);
+      return;
+    }
+    if (stop_requested_) {
+      FinishLocked(stop_status_);
+      return;
+    }
+    if (!queue_.empty() && !finished_) {
+      current_ = std::move(queue_.front());
+      queue_.pop_front();
+      writing_ = true;
+      StartWrite(&current_);
+    }
+  }
+
+  void OnCancel() override {
+    absl::MutexLock lock(&mutex_);
+    if (!writing_) FinishLocked(grpc::Status::CANCELLED);
+  }
+
+  void OnDone() override {
+    // After Unwatch returns no engine callback is running or will run, so deleting is safe.
+    if (watch_id_ != 0) service_->engine_->Unwatch(watch_id_);
+    service_->RemoveWatcher(this);
+    delete this;
+  }
+
+ private:
+  void Enqueue(const WindowReport& report) {
+    absl::MutexLock lock(&mutex_);
+    if (finished_ || stop_requested_) return;
+    if (!writing_) {
+      current_.Clear();
+      ToProto(report, &current_);
+      writing_ = true;
+      StartWrite(&current_);
+      return;
+    }
+    if (queue_.size() >= service_->options_.max_queued_watch_reports) {
+      queue_.pop_front();
+      service_->dropped_watch_reports_.fetch_add(1);
+    }
+    queue_.emplace_back();
+    ToProto(report, &queue_.back());
+  }
+
+  void FinishLocked(grpc::Status status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
+    if (finished_) return;
+    finished_ = true;
+    Finish(std::move(status));
+  }
+
+  KlDriftService* const service_;
+  uint64_t watch_id_ = 0;
+  absl::Mutex mutex_;
+  v1::DriftReport current_ ABSL_GUARDED_BY(mutex_);
+  std::deque<v1::DriftReport> queue_ ABSL_GUARDED_BY(mutex_);
+  bool writing_ ABSL_GUARDED_BY(mutex_) = false;
+  bool finished_ ABSL_GUARDED_BY(mutex_) = false;
+  bool stop_requested_ ABSL_GUARDED_BY(mutex_) = false;
+  grpc::Status stop_status_ ABSL_GUARDED_BY(mutex_);
+};
+
+KlDriftService::KlDriftService(DriftEngine* engine, ServiceOptions options)
+    : engine_(engine), options_(options) {}
+
+KlDriftService::~KlDriftService() = default;
+
+bool KlDriftService::AddWatcher(WatchReactor* reactor) {
+  absl::MutexLock lock(&watchers_mutex_);
+  if (shutting_down_) return false;
+  watchers_.insert(reactor);
+  return true;
+}
+
+void KlDriftService::RemoveWatcher(WatchReactor* reactor) {
+  absl::MutexLock lock(&watchers_mutex_);
+  watchers_.erase(reactor);
+}
+
+void KlDriftService::BeginShutdown() {
+  absl::MutexLock lock(&watchers_mutex_);
+  shutting_down_ = true;
+  // OnDone (which removes a watcher) runs on a gRPC executor thread, never inside Finish().
+  for (WatchReactor* reactor : watchers_) {
+    reactor->Stop(grpc::Status(grpc::StatusCode::UNAVAILABLE, "server shutting down"));
+  }
+}
+
+grpc::ServerUnaryReactor* KlDriftService::PutReference(grpc::CallbackServerContext* context,
+                                                       const v1::PutReferenceRequest* request,
+                                                       v1::PutReferenceResponse* response) {
+  return Unary(context, [&]() -> absl::Status {
+    absl::StatusOr<ReferenceSpec> spec = FromProto(*request);
+    if (!spec.ok()) return spec.status();
+    absl::StatusOr<std::shared_ptr<const Reference>> ref = engine_->PutReference(*spec);
+    if (!ref.ok()) return ref.status();
+    response->set_version((*ref)->version);
+    ToProto(**ref, response->mutable_reference());
+    return absl::OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* KlDriftService::GetReference(grpc::CallbackServerContext* context,
+                                                       const v1::GetReferenceRequest* request,
+                                                       v1::Reference* response) {
+  return Unary(context, [&]() -> absl::Status {
+    absl::StatusOr<std::shared_ptr<const Reference>> ref =
+        engine_->GetReference(FromProto(request->stream()), request->version());
+    if (!ref.ok()) return ref.status();
+    ToProto(**ref, response);
+    return absl::OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* KlDriftService::ListReferences(grpc::CallbackServerContext* context,
+                                                         const v1::ListReferencesRequest* request,
+                                                         v1::ListReferencesResponse* response) {
+  return Unary(context, [&]() -> absl::Status {
+    absl::StatusOr<DriftEngine::ReferencePage> page =
+        engine_->ListReferences(request->model(), request->page_size(), request->page_token());
+    if (!page.ok()) return page.status();
+    for (const auto& ref : page->references) ToProto(*ref, response->add_references());
+    response->set_next_page_token(page->next_page_token);
+    return absl::OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* KlDriftService::DeleteReference(grpc::CallbackServerContext* context,
+                                                          const v1::DeleteReferenceRequest* request,
+                                                          v1::DeleteReferenceResponse* response) {
+  return Unary(context, [&]() -> absl::Status {
+    absl::StatusOr<uint64_t> deleted = engine_->DeleteReference(FromProto(request->stream()));
+    if (!deleted.ok()) return deleted.status();
+    response->set_versions_deleted(*deleted);
+    return absl::OkStatus();
+  });
+}
+
+grpc::ServerBidiReactor<v1::IngestRequest, v1::IngestResponse>* KlDriftService::Ingest(
+    grpc::CallbackServerContext* context) {
+  return new IngestReactor(this);
+}
+
+grpc::ServerUnaryReactor* KlDriftService::GetDrift(grpc::CallbackServerContext* context,
+                                                   const v1::GetDriftRequest* request,
+                                                   v1::GetDriftResponse* response) {
+  return Unary(context, [&]() -> absl::Status {
+    std::optional<absl::Duration> window;
+    if (request->has_window()) {
+      absl::StatusOr<absl::Duration> w = FromProto(request->window(), "window");
+      if (!w.ok()) return w.status();
+      window = *w;
+    }
+    uint32_t top_bins = request->top_bins() == 0 ? options_.default_top_bins : request->top_bins();
+    if (top_bins > options_.max_top_bins) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("top_bins = ", top_bins, " exceeds the limit of ", options_.max_top_bins));
+    }
+    absl::StatusOr<std::vector<WindowReport>> reports =
+        engine_->GetDrift(FromProto(request->stream()), window, top_bins);
+    if (!reports.ok()) return reports.status();
+    for (const WindowReport& report : *reports) ToProto(report, response->add_reports());
+    return absl::OkStatus();
+  });
+}
+
+grpc::ServerWriteReactor<v1::DriftReport>* KlDriftService::WatchDrift(
+    grpc::CallbackServerContext* context, const v1::WatchDriftRequest* request) {
+  return new WatchReactor(this, *request);
+}
+
+}  // namespace kldrift

@@ -1,0 +1,90 @@
+// KlDriftService: the gRPC adapter over DriftEngine (callback API).
+//
+// Thin by design: each RPC decodes its request (proto_conversion.h), calls the engine and encodes
+// the result; statuses are converted in one place (status_conversion.h). Streaming RPCs are
+// reactors that never block a gRPC thread:
+//   - Ingest reads one batch at a time, applies it, and answers with a cumulative ack. Acks that
+//     pile up while a write is in flight are merged into one (acks are cumulative), so a client
+//     that stops reading acks costs one pending response, and reading pauses once too many batch
+//     errors are waiting to be written.
+//   - WatchDrift registers an engine watcher whose reports are queued (bounded; the oldest are
+//     dropped and counted if the client cannot keep up) and written one at a time.
+// BeginShutdown() finishes every open watch stream so Server::Shutdown() can drain quickly.
+//
+// Thread safety: safe for concurrent RPCs; the engine must outlive the service.
+#ifndef KLDRIFT_SERVER_SERVICE_KLDRIFT_SERVICE_H_
+#define KLDRIFT_SERVER_SERVICE_KLDRIFT_SERVICE_H_
+
+#include <atomic>
+#include <cstdint>
+#include <set>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
+#include "kldrift/v1/kldrift.grpc.pb.h"
+#include "server/core/drift_engine.h"
+
+namespace kldrift {
+
+struct ServiceOptions {
+  // Reports a WatchDrift client may fall behind by before the oldest are dropped.
+  size_t max_queued_watch_reports = 1024;
+  // Batch errors waiting to be written before an Ingest stream stops reading.
+  size_t max_pending_batch_errors = 256;
+  // Default and largest number of top bins in a GetDrift report.
+  uint32_t default_top_bins = 5;
+  uint32_t max_top_bins = 100;
+};
+
+class KlDriftService final : public v1::KlDrift::CallbackService {
+ public:
+  KlDriftService(DriftEngine* engine, ServiceOptions options = {});
+  ~KlDriftService() override;
+
+  grpc::ServerUnaryReactor* PutReference(grpc::CallbackServerContext* context,
+                                         const v1::PutReferenceRequest* request,
+                                         v1::PutReferenceResponse* response) override;
+  grpc::ServerUnaryReactor* GetReference(grpc::CallbackServerContext* context,
+                                         const v1::GetReferenceRequest* request,
+                                         v1::Reference* response) override;
+  grpc::ServerUnaryReactor* ListReferences(grpc::CallbackServerContext* context,
+                                           const v1::ListReferencesRequest* request,
+                                           v1::ListReferencesResponse* response) override;
+  grpc::ServerUnaryReactor* DeleteReference(grpc::CallbackServerContext* context,
+                                            const v1::DeleteReferenceRequest* request,
+                                            v1::DeleteReferenceResponse* response) override;
+  grpc::ServerBidiReactor<v1::IngestRequest, v1::IngestResponse>* Ingest(
+      grpc::CallbackServerContext* context) override;
+  grpc::ServerUnaryReactor* GetDrift(grpc::CallbackServerContext* context,
+                                     const v1::GetDriftRequest* request,
+                                     v1::GetDriftResponse* response) override;
+  grpc::ServerWriteReactor<v1::DriftReport>* WatchDrift(
+      grpc::CallbackServerContext* context, const v1::WatchDriftRequest* request) override;
+
+  // Ends every open WatchDrift stream (status UNAVAILABLE, "server shutting down") and makes new
+  // ones fail at once, so that grpc::Server::Shutdown() does not wait for them.
+  void BeginShutdown();
+
+  // Reports dropped because a watcher fell behind (for metrics and tests).
+  uint64_t dropped_watch_reports() const { return dropped_watch_reports_.load(); }
+
+ private:
+  class IngestReactor;
+  class WatchReactor;
+
+  // False once shutting down.
+  bool AddWatcher(WatchReactor* reactor);
+  void RemoveWatcher(WatchReactor* reactor);
+
+  DriftEngine* const engine_;
+  const ServiceOptions options_;
+  std::atomic<uint64_t> dropped_watch_reports_{0};
+
+  absl::Mutex watchers_mutex_;
+  std::set<WatchReactor*> watchers_ ABSL_GUARDED_BY(watchers_mutex_);
+  bool shutting_down_ ABSL_GUARDED_BY(watchers_mutex_) = false;
+};
+
+}  // namespace kldrift
+
+#endif  // KLDRIFT_SERVER_SERVICE_KLDRIFT_SERVICE_H_

@@ -1,0 +1,36 @@
+// Conversions between the kldrift.v1 protobuf messages and the core's C++ types.
+//
+// Decoding validates only what the wire format cannot express (e.g. a oneof left empty, a
+// duration that is not whole seconds); the core validates meaning. Errors are INVALID_ARGUMENT
+// naming the field.
+//
+// Thread safety: pure functions.
+#ifndef KLDRIFT_SERVER_SERVICE_PROTO_CONVERSION_H_
+#define KLDRIFT_SERVER_SERVICE_PROTO_CONVERSION_H_
+
+#include "absl/status/statusor.h"
+#include "kldrift/v1/kldrift.pb.h"
+#include "server/core/drift_engine.h"
+#include "server/core/reference.h"
+
+namespace kldrift {
+
+StreamKey FromProto(const v1::StreamId& id);
+void ToProto(const StreamKey& key, v1::StreamId* id);
+
+absl::StatusOr<AlertPolicy> FromProto(const v1::AlertPolicy& policy);
+void ToProto(const AlertPolicy& policy, v1::AlertPolicy* out);
+
+absl::StatusOr<ReferenceSpec> FromProto(const v1::PutReferenceRequest& request);
+void ToProto(const Reference& reference, v1::Reference* out);
+
+absl::StatusOr<IngestBatch> FromProto(const v1::IngestRequest& request);
+
+void ToProto(const WindowReport& report, v1::DriftReport* out);
+
+absl::StatusOr<absl::Duration> FromProto(const google::protobuf::Duration& duration,
+                                         absl::string_view field);
+
+}  // namespace kldrift
+
+#endif  // KLDRIFT_SERVER_SERVICE_PROTO_CONVERSION_H_
