@@ -69,14 +69,26 @@ absl::StatusOr<ReferenceProfile> ReferenceProfile::Create(std::vector<double> co
   kernels::SmoothedShares(counts.data(), counts.size(), alpha,
                           1.0 / (summary.total + static_cast<double>(counts.size()) * alpha),
                           profile.shares_.data(), profile.log_shares_.data());
+  // log r for the G-test: the same kernel with alpha = 0 and scale 1 (shares = counts).
+  std::vector<double> unused(counts.size());
+  profile.log_counts_.resize(counts.size());
+  kernels::SmoothedShares(counts.data(), counts.size(), 0.0, 1.0, unused.data(),
+                          profile.log_counts_.data());
   profile.counts_ = std::move(counts);
   return profile;
 }
 
-double GTestPValue(double kl_empirical, double current_samples, size_t bins) {
-  if (bins < 2) return 1.0;  // One bin: every distribution is the same.
-  const double g = 2.0 * current_samples * std::max(kl_empirical, 0.0);
-  return kernels::ChiSquaredSurvival(g, static_cast<double>(bins - 1));
+double HomogeneityGStatistic(double current_total, double reference_total,
+                             double homogeneity_terms) {
+  // N_c log(N / N_c) = N_c log1p(N_r / N_c): no cancellation for very unequal totals.
+  const double pooled = current_total * std::log1p(reference_total / current_total) +
+                        reference_total * std::log1p(current_total / reference_total);
+  return std::max(0.0, 2.0 * (pooled - homogeneity_terms));
+}
+
+double GTestPValue(double g, double degrees_of_freedom) {
+  if (degrees_of_freedom < 1) return 1.0;  // At most one occupied bin: nothing to compare.
+  return kernels::ChiSquaredSurvival(std::max(g, 0.0), degrees_of_freedom);
 }
 
 absl::StatusOr<DriftMeasures> ComputeDriftMeasures(const ReferenceProfile& reference,
@@ -106,8 +118,7 @@ absl::StatusOr<DriftMeasures> ComputeDriftMeasures(const ReferenceProfile& refer
   }
   const double alpha = reference.alpha();
   const kernels::DivergenceSums sums =
-      kernels::ComputeDivergenceSums(current.data(), k, alpha, summary.total,
-                                     reference.shares().data(), reference.log_shares().data());
+      kernels::ComputeDivergenceSums(current.data(), k, alpha, summary.total, reference.View());
 
   DriftMeasures m;
   m.kl_current_reference = std::max(sums.kl_pq, 0.0);
@@ -119,7 +130,9 @@ absl::StatusOr<DriftMeasures> ComputeDriftMeasures(const ReferenceProfile& refer
   m.total_variation = Clamp(sums.abs_diff / 2, 0.0, 1.0);
   m.l_inf = Clamp(sums.max_abs_diff, 0.0, 1.0);
   m.chi2 = std::max(sums.chi2, 0.0);
-  m.g_test_p_value = GTestPValue(sums.kl_empirical_pq, summary.total, k);
+  m.g_test_p_value =
+      GTestPValue(HomogeneityGStatistic(summary.total, reference.samples(), sums.homogeneity_terms),
+                  sums.occupied_bins - 1);
   m.samples_current = summary.total;
   m.samples_reference = reference.samples();
   m.alpha = alpha;

@@ -38,6 +38,7 @@
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "server/core/bin_layout.h"
+#include "server/kernels/divergence.h"
 
 namespace kldrift {
 
@@ -57,6 +58,12 @@ class ReferenceProfile {
   absl::Span<const double> counts() const { return counts_; }
   absl::Span<const double> shares() const { return shares_; }
   absl::Span<const double> log_shares() const { return log_shares_; }
+  // log of the raw counts (-inf where 0), for the G-test.
+  absl::Span<const double> log_counts() const { return log_counts_; }
+  // The kernels' view of this profile.
+  kernels::ReferenceView View() const {
+    return {shares_.data(), log_shares_.data(), counts_.data(), log_counts_.data()};
+  }
 
  private:
   ReferenceProfile() = default;
@@ -66,6 +73,7 @@ class ReferenceProfile {
   std::vector<double> counts_;
   std::vector<double> shares_;
   std::vector<double> log_shares_;
+  std::vector<double> log_counts_;
 };
 
 // One bin's part in the drift: its shares on both sides and its term p log(p/q)
@@ -104,10 +112,13 @@ absl::StatusOr<DriftMeasures> ComputeDriftMeasures(const ReferenceProfile& refer
                                                    absl::Span<const double> current, size_t top_k,
                                                    const BinLayout* layout = nullptr);
 
-// The G-test p-value for `current_samples` observations whose empirical KL from
-// the reference is `kl_empirical`, over `bins` bins (K - 1 degrees of freedom;
-// 1 when K == 1).
-double GTestPValue(double kl_empirical, double current_samples, size_t bins);
+// The two-sample G statistic from kernels::DivergenceSums::homogeneity_terms:
+// G = 2 [N_c log(N / N_c) + N_r log(N / N_r) - terms], N = N_c + N_r; clamped at 0.
+double HomogeneityGStatistic(double current_total, double reference_total,
+                             double homogeneity_terms);
+
+// Pr[chi2(degrees_of_freedom) >= g]; 1 when there are no degrees of freedom.
+double GTestPValue(double g, double degrees_of_freedom);
 
 }  // namespace kldrift
 

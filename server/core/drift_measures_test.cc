@@ -113,16 +113,6 @@ Real JsScale(const std::vector<Real>& p, const std::vector<Real>& q) {
   return scale / std::log(Real{2});
 }
 
-// Sum of |terms| of KL(Phat||Q) with Phat the unsmoothed current shares.
-Real EmpiricalKlScale(const std::vector<double>& current, const std::vector<Real>& q) {
-  const std::vector<Real> phat = oracle::Shares(current, 0.0);
-  Real scale = 0;
-  for (size_t i = 0; i < phat.size(); ++i) {
-    if (phat[i] > 0) scale += phat[i] * (std::fabs(std::log(phat[i])) + std::fabs(std::log(q[i])));
-  }
-  return scale;
-}
-
 absl::StatusOr<DriftMeasures> Compute(const std::vector<double>& reference,
                                       const std::vector<double>& current, double alpha,
                                       size_t top_k = 0, const BinLayout* layout = nullptr) {
@@ -321,38 +311,27 @@ void ExpectMatchesOracle(const std::vector<double>& current, const std::vector<d
   EXPECT_EQ(got->alpha, alpha);
   EXPECT_TRUE(got->top_bins.empty());
 
-  // g_test_p_value = ChiSquaredSurvival(G, K - 1) with G = 2 N KL(Phat||Q). G
-  // itself carries the rounding of the KL sum, so the p-value must lie between
-  // the survival at G -+ that error.
+  // g_test_p_value = ChiSquaredSurvival(G, occupied bins - 1), G the two-sample homogeneity
+  // statistic. G carries the rounding of its sum, so the p-value must lie between the survival
+  // function at G -+ that error.
   const double p_value = got->g_test_p_value;
   ASSERT_FALSE(std::isnan(p_value));
   EXPECT_GE(p_value, 0.0);
   EXPECT_LE(p_value, 1.0);
-  if (k == 1) {
+  const double dof = static_cast<double>(want.g_degrees_of_freedom);
+  if (dof < 1) {
     EXPECT_EQ(p_value, 1.0);
   } else {
-    const Real n = Total(current);
-    const Real g = 2 * n * want.kl_empirical_pq;
-    const double dof = static_cast<double>(k - 1);
-    if (std::isinf(static_cast<double>(g))) {
-      // Current mass where the reference has none (alpha = 0): G = +inf.
-      EXPECT_EQ(p_value, 0.0);
-      EXPECT_EQ(kernels::ChiSquaredSurvival(kInf, dof), 0.0);
-    } else {
-      // G carries the rounding of the KL sum (and of the shares), so the
-      // p-value must lie between the survival function at G -+ that error.
-      const Real g_error =
-          2 * n *
-          (1e-12L * want.kl_empirical_pq + 1e-14L * EmpiricalKlScale(current, q) + kShareRounding);
-      const double exact = kernels::ChiSquaredSurvival(static_cast<double>(g), dof);
-      const double upper =
-          kernels::ChiSquaredSurvival(static_cast<double>(std::max<Real>(g - g_error, 0)), dof);
-      const double lower = kernels::ChiSquaredSurvival(static_cast<double>(g + g_error), dof);
-      EXPECT_GE(p_value, lower * (1 - 1e-12) - 1e-300)
-          << "exact " << exact << " G " << static_cast<double>(g);
-      EXPECT_LE(p_value, upper * (1 + 1e-12) + 1e-300)
-          << "exact " << exact << " G " << static_cast<double>(g);
-    }
+    const Real g = want.g_statistic;
+    const Real g_error = 1e-12L * g + 1e-13L * want.g_scale + 1e-9L;
+    const double exact = kernels::ChiSquaredSurvival(static_cast<double>(g), dof);
+    const double upper =
+        kernels::ChiSquaredSurvival(static_cast<double>(std::max<Real>(g - g_error, 0)), dof);
+    const double lower = kernels::ChiSquaredSurvival(static_cast<double>(g + g_error), dof);
+    EXPECT_GE(p_value, lower * (1 - 1e-12) - 1e-300)
+        << "exact " << exact << " G " << static_cast<double>(g);
+    EXPECT_LE(p_value, upper * (1 + 1e-12) + 1e-300)
+        << "exact " << exact << " G " << static_cast<double>(g);
   }
 }
 
@@ -573,7 +552,9 @@ TEST(DriftProperties, ZeroReferenceBinWithoutSmoothingIsInfiniteNeverNaN) {
     EXPECT_EQ(m->chi2, kInf);
     EXPECT_EQ(m->jeffreys, kInf);
     EXPECT_EQ(m->psi, kInf);
-    EXPECT_EQ(m->g_test_p_value, 0.0);
+    // The two-sample G-test needs no smoothing: a finite p-value, never NaN.
+    EXPECT_GE(m->g_test_p_value, 0.0);
+    EXPECT_LE(m->g_test_p_value, 1.0);
     EXPECT_TRUE(std::isfinite(m->js_bits));
     EXPECT_GT(m->js_bits, 0.0);
     EXPECT_LE(m->js_bits, 1.0);
@@ -773,22 +754,37 @@ TEST(TopBins, LabelsWithoutLayoutAreBinIndices) {
 }
 
 TEST(GTestPValue, EdgeCases) {
-  EXPECT_EQ(GTestPValue(0.7, 100, 1), 1.0);  // One bin: no degrees of freedom.
-  EXPECT_EQ(GTestPValue(0.0, 100, 1), 1.0);
-  EXPECT_EQ(GTestPValue(0.0, 100, 10), 1.0);  // G = 0.
-  EXPECT_EQ(GTestPValue(-1e-17, 100, 10),
-            1.0);  // Rounding below zero is clamped.
-  EXPECT_EQ(GTestPValue(kInf, 100, 10), 0.0);
-  EXPECT_EQ(GTestPValue(0.3, 200, 7), kernels::ChiSquaredSurvival(2.0 * 200 * 0.3, 6.0));
-  // More evidence (more samples at the same KL) can only lower the p-value.
+  EXPECT_EQ(GTestPValue(0.7, 0), 1.0);     // One occupied bin: no degrees of freedom.
+  EXPECT_EQ(GTestPValue(0.0, 9), 1.0);     // G = 0.
+  EXPECT_EQ(GTestPValue(-1e-17, 9), 1.0);  // Rounding below zero is clamped.
+  EXPECT_EQ(GTestPValue(kInf, 9), 0.0);
+  EXPECT_EQ(GTestPValue(120.0, 6), kernels::ChiSquaredSurvival(120.0, 6.0));
+}
+
+TEST(HomogeneityGStatistic, ProportionalHistogramsGiveZeroWhateverTheSmoothing) {
+  // The same shape at different totals: no evidence of drift, p = 1, for every alpha.
+  const std::vector<double> reference = {10, 30, 0, 60};
+  const std::vector<double> current = {1, 3, 0, 6};
+  for (double alpha : {0.0, 0.5, 3.0, 100.0}) {
+    absl::StatusOr<ReferenceProfile> profile = ReferenceProfile::Create(reference, alpha);
+    ASSERT_TRUE(profile.ok());
+    absl::StatusOr<DriftMeasures> m = ComputeDriftMeasures(*profile, current, 0);
+    ASSERT_TRUE(m.ok());
+    EXPECT_NEAR(m->g_test_p_value, 1.0, 1e-9) << alpha;
+  }
+  // G grows with evidence: the same shift seen in more samples gives a smaller p-value (bounded
+  // by the reference's own 1000 samples).
+  absl::StatusOr<ReferenceProfile> profile = ReferenceProfile::Create({500, 500}, 0.5);
   double previous = 1.0;
-  for (double n : {1.0, 10.0, 100.0, 1000.0, 1e4}) {
-    const double p = GTestPValue(0.01, n, 5);
-    EXPECT_LE(p, previous) << n;
-    EXPECT_GE(p, 0.0);
+  for (double n : {10.0, 100.0, 1000.0, 10000.0}) {
+    const std::vector<double> current = {0.6 * n, 0.4 * n};
+    const double p = ComputeDriftMeasures(*profile, current, 0)->g_test_p_value;
+    EXPECT_LT(p, previous) << n;
     previous = p;
   }
-  EXPECT_LT(previous, 1e-10);
+  EXPECT_LT(previous, 1e-6);
+  // The statistic itself: G = 0 for proportional totals, > 0 otherwise.
+  EXPECT_EQ(HomogeneityGStatistic(10, 100, 10 * std::log1p(10.0) + 100 * std::log1p(0.1)), 0.0);
 }
 
 // Finite counts whose total overflows a double would make every share 0 and KL

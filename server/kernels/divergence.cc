@@ -151,11 +151,11 @@ void KlContributionsImpl(const double* HWY_RESTRICT current, size_t k, double al
 }
 
 struct SumVectors {
-  V kl_pq, kl_qp, js, sq_root_diff, abs_diff, max_abs_diff, chi2, kl_empirical;
+  V kl_pq, kl_qp, js, sq_root_diff, abs_diff, max_abs_diff, chi2, homogeneity, occupied;
 
   static SumVectors Zero(D d) {
     const V zero = hn::Zero(d);
-    return SumVectors{zero, zero, zero, zero, zero, zero, zero, zero};
+    return SumVectors{zero, zero, zero, zero, zero, zero, zero, zero, zero};
   }
   void Add(const SumVectors& block) {
     kl_pq = hn::Add(kl_pq, block.kl_pq);
@@ -165,14 +165,15 @@ struct SumVectors {
     abs_diff = hn::Add(abs_diff, block.abs_diff);
     max_abs_diff = hn::Max(max_abs_diff, block.max_abs_diff);
     chi2 = hn::Add(chi2, block.chi2);
-    kl_empirical = hn::Add(kl_empirical, block.kl_empirical);
+    homogeneity = hn::Add(homogeneity, block.homogeneity);
+    occupied = hn::Add(occupied, block.occupied);
   }
 };
 
 // Accumulates every drift sum for one vector of bins; lanes outside `valid` contribute nothing.
 // kSharesAreNormal: every p (and so every m = (p + q) / 2) is a normal number, see SharesAreNormal.
 template <bool kSharesAreNormal>
-HWY_INLINE void AccumulateSums(D d, M valid, V c, V q, V log_q, V a, V p_scale, V phat_scale,
+HWY_INLINE void AccumulateSums(D d, M valid, V c, V q, V log_q, V r, V log_r, V a, V p_scale,
                                SumVectors& acc) {
   const V zero = hn::Zero(d);
   const V p = hn::Mul(hn::Add(c, a), p_scale);
@@ -204,18 +205,23 @@ HWY_INLINE void AccumulateSums(D d, M valid, V c, V q, V log_q, V a, V p_scale, 
   const M differs = hn::And(valid, hn::Ne(diff, zero));
   acc.chi2 = hn::Add(acc.chi2, hn::IfThenElseZero(differs, hn::Div(hn::Mul(diff, diff), q)));
 
-  // The G statistic uses the unsmoothed empirical shares phat = c / N_current.
-  const V phat = hn::Mul(c, phat_scale);
-  const M phat_pos = hn::And(valid, hn::Gt(phat, zero));
-  const V log_phat = hn::Log(d, hn::IfThenElse(phat_pos, phat, hn::Set(d, 1.0)));
-  acc.kl_empirical = hn::Add(acc.kl_empirical,
-                             hn::IfThenElseZero(phat_pos, hn::Mul(phat, hn::Sub(log_phat, log_q))));
+  // Two-sample G-test on the raw counts: c log((c + r) / c) + r log((c + r) / r).
+  const V cr = hn::Add(c, r);
+  const M c_pos = hn::And(valid, hn::Gt(c, zero));
+  const M r_pos = hn::And(valid, hn::Gt(r, zero));
+  const M cr_pos = hn::And(valid, hn::Gt(cr, zero));
+  const V one = hn::Set(d, 1.0);
+  const V log_cr = hn::Log(d, hn::IfThenElse(cr_pos, cr, one));
+  const V log_c = hn::Log(d, hn::IfThenElse(c_pos, c, one));
+  const V g_c = hn::IfThenElseZero(c_pos, hn::Mul(c, hn::Sub(log_cr, log_c)));
+  const V g_r = hn::IfThenElseZero(r_pos, hn::Mul(r, hn::Sub(log_cr, log_r)));
+  acc.homogeneity = hn::Add(acc.homogeneity, hn::Add(g_c, g_r));
+  acc.occupied = hn::Add(acc.occupied, hn::IfThenElseZero(cr_pos, one));
 }
 
 template <bool kSharesAreNormal>
 SumVectors DivergenceSumsLoop(const double* HWY_RESTRICT current, size_t k, V a, V p_scale,
-                              V phat_scale, const double* HWY_RESTRICT q,
-                              const double* HWY_RESTRICT log_q) {
+                              const ReferenceView& ref) {
   const D d;
   const size_t lanes = hn::Lanes(d);
   SumVectors acc = SumVectors::Zero(d);
@@ -225,30 +231,32 @@ SumVectors DivergenceSumsLoop(const double* HWY_RESTRICT current, size_t k, V a,
     SumVectors block = SumVectors::Zero(d);
     const size_t block_end = BlockEnd(i, k, lanes);
     for (; i < block_end; i += lanes) {
-      AccumulateSums<kSharesAreNormal>(d, all, hn::LoadU(d, current + i), hn::LoadU(d, q + i),
-                                       hn::LoadU(d, log_q + i), a, p_scale, phat_scale, block);
+      AccumulateSums<kSharesAreNormal>(
+          d, all, hn::LoadU(d, current + i), hn::LoadU(d, ref.shares + i),
+          hn::LoadU(d, ref.log_shares + i), hn::LoadU(d, ref.counts + i),
+          hn::LoadU(d, ref.log_counts + i), a, p_scale, block);
     }
     acc.Add(block);
   }
   if (i < k) {
-    const M valid = hn::FirstN(d, k - i);
-    AccumulateSums<false>(d, valid, LoadTail(d, current + i, k - i), LoadTail(d, q + i, k - i),
-                          LoadTail(d, log_q + i, k - i), a, p_scale, phat_scale, acc);
+    const size_t n = k - i;
+    AccumulateSums<false>(d, hn::FirstN(d, n), LoadTail(d, current + i, n),
+                          LoadTail(d, ref.shares + i, n), LoadTail(d, ref.log_shares + i, n),
+                          LoadTail(d, ref.counts + i, n), LoadTail(d, ref.log_counts + i, n), a,
+                          p_scale, acc);
   }
   return acc;
 }
 
 DivergenceSums ComputeDivergenceSumsImpl(const double* HWY_RESTRICT current, size_t k, double alpha,
-                                         double current_total, const double* HWY_RESTRICT q,
-                                         const double* HWY_RESTRICT log_q) {
+                                         double current_total, const ReferenceView& ref) {
   const D d;
   const double p_scale = 1.0 / (current_total + static_cast<double>(k) * alpha);
   const V a = hn::Set(d, alpha);
   const V ps = hn::Set(d, p_scale);
-  const V phat_scale = hn::Set(d, 1.0 / current_total);
   const SumVectors acc = SharesAreNormal(alpha, p_scale)
-                             ? DivergenceSumsLoop<true>(current, k, a, ps, phat_scale, q, log_q)
-                             : DivergenceSumsLoop<false>(current, k, a, ps, phat_scale, q, log_q);
+                             ? DivergenceSumsLoop<true>(current, k, a, ps, ref)
+                             : DivergenceSumsLoop<false>(current, k, a, ps, ref);
   DivergenceSums sums;
   sums.kl_pq = SumLanes(d, acc.kl_pq);
   sums.kl_qp = SumLanes(d, acc.kl_qp);
@@ -257,7 +265,8 @@ DivergenceSums ComputeDivergenceSumsImpl(const double* HWY_RESTRICT current, siz
   sums.abs_diff = SumLanes(d, acc.abs_diff);
   sums.max_abs_diff = MaxLanes(d, acc.max_abs_diff);
   sums.chi2 = SumLanes(d, acc.chi2);
-  sums.kl_empirical_pq = SumLanes(d, acc.kl_empirical);
+  sums.homogeneity_terms = SumLanes(d, acc.homogeneity);
+  sums.occupied_bins = SumLanes(d, acc.occupied);
   return sums;
 }
 
@@ -294,9 +303,9 @@ void KlContributions(const double* current, size_t k, double alpha, double p_sca
 }
 
 DivergenceSums ComputeDivergenceSums(const double* current, size_t k, double alpha,
-                                     double current_total, const double* q, const double* log_q) {
-  return HWY_DYNAMIC_DISPATCH(ComputeDivergenceSumsImpl)(current, k, alpha, current_total, q,
-                                                         log_q);
+                                     double current_total, const ReferenceView& reference) {
+  return HWY_DYNAMIC_DISPATCH(ComputeDivergenceSumsImpl)(current, k, alpha, current_total,
+                                                         reference);
 }
 
 }  // namespace kldrift::kernels

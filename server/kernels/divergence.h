@@ -49,19 +49,32 @@ void KlContributions(const double* current, size_t k, double alpha, double p_sca
 
 // Every sum the drift report needs, in a single pass over the bins.
 struct DivergenceSums {
-  double kl_pq = 0;            // sum p log(p/q): KL(current || reference), nats.
-  double kl_qp = 0;            // sum q log(q/p): KL(reference || current), nats.
-  double js_nats = 0;          // 1/2 sum [p log(p/m) + q log(q/m)], m = (p + q) / 2.
-  double sq_root_diff = 0;     // sum (sqrt p - sqrt q)^2 = 2 * Hellinger^2.
-  double abs_diff = 0;         // sum |p - q| = 2 * total variation.
-  double max_abs_diff = 0;     // max |p - q| = L-infinity distance.
-  double chi2 = 0;             // sum (p - q)^2 / q: Pearson chi-squared divergence.
-  double kl_empirical_pq = 0;  // sum phat log(phat/q), phat = current / current_total (unsmoothed).
+  double kl_pq = 0;         // sum p log(p/q): KL(current || reference), nats.
+  double kl_qp = 0;         // sum q log(q/p): KL(reference || current), nats.
+  double js_nats = 0;       // 1/2 sum [p log(p/m) + q log(q/m)], m = (p + q) / 2.
+  double sq_root_diff = 0;  // sum (sqrt p - sqrt q)^2 = 2 * Hellinger^2.
+  double abs_diff = 0;      // sum |p - q| = 2 * total variation.
+  double max_abs_diff = 0;  // max |p - q| = L-infinity distance.
+  double chi2 = 0;          // sum (p - q)^2 / q: Pearson chi-squared divergence.
+  // For the two-sample G-test of homogeneity on the raw counts c (current) and r (reference):
+  // sum c log((c + r) / c) + r log((c + r) / r), terms with a zero count omitted, and the number
+  // of bins where c + r > 0. See kldrift::HomogeneityGStatistic.
+  double homogeneity_terms = 0;
+  double occupied_bins = 0;
 };
 
-// REQUIRES: current finite and >= 0 with current_total > 0; q and log_q from SmoothedShares().
+// The reference as ComputeDivergenceSums reads it: smoothed shares for the divergences, raw counts
+// for the G-test. All arrays have K entries.
+struct ReferenceView {
+  const double* shares;      // q, from SmoothedShares().
+  const double* log_shares;  // log q (-inf where q = 0).
+  const double* counts;      // r, the raw reference counts.
+  const double* log_counts;  // log r (-inf where r = 0).
+};
+
+// REQUIRES: current finite and >= 0 with current_total > 0.
 DivergenceSums ComputeDivergenceSums(const double* current, size_t k, double alpha,
-                                     double current_total, const double* q, const double* log_q);
+                                     double current_total, const ReferenceView& reference);
 
 }  // namespace kldrift::kernels
 

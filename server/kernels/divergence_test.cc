@@ -86,14 +86,24 @@ double Total(const std::vector<double>& counts) {
 
 // The reference profile as the core layer builds it: smoothed q and cached log q.
 struct Profile {
-  std::vector<double> q, log_q;
+  std::vector<double> q, log_q, counts, log_counts, unit;
+  ReferenceView View() const { return {q.data(), log_q.data(), counts.data(), log_counts.data()}; }
 };
 Profile MakeProfile(const std::vector<double>& reference, double alpha) {
   const size_t k = reference.size();
-  Profile profile{std::vector<double>(k), std::vector<double>(k)};
+  Profile profile{std::vector<double>(k), std::vector<double>(k), reference, std::vector<double>(k),
+                  std::vector<double>(k)};
   SmoothedShares(reference.data(), k, alpha, 1.0 / (Total(reference) + k * alpha), profile.q.data(),
                  profile.log_q.data());
+  SmoothedShares(reference.data(), k, 0.0, 1.0, profile.unit.data(), profile.log_counts.data());
   return profile;
+}
+
+// The G statistic from the kernel's sums, as the core computes it.
+double GFromSums(const DivergenceSums& sums, double current_total, double reference_total) {
+  const double pooled = current_total * std::log1p(reference_total / current_total) +
+                        reference_total * std::log1p(current_total / reference_total);
+  return 2.0 * (pooled - sums.homogeneity_terms);
 }
 
 class DivergenceTest : public hwy::TestWithParamTarget {};
@@ -122,7 +132,7 @@ TEST_P(DivergenceTest, MatchesLongDoubleOracle) {
         const double p_scale = 1.0 / (total + k * alpha);
 
         const DivergenceSums got =
-            ComputeDivergenceSums(current.data(), k, alpha, total, ref.q.data(), ref.log_q.data());
+            ComputeDivergenceSums(current.data(), k, alpha, total, ref.View());
         EXPECT_TRUE(Close("kl_pq", got.kl_pq, want.kl_pq, 1e-12, want.kl_pq_scale));
         EXPECT_TRUE(Close("kl_qp", got.kl_qp, want.kl_qp, 1e-12, want.kl_qp_scale));
         EXPECT_TRUE(Close("js_bits", got.js_nats / std::log(2.0), want.js_bits, 1e-12,
@@ -131,8 +141,11 @@ TEST_P(DivergenceTest, MatchesLongDoubleOracle) {
         EXPECT_TRUE(Close("total_variation", got.abs_diff / 2, want.total_variation, 1e-12));
         EXPECT_TRUE(Close("l_inf", got.max_abs_diff, want.l_inf, 1e-12));
         EXPECT_TRUE(Close("chi2", got.chi2, want.chi2, 1e-12));
-        EXPECT_TRUE(Close("kl_empirical", got.kl_empirical_pq, want.kl_empirical_pq, 1e-12,
-                          want.kl_pq_scale));
+        // G is a difference of two sums of size ~N log 2; judge rounding against them.
+        const double pooled_scale = 2 * (total + Total(reference)) * std::log(2.0);
+        EXPECT_TRUE(Close("g_statistic", GFromSums(got, total, Total(reference)), want.g_statistic,
+                          1e-12, want.g_scale + pooled_scale, 1e-13));
+        EXPECT_EQ(got.occupied_bins, static_cast<double>(want.g_degrees_of_freedom + 1));
 
         // The single-purpose kernels agree with the fused one.
         const double kl = KlCurrentReference(current.data(), k, alpha, p_scale, ref.log_q.data());
@@ -164,8 +177,8 @@ TEST_P(DivergenceTest, MatchesOracleAtOneMillionBins) {
     const double alpha = 0.5;
     const oracle::Measures want = oracle::AllMeasures(current, reference, alpha);
     const Profile ref = MakeProfile(reference, alpha);
-    const DivergenceSums got = ComputeDivergenceSums(current.data(), k, alpha, Total(current),
-                                                     ref.q.data(), ref.log_q.data());
+    const DivergenceSums got =
+        ComputeDivergenceSums(current.data(), k, alpha, Total(current), ref.View());
     EXPECT_TRUE(Close("kl_pq", got.kl_pq, want.kl_pq, 1e-12, want.kl_pq_scale));
     EXPECT_TRUE(Close("kl_qp", got.kl_qp, want.kl_qp, 1e-12, want.kl_qp_scale));
     EXPECT_TRUE(Close("chi2", got.chi2, want.chi2, 1e-12));
@@ -178,11 +191,12 @@ TEST_P(DivergenceTest, ZeroReferenceBinWithoutSmoothingIsInfinityNeverNaN) {
   const std::vector<double> reference = {5, 5, 0};
   const Profile ref = MakeProfile(reference, 0.0);
   EXPECT_EQ(ref.log_q[2], -kInf);
-  const DivergenceSums sums =
-      ComputeDivergenceSums(current.data(), 3, 0.0, 10, ref.q.data(), ref.log_q.data());
+  const DivergenceSums sums = ComputeDivergenceSums(current.data(), 3, 0.0, 10, ref.View());
   EXPECT_EQ(sums.kl_pq, kInf);
   EXPECT_EQ(sums.chi2, kInf);
-  EXPECT_EQ(sums.kl_empirical_pq, kInf);
+  // The G-test works on raw counts and needs no smoothing: finite even here.
+  EXPECT_TRUE(std::isfinite(sums.homogeneity_terms));
+  EXPECT_EQ(sums.occupied_bins, 3.0);
   // The other direction is finite: every bin with q > 0 has p > 0.
   EXPECT_TRUE(std::isfinite(sums.kl_qp));
   EXPECT_TRUE(std::isfinite(sums.js_nats));
@@ -190,8 +204,7 @@ TEST_P(DivergenceTest, ZeroReferenceBinWithoutSmoothingIsInfinityNeverNaN) {
 
   // Current empty where the reference is empty: 0 log 0 = 0, everything finite.
   const std::vector<double> current_ok = {5, 5, 0};
-  const DivergenceSums same =
-      ComputeDivergenceSums(current_ok.data(), 3, 0.0, 10, ref.q.data(), ref.log_q.data());
+  const DivergenceSums same = ComputeDivergenceSums(current_ok.data(), 3, 0.0, 10, ref.View());
   EXPECT_EQ(same.kl_pq, 0.0);
   EXPECT_EQ(same.kl_qp, 0.0);
   EXPECT_EQ(same.chi2, 0.0);
@@ -203,8 +216,8 @@ TEST_P(DivergenceTest, IdenticalHistogramsGiveExactlyZero) {
     const std::vector<double> counts = RandomCounts(k, Shape::kDense, rng);
     for (double alpha : {0.0, 0.5}) {
       const Profile ref = MakeProfile(counts, alpha);
-      const DivergenceSums sums = ComputeDivergenceSums(counts.data(), k, alpha, Total(counts),
-                                                        ref.q.data(), ref.log_q.data());
+      const DivergenceSums sums =
+          ComputeDivergenceSums(counts.data(), k, alpha, Total(counts), ref.View());
       EXPECT_EQ(sums.kl_pq, 0.0) << k;
       EXPECT_EQ(sums.kl_qp, 0.0) << k;
       EXPECT_EQ(sums.js_nats, 0.0) << k;
@@ -243,8 +256,7 @@ TEST(DivergenceTargets, AllTargetsAgree) {
     for (int64_t target : targets) {
       hwy::SetSupportedTargetsForTest(target);
       const Profile ref = MakeProfile(reference, 0.5);
-      results.push_back(ComputeDivergenceSums(current.data(), k, 0.5, Total(current), ref.q.data(),
-                                              ref.log_q.data()));
+      results.push_back(ComputeDivergenceSums(current.data(), k, 0.5, Total(current), ref.View()));
     }
     hwy::SetSupportedTargetsForTest(0);
     for (size_t t = 1; t < results.size(); ++t) {
