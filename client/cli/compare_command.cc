@@ -142,6 +142,11 @@ absl::Status CompareHistograms(const ParsedFlags& flags, std::ostream& out) {
   }
   absl::StatusOr<double> alpha = flags.GetDouble("alpha", kDefaultAlpha);
   if (!alpha.ok()) return alpha.status();
+  // Checked here so the error names the flag, not the reference file.
+  if (!std::isfinite(*alpha) || *alpha < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--alpha=", *flags.Get("alpha"), " is invalid: it must be a finite number >= 0"));
+  }
   absl::StatusOr<long> top = flags.GetInt("top", kDefaultTop);
   if (!top.ok()) return top.status();
   if (*top < 0) return absl::InvalidArgumentError("--top must be >= 0");
