@@ -144,7 +144,10 @@ int Run(const ServerConfig& config) {
   std::cerr << "kldriftd: " << strsignal(signal_number) << ", shutting down" << std::endl;
   server->GetHealthCheckService()->SetServingStatus(false);
   service.BeginShutdown();
+  const absl::Time shutdown_started = absl::Now();
   server->Shutdown(absl::ToChronoTime(absl::Now() + config.shutdown_grace));
+  std::cerr << "kldriftd: calls drained in " << absl::FormatDuration(absl::Now() - shutdown_started)
+            << std::endl;
   stop_evaluating.Notify();
   evaluator.join();
   engine.Evaluate();  // Final evaluation, so the last state reflects every applied batch.

@@ -12,12 +12,10 @@ SlidingWindow::SlidingWindow(absl::Duration length, int sub_buckets, size_t widt
       totals_(width, 0.0) {}
 
 int64_t SlidingWindow::SubBucketIndex(absl::Time t) const {
-  const absl::Duration since_epoch = t - absl::UnixEpoch();
-  // Floor division, so times before the epoch are bucketed consistently too.
-  int64_t index = absl::IDivDuration(since_epoch, step_, nullptr);
-  if (since_epoch < absl::ZeroDuration() && since_epoch % step_ != absl::ZeroDuration()) {
-    --index;
-  }
+  absl::Duration remainder;
+  int64_t index = absl::IDivDuration(t - absl::UnixEpoch(), step_, &remainder);
+  // IDivDuration truncates toward zero; floor it so times before the epoch bucket consistently.
+  if (remainder < absl::ZeroDuration()) --index;
   return index;
 }
 

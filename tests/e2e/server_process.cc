@@ -1,0 +1,120 @@
+#include "tests/e2e/server_process.h"
+
+#include <signal.h>
+#include <stdlib.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+
+namespace kldrift::testing {
+
+std::string BinaryPath(const char* env_var, const std::string& fallback) {
+  const char* value = std::getenv(env_var);
+  return value != nullptr && *value != '\0' ? value : fallback;
+}
+
+absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::Start(
+    const std::string& binary, const std::vector<std::string>& extra_flags,
+    absl::Duration startup) {
+  std::unique_ptr<ServerProcess> process(new ServerProcess());
+  char dir_template[] = "/tmp/kldrift-e2e-XXXXXX";
+  if (mkdtemp(dir_template) == nullptr) return absl::InternalError("mkdtemp failed");
+  process->work_dir_ = dir_template;
+  const std::string port_file = process->work_dir_ + "/port";
+  const std::string log_file = process->work_dir_ + "/kldriftd.log";
+
+  std::vector<std::string> args = {binary, "--listen", "127.0.0.1:0", "--port-file", port_file};
+  args.insert(args.end(), extra_flags.begin(), extra_flags.end());
+  const pid_t pid = fork();
+  if (pid < 0) return absl::InternalError("fork failed");
+  if (pid == 0) {
+    // Child: log to a file in the work folder, then exec.
+    FILE* log = std::fopen(log_file.c_str(), "w");
+    if (log != nullptr) {
+      dup2(fileno(log), STDERR_FILENO);
+      dup2(fileno(log), STDOUT_FILENO);
+    }
+    std::vector<char*> argv;
+    for (std::string& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    execv(argv[0], argv.data());
+    _exit(127);
+  }
+  process->pid_ = pid;
+  const absl::Time deadline = absl::Now() + startup;
+  while (absl::Now() < deadline) {
+    std::ifstream in(port_file);
+    int port = 0;
+    if (in >> port && port > 0) {
+      process->port_ = port;
+      return process;
+    }
+    int status = 0;
+    if (waitpid(pid, &status, WNOHANG) == pid) {
+      process->pid_ = -1;
+      std::ifstream log(log_file);
+      std::string text((std::istreambuf_iterator<char>(log)), std::istreambuf_iterator<char>());
+      return absl::InternalError(absl::StrCat("kldriftd exited during start-up: ", text));
+    }
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  return absl::DeadlineExceededError("kldriftd did not write its port file in time");
+}
+
+ServerProcess::~ServerProcess() {
+  const int status = pid_ > 0 ? Stop() : 0;
+  const bool clean_exit = WIFEXITED(status) && WEXITSTATUS(status) == 0;
+  if (!clean_exit || std::getenv("KLDRIFT_E2E_SHOW_LOG") != nullptr) {
+    // The server crashed or hung: its log is the first thing anyone debugging will want.
+    std::ifstream log(work_dir_ + "/kldriftd.log");
+    std::string text((std::istreambuf_iterator<char>(log)), std::istreambuf_iterator<char>());
+    std::fprintf(stderr, "---- kldriftd log (%s) ----\n%s---- end of log ----\n",
+                 clean_exit ? "clean exit" : "did not exit cleanly", text.c_str());
+  }
+  std::error_code ignored;
+  std::filesystem::remove_all(work_dir_, ignored);
+}
+
+std::string ServerProcess::address() const { return absl::StrCat("127.0.0.1:", port_); }
+
+std::shared_ptr<grpc::Channel> ServerProcess::Channel() const {
+  return grpc::CreateChannel(address(), grpc::InsecureChannelCredentials());
+}
+
+int ServerProcess::Stop(absl::Duration grace) {
+  if (pid_ <= 0) return exit_status_;
+  kill(pid_, SIGTERM);
+  const absl::Time deadline = absl::Now() + grace;
+  int status = 0;
+  while (absl::Now() < deadline) {
+    if (waitpid(pid_, &status, WNOHANG) == pid_) {
+      pid_ = -1;
+      exit_status_ = status;
+      return status;
+    }
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  kill(pid_, SIGKILL);
+  waitpid(pid_, &status, 0);
+  pid_ = -1;
+  exit_status_ = -1;
+  return -1;
+}
+
+void ServerProcess::Kill() {
+  if (pid_ <= 0) return;
+  kill(pid_, SIGKILL);
+  int status = 0;
+  waitpid(pid_, &status, 0);
+  pid_ = -1;
+}
+
+}  // namespace kldrift::testing

@@ -1,0 +1,57 @@
+// ServerProcess: a real kldriftd child process for end-to-end tests.
+//
+// Starts the binary with --listen 127.0.0.1:0 and a port file in a fresh temporary folder, waits
+// (bounded) until the port file appears, and stops the process with SIGTERM (then SIGKILL after a
+// grace period) when destroyed. Loopback only.
+//
+// Thread safety: thread-compatible.
+#ifndef KLDRIFT_TESTS_E2E_SERVER_PROCESS_H_
+#define KLDRIFT_TESTS_E2E_SERVER_PROCESS_H_
+
+#include <sys/types.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "grpcpp/grpcpp.h"
+
+namespace kldrift::testing {
+
+class ServerProcess {
+ public:
+  // Starts `binary` with the given extra flags. Fails if it does not serve within `startup`.
+  static absl::StatusOr<std::unique_ptr<ServerProcess>> Start(
+      const std::string& binary, const std::vector<std::string>& extra_flags,
+      absl::Duration startup = absl::Seconds(20));
+  ~ServerProcess();
+
+  int port() const { return port_; }
+  std::string address() const;
+  std::shared_ptr<grpc::Channel> Channel() const;
+  const std::string& work_dir() const { return work_dir_; }
+
+  // Sends SIGTERM and waits (bounded) for exit; returns the exit status as from waitpid, or -1
+  // if it had to be killed. Later calls return the same status.
+  int Stop(absl::Duration grace = absl::Seconds(15));
+  // SIGKILL, no shutdown.
+  void Kill();
+
+ private:
+  ServerProcess() = default;
+
+  pid_t pid_ = -1;
+  int exit_status_ = 0;  // From waitpid, once the process has been reaped; -1 if killed.
+  int port_ = 0;
+  std::string work_dir_;
+};
+
+// Path of a binary built next to the tests: from the environment variable `env_var` (set by CTest),
+// else `fallback`.
+std::string BinaryPath(const char* env_var, const std::string& fallback);
+
+}  // namespace kldrift::testing
+
+#endif  // KLDRIFT_TESTS_E2E_SERVER_PROCESS_H_

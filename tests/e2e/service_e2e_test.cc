@@ -1,0 +1,406 @@
+// End-to-end tests of kldriftd: a real server process on a loopback port chosen by the kernel,
+// real gRPC, the generated stubs. Every wait is bounded.
+#include <cmath>
+#include <memory>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "gmock/gmock.h"
+#include "grpcpp/grpcpp.h"
+#include "gtest/gtest.h"
+#include "kldrift/v1/kldrift.grpc.pb.h"
+#include "server/kernels/testing/scalar_oracle.h"
+#include "tests/e2e/health.grpc.pb.h"
+#include "tests/e2e/server_process.h"
+
+namespace kldrift {
+namespace {
+
+using ::testing::HasSubstr;
+using v1::KlDrift;
+
+constexpr absl::Duration kRpcDeadline = absl::Seconds(10);
+
+std::unique_ptr<grpc::ClientContext> Context(absl::Duration deadline = kRpcDeadline) {
+  auto context = std::make_unique<grpc::ClientContext>();
+  context->set_deadline(absl::ToChronoTime(absl::Now() + deadline));
+  return context;
+}
+
+v1::StreamId Stream(const std::string& model, const std::string& signal,
+                    const std::string& version = "") {
+  v1::StreamId id;
+  id.set_model(model);
+  id.set_model_version(version);
+  id.set_signal(signal);
+  return id;
+}
+
+google::protobuf::Duration Seconds(int64_t s) {
+  google::protobuf::Duration d;
+  d.set_seconds(s);
+  return d;
+}
+
+class ServiceE2eTest : public ::testing::Test {
+ protected:
+  // A short grace: gRPC waits for connected clients (even idle ones) until it expires.
+  void SetUp() override { StartServer({"--eval-interval", "100ms", "--shutdown-grace", "1s"}); }
+
+  void StartServer(const std::vector<std::string>& flags) {
+    absl::StatusOr<std::unique_ptr<testing::ServerProcess>> server =
+        testing::ServerProcess::Start(testing::BinaryPath("KLDRIFTD", "server/kldriftd"), flags);
+    ASSERT_TRUE(server.ok()) << server.status();
+    server_ = *std::move(server);
+    stub_ = KlDrift::NewStub(server_->Channel());
+  }
+
+  // A numeric reference over edges 0, 1, ..., bins with the given interior counts.
+  uint64_t PutNumeric(const v1::StreamId& stream, const std::vector<double>& counts,
+                      const v1::AlertPolicy& policy = {}) {
+    v1::PutReferenceRequest request;
+    *request.mutable_stream() = stream;
+    for (size_t e = 0; e <= counts.size(); ++e) request.mutable_numeric()->add_edges(e);
+    for (double c : counts) request.mutable_counts()->add_counts(c);
+    *request.mutable_policy() = policy;
+    v1::PutReferenceResponse response;
+    grpc::Status status = stub_->PutReference(Context().get(), request, &response);
+    EXPECT_TRUE(status.ok()) << status.error_message();
+    return response.version();
+  }
+
+  // One Ingest stream: sends each request and reads the acks until `expect_acked` is acked.
+  std::vector<v1::IngestResponse> IngestAll(const std::vector<v1::IngestRequest>& requests,
+                                            uint64_t expect_acked) {
+    auto context = Context(absl::Seconds(30));
+    auto stream = stub_->Ingest(context.get());
+    for (const v1::IngestRequest& r : requests) EXPECT_TRUE(stream->Write(r));
+    std::vector<v1::IngestResponse> responses;
+    v1::IngestResponse response;
+    while (stream->Read(&response)) {
+      responses.push_back(response);
+      if (response.acked_sequence() >= expect_acked) break;
+    }
+    stream->WritesDone();
+    while (stream->Read(&response)) responses.push_back(response);
+    EXPECT_TRUE(stream->Finish().ok());
+    return responses;
+  }
+
+  v1::GetDriftResponse Drift(const v1::StreamId& stream, int64_t window_seconds = 0) {
+    v1::GetDriftRequest request;
+    *request.mutable_stream() = stream;
+    if (window_seconds > 0) *request.mutable_window() = Seconds(window_seconds);
+    v1::GetDriftResponse response;
+    grpc::Status status = stub_->GetDrift(Context().get(), request, &response);
+    EXPECT_TRUE(status.ok()) << status.error_message();
+    return response;
+  }
+
+  std::unique_ptr<testing::ServerProcess> server_;
+  std::unique_ptr<KlDrift::Stub> stub_;
+};
+
+v1::IngestRequest HistogramBatch(const std::string& client, uint64_t sequence,
+                                 const std::string& model, const std::string& signal,
+                                 const std::vector<double>& full_counts) {
+  v1::IngestRequest request;
+  request.set_client_id(client);
+  request.set_sequence(sequence);
+  request.set_model(model);
+  v1::StreamBatch* batch = request.add_streams();
+  batch->set_signal(signal);
+  for (double c : full_counts) batch->mutable_histogram()->add_counts(c);
+  return request;
+}
+
+TEST_F(ServiceE2eTest, HealthServiceReportsServing) {
+  auto health = grpc::health::v1::Health::NewStub(server_->Channel());
+  grpc::health::v1::HealthCheckRequest request;
+  grpc::health::v1::HealthCheckResponse response;
+  ASSERT_TRUE(health->Check(Context().get(), request, &response).ok());
+  EXPECT_EQ(response.status(), grpc::health::v1::HealthCheckResponse::SERVING);
+}
+
+TEST_F(ServiceE2eTest, ReferencesOfEveryKindAreVersionedAndListed) {
+  // Numeric from counts, twice: versions 1 and 2, both readable.
+  const v1::StreamId score = Stream("fraud-scorer", "score", "2026-11-01");
+  EXPECT_EQ(PutNumeric(score, {10, 20, 30}), 1u);
+  EXPECT_EQ(PutNumeric(score, {30, 20, 10}), 2u);
+  v1::GetReferenceRequest get;
+  *get.mutable_stream() = score;
+  get.set_version(1);
+  v1::Reference ref;
+  ASSERT_TRUE(stub_->GetReference(Context().get(), get, &ref).ok());
+  EXPECT_EQ(ref.version(), 1u);
+  EXPECT_EQ(ref.kind(), v1::REFERENCE_KIND_NUMERIC);
+  // Full layout: underflow, 3 bins, overflow, NaN.
+  ASSERT_EQ(ref.counts_size(), 6);
+  EXPECT_EQ(ref.counts(1), 10);
+  EXPECT_EQ(ref.bin_labels(0), "< 0");
+  EXPECT_EQ(ref.bin_labels(1), "[0, 1)");
+  EXPECT_EQ(ref.bin_labels(5), "NaN");
+  EXPECT_EQ(ref.policy().windows_size(), 3);  // Defaults filled in: 5m, 1h, 24h.
+
+  // Numeric from raw values binned by the server (NaN lands in the NaN bucket).
+  v1::PutReferenceRequest values;
+  *values.mutable_stream() = Stream("fraud-scorer", "amount");
+  for (double e : {0.0, 10.0, 100.0}) values.mutable_numeric()->add_edges(e);
+  for (double v : {-1.0, 5.0, 50.0, 500.0, std::nan("")}) values.mutable_values()->add_values(v);
+  v1::PutReferenceResponse put;
+  ASSERT_TRUE(stub_->PutReference(Context().get(), values, &put).ok());
+  EXPECT_THAT(put.reference().counts(), ::testing::ElementsAre(1, 1, 1, 1, 1));
+
+  // Categorical from labels, with an unseen bucket.
+  v1::PutReferenceRequest labels;
+  *labels.mutable_stream() = Stream("fraud-scorer", "decision");
+  for (const char* c : {"approve", "review", "decline"})
+    labels.mutable_categorical()->add_categories(c);
+  for (const char* l : {"approve", "approve", "review", "other"})
+    labels.mutable_labels()->add_labels(l);
+  ASSERT_TRUE(stub_->PutReference(Context().get(), labels, &put).ok());
+  EXPECT_THAT(put.reference().counts(), ::testing::ElementsAre(2, 1, 0, 1));
+  EXPECT_EQ(put.reference().bin_labels(3), "<unseen>");
+
+  // Pre-binned, Gaussian and paired log-probs.
+  v1::PutReferenceRequest pre;
+  *pre.mutable_stream() = Stream("ranker", "bucket");
+  pre.mutable_pre_binned()->set_bins(4);
+  for (double c : {1, 2, 3, 4}) pre.mutable_counts()->add_counts(c);
+  ASSERT_TRUE(stub_->PutReference(Context().get(), pre, &put).ok());
+  v1::PutReferenceRequest gauss;
+  *gauss.mutable_stream() = Stream("vae", "latent");
+  for (double m : {0.0, 0.0}) gauss.mutable_gaussian()->add_mean(m);
+  for (double v : {1.0, 1.0}) gauss.mutable_gaussian()->add_var(v);
+  ASSERT_TRUE(stub_->PutReference(Context().get(), gauss, &put).ok());
+  EXPECT_EQ(put.reference().kind(), v1::REFERENCE_KIND_GAUSSIAN);
+  v1::PutReferenceRequest policy;
+  *policy.mutable_stream() = Stream("llm", "tokens");
+  policy.mutable_paired_log_probs();
+  ASSERT_TRUE(stub_->PutReference(Context().get(), policy, &put).ok());
+
+  // List: every stream once, at its latest version, paginated two at a time.
+  std::vector<std::string> listed;
+  std::string token;
+  do {
+    v1::ListReferencesRequest list;
+    list.set_page_size(2);
+    list.set_page_token(token);
+    v1::ListReferencesResponse page;
+    ASSERT_TRUE(stub_->ListReferences(Context().get(), list, &page).ok());
+    EXPECT_LE(page.references_size(), 2);
+    for (const v1::Reference& r : page.references()) {
+      listed.push_back(
+          absl::StrCat(r.stream().model(), "/", r.stream().signal(), "@", r.version()));
+    }
+    token = page.next_page_token();
+  } while (!token.empty());
+  EXPECT_THAT(listed, ::testing::ElementsAre("fraud-scorer/amount@1", "fraud-scorer/decision@1",
+                                             "fraud-scorer/score@2", "llm/tokens@1",
+                                             "ranker/bucket@1", "vae/latent@1"));
+  v1::ListReferencesRequest by_model;
+  by_model.set_model("ranker");
+  v1::ListReferencesResponse only;
+  ASSERT_TRUE(stub_->ListReferences(Context().get(), by_model, &only).ok());
+  ASSERT_EQ(only.references_size(), 1);
+  EXPECT_EQ(only.references(0).stream().signal(), "bucket");
+}
+
+TEST_F(ServiceE2eTest, BadInputGetsPreciseStatusAndLeavesStateAlone) {
+  v1::PutReferenceRequest bad;
+  *bad.mutable_stream() = Stream("bad model", "s");
+  bad.mutable_pre_binned()->set_bins(2);
+  bad.mutable_counts()->add_counts(1);
+  bad.mutable_counts()->add_counts(1);
+  v1::PutReferenceResponse put;
+  grpc::Status status = stub_->PutReference(Context().get(), bad, &put);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(status.error_message(), HasSubstr("model"));
+
+  v1::PutReferenceRequest edges;
+  *edges.mutable_stream() = Stream("m", "s");
+  for (double e : {0.0, 2.0, 1.0}) edges.mutable_numeric()->add_edges(e);
+  edges.mutable_counts()->add_counts(1);
+  status = stub_->PutReference(Context().get(), edges, &put);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(status.error_message(), HasSubstr("strictly increasing"));
+
+  v1::GetReferenceRequest get;
+  *get.mutable_stream() = Stream("m", "s");
+  v1::Reference ref;
+  EXPECT_EQ(stub_->GetReference(Context().get(), get, &ref).error_code(),
+            grpc::StatusCode::NOT_FOUND);
+
+  // Ingest before a reference exists: the batch error says FAILED_PRECONDITION, and it is acked.
+  auto responses = IngestAll({HistogramBatch("c1", 1, "m", "s", {1, 2})}, 1);
+  ASSERT_FALSE(responses.empty());
+  EXPECT_EQ(responses.back().acked_sequence(), 1u);
+  ASSERT_EQ(responses.front().errors_size(), 1);
+  EXPECT_EQ(responses.front().errors(0).code(), grpc::StatusCode::FAILED_PRECONDITION);
+}
+
+TEST_F(ServiceE2eTest, ConcurrentClientsAndGetDriftMatchesTheOracle) {
+  const v1::StreamId stream = Stream("fraud-scorer", "score");
+  const std::vector<double> reference = {100, 300, 400, 150, 50};
+  PutNumeric(stream, reference);
+  constexpr int kClients = 4;
+  constexpr int kBatches = 50;
+  // Full layout: underflow, 5 bins, overflow, NaN. Each client shifts mass to the right.
+  std::vector<std::thread> clients;
+  for (int c = 0; c < kClients; ++c) {
+    clients.emplace_back([&, c] {
+      std::vector<v1::IngestRequest> requests;
+      for (int b = 1; b <= kBatches; ++b) {
+        requests.push_back(HistogramBatch(absl::StrCat("client-", c), b, "fraud-scorer", "score",
+                                          {0, 1, 2, 3, 4, double(c + 1), 0, 1}));
+      }
+      IngestAll(requests, kBatches);
+    });
+  }
+  for (std::thread& t : clients) t.join();
+
+  std::vector<double> current(8, 0.0);
+  for (int c = 0; c < kClients; ++c) {
+    const std::vector<double> delta = {0, 1, 2, 3, 4, double(c + 1), 0, 1};
+    for (size_t i = 0; i < 8; ++i) current[i] += kBatches * delta[i];
+  }
+  std::vector<double> reference_full = {0, 100, 300, 400, 150, 50, 0, 0};
+  const auto want = kernels::oracle::AllMeasures(current, reference_full, 0.5);
+  const v1::GetDriftResponse drift = Drift(stream);
+  ASSERT_EQ(drift.reports_size(), 3);
+  for (const v1::DriftReport& report : drift.reports()) {
+    SCOPED_TRACE(report.window_name());
+    // Each batch holds 1 + 2 + 3 + 4 + (c + 1) + 1 = 12 + c observations.
+    EXPECT_EQ(report.samples(), kBatches * (12 * kClients + (0 + 1 + 2 + 3)));
+    ASSERT_TRUE(report.has_histogram());
+    const v1::HistogramDrift& h = report.histogram();
+    EXPECT_NEAR(h.kl_current_reference(), static_cast<double>(want.kl_pq), 1e-9 * want.kl_pq);
+    EXPECT_NEAR(h.kl_reference_current(), static_cast<double>(want.kl_qp), 1e-9 * want.kl_qp);
+    EXPECT_NEAR(h.js_bits(), static_cast<double>(want.js_bits), 1e-9 * want.js_bits);
+    EXPECT_NEAR(h.hellinger(), static_cast<double>(want.hellinger), 1e-9 * want.hellinger);
+    EXPECT_NEAR(h.total_variation(), static_cast<double>(want.total_variation), 1e-9);
+    EXPECT_NEAR(h.chi2(), static_cast<double>(want.chi2), 1e-9 * want.chi2);
+    EXPECT_DOUBLE_EQ(h.psi(), h.kl_current_reference() + h.kl_reference_current());
+    EXPECT_EQ(report.reference_version(), 1u);
+    EXPECT_EQ(h.top_bins_size(), 5);
+  }
+}
+
+TEST_F(ServiceE2eTest, ResendAfterReconnectIsAppliedOnce) {
+  const v1::StreamId stream = Stream("m", "s");
+  PutNumeric(stream, {5, 5});
+  std::vector<v1::IngestRequest> first;
+  for (uint64_t s = 1; s <= 5; ++s)
+    first.push_back(HistogramBatch("svc-a", s, "m", "s", {0, 1, 1, 0, 0}));
+  EXPECT_EQ(IngestAll(first, 5).back().acked_sequence(), 5u);
+  // A reconnecting client that missed acks 3..5 resends them, then continues with 6 and 7.
+  std::vector<v1::IngestRequest> second;
+  for (uint64_t s = 3; s <= 7; ++s)
+    second.push_back(HistogramBatch("svc-a", s, "m", "s", {0, 1, 1, 0, 0}));
+  const auto responses = IngestAll(second, 7);
+  EXPECT_EQ(responses.back().acked_sequence(), 7u);
+  for (const auto& r : responses) EXPECT_EQ(r.errors_size(), 0);
+  EXPECT_EQ(Drift(stream).reports(0).samples(), 7 * 2);
+}
+
+TEST_F(ServiceE2eTest, WatchDriftSeesPendingFiringAndOk) {
+  const v1::StreamId stream = Stream("watched", "score");
+  v1::AlertPolicy policy;
+  *policy.add_windows() = Seconds(2);
+  policy.set_sub_buckets(2);
+  policy.set_warn_threshold(0.2);
+  policy.set_critical_threshold(0.5);
+  policy.set_min_samples(10);
+  policy.set_max_p_value(1);
+  google::protobuf::Duration for_duration;
+  for_duration.set_nanos(300'000'000);
+  *policy.mutable_for_duration() = for_duration;
+  PutNumeric(stream, {100, 100});
+
+  // Re-put with the short-window policy.
+  PutNumeric(stream, {100, 100}, policy);
+
+  v1::WatchDriftRequest watch;
+  *watch.mutable_stream() = stream;
+  watch.set_state_changes_only(true);
+  auto context = Context(absl::Seconds(30));
+  auto reader = stub_->WatchDrift(context.get(), watch);
+
+  uint64_t sequence = 0;
+  auto send = [&](const std::vector<double>& counts) {
+    ++sequence;
+    IngestAll({HistogramBatch("watch-client", sequence, "watched", "score", counts)}, sequence);
+  };
+  // Everything in the second bin: far from the reference.
+  send({0, 0, 500, 0, 0});
+  std::vector<v1::AlertState> seen;
+  v1::DriftReport report;
+  const absl::Time deadline = absl::Now() + absl::Seconds(20);
+  bool sent_recovery = false;
+  while (absl::Now() < deadline && reader->Read(&report)) {
+    seen.push_back(report.alert_state());
+    if (report.alert_state() == v1::ALERT_STATE_FIRING && !sent_recovery) {
+      EXPECT_EQ(report.severity(), v1::SEVERITY_CRITICAL);
+      // Let the drifted data expire from the 2 s window, then send data shaped like the reference.
+      absl::SleepFor(absl::Milliseconds(2200));
+      send({0, 250, 250, 0, 0});
+      sent_recovery = true;
+    }
+    if (report.alert_state() == v1::ALERT_STATE_OK && sent_recovery) break;
+  }
+  context->TryCancel();
+  EXPECT_THAT(seen, ::testing::ElementsAre(v1::ALERT_STATE_PENDING, v1::ALERT_STATE_FIRING,
+                                           v1::ALERT_STATE_OK));
+}
+
+TEST_F(ServiceE2eTest, DeleteReferenceRemovesEverything) {
+  const v1::StreamId stream = Stream("m", "gone");
+  PutNumeric(stream, {1, 1});
+  PutNumeric(stream, {2, 1});
+  IngestAll({HistogramBatch("c", 1, "m", "gone", {0, 1, 1, 0, 0})}, 1);
+  v1::DeleteReferenceRequest del;
+  *del.mutable_stream() = stream;
+  v1::DeleteReferenceResponse deleted;
+  ASSERT_TRUE(stub_->DeleteReference(Context().get(), del, &deleted).ok());
+  EXPECT_EQ(deleted.versions_deleted(), 2u);
+  v1::GetReferenceRequest get;
+  *get.mutable_stream() = stream;
+  v1::Reference ref;
+  EXPECT_EQ(stub_->GetReference(Context().get(), get, &ref).error_code(),
+            grpc::StatusCode::NOT_FOUND);
+  v1::GetDriftRequest drift;
+  *drift.mutable_stream() = stream;
+  v1::GetDriftResponse reports;
+  EXPECT_EQ(stub_->GetDrift(Context().get(), drift, &reports).error_code(),
+            grpc::StatusCode::NOT_FOUND);
+  EXPECT_EQ(stub_->DeleteReference(Context().get(), del, &deleted).error_code(),
+            grpc::StatusCode::NOT_FOUND);
+  const auto responses = IngestAll({HistogramBatch("c", 2, "m", "gone", {0, 1, 1, 0, 0})}, 2);
+  ASSERT_EQ(responses.front().errors_size(), 1);
+  EXPECT_EQ(responses.front().errors(0).code(), grpc::StatusCode::FAILED_PRECONDITION);
+}
+
+TEST_F(ServiceE2eTest, SigtermEndsWatchStreamsAndExitsCleanly) {
+  const v1::StreamId stream = Stream("m", "s");
+  PutNumeric(stream, {1, 1});
+  v1::WatchDriftRequest watch;
+  *watch.mutable_stream() = stream;
+  auto context = Context(absl::Seconds(30));
+  auto reader = stub_->WatchDrift(context.get(), watch);
+  v1::DriftReport report;
+  ASSERT_TRUE(reader->Read(&report));  // Every evaluation is reported (not changes only).
+  const int status = server_->Stop();
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0);
+  while (reader->Read(&report)) {
+  }
+  EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::UNAVAILABLE);
+}
+
+}  // namespace
+}  // namespace kldrift
