@@ -285,7 +285,6 @@ TEST(ComputeDriftMeasures, RejectsLayoutSizeMismatch) {
 
 void ExpectMatchesOracle(const std::vector<double>& current, const std::vector<double>& reference,
                          double alpha) {
-  const size_t k = current.size();
   absl::StatusOr<DriftMeasures> got = Compute(reference, current, alpha);
   ASSERT_TRUE(got.ok()) << got.status();
   const oracle::Measures want = oracle::AllMeasures(current, reference, alpha);
