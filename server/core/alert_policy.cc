@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <limits>
 #include <set>
 
 #include "absl/strings/ascii.h"
@@ -171,7 +173,7 @@ absl::StatusOr<absl::Duration> ParseWindow(absl::string_view text) {
   if (!normalized.empty() && normalized.back() == 'd') {
     int64_t days;
     if (absl::SimpleAtoi(absl::string_view(normalized).substr(0, normalized.size() - 1), &days) &&
-        days > 0) {
+        days > 0 && days <= std::numeric_limits<int64_t>::max() / 86400) {
       return absl::Hours(24 * days);
     }
   }

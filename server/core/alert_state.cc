@@ -50,6 +50,12 @@ bool AlertStateMachine::Observe(double value, bool eligible, absl::Time now,
       }
       break;
     case AlertState::kFiring:
+      // A window short of samples or evidence keeps firing (and restarts the clear timer):
+      // silence is reported by the no-data alert, not by clearing.
+      if (!eligible) {
+        status_.below_clear_since = absl::InfiniteFuture();
+        break;
+      }
       if (value < policy.EffectiveClearThreshold()) {
         if (status_.below_clear_since == absl::InfiniteFuture()) status_.below_clear_since = now;
         if (now - status_.below_clear_since >= policy.for_duration) {
@@ -58,8 +64,7 @@ bool AlertStateMachine::Observe(double value, bool eligible, absl::Time now,
       } else {
         status_.below_clear_since = absl::InfiniteFuture();
         // Between clear and warn the alert keeps firing at warn severity.
-        status_.severity =
-            value >= policy.critical_threshold ? Severity::kCritical : Severity::kWarn;
+        status_.severity = severity_now;
       }
       break;
   }

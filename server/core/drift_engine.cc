@@ -293,6 +293,18 @@ absl::StatusOr<std::shared_ptr<const Reference>> DriftEngine::PutReference(
       return absl::FailedPreconditionError(
           absl::StrCat("stream ", source.ToString(), " is not a histogram stream"));
     }
+    // The window's counts are only meaningful in the same bins.
+    const Reference& src_ref = src->current();
+    absl::StatusOr<BinLayout> layout = LayoutForSpec(spec, options_.reference_limits);
+    if (!layout.ok()) return layout.status();
+    if (spec.kind != src_ref.kind || layout->size() != src_ref.layout->size() ||
+        layout->edges() != src_ref.layout->edges() ||
+        layout->categories() != src_ref.layout->categories()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "the source window's bins do not match this reference's bins: ", source.ToString(),
+          " has a ", ReferenceKindName(src_ref.kind), " reference with ", src_ref.layout->size(),
+          " bins; re-baseline with the same bins"));
+    }
     AdvanceWindows(*src, now);
     const WindowState* found = nullptr;
     for (const WindowState& w : src->windows) {
@@ -551,7 +563,14 @@ absl::Status DriftEngine::ApplyBatch(const IngestBatch& batch, absl::Time now)
                        "; fetch the new bins"));
       break;
     }
-    if (event_time <= now - ref.policy.LongestWindow()) {
+    // Windows hold whole sub-buckets, so they may end a little short of their length: reject what
+    // no window covers rather than acknowledge it and drop it.
+    bool covered = false;
+    for (const WindowState& w : t.state->windows) {
+      covered |=
+          w.ring.SubBucketIndex(event_time) > w.ring.SubBucketIndex(now) - w.ring.sub_buckets();
+    }
+    if (!covered) {
       status = absl::InvalidArgumentError(absl::StrCat(
           "event_time ", absl::FormatTime(event_time), " is older than stream ", t.key.ToString(),
           "'s longest window (", FormatWindow(ref.policy.LongestWindow()), ")"));
@@ -729,8 +748,11 @@ size_t DriftEngine::Evaluate() {
     const Reference& ref = stream->current();
     for (WindowState& w : stream->windows) {
       WindowReport report = Report(*stream, w, have_watchers ? kEvaluationTopBins : 0, now);
-      const bool evidence =
-          !report.histogram || report.histogram->g_test_p_value <= ref.policy.max_p_value;
+      // Evidence (the G-test) is needed to raise an alert, not to keep or clear a firing one:
+      // data back in the reference's shape has none, and must still clear it.
+      const bool evidence = !report.histogram ||
+                            report.histogram->g_test_p_value <= ref.policy.max_p_value ||
+                            w.alert.status().state == AlertState::kFiring;
       const bool changed =
           w.alert.Observe(report.measure_value, report.enough_samples && evidence, now, ref.policy);
       report.alert = w.alert.status();

@@ -1,6 +1,7 @@
 #include "server/core/sliding_window.h"
 
 #include <algorithm>
+#include <limits>
 
 namespace kldrift {
 
@@ -15,7 +16,8 @@ int64_t SlidingWindow::SubBucketIndex(absl::Time t) const {
   absl::Duration remainder;
   int64_t index = absl::IDivDuration(t - absl::UnixEpoch(), step_, &remainder);
   // IDivDuration truncates toward zero; floor it so times before the epoch bucket consistently.
-  if (remainder < absl::ZeroDuration()) --index;
+  // (InfinitePast() divides to INT64_MIN already.)
+  if (remainder < absl::ZeroDuration() && index > std::numeric_limits<int64_t>::min()) --index;
   return index;
 }
 
