@@ -22,8 +22,7 @@ const std::vector<FlagSpec>& Specs() {
       {"alpha", false, "smoothing pseudo-counts"},
       {"top", false, "how many bins"},
       {"json", true, "print JSON"},
-      {"a-very-long-flag-name-indeed", false,
-       "a flag wider than the help column"},
+      {"a-very-long-flag-name-indeed", false, "a flag wider than the help column"},
   };
   return *specs;
 }
@@ -34,8 +33,7 @@ absl::StatusOr<ParsedFlags> Parse(const std::vector<std::string>& args) {
 
 void ExpectInvalid(const absl::StatusOr<ParsedFlags>& result,
                    const std::vector<std::string>& fragments) {
-  ASSERT_FALSE(result.ok())
-      << "expected an error containing " << fragments.front();
+  ASSERT_FALSE(result.ok()) << "expected an error containing " << fragments.front();
   EXPECT_EQ(result.status().code(), absl::StatusCode::kInvalidArgument);
   for (const std::string& fragment : fragments) {
     EXPECT_THAT(std::string(result.status().message()), HasSubstr(fragment));
@@ -51,8 +49,7 @@ TEST(ParseFlagsTest, NoArguments) {
 }
 
 TEST(ParseFlagsTest, SeparateValue) {
-  absl::StatusOr<ParsedFlags> flags =
-      Parse({"--reference", "ref.json", "--alpha", "0.25"});
+  absl::StatusOr<ParsedFlags> flags = Parse({"--reference", "ref.json", "--alpha", "0.25"});
   ASSERT_TRUE(flags.ok()) << flags.status();
   EXPECT_TRUE(flags->Has("reference"));
   EXPECT_THAT(flags->Get("reference"), Optional(std::string("ref.json")));
@@ -61,8 +58,7 @@ TEST(ParseFlagsTest, SeparateValue) {
 }
 
 TEST(ParseFlagsTest, InlineValue) {
-  absl::StatusOr<ParsedFlags> flags =
-      Parse({"--reference=a=b.json", "--top=3"});
+  absl::StatusOr<ParsedFlags> flags = Parse({"--reference=a=b.json", "--top=3"});
   ASSERT_TRUE(flags.ok()) << flags.status();
   // Only the first '=' separates the name from the value.
   EXPECT_THAT(flags->Get("reference"), Optional(std::string("a=b.json")));
@@ -92,8 +88,7 @@ TEST(ParseFlagsTest, Switch) {
 TEST(ParseFlagsTest, UnknownFlagNamesFlagAndCommand) {
   ExpectInvalid(Parse({"--top", "1", "--bogus", "x"}),
                 {"unknown flag --bogus", "'kldrift compare'"});
-  ExpectInvalid(Parse({"--bogus=x"}),
-                {"unknown flag --bogus ", "'kldrift compare'"});
+  ExpectInvalid(Parse({"--bogus=x"}), {"unknown flag --bogus ", "'kldrift compare'"});
   // A prefix of a known flag is not that flag.
   ExpectInvalid(Parse({"--ref", "x"}), {"unknown flag --ref "});
 }
@@ -105,8 +100,7 @@ TEST(ParseFlagsTest, DuplicatedFlag) {
 }
 
 TEST(ParseFlagsTest, MissingValue) {
-  ExpectInvalid(Parse({"--json", "--reference"}),
-                {"--reference needs a value"});
+  ExpectInvalid(Parse({"--json", "--reference"}), {"--reference needs a value"});
 }
 
 TEST(ParseFlagsTest, SwitchGivenValue) {
@@ -116,10 +110,8 @@ TEST(ParseFlagsTest, SwitchGivenValue) {
 }
 
 TEST(ParseFlagsTest, StrayPositionalArgument) {
-  ExpectInvalid(Parse({"ref.json"}),
-                {"unexpected argument \"ref.json\"", "'kldrift compare'"});
-  ExpectInvalid(Parse({"--top", "1", "extra"}),
-                {"unexpected argument \"extra\""});
+  ExpectInvalid(Parse({"ref.json"}), {"unexpected argument \"ref.json\"", "'kldrift compare'"});
+  ExpectInvalid(Parse({"--top", "1", "extra"}), {"unexpected argument \"extra\""});
   ExpectInvalid(Parse({"-j"}), {"unexpected argument \"-j\""});
   ExpectInvalid(Parse({"--"}), {"unexpected argument \"--\""});
 }
@@ -139,12 +131,8 @@ TEST(GetDoubleTest, DefaultWhenAbsent) {
 }
 
 TEST(GetDoubleTest, Parses) {
-  for (const auto& [text, expected] :
-       std::vector<std::pair<std::string, double>>{{"0.25", 0.25},
-                                                   {"-1", -1.0},
-                                                   {"1e-3", 1e-3},
-                                                   {"0", 0.0},
-                                                   {"3", 3.0}}) {
+  for (const auto& [text, expected] : std::vector<std::pair<std::string, double>>{
+           {"0.25", 0.25}, {"-1", -1.0}, {"1e-3", 1e-3}, {"0", 0.0}, {"3", 3.0}}) {
     SCOPED_TRACE(text);
     absl::StatusOr<ParsedFlags> flags = ParseOk({"--alpha", text});
     ASSERT_TRUE(flags.ok());
@@ -177,10 +165,7 @@ TEST(GetIntTest, DefaultWhenAbsent) {
 
 TEST(GetIntTest, Parses) {
   for (const auto& [text, expected] : std::vector<std::pair<std::string, long>>{
-           {"0", 0},
-           {"7", 7},
-           {"-1", -1},
-           {"9223372036854775807", 9223372036854775807L}}) {
+           {"0", 0}, {"7", 7}, {"-1", -1}, {"9223372036854775807", 9223372036854775807L}}) {
     SCOPED_TRACE(text);
     absl::StatusOr<ParsedFlags> flags = ParseOk({"--top", text});
     ASSERT_TRUE(flags.ok());
@@ -191,8 +176,7 @@ TEST(GetIntTest, Parses) {
 }
 
 TEST(GetIntTest, ErrorsNameTheFlag) {
-  for (const std::string text :
-       {"abc", "", "1.5", "1e3", "3x", "9223372036854775808"}) {
+  for (const std::string text : {"abc", "", "1.5", "1e3", "3x", "9223372036854775808"}) {
     SCOPED_TRACE(text);
     absl::StatusOr<ParsedFlags> flags = ParseOk({"--top=" + text});
     ASSERT_TRUE(flags.ok());
@@ -208,8 +192,7 @@ TEST(FlagHelpTest, ListsEveryFlag) {
   const std::string help = FlagHelp(Specs());
   for (const FlagSpec& spec : Specs()) {
     SCOPED_TRACE(spec.name);
-    const std::string left =
-        "--" + spec.name + (spec.is_switch ? "" : " VALUE");
+    const std::string left = "--" + spec.name + (spec.is_switch ? "" : " VALUE");
     EXPECT_THAT(help, HasSubstr(left));
     EXPECT_THAT(help, HasSubstr(spec.help));
     // The flag and its help are on the same line.
@@ -217,11 +200,9 @@ TEST(FlagHelpTest, ListsEveryFlag) {
     ASSERT_NE(flag_at, std::string::npos);
     const size_t line_end = help.find('\n', flag_at);
     ASSERT_NE(line_end, std::string::npos);
-    EXPECT_NE(help.substr(flag_at, line_end - flag_at).find(spec.help),
-              std::string::npos);
+    EXPECT_NE(help.substr(flag_at, line_end - flag_at).find(spec.help), std::string::npos);
   }
-  EXPECT_EQ(std::count(help.begin(), help.end(), '\n'),
-            static_cast<long>(Specs().size()));
+  EXPECT_EQ(std::count(help.begin(), help.end(), '\n'), static_cast<long>(Specs().size()));
   // Switches take no VALUE.
   EXPECT_EQ(help.find("--json VALUE"), std::string::npos);
 }

@@ -27,8 +27,9 @@ const std::vector<FlagSpec>& CompareFlags() {
       {"alpha", false, "Dirichlet smoothing: pseudo-counts added to every bin (default 0.5)"},
       {"top", false, "how many bins to list by contribution to KL (default 5)"},
       {"json", true, "print JSON instead of a table"},
-      {"gaussian", true, "files are diagonal Gaussians {\"mean\": [...], \"var\": [...]}; "
-                         "without --reference the reference is N(0, I)"},
+      {"gaussian", true,
+       "files are diagonal Gaussians {\"mean\": [...], \"var\": [...]}; "
+       "without --reference the reference is N(0, I)"},
       {"help", true, "show this help"},
   };
   return *specs;
@@ -83,8 +84,8 @@ void PrintMeasuresTable(const DriftMeasures& m, size_t bins, std::ostream& out) 
   }
   if (!m.top_bins.empty()) {
     out << "\ntop bins by contribution to KL(current || reference):\n";
-    out << absl::StrFormat("  %6s  %-24s %12s %12s %14s\n", "bin", "label", "current",
-                           "reference", "contribution");
+    out << absl::StrFormat("  %6s  %-24s %12s %12s %14s\n", "bin", "label", "current", "reference",
+                           "contribution");
     for (const BinContribution& bin : m.top_bins) {
       out << absl::StrFormat("  %6d  %-24s %12s %12s %14s\n", bin.bin, bin.label,
                              Number(bin.current_share), Number(bin.reference_share),
@@ -144,8 +145,8 @@ absl::Status CompareHistograms(const ParsedFlags& flags, std::ostream& out) {
   if (!alpha.ok()) return alpha.status();
   // Checked here so the error names the flag, not the reference file.
   if (!std::isfinite(*alpha) || *alpha < 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--alpha=", *flags.Get("alpha"), " is invalid: it must be a finite number >= 0"));
+    return absl::InvalidArgumentError(absl::StrCat("--alpha=", *flags.Get("alpha"),
+                                                   " is invalid: it must be a finite number >= 0"));
   }
   absl::StatusOr<long> top = flags.GetInt("top", kDefaultTop);
   if (!top.ok()) return top.status();
@@ -165,8 +166,7 @@ absl::Status CompareHistograms(const ParsedFlags& flags, std::ostream& out) {
   }
   absl::StatusOr<std::vector<double>> current = AlignToReference(*reference, *current_data);
   if (!current.ok()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(current_path, ": ", current.status().message()));
+    return absl::InvalidArgumentError(absl::StrCat(current_path, ": ", current.status().message()));
   }
   absl::StatusOr<ReferenceProfile> profile = ReferenceProfile::Create(reference->counts, *alpha);
   if (!profile.ok()) {
@@ -205,15 +205,14 @@ absl::Status CompareGaussians(const ParsedFlags& flags, std::ostream& out) {
     absl::StatusOr<GaussianData> reference = LoadFile(reference_name, ParseGaussian);
     if (!reference.ok()) return reference.status();
     if (reference->mean.size() != dims) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(current_path, " has ", dims, " dimensions but ", reference_name, " has ",
-                       reference->mean.size()));
+      return absl::InvalidArgumentError(absl::StrCat(current_path, " has ", dims,
+                                                     " dimensions but ", reference_name, " has ",
+                                                     reference->mean.size()));
     }
     kl = kernels::DiagonalGaussianKl(current->mean.data(), current->var.data(),
                                      reference->mean.data(), reference->var.data(), dims);
   } else {
-    kl = kernels::DiagonalGaussianKlStandardNormal(current->mean.data(), current->var.data(),
-                                                   dims);
+    kl = kernels::DiagonalGaussianKlStandardNormal(current->mean.data(), current->var.data(), dims);
   }
   if (flags.Has("json")) {
     JsonWriter json;

@@ -61,10 +61,9 @@ TEST(JsonWriterTest, NestingAndSeparators) {
   json.Key("g");
   json.String("h");
   json.EndObject();
-  EXPECT_EQ(
-      json.Finish(),
-      R"({"a": 1, "b": [1, "x", {}, [], {"k": 0.5}], "c": {"d": "e", "f": [2]}, "g": "h"})"
-      "\n");
+  EXPECT_EQ(json.Finish(),
+            R"({"a": 1, "b": [1, "x", {}, [], {"k": 0.5}], "c": {"d": "e", "f": [2]}, "g": "h"})"
+            "\n");
 }
 
 TEST(JsonWriterTest, TopLevelArrayOfObjects) {
@@ -207,13 +206,11 @@ bool ParsesExactlyTo(const std::string& text, double value) {
 
 void ExpectShortestRoundTrip(double value) {
   const std::string text = FormatDouble(value);
-  ASSERT_TRUE(ParsesExactlyTo(text, value))
-      << text << " does not read back as %a " << value;
+  ASSERT_TRUE(ParsesExactlyTo(text, value)) << text << " does not read back as %a " << value;
   // Never longer than the always-round-tripping %.17g form.
   char longest[64];
   std::snprintf(longest, sizeof(longest), "%.17g", value);
-  EXPECT_LE(text.size(), std::string(longest).size())
-      << text << " vs " << longest;
+  EXPECT_LE(text.size(), std::string(longest).size()) << text << " vs " << longest;
   // Shortest: rounding to one digit fewer does not read back. Skipped for exact
   // powers of two, whose rounding interval is lopsided; for single-digit
   // outputs; and for integers written out in full beyond 2^53 (e.g.
@@ -221,8 +218,8 @@ void ExpectShortestRoundTrip(double value) {
   // scientific form.
   const int digits = SignificantDigits(text);
   const uint64_t bits = std::bit_cast<uint64_t>(value);
-  const bool full_integer = text.find_first_of(".eE") == std::string::npos &&
-                            std::fabs(value) >= 9007199254740992.0;
+  const bool full_integer =
+      text.find_first_of(".eE") == std::string::npos && std::fabs(value) >= 9007199254740992.0;
   if (digits > 1 && !full_integer && (bits & ((uint64_t{1} << 52) - 1)) != 0) {
     char shorter[64];
     std::snprintf(shorter, sizeof(shorter), "%.*e", digits - 2, value);
@@ -230,8 +227,7 @@ void ExpectShortestRoundTrip(double value) {
         << text << " is not shortest: " << shorter << " also reads back";
   }
   // Valid JSON number syntax: no leading '+', no "inf"/"nan", no leading '.'.
-  EXPECT_EQ(text.find_first_not_of("0123456789.eE+-"), std::string::npos)
-      << text;
+  EXPECT_EQ(text.find_first_not_of("0123456789.eE+-"), std::string::npos) << text;
   EXPECT_NE(text.front(), '+');
   EXPECT_NE(text.front(), '.');
 }
@@ -254,8 +250,7 @@ TEST(JsonWriterTest, NumberShortestRoundTripTypicalValues) {
   std::uniform_real_distribution<double> unit(0.0, 1.0);
   std::uniform_int_distribution<int> exponent(-20, 20);
   for (int i = 0; i < 100000; ++i) {
-    const double value =
-        unit(rng) * std::pow(10.0, exponent(rng)) * (i % 2 == 0 ? 1 : -1);
+    const double value = unit(rng) * std::pow(10.0, exponent(rng)) * (i % 2 == 0 ? 1 : -1);
     ExpectShortestRoundTrip(value);
     if (HasFailure()) return;
   }
@@ -263,8 +258,7 @@ TEST(JsonWriterTest, NumberShortestRoundTripTypicalValues) {
 
 TEST(JsonWriterTest, NumberEdgeValues) {
   for (double value :
-       {0.0, -0.0, std::numeric_limits<double>::min(),
-        std::numeric_limits<double>::denorm_min(),
+       {0.0, -0.0, std::numeric_limits<double>::min(), std::numeric_limits<double>::denorm_min(),
         std::numeric_limits<double>::max(), -std::numeric_limits<double>::max(),
         std::numeric_limits<double>::epsilon(), 9007199254740992.0, 1e21, 1e22,
         123456789012345680.0, 5e-324, 0.1, 1.0 / 3.0, 2.0 / 3.0}) {

@@ -5,9 +5,9 @@
 #define KLDRIFT_SERVER_CORE_CLOCK_H_
 
 #include "absl/base/thread_annotations.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "server/core/mutex.h"
 
 namespace kldrift {
 
@@ -28,20 +28,20 @@ class FakeClock : public Clock {
  public:
   explicit FakeClock(absl::Time start = absl::FromUnixSeconds(1'800'000'000)) : now_(start) {}
   absl::Time Now() const override {
-    absl::MutexLock lock(&mutex_);
+    MutexLock lock(&mutex_);
     return now_;
   }
   void Advance(absl::Duration d) {
-    absl::MutexLock lock(&mutex_);
+    MutexLock lock(&mutex_);
     now_ += d;
   }
   void Set(absl::Time t) {
-    absl::MutexLock lock(&mutex_);
+    MutexLock lock(&mutex_);
     now_ = t;
   }
 
  private:
-  mutable absl::Mutex mutex_;
+  mutable Mutex mutex_;
   absl::Time now_ ABSL_GUARDED_BY(mutex_);
 };
 

@@ -233,9 +233,14 @@ struct DriftEngine::StreamState {
   explicit StreamState(StreamKey k) : key(std::move(k)) {}
 
   const Reference& current() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex) { return *versions.back(); }
+  // Advances every window to `now`, keeping incremental KL sums in step with expiry.
+  void AdvanceWindows(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex);
+  // A fresh report for one of this stream's windows.
+  WindowReport Report(const WindowState& window, size_t top_bins, absl::Time now) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex);
 
   const StreamKey key;
-  mutable absl::Mutex mutex;
+  mutable Mutex mutex;
   std::vector<std::shared_ptr<const Reference>> versions ABSL_GUARDED_BY(mutex);
   std::vector<WindowState> windows ABSL_GUARDED_BY(mutex);
   // Set when the stream was deleted while a caller held a pointer to it.
@@ -243,7 +248,7 @@ struct DriftEngine::StreamState {
 };
 
 struct DriftEngine::ClientState {
-  absl::Mutex mutex;
+  Mutex mutex;
   uint64_t last_sequence ABSL_GUARDED_BY(mutex) = 0;
 };
 
@@ -253,13 +258,13 @@ DriftEngine::DriftEngine(EngineOptions options, const Clock* clock)
 DriftEngine::~DriftEngine() = default;
 
 std::shared_ptr<DriftEngine::StreamState> DriftEngine::FindStream(const StreamKey& key) const {
-  absl::ReaderMutexLock lock(&streams_mutex_);
+  ReaderMutexLock lock(&streams_mutex_);
   auto it = streams_.find(key);
   return it == streams_.end() ? nullptr : it->second;
 }
 
-void DriftEngine::AdvanceWindows(StreamState& stream, absl::Time now) {
-  for (WindowState& window : stream.windows) {
+void DriftEngine::StreamState::AdvanceWindows(absl::Time now) {
+  for (WindowState& window : windows) {
     if (window.kl) {
       window.ring.Advance(now, [&window](absl::Span<const double> expired) {
         for (size_t bin = 0; bin < expired.size(); ++bin) {
@@ -285,7 +290,7 @@ absl::StatusOr<std::shared_ptr<const Reference>> DriftEngine::PutReference(
       return absl::NotFoundError(
           absl::StrCat("no stream ", source.ToString(), " to take a window from"));
     }
-    absl::MutexLock lock(&src->mutex);
+    MutexLock lock(&src->mutex);
     if (src->deleted || src->versions.empty()) {
       return absl::NotFoundError(absl::StrCat("no stream ", source.ToString()));
     }
@@ -305,7 +310,7 @@ absl::StatusOr<std::shared_ptr<const Reference>> DriftEngine::PutReference(
           " has a ", ReferenceKindName(src_ref.kind), " reference with ", src_ref.layout->size(),
           " bins; re-baseline with the same bins"));
     }
-    AdvanceWindows(*src, now);
+    src->AdvanceWindows(now);
     const WindowState* found = nullptr;
     for (const WindowState& w : src->windows) {
       if (w.ring.length() == spec.from_window->window) found = &w;
@@ -325,7 +330,7 @@ absl::StatusOr<std::shared_ptr<const Reference>> DriftEngine::PutReference(
 
   std::shared_ptr<StreamState> stream;
   {
-    absl::MutexLock lock(&streams_mutex_);
+    MutexLock lock(&streams_mutex_);
     auto it = streams_.find(spec.stream);
     if (it == streams_.end()) {
       if (streams_.size() >= options_.max_streams) {
@@ -340,7 +345,7 @@ absl::StatusOr<std::shared_ptr<const Reference>> DriftEngine::PutReference(
 
   absl::StatusOr<std::shared_ptr<const Reference>> built;
   {
-    absl::MutexLock lock(&stream->mutex);
+    MutexLock lock(&stream->mutex);
     if (stream->deleted) {
       return absl::AbortedError(
           "the stream was deleted while its reference was being written; retry");
@@ -372,13 +377,13 @@ absl::StatusOr<std::shared_ptr<const Reference>> DriftEngine::PutReference(
         }
       }
       stream->versions.push_back(*built);
-      AdvanceWindows(*stream, now);
+      stream->AdvanceWindows(now);
       return built;
     }
   }
   // The spec was bad. If this call created the stream, remove it again.
-  absl::MutexLock map_lock(&streams_mutex_);
-  absl::MutexLock lock(&stream->mutex);
+  MutexLock map_lock(&streams_mutex_);
+  MutexLock lock(&stream->mutex);
   if (stream->versions.empty() && !stream->deleted) {
     stream->deleted = true;
     auto it = streams_.find(spec.stream);
@@ -392,7 +397,7 @@ absl::StatusOr<std::shared_ptr<const Reference>> DriftEngine::GetReference(const
   if (absl::Status s = ValidateStreamKey(key); !s.ok()) return s;
   std::shared_ptr<StreamState> stream = FindStream(key);
   if (stream != nullptr) {
-    absl::MutexLock lock(&stream->mutex);
+    MutexLock lock(&stream->mutex);
     if (!stream->deleted && !stream->versions.empty()) {
       if (version == 0) return stream->versions.back();
       for (const auto& ref : stream->versions) {
@@ -421,7 +426,7 @@ absl::StatusOr<DriftEngine::ReferencePage> DriftEngine::ListReferences(
   }
   std::vector<std::shared_ptr<StreamState>> candidates;
   {
-    absl::ReaderMutexLock lock(&streams_mutex_);
+    ReaderMutexLock lock(&streams_mutex_);
     auto it =
         after ? streams_.upper_bound(*after)
               : (model.empty() ? streams_.begin() : streams_.lower_bound(StreamKey{model, "", ""}));
@@ -436,7 +441,7 @@ absl::StatusOr<DriftEngine::ReferencePage> DriftEngine::ListReferences(
       page.next_page_token = EncodePageToken(page.references.back()->stream);
       break;
     }
-    absl::MutexLock lock(&stream->mutex);
+    MutexLock lock(&stream->mutex);
     if (!stream->deleted && !stream->versions.empty())
       page.references.push_back(stream->versions.back());
   }
@@ -447,7 +452,7 @@ absl::StatusOr<uint64_t> DriftEngine::DeleteReference(const StreamKey& key) {
   if (absl::Status s = ValidateStreamKey(key); !s.ok()) return s;
   std::shared_ptr<StreamState> stream;
   {
-    absl::MutexLock lock(&streams_mutex_);
+    MutexLock lock(&streams_mutex_);
     auto it = streams_.find(key);
     if (it == streams_.end()) {
       return absl::NotFoundError(absl::StrCat("no reference for stream ", key.ToString()));
@@ -455,7 +460,7 @@ absl::StatusOr<uint64_t> DriftEngine::DeleteReference(const StreamKey& key) {
     stream = it->second;
     streams_.erase(it);
   }
-  absl::MutexLock lock(&stream->mutex);
+  MutexLock lock(&stream->mutex);
   stream->deleted = true;
   const uint64_t versions = stream->versions.size();
   stream->versions.clear();
@@ -475,12 +480,12 @@ IngestResult DriftEngine::Ingest(const IngestBatch& batch) {
   }
   std::shared_ptr<ClientState> client;
   {
-    absl::MutexLock lock(&clients_mutex_);
+    MutexLock lock(&clients_mutex_);
     auto& slot = clients_[batch.client_id];
     if (slot == nullptr) slot = std::make_shared<ClientState>();
     client = slot;
   }
-  absl::MutexLock client_lock(&client->mutex);
+  MutexLock client_lock(&client->mutex);
   if (batch.sequence <= client->last_sequence) {
     result.duplicate = true;
     result.acked_sequence = client->last_sequence;
@@ -533,7 +538,7 @@ absl::Status DriftEngine::ApplyBatch(const IngestBatch& batch, absl::Time now)
     }
   }
   {
-    absl::ReaderMutexLock lock(&streams_mutex_);
+    ReaderMutexLock lock(&streams_mutex_);
     for (Target& t : targets) {
       auto it = streams_.find(t.key);
       if (it == streams_.end()) {
@@ -586,7 +591,7 @@ absl::Status DriftEngine::ApplyBatch(const IngestBatch& batch, absl::Time now)
   if (status.ok()) {
     for (size_t i = 0; i < targets.size(); ++i) {
       StreamState& stream = *targets[i].state;
-      AdvanceWindows(stream, now);
+      stream.AdvanceWindows(now);
       const std::vector<double>& delta = deltas[i];
       for (WindowState& w : stream.windows) {
         if (!w.ring.Covers(event_time)) continue;
@@ -603,12 +608,11 @@ absl::Status DriftEngine::ApplyBatch(const IngestBatch& batch, absl::Time now)
   return status;
 }
 
-WindowReport DriftEngine::Report(const StreamState& stream, const WindowState& window,
-                                 size_t top_bins, absl::Time now)
-    ABSL_NO_THREAD_SAFETY_ANALYSIS {  // REQUIRES stream.mutex, held by every caller.
-  const Reference& ref = *stream.versions.back();
+WindowReport DriftEngine::StreamState::Report(const WindowState& window, size_t top_bins,
+                                              absl::Time now) const {
+  const Reference& ref = current();
   WindowReport report;
-  report.stream = stream.key;
+  report.stream = key;
   report.window = window.ring.length();
   report.kind = ref.kind;
   report.reference_version = ref.version;
@@ -688,15 +692,15 @@ absl::StatusOr<std::vector<WindowReport>> DriftEngine::GetDrift(
     return absl::NotFoundError(absl::StrCat("no reference for stream ", key.ToString()));
   }
   const absl::Time now = clock_->Now();
-  absl::MutexLock lock(&stream->mutex);
+  MutexLock lock(&stream->mutex);
   if (stream->deleted || stream->versions.empty()) {
     return absl::NotFoundError(absl::StrCat("no reference for stream ", key.ToString()));
   }
-  AdvanceWindows(*stream, now);
+  stream->AdvanceWindows(now);
   std::vector<WindowReport> reports;
   for (const WindowState& w : stream->windows) {
     if (window && w.ring.length() != *window) continue;
-    reports.push_back(Report(*stream, w, top_bins, now));
+    reports.push_back(stream->Report(w, top_bins, now));
   }
   if (window && reports.empty()) {
     return absl::NotFoundError(absl::StrCat("stream ", key.ToString(), " has no ",
@@ -712,11 +716,11 @@ absl::StatusOr<double> DriftEngine::IncrementalKlCurrentReference(const StreamKe
   if (stream == nullptr) {
     return absl::NotFoundError(absl::StrCat("no reference for stream ", key.ToString()));
   }
-  absl::MutexLock lock(&stream->mutex);
+  MutexLock lock(&stream->mutex);
   if (stream->deleted || stream->versions.empty()) {
     return absl::NotFoundError(absl::StrCat("no reference for stream ", key.ToString()));
   }
-  AdvanceWindows(*stream, clock_->Now());
+  stream->AdvanceWindows(clock_->Now());
   for (const WindowState& w : stream->windows) {
     if (w.ring.length() != window) continue;
     if (!w.kl) return absl::FailedPreconditionError("not a histogram stream");
@@ -730,24 +734,24 @@ size_t DriftEngine::Evaluate() {
   const absl::Time now = clock_->Now();
   std::vector<std::shared_ptr<StreamState>> streams;
   {
-    absl::ReaderMutexLock lock(&streams_mutex_);
+    ReaderMutexLock lock(&streams_mutex_);
     streams.reserve(streams_.size());
     for (const auto& [key, state] : streams_) streams.push_back(state);
   }
   bool have_watchers;
   {
-    absl::MutexLock lock(&watch_mutex_);
+    MutexLock lock(&watch_mutex_);
     have_watchers = !watchers_.empty();
   }
   std::vector<std::pair<WindowReport, bool>> reports;
   size_t evaluated = 0;
   for (const auto& stream : streams) {
-    absl::MutexLock lock(&stream->mutex);
+    MutexLock lock(&stream->mutex);
     if (stream->deleted || stream->versions.empty()) continue;
-    AdvanceWindows(*stream, now);
+    stream->AdvanceWindows(now);
     const Reference& ref = stream->current();
     for (WindowState& w : stream->windows) {
-      WindowReport report = Report(*stream, w, have_watchers ? kEvaluationTopBins : 0, now);
+      WindowReport report = stream->Report(w, have_watchers ? kEvaluationTopBins : 0, now);
       // Evidence (the G-test) is needed to raise an alert, not to keep or clear a firing one:
       // data back in the reference's shape has none, and must still clear it.
       const bool evidence = !report.histogram ||
@@ -763,7 +767,7 @@ size_t DriftEngine::Evaluate() {
     }
   }
   if (!reports.empty()) {
-    absl::MutexLock lock(&watch_mutex_);
+    MutexLock lock(&watch_mutex_);
     for (const auto& [report, changed] : reports) {
       for (const auto& [id, watcher] : watchers_) {
         const WatchFilter& f = watcher.first;
@@ -782,24 +786,24 @@ size_t DriftEngine::Evaluate() {
 }
 
 uint64_t DriftEngine::Watch(WatchFilter filter, WatchCallback callback) {
-  absl::MutexLock lock(&watch_mutex_);
+  MutexLock lock(&watch_mutex_);
   const uint64_t id = next_watch_id_++;
   watchers_.emplace(id, std::make_pair(std::move(filter), std::move(callback)));
   return id;
 }
 
 void DriftEngine::Unwatch(uint64_t id) {
-  absl::MutexLock lock(&watch_mutex_);
+  MutexLock lock(&watch_mutex_);
   watchers_.erase(id);
 }
 
 size_t DriftEngine::stream_count() const {
-  absl::ReaderMutexLock lock(&streams_mutex_);
+  ReaderMutexLock lock(&streams_mutex_);
   return streams_.size();
 }
 
 size_t DriftEngine::client_count() const {
-  absl::MutexLock lock(&clients_mutex_);
+  MutexLock lock(&clients_mutex_);
   return clients_.size();
 }
 

@@ -14,7 +14,8 @@
 // Thread safety: all methods are safe to call concurrently. Locks: one mutex for the stream map,
 // one per stream (windows, references), one per ingest client (sequence numbers), one for the
 // watchers. A batch locks its streams in key order, so concurrent batches cannot deadlock. Watch
-// callbacks run on the thread calling Evaluate() with no stream lock held, and must not block.
+// callbacks run on the thread calling Evaluate() with no stream lock held (but under the watcher
+// lock); they must not block and must not call Watch() or Unwatch().
 #ifndef KLDRIFT_SERVER_CORE_DRIFT_ENGINE_H_
 #define KLDRIFT_SERVER_CORE_DRIFT_ENGINE_H_
 
@@ -31,12 +32,12 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "server/core/alert_state.h"
 #include "server/core/clock.h"
 #include "server/core/drift_measures.h"
 #include "server/core/incremental_kl.h"
+#include "server/core/mutex.h"
 #include "server/core/reference.h"
 #include "server/core/sliding_window.h"
 #include "server/core/stream_key.h"
@@ -178,24 +179,19 @@ class DriftEngine {
   struct ClientState;
 
   std::shared_ptr<StreamState> FindStream(const StreamKey& key) const;
-  // Advances the stream's windows to `now`. REQUIRES: stream->mutex held.
-  static void AdvanceWindows(StreamState& stream, absl::Time now);
-  // A report for one window. REQUIRES: stream.mutex held.
-  static WindowReport Report(const StreamState& stream, const WindowState& window, size_t top_bins,
-                             absl::Time now);
   absl::Status ApplyBatch(const IngestBatch& batch, absl::Time now);
 
   const EngineOptions options_;
   const Clock* const clock_;
 
-  mutable absl::Mutex streams_mutex_;
+  mutable Mutex streams_mutex_;
   absl::btree_map<StreamKey, std::shared_ptr<StreamState>> streams_ ABSL_GUARDED_BY(streams_mutex_);
 
-  mutable absl::Mutex clients_mutex_;
+  mutable Mutex clients_mutex_;
   absl::flat_hash_map<std::string, std::shared_ptr<ClientState>> clients_
       ABSL_GUARDED_BY(clients_mutex_);
 
-  mutable absl::Mutex watch_mutex_;
+  mutable Mutex watch_mutex_;
   uint64_t next_watch_id_ ABSL_GUARDED_BY(watch_mutex_) = 1;
   std::map<uint64_t, std::pair<WatchFilter, WatchCallback>> watchers_ ABSL_GUARDED_BY(watch_mutex_);
 };

@@ -18,11 +18,11 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/strings/escaping.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "server/core/clock.h"
+#include "server/core/mutex.h"
 #include "server/kernels/gaussian.h"
 #include "server/kernels/paired_logprob.h"
 #include "server/kernels/testing/scalar_oracle.h"
@@ -1059,17 +1059,17 @@ class Recorder {
  public:
   DriftEngine::WatchCallback Callback() {
     return [this](const WindowReport& r) {
-      absl::MutexLock lock(&mutex_);
+      MutexLock lock(&mutex_);
       seen_.push_back({r.stream, r.window, r.alert.state, r.alert.severity});
     };
   }
   std::vector<Seen> Take() {
-    absl::MutexLock lock(&mutex_);
+    MutexLock lock(&mutex_);
     return std::exchange(seen_, {});
   }
 
  private:
-  absl::Mutex mutex_;
+  Mutex mutex_;
   std::vector<Seen> seen_;
 };
 

@@ -29,7 +29,7 @@ class KlDriftService::IngestReactor
 
   void OnReadDone(bool ok) override {
     if (!ok) {
-      absl::MutexLock lock(&mutex_);
+      MutexLock lock(&mutex_);
       reads_done_ = true;
       MaybeFinishLocked();
       return;
@@ -58,7 +58,7 @@ class KlDriftService::IngestReactor
         acked = sequence;  // Malformed: done with it, reported below.
       }
     }
-    absl::MutexLock lock(&mutex_);
+    MutexLock lock(&mutex_);
     pending_.set_acked_sequence(std::max({pending_.acked_sequence(), acked, highest_acked_}));
     highest_acked_ = pending_.acked_sequence();
     if (!status.ok()) {
@@ -78,7 +78,7 @@ class KlDriftService::IngestReactor
   }
 
   void OnWriteDone(bool ok) override {
-    absl::MutexLock lock(&mutex_);
+    MutexLock lock(&mutex_);
     writing_ = false;
     if (ok && has_pending_) StartWriteLocked();
     if (read_paused_ && !reads_done_) {
@@ -114,7 +114,7 @@ class KlDriftService::IngestReactor
   std::string client_id_;
   uint64_t last_sequence_ = 0;
 
-  absl::Mutex mutex_;
+  Mutex mutex_;
   v1::IngestResponse in_flight_ ABSL_GUARDED_BY(mutex_);
   v1::IngestResponse pending_ ABSL_GUARDED_BY(mutex_);
   uint64_t highest_acked_ ABSL_GUARDED_BY(mutex_) = 0;
@@ -143,12 +143,12 @@ class KlDriftService::WatchReactor : public grpc::ServerWriteReactor<v1::DriftRe
           "model_version without signal: watch one stream (model, version, signal) or a model");
     }
     if (!status.ok()) {
-      absl::MutexLock lock(&mutex_);
+      MutexLock lock(&mutex_);
       FinishLocked(ToGrpcStatus(status));
       return;
     }
     if (!service_->AddWatcher(this)) {
-      absl::MutexLock lock(&mutex_);
+      MutexLock lock(&mutex_);
       FinishLocked(grpc::Status(grpc::StatusCode::UNAVAILABLE, "server shutting down"));
       return;
     }
@@ -158,7 +158,7 @@ class KlDriftService::WatchReactor : public grpc::ServerWriteReactor<v1::DriftRe
 
   // Finishes the stream once the write in flight (if any) completes.
   void Stop(grpc::Status status) {
-    absl::MutexLock lock(&mutex_);
+    MutexLock lock(&mutex_);
     if (writing_) {
       stop_status_ = std::move(status);
       stop_requested_ = true;
@@ -168,7 +168,7 @@ class KlDriftService::WatchReactor : public grpc::ServerWriteReactor<v1::DriftRe
   }
 
   void OnWriteDone(bool ok) override {
-    absl::MutexLock lock(&mutex_);
+    MutexLock lock(&mutex_);
     writing_ = false;
     if (!ok) {
       FinishLocked(grpc::Status::CANCELLED);
@@ -187,7 +187,7 @@ class KlDriftService::WatchReactor : public grpc::ServerWriteReactor<v1::DriftRe
   }
 
   void OnCancel() override {
-    absl::MutexLock lock(&mutex_);
+    MutexLock lock(&mutex_);
     if (!writing_) FinishLocked(grpc::Status::CANCELLED);
   }
 
@@ -200,7 +200,7 @@ class KlDriftService::WatchReactor : public grpc::ServerWriteReactor<v1::DriftRe
 
  private:
   void Enqueue(const WindowReport& report) {
-    absl::MutexLock lock(&mutex_);
+    MutexLock lock(&mutex_);
     if (finished_ || stop_requested_) return;
     if (!writing_) {
       current_.Clear();
@@ -225,7 +225,7 @@ class KlDriftService::WatchReactor : public grpc::ServerWriteReactor<v1::DriftRe
 
   KlDriftService* const service_;
   uint64_t watch_id_ = 0;
-  absl::Mutex mutex_;
+  Mutex mutex_;
   v1::DriftReport current_ ABSL_GUARDED_BY(mutex_);
   std::deque<v1::DriftReport> queue_ ABSL_GUARDED_BY(mutex_);
   bool writing_ ABSL_GUARDED_BY(mutex_) = false;
@@ -240,19 +240,19 @@ KlDriftService::KlDriftService(DriftEngine* engine, ServiceOptions options)
 KlDriftService::~KlDriftService() = default;
 
 bool KlDriftService::AddWatcher(WatchReactor* reactor) {
-  absl::MutexLock lock(&watchers_mutex_);
+  MutexLock lock(&watchers_mutex_);
   if (shutting_down_) return false;
   watchers_.insert(reactor);
   return true;
 }
 
 void KlDriftService::RemoveWatcher(WatchReactor* reactor) {
-  absl::MutexLock lock(&watchers_mutex_);
+  MutexLock lock(&watchers_mutex_);
   watchers_.erase(reactor);
 }
 
 void KlDriftService::BeginShutdown() {
-  absl::MutexLock lock(&watchers_mutex_);
+  MutexLock lock(&watchers_mutex_);
   shutting_down_ = true;
   // OnDone (which removes a watcher) runs on a gRPC executor thread, never inside Finish().
   for (WatchReactor* reactor : watchers_) {

@@ -20,9 +20,9 @@
 #include <set>
 
 #include "absl/base/thread_annotations.h"
-#include "absl/synchronization/mutex.h"
 #include "kldrift/v1/kldrift.grpc.pb.h"
 #include "server/core/drift_engine.h"
+#include "server/core/mutex.h"
 
 namespace kldrift {
 
@@ -80,7 +80,7 @@ class KlDriftService final : public v1::KlDrift::CallbackService {
   const ServiceOptions options_;
   std::atomic<uint64_t> dropped_watch_reports_{0};
 
-  absl::Mutex watchers_mutex_;
+  Mutex watchers_mutex_;
   std::set<WatchReactor*> watchers_ ABSL_GUARDED_BY(watchers_mutex_);
   bool shutting_down_ ABSL_GUARDED_BY(watchers_mutex_) = false;
 };
