@@ -258,7 +258,7 @@ void Recorder::NoteStreamDropsLocked(const StreamState& stream, uint64_t dropped
 }
 
 void Recorder::Record(absl::string_view signal, double value) {
-  absl::MutexLock lock(&mutex_);
+  MutexLock lock(&mutex_);
   ++stats_.observations_recorded;
   StreamState* stream = StreamLocked(signal);
   if (stream == nullptr) return;
@@ -268,7 +268,7 @@ void Recorder::Record(absl::string_view signal, double value) {
 }
 
 void Recorder::RecordLabel(absl::string_view signal, absl::string_view label) {
-  absl::MutexLock lock(&mutex_);
+  MutexLock lock(&mutex_);
   ++stats_.observations_recorded;
   StreamState* stream = StreamLocked(signal);
   if (stream == nullptr) return;
@@ -279,7 +279,7 @@ void Recorder::RecordLabel(absl::string_view signal, absl::string_view label) {
 
 void Recorder::RecordProbabilities(absl::string_view signal,
                                    absl::Span<const double> probabilities) {
-  absl::MutexLock lock(&mutex_);
+  MutexLock lock(&mutex_);
   ++stats_.observations_recorded;
   StreamState* stream = StreamLocked(signal);
   if (stream == nullptr) return;
@@ -296,7 +296,7 @@ uint64_t Recorder::DroppedObservationsLocked() const {
 }
 
 RecorderStats Recorder::Stats() const {
-  absl::MutexLock lock(&mutex_);
+  MutexLock lock(&mutex_);
   RecorderStats stats = stats_;
   stats.observations_dropped = DroppedObservationsLocked();
   stats.observations_waiting = 0;
@@ -325,7 +325,7 @@ absl::Status Recorder::FlushOutcomeLocked(uint64_t failures_before) const {
 
 absl::Status Recorder::Flush(absl::Duration timeout) {
   const absl::Time deadline = absl::Now() + timeout;
-  absl::MutexLock lock(&mutex_);
+  MutexLock lock(&mutex_);
   if (closing_) return absl::FailedPreconditionError("the Recorder is closed");
   const uint64_t failures_before = failure_count_;
   // A round cuts everything recorded so far and waits for its acknowledgement. Deltas the server
@@ -361,7 +361,7 @@ absl::Status Recorder::Flush(absl::Duration timeout) {
 
 absl::Status Recorder::Close(absl::Duration timeout) {
   {
-    absl::MutexLock lock(&mutex_);
+    MutexLock lock(&mutex_);
     if (closing_) {
       // Another caller closes; wait for it.
       while (!closed_) changed_.Wait(&mutex_);
@@ -387,7 +387,7 @@ absl::Status Recorder::Close(absl::Duration timeout) {
     close_status_ = FlushOutcomeLocked(failures_before);
   }
   background_.join();
-  absl::MutexLock lock(&mutex_);
+  MutexLock lock(&mutex_);
   closed_ = true;
   changed_.SignalAll();
   return close_status_;
@@ -446,7 +446,7 @@ void Recorder::Run() {
     uint64_t rounds_requested = 0;
     bool force_fetch = false;
     {
-      absl::MutexLock lock(&mutex_);
+      MutexLock lock(&mutex_);
       if (!WorkReadyLocked(connection.get())) {
         changed_.WaitWithDeadline(&mutex_,
                                   NextWakeLocked(connection.get(), next_flush, next_connect));
@@ -461,7 +461,7 @@ void Recorder::Run() {
     // 1. A failed stream: collect its status and schedule the reconnection.
     if (broken) {
       const absl::Status status = TearDown(std::move(connection), /*graceful=*/false);
-      absl::MutexLock lock(&mutex_);
+      MutexLock lock(&mutex_);
       next_connect = absl::Now() + backoff_;
       stats_.last_error = absl::StrCat("Ingest stream failed (",
                                        status.ok() ? "closed by the server" : StatusText(status),
@@ -474,7 +474,7 @@ void Recorder::Run() {
 
     // 3. Cut batches on the flush interval, on request, and while closing.
     {
-      absl::MutexLock lock(&mutex_);
+      MutexLock lock(&mutex_);
       const absl::Time now = absl::Now();
       if (now >= next_flush || rounds_requested > flush_rounds_done_ || closing_) {
         CutBatchesLocked(now);
@@ -488,14 +488,14 @@ void Recorder::Run() {
     // 4. Connect when there is something to send.
     bool connect = false;
     {
-      absl::MutexLock lock(&mutex_);
+      MutexLock lock(&mutex_);
       connect = connection == nullptr && !queue_.empty() && absl::Now() >= next_connect &&
                 !(closing_ && absl::Now() >= close_deadline_);
     }
     if (connect) {
       connection = Connect();
       if (connected_before) {
-        absl::MutexLock lock(&mutex_);
+        MutexLock lock(&mutex_);
         ++stats_.reconnects;
       }
       connected_before = true;
@@ -506,7 +506,7 @@ void Recorder::Run() {
 
     // 6. A stream that stopped acknowledging is restarted; 7. closing ends when all is sent.
     {
-      absl::MutexLock lock(&mutex_);
+      MutexLock lock(&mutex_);
       const absl::Time now = absl::Now();
       const PendingBatch* oldest = queue_.oldest();
       if (connection != nullptr && !connection_broken_ && oldest != nullptr &&
@@ -525,12 +525,12 @@ void Recorder::Run() {
   if (connection != nullptr) {
     bool graceful = false;
     {
-      absl::MutexLock lock(&mutex_);
+      MutexLock lock(&mutex_);
       graceful = !connection_broken_ && absl::Now() < close_deadline_;
     }
     TearDown(std::move(connection), graceful).IgnoreError();
   }
-  absl::MutexLock lock(&mutex_);
+  MutexLock lock(&mutex_);
   DropRemainingLocked();
   background_done_ = true;
   changed_.SignalAll();
@@ -539,7 +539,7 @@ void Recorder::Run() {
 void Recorder::FetchDueReferences(bool force) {
   std::vector<std::string> due;
   {
-    absl::MutexLock lock(&mutex_);
+    MutexLock lock(&mutex_);
     const absl::Time now = absl::Now();
     for (const auto& [signal, stream] : streams_) {
       if (stream->accumulator.needs_bins() && (force || stream->next_fetch <= now)) {
@@ -550,7 +550,7 @@ void Recorder::FetchDueReferences(bool force) {
   for (const std::string& signal : due) {
     grpc::ClientContext context;
     {
-      absl::MutexLock lock(&mutex_);
+      MutexLock lock(&mutex_);
       if (closing_ && absl::Now() >= close_deadline_) return;
       unary_context_ = &context;
     }
@@ -562,7 +562,7 @@ void Recorder::FetchDueReferences(bool force) {
     v1::Reference reference;
     const absl::Status status = FromGrpcStatus(stub_->GetReference(&context, request, &reference));
 
-    absl::MutexLock lock(&mutex_);
+    MutexLock lock(&mutex_);
     unary_context_ = nullptr;
     ++stats_.reference_fetches;
     StreamState& stream = *streams_.find(signal)->second;
@@ -634,7 +634,7 @@ void Recorder::QueueBatchLocked(PendingBatch batch, absl::Time now) {
 std::unique_ptr<Recorder::Connection> Recorder::Connect() {
   auto connection = std::make_unique<Connection>();
   {
-    absl::MutexLock lock(&mutex_);
+    MutexLock lock(&mutex_);
     connection->id = ++connection_id_;
     connection_broken_ = false;
     stream_context_ = &connection->context;
@@ -648,7 +648,7 @@ bool Recorder::WriteUnwritten(Connection& connection) {
   while (true) {
     v1::IngestRequest request;
     {
-      absl::MutexLock lock(&mutex_);
+      MutexLock lock(&mutex_);
       if (connection_broken_) return false;
       PendingBatch* batch = queue_.NextUnwritten(connection.id);
       if (batch == nullptr) return true;
@@ -662,7 +662,7 @@ bool Recorder::WriteUnwritten(Connection& connection) {
                                                  options_.model_version);
     }
     if (!connection.stream->Write(request)) {
-      absl::MutexLock lock(&mutex_);
+      MutexLock lock(&mutex_);
       connection_broken_ = true;
       connection.context.TryCancel();  // Ends the reader.
       return false;
@@ -674,18 +674,18 @@ absl::Status Recorder::TearDown(std::unique_ptr<Connection> connection, bool gra
   if (graceful) {
     connection->stream->WritesDone();
     // The server finishes the stream once it has acknowledged everything it read.
-    absl::MutexLock lock(&mutex_);
+    MutexLock lock(&mutex_);
     while (!connection->reader_done && absl::Now() < close_deadline_) {
       changed_.WaitWithDeadline(&mutex_, close_deadline_);
     }
   }
   {
-    absl::MutexLock lock(&mutex_);
+    MutexLock lock(&mutex_);
     if (!connection->reader_done) connection->context.TryCancel();
   }
   connection->reader.join();
   const absl::Status status = FromGrpcStatus(connection->stream->Finish());
-  absl::MutexLock lock(&mutex_);
+  MutexLock lock(&mutex_);
   stream_context_ = nullptr;
   connection_broken_ = false;
   return status;
@@ -694,10 +694,10 @@ absl::Status Recorder::TearDown(std::unique_ptr<Connection> connection, bool gra
 void Recorder::ReadAcks(Connection* connection) {
   v1::IngestResponse response;
   while (connection->stream->Read(&response)) {
-    absl::MutexLock lock(&mutex_);
+    MutexLock lock(&mutex_);
     HandleResponseLocked(response);
   }
-  absl::MutexLock lock(&mutex_);
+  MutexLock lock(&mutex_);
   connection->reader_done = true;
   connection_broken_ = true;
   changed_.SignalAll();

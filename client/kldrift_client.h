@@ -38,13 +38,13 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "client/internal/batch_queue.h"
 #include "client/internal/stream_accumulator.h"
 #include "grpcpp/grpcpp.h"
 #include "kldrift/v1/kldrift.grpc.pb.h"
+#include "server/core/mutex.h"
 
 namespace kldrift {
 
@@ -267,9 +267,9 @@ class Recorder {
   const RecorderOptions options_;
   const std::unique_ptr<v1::KlDrift::Stub> stub_;
 
-  mutable absl::Mutex mutex_;
+  mutable Mutex mutex_;
   // Signalled on every change the background thread or a Flush may be waiting for.
-  absl::CondVar changed_;
+  CondVar changed_;
   absl::flat_hash_map<std::string, std::unique_ptr<StreamState>> streams_ ABSL_GUARDED_BY(mutex_);
   client_internal::BatchQueue queue_ ABSL_GUARDED_BY(mutex_);
   uint64_t next_sequence_ ABSL_GUARDED_BY(mutex_);

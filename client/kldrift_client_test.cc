@@ -10,10 +10,10 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "server/core/mutex.h"
 
 namespace kldrift {
 namespace {
@@ -27,7 +27,7 @@ class FakeKlDrift final : public v1::KlDrift::Service {
  public:
   // Sets (or replaces) the reference of `signal`; the version increases.
   void SetNumericReference(const std::string& signal, std::vector<double> edges) {
-    absl::MutexLock lock(&mutex_);
+    MutexLock lock(&mutex_);
     v1::Reference& reference = references_[signal];
     reference.set_version(reference.version() + 1);
     reference.set_kind(v1::REFERENCE_KIND_NUMERIC);
@@ -35,7 +35,7 @@ class FakeKlDrift final : public v1::KlDrift::Service {
     reference.mutable_stream()->set_signal(signal);
   }
   void SetCategoricalReference(const std::string& signal, std::vector<std::string> categories) {
-    absl::MutexLock lock(&mutex_);
+    MutexLock lock(&mutex_);
     v1::Reference& reference = references_[signal];
     reference.set_version(reference.version() + 1);
     reference.set_kind(v1::REFERENCE_KIND_CATEGORICAL);
@@ -46,37 +46,37 @@ class FakeKlDrift final : public v1::KlDrift::Service {
 
   // The next `count` Ingest streams fail (UNAVAILABLE) after reading one batch, before applying it.
   void BreakNextStreams(int count) {
-    absl::MutexLock lock(&mutex_);
+    MutexLock lock(&mutex_);
     streams_to_break_ = count;
   }
   // The next `count` Ingest streams apply one batch, then fail (UNAVAILABLE) without acknowledging.
   void LoseAckOnNextStreams(int count) {
-    absl::MutexLock lock(&mutex_);
+    MutexLock lock(&mutex_);
     streams_to_lose_ack_ = count;
   }
   // Every Ingest stream fails at once (open ones on their next batch).
   void FailAllStreams(bool fail) {
-    absl::MutexLock lock(&mutex_);
+    MutexLock lock(&mutex_);
     fail_all_streams_ = fail;
   }
 
   // Applied counts per signal (histograms summed; probability vectors summed entry-wise).
   std::vector<double> Applied(const std::string& signal) {
-    absl::MutexLock lock(&mutex_);
+    MutexLock lock(&mutex_);
     return applied_[signal];
   }
   std::vector<v1::IngestRequest> Received() {
-    absl::MutexLock lock(&mutex_);
+    MutexLock lock(&mutex_);
     return received_;
   }
   int ingest_streams() {
-    absl::MutexLock lock(&mutex_);
+    MutexLock lock(&mutex_);
     return ingest_streams_;
   }
 
   grpc::Status GetReference(grpc::ServerContext*, const v1::GetReferenceRequest* request,
                             v1::Reference* response) override {
-    absl::MutexLock lock(&mutex_);
+    MutexLock lock(&mutex_);
     auto it = references_.find(request->stream().signal());
     if (it == references_.end()) {
       return grpc::Status(grpc::StatusCode::NOT_FOUND,
@@ -92,7 +92,7 @@ class FakeKlDrift final : public v1::KlDrift::Service {
     bool break_this_stream = false;
     bool lose_ack = false;
     {
-      absl::MutexLock lock(&mutex_);
+      MutexLock lock(&mutex_);
       ++ingest_streams_;
       if (fail_all_streams_) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "down");
       if (streams_to_break_ > 0) {
@@ -108,7 +108,7 @@ class FakeKlDrift final : public v1::KlDrift::Service {
       if (break_this_stream) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "broken");
       v1::IngestResponse response;
       {
-        absl::MutexLock lock(&mutex_);
+        MutexLock lock(&mutex_);
         if (fail_all_streams_) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "down");
         received_.push_back(request);
         uint64_t& last = last_sequence_[request.client_id()];
@@ -156,7 +156,7 @@ class FakeKlDrift final : public v1::KlDrift::Service {
     return absl::OkStatus();
   }
 
-  absl::Mutex mutex_;
+  Mutex mutex_;
   std::map<std::string, v1::Reference> references_ ABSL_GUARDED_BY(mutex_);
   std::map<std::string, uint64_t> last_sequence_ ABSL_GUARDED_BY(mutex_);
   std::map<std::string, std::vector<double>> applied_ ABSL_GUARDED_BY(mutex_);

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Builds kldrift (Release) and runs it. Until the kldriftd service lands (issue 3) this runs
-# `kldrift compare` on the bundled example histograms in deploy/examples/.
+# Builds kldrift (Release) and runs kldriftd in the foreground on 127.0.0.1:50051.
+# Extra arguments go to kldriftd, e.g. `bash deploy/run.sh --eval-interval 2s`.
+# State is kept in memory (--storage=memory) until the embedded RocksDB store lands (issue 4);
+# --data-dir is reserved for it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash deploy/build.sh
-./build/release/client/cli/kldrift compare \
-  --reference deploy/examples/reference.json --current deploy/examples/current.json "$@"
+echo "kldrift CLI: $PWD/build/release/client/cli/kldrift   (Ctrl-C stops the server)"
+exec ./build/release/server/kldriftd --listen 127.0.0.1:50051 --storage=memory \
+  --data-dir "$PWD/kldrift-data" "$@"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: installs missing packages, builds Release and runs every test with CTest,
-# then builds again with AddressSanitizer + UndefinedBehaviorSanitizer and runs the suite again.
+# then builds again with AddressSanitizer + UndefinedBehaviorSanitizer and runs the suite again,
+# and runs the engine's tests once more under ThreadSanitizer.
 # .ci/run calls exactly this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,3 +17,10 @@ cmake -S . -B build/asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKLDRIFT_SA
 cmake --build build/asan -j "$jobs"
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
   ctest --test-dir build/asan --output-on-failure -j "$jobs"
+
+echo "== ThreadSanitizer suite (tests labelled tsan: server/core, see kldrift_test in CMakeLists.txt)"
+CC=clang CXX=clang++ cmake -S . -B build/tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+  -DKLDRIFT_TSAN=ON -DKLDRIFT_BUILD_BENCHMARKS=OFF
+cmake --build build/tsan -j "$jobs" --target tsan_tests
+TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
+  ctest --test-dir build/tsan --output-on-failure -j "$jobs" -L tsan

@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <fstream>
 #include <utility>
 
@@ -36,6 +37,10 @@ absl::StatusOr<std::string> TakeValue(const std::vector<std::string>& args, size
 
 absl::StatusOr<GlobalOptions> ParseGlobalFlags(std::vector<std::string>& args) {
   GlobalOptions options;
+  // The environment sets the default address; --server overrides it.
+  if (const char* env = std::getenv(kServerEnvironmentVariable); env != nullptr && *env != '\0') {
+    options.server = env;
+  }
   size_t i = 0;
   for (; i < args.size() && absl::StartsWith(args[i], "-"); ++i) {
     const std::string& arg = args[i];
@@ -70,7 +75,8 @@ absl::StatusOr<GlobalOptions> ParseGlobalFlags(std::vector<std::string>& args) {
 std::string GlobalFlagHelp() {
   return FlagHelp({
       {"server", false,
-       absl::StrCat("kldriftd address host:port (default ", kDefaultServerAddress, ")")},
+       absl::StrCat("kldriftd address host:port (default $", kServerEnvironmentVariable, ", else ",
+                    kDefaultServerAddress, ")")},
       {"timeout", false,
        absl::StrCat("deadline of every call, e.g. 500ms, 30s (default ",
                     absl::FormatDuration(kDefaultRpcDeadline), ")")},

@@ -31,6 +31,9 @@ inline constexpr int kExitServerError = 1;
 inline constexpr int kExitUsage = 2;
 
 // Flags given before the command.
+// Environment variable naming the default kldriftd address (overridden by --server).
+inline constexpr char kServerEnvironmentVariable[] = "KLDRIFT_SERVER";
+
 struct GlobalOptions {
   std::string server = std::string(kDefaultServerAddress);
   // The deadline of every call.

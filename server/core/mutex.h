@@ -8,9 +8,12 @@
 #ifndef KLDRIFT_SERVER_CORE_MUTEX_H_
 #define KLDRIFT_SERVER_CORE_MUTEX_H_
 
+#include <condition_variable>
 #include <shared_mutex>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 
 namespace kldrift {
 
@@ -21,8 +24,35 @@ class ABSL_LOCKABLE Mutex {
   void ReaderLock() ABSL_SHARED_LOCK_FUNCTION() { mutex_.lock_shared(); }
   void ReaderUnlock() ABSL_UNLOCK_FUNCTION() { mutex_.unlock_shared(); }
 
+  // BasicLockable, for std::condition_variable_any (used by CondVar only).
+  void lock() ABSL_EXCLUSIVE_LOCK_FUNCTION() { mutex_.lock(); }
+  void unlock() ABSL_UNLOCK_FUNCTION() { mutex_.unlock(); }
+
  private:
   std::shared_mutex mutex_;
+};
+
+// A condition variable used with Mutex, in the shape of absl::CondVar.
+class CondVar {
+ public:
+  // REQUIRES: *mutex held exclusively; it is released while waiting and held again on return.
+  void Wait(Mutex* mutex) { cv_.wait(*mutex); }
+  // As Wait, until `deadline` at the latest. Returns true if the deadline passed.
+  bool WaitWithDeadline(Mutex* mutex, absl::Time deadline) {
+    if (deadline == absl::InfiniteFuture()) {
+      Wait(mutex);
+      return false;
+    }
+    return cv_.wait_until(*mutex, absl::ToChronoTime(deadline)) == std::cv_status::timeout;
+  }
+  bool WaitWithTimeout(Mutex* mutex, absl::Duration timeout) {
+    return WaitWithDeadline(mutex, absl::Now() + timeout);
+  }
+  void Signal() { cv_.notify_one(); }
+  void SignalAll() { cv_.notify_all(); }
+
+ private:
+  std::condition_variable_any cv_;
 };
 
 // Holds `mutex` exclusively for the scope.
