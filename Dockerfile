@@ -16,7 +16,7 @@ COPY --from=build /opt/kldrift/bin/ /usr/local/bin/
 COPY deploy/examples/ /usr/share/kldrift/examples/
 USER kldrift
 WORKDIR /var/lib/kldrift
-# Until kldriftd lands (issue 3) the image carries the CLI; this checks it runs end to end.
-HEALTHCHECK CMD ["kldrift", "compare", "--reference", "/usr/share/kldrift/examples/reference.json", "--current", "/usr/share/kldrift/examples/current.json", "--json"]
-ENTRYPOINT ["kldrift"]
-CMD ["--help"]
+EXPOSE 50051
+# A real RPC with a deadline: fails unless kldriftd is serving.
+HEALTHCHECK --interval=10s --timeout=5s CMD ["kldrift", "--server", "127.0.0.1:50051", "--timeout", "3s", "reference", "list", "--json"]
+ENTRYPOINT ["kldriftd", "--listen", "0.0.0.0:50051", "--data-dir", "/var/lib/kldrift/data"]

@@ -160,6 +160,8 @@ void WriteDriftReportJson(const v1::DriftReport& report, JsonWriter& json) {
   json.String(WindowName(report));
   json.Key("samples");
   json.Number(report.samples());
+  json.Key("enough_samples");
+  json.Bool(report.enough_samples());
   json.Key("alert_state");
   json.String(AlertStateName(report.alert_state()));
   json.Key("severity");

@@ -102,6 +102,11 @@ void JsonWriter::Number(double value) {
   }
 }
 
+void JsonWriter::Bool(bool value) {
+  BeforeValue();
+  out_ += value ? "true" : "false";
+}
+
 void JsonWriter::Integer(long long value) {
   BeforeValue();
   absl::StrAppend(&out_, value);

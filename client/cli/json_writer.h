@@ -26,6 +26,7 @@ class JsonWriter {
   void String(absl::string_view value);
   void Number(double value);
   void Integer(long long value);
+  void Bool(bool value);
 
   // The document, followed by a newline.
   std::string Finish() const { return out_ + "\n"; }

@@ -270,4 +270,15 @@ TEST(JsonWriterTest, NumberEdgeValues) {
 }
 
 }  // namespace
+TEST(JsonWriterTest, BooleansAreJsonLiterals) {
+  JsonWriter json;
+  json.BeginObject();
+  json.Key("yes");
+  json.Bool(true);
+  json.Key("no");
+  json.Bool(false);
+  json.EndObject();
+  EXPECT_EQ(json.Finish(), "{\"yes\": true, \"no\": false}\n");
+}
+
 }  // namespace kldrift::cli
