@@ -20,7 +20,6 @@ struct ServerConfig {
   std::string port_file;
   // "memory" keeps state in this process only.
   std::string storage = "memory";
-  std::string data_dir = "./kldrift-data";
   absl::Duration eval_interval = absl::Seconds(10);
   absl::Duration shutdown_grace = absl::Seconds(5);
   size_t max_streams = 100000;

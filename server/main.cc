@@ -39,7 +39,6 @@ ABSL_FLAG(std::string, listen, kDefaults.listen,
 ABSL_FLAG(std::string, port_file, "",
           "if set, write the bound gRPC port to this file once serving");
 ABSL_FLAG(std::string, storage, kDefaults.storage, "state storage: memory");
-ABSL_FLAG(std::string, data_dir, kDefaults.data_dir, "data folder for persistent storage");
 ABSL_FLAG(absl::Duration, eval_interval, kDefaults.eval_interval,
           "how often every window is evaluated and alert states move (10ms-1h)");
 ABSL_FLAG(absl::Duration, shutdown_grace, kDefaults.shutdown_grace,
@@ -72,7 +71,6 @@ ServerConfig ConfigFromFlags() {
   c.listen = absl::GetFlag(FLAGS_listen);
   c.port_file = absl::GetFlag(FLAGS_port_file);
   c.storage = absl::GetFlag(FLAGS_storage);
-  c.data_dir = absl::GetFlag(FLAGS_data_dir);
   c.eval_interval = absl::GetFlag(FLAGS_eval_interval);
   c.shutdown_grace = absl::GetFlag(FLAGS_shutdown_grace);
   c.max_streams = absl::GetFlag(FLAGS_max_streams);

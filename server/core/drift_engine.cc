@@ -20,6 +20,8 @@ constexpr size_t kEvaluationTopBins = 5;
 // Probability vectors must sum to 1 within this.
 constexpr double kProbabilitySumTolerance = 1e-6;
 constexpr double kDefaultMinSamplesNonHistogram = 100;
+// How often the ingest client table is swept for clients idle past EngineOptions::client_retention.
+constexpr absl::Duration kClientSweepInterval = absl::Minutes(1);
 
 std::string WindowList(const Reference& ref) {
   std::vector<std::string> names;
@@ -248,6 +250,7 @@ struct DriftEngine::StreamState {
 };
 
 struct DriftEngine::ClientState {
+  absl::Time last_seen;  // Guarded by the engine's clients_mutex_.
   Mutex mutex;
   uint64_t last_sequence ABSL_GUARDED_BY(mutex) = 0;
 };
@@ -478,11 +481,19 @@ IngestResult DriftEngine::Ingest(const IngestBatch& batch) {
     result.status = absl::InvalidArgumentError("sequence numbers start at 1");
     return result;
   }
+  const absl::Time now = clock_->Now();
   std::shared_ptr<ClientState> client;
   {
     MutexLock lock(&clients_mutex_);
+    if (now - last_client_sweep_ >= kClientSweepInterval) {
+      last_client_sweep_ = now;
+      absl::erase_if(clients_, [&](const auto& entry) {
+        return now - entry.second->last_seen > options_.client_retention;
+      });
+    }
     auto& slot = clients_[batch.client_id];
     if (slot == nullptr) slot = std::make_shared<ClientState>();
+    slot->last_seen = now;
     client = slot;
   }
   MutexLock client_lock(&client->mutex);
@@ -491,7 +502,7 @@ IngestResult DriftEngine::Ingest(const IngestBatch& batch) {
     result.acked_sequence = client->last_sequence;
     return result;
   }
-  result.status = ApplyBatch(batch, clock_->Now());
+  result.status = ApplyBatch(batch, now);
   client->last_sequence = batch.sequence;
   result.acked_sequence = batch.sequence;
   return result;

@@ -54,6 +54,10 @@ struct EngineOptions {
   size_t max_observations_per_batch = 1 << 20;
   // Event times may be this far in the future (clock skew); later ones are rejected.
   absl::Duration max_future_skew = absl::Minutes(1);
+  // How long the last sequence number of an ingest client that has gone quiet is remembered.
+  // Resends within it are de-duplicated; it exceeds the default longest window (24h), beyond which
+  // a resent batch's event time is too old to be applied anyway. Keeps the client table bounded.
+  absl::Duration client_retention = absl::Hours(48);
 };
 
 // One stream's data in an ingest batch. Exactly one kind of data is set.
@@ -190,6 +194,7 @@ class DriftEngine {
   mutable Mutex clients_mutex_;
   absl::flat_hash_map<std::string, std::shared_ptr<ClientState>> clients_
       ABSL_GUARDED_BY(clients_mutex_);
+  absl::Time last_client_sweep_ ABSL_GUARDED_BY(clients_mutex_) = absl::InfinitePast();
 
   mutable Mutex watch_mutex_;
   uint64_t next_watch_id_ ABSL_GUARDED_BY(watch_mutex_) = 1;

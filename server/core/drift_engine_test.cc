@@ -1435,5 +1435,23 @@ TEST_F(DriftEngineTest, ConcurrentReferenceChurnDuringIngest) {
   EXPECT_EQ(Drift(stable, absl::Minutes(5)).samples, static_cast<double>(stable_applied.load()));
 }
 
+// Clients that go quiet for longer than client_retention are forgotten, so the table stays
+// bounded; clients still sending are kept and keep their de-duplication.
+TEST_F(DriftEngineTest, IdleIngestClientsAreForgottenAfterRetention) {
+  const StreamKey key{"m", "", "s"};
+  ASSERT_NE(Put(PreBinned(key, {1, 1})), nullptr);
+  ASSERT_TRUE(engine_.Ingest(MakeBatch("quiet", 1, "m", {Hist(key, {1, 0})})).status.ok());
+  ASSERT_TRUE(engine_.Ingest(MakeBatch("busy", 1, "m", {Hist(key, {1, 0})})).status.ok());
+  EXPECT_EQ(engine_.client_count(), 2u);
+  clock_.Advance(absl::Hours(47));
+  ASSERT_TRUE(engine_.Ingest(MakeBatch("busy", 2, "m", {Hist(key, {1, 0})})).status.ok());
+  EXPECT_EQ(engine_.client_count(), 2u);  // Nobody idle for 48h yet.
+  clock_.Advance(absl::Hours(2));
+  // "busy" resends its last batch: still remembered, so acknowledged and not applied twice.
+  const IngestResult resend = engine_.Ingest(MakeBatch("busy", 2, "m", {Hist(key, {1, 0})}));
+  EXPECT_TRUE(resend.duplicate);
+  EXPECT_EQ(engine_.client_count(), 1u);  // "quiet" has been idle for 49h.
+}
+
 }  // namespace
 }  // namespace kldrift
