@@ -16,6 +16,7 @@
 #include "gtest/gtest.h"
 #include "server/core/bin_layout.h"
 #include "server/kernels/chi_squared.h"
+#include "server/kernels/testing/random_histograms.h"
 #include "server/kernels/testing/scalar_oracle.h"
 
 namespace kldrift {
@@ -29,48 +30,9 @@ using ::testing::HasSubstr;
 constexpr double kInf = std::numeric_limits<double>::infinity();
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 
-// How a random count vector is drawn.
-enum class Shape { kDense, kSparse, kHuge, kTiny, kOneHot };
-
-std::string ShapeName(Shape shape) {
-  switch (shape) {
-    case Shape::kDense:
-      return "dense";
-    case Shape::kSparse:
-      return "sparse";
-    case Shape::kHuge:
-      return "huge";
-    case Shape::kTiny:
-      return "tiny";
-    case Shape::kOneHot:
-      return "one-hot";
-  }
-  return "?";
-}
-
-std::vector<double> RandomCounts(size_t k, Shape shape, std::mt19937_64& rng) {
-  std::vector<double> counts(k, 0.0);
-  std::uniform_real_distribution<double> unit(0.0, 1.0);
-  switch (shape) {
-    case Shape::kDense:
-      for (double& c : counts) c = std::floor(unit(rng) * 1000);
-      break;
-    case Shape::kSparse:
-      for (double& c : counts) c = unit(rng) < 0.9 ? 0 : std::floor(unit(rng) * 50);
-      break;
-    case Shape::kHuge:
-      for (double& c : counts) c = std::ldexp(std::floor(unit(rng) * 0x1p20), 30);
-      break;
-    case Shape::kTiny:
-      for (double& c : counts) c = unit(rng) < 0.5 ? 1 : 0;
-      break;
-    case Shape::kOneHot:
-      counts[rng() % k] = 1;
-      break;
-  }
-  if (std::all_of(counts.begin(), counts.end(), [](double c) { return c == 0; })) counts[0] = 1;
-  return counts;
-}
+using test_histograms::RandomCounts;
+using test_histograms::Shape;
+using test_histograms::ShapeName;
 
 Real Total(const std::vector<double>& counts) {
   Real total = 0;
@@ -132,7 +94,7 @@ TEST(ReferenceProfile, StoresCountsAndSmoothedShares) {
   std::mt19937_64 rng(5);
   for (size_t k : {1, 2, 5, 17, 1000}) {
     for (double alpha : {0.0, 0.5, 1.0}) {
-      const std::vector<double> counts = RandomCounts(k, Shape::kSparse, rng);
+      const std::vector<double> counts = RandomCounts(k, Shape::kSparse, rng, /*huge_shift=*/30);
       absl::StatusOr<ReferenceProfile> profile = ReferenceProfile::Create(counts, alpha);
       ASSERT_TRUE(profile.ok()) << profile.status();
       EXPECT_EQ(profile->size(), k);
@@ -343,8 +305,8 @@ TEST(ComputeDriftMeasures, MatchesLongDoubleOracle) {
       for (double alpha : {0.0, 0.5, 1.0}) {
         for (int repeat = 0; repeat < 4; ++repeat) {
           std::mt19937_64 rng(seed++);
-          const std::vector<double> current = RandomCounts(k, shape, rng);
-          const std::vector<double> reference = RandomCounts(k, shape, rng);
+          const std::vector<double> current = RandomCounts(k, shape, rng, /*huge_shift=*/30);
+          const std::vector<double> reference = RandomCounts(k, shape, rng, /*huge_shift=*/30);
           SCOPED_TRACE(::testing::Message() << "k=" << k << " shape=" << ShapeName(shape)
                                             << " alpha=" << alpha << " seed=" << seed - 1);
           ExpectMatchesOracle(current, reference, alpha);
@@ -363,8 +325,10 @@ TEST(ComputeDriftMeasures, MatchesLongDoubleOracleWithMixedShapes) {
       for (Shape reference_shape : shapes) {
         for (double alpha : {0.0, 0.5, 1.0}) {
           std::mt19937_64 rng(seed++);
-          const std::vector<double> current = RandomCounts(k, current_shape, rng);
-          const std::vector<double> reference = RandomCounts(k, reference_shape, rng);
+          const std::vector<double> current =
+              RandomCounts(k, current_shape, rng, /*huge_shift=*/30);
+          const std::vector<double> reference =
+              RandomCounts(k, reference_shape, rng, /*huge_shift=*/30);
           SCOPED_TRACE(::testing::Message()
                        << "k=" << k << " current=" << ShapeName(current_shape)
                        << " reference=" << ShapeName(reference_shape) << " alpha=" << alpha);
@@ -382,8 +346,8 @@ TEST(ComputeDriftMeasures, MatchesLongDoubleOracleAtOneHundredThousandBins) {
   for (Shape shape : {Shape::kDense, Shape::kSparse}) {
     for (double alpha : {0.0, 0.5, 1.0}) {
       std::mt19937_64 rng(seed++);
-      const std::vector<double> current = RandomCounts(k, shape, rng);
-      const std::vector<double> reference = RandomCounts(k, shape, rng);
+      const std::vector<double> current = RandomCounts(k, shape, rng, /*huge_shift=*/30);
+      const std::vector<double> reference = RandomCounts(k, shape, rng, /*huge_shift=*/30);
       SCOPED_TRACE(::testing::Message() << "shape=" << ShapeName(shape) << " alpha=" << alpha);
       ExpectMatchesOracle(current, reference, alpha);
     }
@@ -411,8 +375,8 @@ std::vector<RandomPair> RandomPairs(uint64_t seed, size_t count, bool positive_a
     const Shape current_shape = shapes[rng() % shapes.size()];
     const Shape reference_shape = shapes[rng() % shapes.size()];
     RandomPair pair;
-    pair.current = RandomCounts(k, current_shape, rng);
-    pair.reference = RandomCounts(k, reference_shape, rng);
+    pair.current = RandomCounts(k, current_shape, rng, /*huge_shift=*/30);
+    pair.reference = RandomCounts(k, reference_shape, rng, /*huge_shift=*/30);
     pair.alpha = alphas[rng() % alphas.size()];
     pair.description =
         absl::StrCat("pair ", i, " k=", k, " current=", ShapeName(current_shape),
@@ -456,7 +420,7 @@ TEST(DriftProperties, IdenticalCountsGiveExactlyZero) {
   std::mt19937_64 rng(23);
   for (size_t k : {1, 2, 3, 8, 13, 17, 1000}) {
     for (Shape shape : {Shape::kDense, Shape::kSparse, Shape::kTiny, Shape::kOneHot}) {
-      const std::vector<double> counts = RandomCounts(k, shape, rng);
+      const std::vector<double> counts = RandomCounts(k, shape, rng, /*huge_shift=*/30);
       for (double alpha : {0.0, 0.5, 1.0}) {
         SCOPED_TRACE(::testing::Message()
                      << "k=" << k << " shape=" << ShapeName(shape) << " alpha=" << alpha);
@@ -637,8 +601,8 @@ TEST(TopBins, MatchOracleOnRandomHistograms) {
     for (Shape shape : {Shape::kDense, Shape::kSparse, Shape::kTiny}) {
       for (double alpha : {0.0, 0.5, 1.0}) {
         std::mt19937_64 rng(seed++);
-        const std::vector<double> current = RandomCounts(k, shape, rng);
-        const std::vector<double> reference = RandomCounts(k, shape, rng);
+        const std::vector<double> current = RandomCounts(k, shape, rng, /*huge_shift=*/30);
+        const std::vector<double> reference = RandomCounts(k, shape, rng, /*huge_shift=*/30);
         SCOPED_TRACE(::testing::Message()
                      << "k=" << k << " shape=" << ShapeName(shape) << " alpha=" << alpha);
         absl::StatusOr<DriftMeasures> all = Compute(reference, current, alpha, k);
@@ -702,8 +666,8 @@ TEST(TopBins, ContributionsSumToKlWhenFinite) {
   // from zero).
   std::mt19937_64 rng(808);
   for (size_t k : {2, 17, 1000, 100000}) {
-    const std::vector<double> current = RandomCounts(k, Shape::kDense, rng);
-    const std::vector<double> reference = RandomCounts(k, Shape::kSparse, rng);
+    const std::vector<double> current = RandomCounts(k, Shape::kDense, rng, /*huge_shift=*/30);
+    const std::vector<double> reference = RandomCounts(k, Shape::kSparse, rng, /*huge_shift=*/30);
     absl::StatusOr<DriftMeasures> m = Compute(reference, current, 0.5, k);
     ASSERT_TRUE(m.ok()) << m.status();
     Real sum = 0;

@@ -10,6 +10,7 @@
 #include "gtest/gtest.h"
 #include "hwy/targets.h"
 #include "hwy/tests/hwy_gtest.h"
+#include "server/kernels/testing/random_histograms.h"
 #include "server/kernels/testing/scalar_oracle.h"
 
 namespace kldrift::kernels {
@@ -17,50 +18,9 @@ namespace {
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
 
-// How a random count vector is drawn.
-enum class Shape { kDense, kSparse, kHuge, kTiny, kOneHot };
-
-std::string ShapeName(Shape shape) {
-  switch (shape) {
-    case Shape::kDense:
-      return "dense";
-    case Shape::kSparse:
-      return "sparse";
-    case Shape::kHuge:
-      return "huge";
-    case Shape::kTiny:
-      return "tiny";
-    case Shape::kOneHot:
-      return "one-hot";
-  }
-  return "?";
-}
-
-std::vector<double> RandomCounts(size_t k, Shape shape, std::mt19937_64& rng) {
-  std::vector<double> counts(k, 0.0);
-  std::uniform_real_distribution<double> unit(0.0, 1.0);
-  switch (shape) {
-    case Shape::kDense:
-      for (double& c : counts) c = std::floor(unit(rng) * 1000);
-      break;
-    case Shape::kSparse:
-      for (double& c : counts) c = unit(rng) < 0.9 ? 0 : std::floor(unit(rng) * 50);
-      break;
-    case Shape::kHuge:
-      // Integer counts up to 2^53, the largest range doubles hold exactly.
-      for (double& c : counts) c = std::ldexp(std::floor(unit(rng) * 0x1p20), 33);
-      break;
-    case Shape::kTiny:
-      for (double& c : counts) c = unit(rng) < 0.5 ? 1 : 0;
-      break;
-    case Shape::kOneHot:
-      counts[rng() % k] = 1;
-      break;
-  }
-  // Histograms must have at least one observation.
-  if (std::all_of(counts.begin(), counts.end(), [](double c) { return c == 0; })) counts[0] = 1;
-  return counts;
-}
+using ::kldrift::test_histograms::RandomCounts;
+using ::kldrift::test_histograms::Shape;
+using ::kldrift::test_histograms::ShapeName;
 
 double Total(const std::vector<double>& counts) {
   double total = 0;
