@@ -19,4 +19,5 @@ WORKDIR /var/lib/kldrift
 EXPOSE 50051
 # A real RPC with a deadline: fails unless kldriftd is serving.
 HEALTHCHECK --interval=10s --timeout=5s CMD ["kldrift", "--server", "127.0.0.1:50051", "--timeout", "3s", "reference", "list", "--json"]
-ENTRYPOINT ["kldriftd", "--listen", "0.0.0.0:50051"]
+VOLUME /var/lib/kldrift/data
+ENTRYPOINT ["kldriftd", "--listen", "0.0.0.0:50051", "--data-dir", "/var/lib/kldrift/data"]

@@ -10,9 +10,15 @@ absl::Status ValidateConfig(const ServerConfig& c) {
     return absl::InvalidArgumentError(absl::StrCat(
         "--listen=", c.listen, " is not host:port (e.g. 127.0.0.1:50051, [::1]:0, 0.0.0.0:50051)"));
   }
-  if (c.storage != "memory") {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--storage=", c.storage, " is not supported by this build; use --storage=memory"));
+  if (c.storage != "rocksdb" && c.storage != "memory") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--storage=", c.storage, " is not one of rocksdb, memory"));
+  }
+  if (c.storage == "rocksdb" && c.data_dir.empty()) {
+    return absl::InvalidArgumentError("--data-dir is empty; --storage=rocksdb needs a folder");
+  }
+  if (c.storage == "memory" && c.sync) {
+    return absl::InvalidArgumentError("--sync needs --storage=rocksdb");
   }
   if (c.eval_interval < absl::Milliseconds(10) || c.eval_interval > absl::Hours(1)) {
     return absl::InvalidArgumentError(absl::StrCat(

@@ -18,8 +18,12 @@ struct ServerConfig {
   std::string listen = "127.0.0.1:50051";
   // Where kldriftd writes the port it bound, once it is serving (for tests and scripts).
   std::string port_file;
-  // "memory" keeps state in this process only.
-  std::string storage = "memory";
+  // "rocksdb" (the embedded store under data_dir) or "memory" (this process only: tests and
+  // benchmarks).
+  std::string storage = "rocksdb";
+  std::string data_dir = "./kldrift-data";
+  // fsync every acknowledged batch (survives power loss; see server/storage/rocksdb_store.h).
+  bool sync = false;
   absl::Duration eval_interval = absl::Seconds(10);
   absl::Duration shutdown_grace = absl::Seconds(5);
   size_t max_streams = 100000;

@@ -240,6 +240,23 @@ struct DriftEngine::StreamState {
   // A fresh report for one of this stream's windows.
   WindowReport Report(const WindowState& window, size_t top_bins, absl::Time now) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex);
+  // Whether the windows kept for the current version can serve `next` (same bins and windows).
+  bool KeepsWindows(const Reference& next) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex) {
+    return !versions.empty() && current().SameBins(next) &&
+           current().policy.windows == next.policy.windows &&
+           current().policy.sub_buckets == next.policy.sub_buckets;
+  }
+  // Makes `ref` the current version: new windows unless `keep_windows`, alert states reset,
+  // incremental sums rebuilt for its profile.
+  void Install(std::shared_ptr<const Reference> ref, bool keep_windows, absl::Time now)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex);
+  // The window of this length, or null.
+  WindowState* FindWindow(absl::Duration length) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex) {
+    for (WindowState& w : windows) {
+      if (w.ring.length() == length) return &w;
+    }
+    return nullptr;
+  }
 
   const StreamKey key;
   mutable Mutex mutex;
@@ -264,6 +281,30 @@ std::shared_ptr<DriftEngine::StreamState> DriftEngine::FindStream(const StreamKe
   ReaderMutexLock lock(&streams_mutex_);
   auto it = streams_.find(key);
   return it == streams_.end() ? nullptr : it->second;
+}
+
+void DriftEngine::StreamState::Install(std::shared_ptr<const Reference> ref, bool keep_windows,
+                                       absl::Time now) {
+  if (!keep_windows) {
+    windows.clear();
+    windows.reserve(ref->policy.windows.size());
+    for (absl::Duration length : ref->policy.windows) {
+      windows.emplace_back(length, ref->policy.sub_buckets, ref->window_width());
+    }
+  }
+  for (WindowState& w : windows) {
+    w.alert = AlertStateMachine();
+    if (ref->is_histogram()) {
+      // A new profile (alpha or counts may have changed): rebuild the incremental sums.
+      w.kl.emplace(ref->profile);
+      absl::Span<const double> totals = w.ring.totals();
+      for (size_t bin = 0; bin < totals.size(); ++bin) {
+        if (totals[bin] != 0) w.kl->Add(bin, totals[bin]);
+      }
+    }
+  }
+  versions.push_back(std::move(ref));
+  AdvanceWindows(now);
 }
 
 void DriftEngine::StreamState::AdvanceWindows(absl::Time now) {
@@ -357,31 +398,17 @@ absl::StatusOr<std::shared_ptr<const Reference>> DriftEngine::PutReference(
     built = BuildReference(spec, version, now, options_.reference_limits,
                            spec.from_window ? &window_counts : nullptr);
     if (built.ok()) {
-      const Reference& ref = **built;
-      const bool keep_windows = !stream->versions.empty() && stream->current().SameBins(ref) &&
-                                stream->current().policy.windows == ref.policy.windows &&
-                                stream->current().policy.sub_buckets == ref.policy.sub_buckets;
-      if (!keep_windows) {
-        stream->windows.clear();
-        stream->windows.reserve(ref.policy.windows.size());
-        for (absl::Duration length : ref.policy.windows) {
-          stream->windows.emplace_back(length, ref.policy.sub_buckets, ref.window_width());
+      const bool keep_windows = stream->KeepsWindows(**built);
+      if (options_.store != nullptr) {
+        // Durable first: a reference the store refused must not be served.
+        if (absl::Status s = options_.store->PutReference(**built, !keep_windows); !s.ok()) {
+          built = s;
         }
       }
-      for (WindowState& w : stream->windows) {
-        w.alert = AlertStateMachine();
-        if (ref.is_histogram()) {
-          // A new profile (alpha or counts may have changed): rebuild the incremental sums.
-          w.kl.emplace(ref.profile);
-          absl::Span<const double> totals = w.ring.totals();
-          for (size_t bin = 0; bin < totals.size(); ++bin) {
-            if (totals[bin] != 0) w.kl->Add(bin, totals[bin]);
-          }
-        }
+      if (built.ok()) {
+        stream->Install(*built, keep_windows, now);
+        return built;
       }
-      stream->versions.push_back(*built);
-      stream->AdvanceWindows(now);
-      return built;
     }
   }
   // The spec was bad. If this call created the stream, remove it again.
@@ -453,17 +480,19 @@ absl::StatusOr<DriftEngine::ReferencePage> DriftEngine::ListReferences(
 
 absl::StatusOr<uint64_t> DriftEngine::DeleteReference(const StreamKey& key) {
   if (absl::Status s = ValidateStreamKey(key); !s.ok()) return s;
-  std::shared_ptr<StreamState> stream;
-  {
-    MutexLock lock(&streams_mutex_);
-    auto it = streams_.find(key);
-    if (it == streams_.end()) {
-      return absl::NotFoundError(absl::StrCat("no reference for stream ", key.ToString()));
-    }
-    stream = it->second;
-    streams_.erase(it);
+  // Map lock, then stream lock (the engine's order), held across the store's delete so a stream
+  // the store could not delete stays served.
+  MutexLock map_lock(&streams_mutex_);
+  auto it = streams_.find(key);
+  if (it == streams_.end()) {
+    return absl::NotFoundError(absl::StrCat("no reference for stream ", key.ToString()));
   }
+  std::shared_ptr<StreamState> stream = it->second;
   MutexLock lock(&stream->mutex);
+  if (options_.store != nullptr) {
+    if (absl::Status s = options_.store->DeleteStream(key); !s.ok()) return s;
+  }
+  streams_.erase(it);
   stream->deleted = true;
   const uint64_t versions = stream->versions.size();
   stream->versions.clear();
@@ -502,13 +531,25 @@ IngestResult DriftEngine::Ingest(const IngestBatch& batch) {
     result.acked_sequence = client->last_sequence;
     return result;
   }
-  result.status = ApplyBatch(batch, now);
+  bool persisted = false;
+  result.status = ApplyBatch(batch, now, &persisted);
+  if (absl::IsUnavailable(result.status) || absl::IsDataLoss(result.status)) {
+    // The store failed: nothing was applied, and the client may resend this sequence.
+    return result;
+  }
+  if (!persisted && options_.store != nullptr) {
+    // A rejected batch is done with too; remember that durably (best effort: at worst a resend
+    // after a crash is rejected again with the same error).
+    if (!options_.store->WriteClientSequence(batch.client_id, batch.sequence, now).ok()) {
+      store_errors_.fetch_add(1);
+    }
+  }
   client->last_sequence = batch.sequence;
   result.acked_sequence = batch.sequence;
   return result;
 }
 
-absl::Status DriftEngine::ApplyBatch(const IngestBatch& batch, absl::Time now)
+absl::Status DriftEngine::ApplyBatch(const IngestBatch& batch, absl::Time now, bool* persisted)
     ABSL_NO_THREAD_SAFETY_ANALYSIS {  // Locks a dynamic set of streams, in key order.
   if (absl::Status s = ValidateName("model", batch.model, false); !s.ok()) return s;
   if (batch.streams.empty()) return absl::InvalidArgumentError("the batch has no streams");
@@ -600,9 +641,28 @@ absl::Status DriftEngine::ApplyBatch(const IngestBatch& batch, absl::Time now)
     deltas.push_back(*std::move(delta));
   }
   if (status.ok()) {
+    for (Target& t : targets) t.state->AdvanceWindows(now);
+    if (options_.store != nullptr) {
+      // Durable before applied, and applied before acknowledged: a batch the store could not write
+      // is neither applied nor acknowledged, so the client resends it.
+      IngestRecord record;
+      record.client_id = batch.client_id;
+      record.sequence = batch.sequence;
+      record.received_at = now;
+      for (size_t i = 0; i < targets.size(); ++i) {
+        for (const WindowState& w : targets[i].state->windows) {
+          if (!w.ring.Covers(event_time)) continue;
+          record.deltas.push_back(SubBucketDelta{targets[i].key, w.ring.length(),
+                                                 w.ring.SubBucketStart(event_time), deltas[i]});
+        }
+      }
+      status = options_.store->WriteBatch(record);
+      *persisted = status.ok();
+    }
+  }
+  if (status.ok()) {
     for (size_t i = 0; i < targets.size(); ++i) {
       StreamState& stream = *targets[i].state;
-      stream.AdvanceWindows(now);
       const std::vector<double>& delta = deltas[i];
       for (WindowState& w : stream.windows) {
         if (!w.ring.Covers(event_time)) continue;
@@ -755,6 +815,7 @@ size_t DriftEngine::Evaluate() {
     have_watchers = !watchers_.empty();
   }
   std::vector<std::pair<WindowReport, bool>> reports;
+  std::vector<StateStore::AlertUpdate> alert_updates;
   size_t evaluated = 0;
   for (const auto& stream : streams) {
     MutexLock lock(&stream->mutex);
@@ -768,14 +829,22 @@ size_t DriftEngine::Evaluate() {
       const bool evidence = !report.histogram ||
                             report.histogram->g_test_p_value <= ref.policy.max_p_value ||
                             w.alert.status().state == AlertState::kFiring;
+      const AlertStatus before = w.alert.status();
       const bool changed =
           w.alert.Observe(report.measure_value, report.enough_samples && evidence, now, ref.policy);
       report.alert = w.alert.status();
+      if (options_.store != nullptr && !(report.alert == before)) {
+        alert_updates.push_back({stream->key, w.ring.length(), report.alert});
+      }
       // Bound the rounding drift of the incremental sums.
       if (w.kl) w.kl->Resync();
       ++evaluated;
       if (have_watchers) reports.emplace_back(std::move(report), changed);
     }
+  }
+  if (!alert_updates.empty() && !options_.store->WriteAlerts(alert_updates).ok()) {
+    // The next change is written again; until then a restart restores the previous state.
+    store_errors_.fetch_add(1);
   }
   if (!reports.empty()) {
     MutexLock lock(&watch_mutex_);
@@ -794,6 +863,53 @@ size_t DriftEngine::Evaluate() {
     }
   }
   return evaluated;
+}
+
+absl::Status DriftEngine::Recover() {
+  if (options_.store == nullptr) return absl::OkStatus();
+  const absl::Time now = clock_->Now();
+  MutexLock map_lock(&streams_mutex_);
+  MutexLock clients_lock(&clients_mutex_);
+  StateStore::Visitor visitor;
+  visitor.reference = [&](std::shared_ptr<const Reference> ref) -> absl::Status {
+    auto& slot = streams_[ref->stream];
+    if (slot == nullptr) slot = std::make_shared<StreamState>(ref->stream);
+    MutexLock lock(&slot->mutex);
+    // Stored windows were reset whenever bins changed, so the latest version's windows hold them.
+    const bool keep_windows = slot->KeepsWindows(*ref);
+    slot->Install(std::move(ref), keep_windows, now);
+    return absl::OkStatus();
+  };
+  visitor.sub_bucket = [&](const SubBucketDelta& delta) {
+    auto it = streams_.find(delta.stream);
+    if (it == streams_.end()) return;  // Its reference was deleted; the range delete is pending.
+    MutexLock lock(&it->second->mutex);
+    WindowState* w = it->second->FindWindow(delta.window);
+    if (w == nullptr || !w->ring.Covers(delta.sub_bucket_start) ||
+        delta.values.size() != w->ring.width()) {
+      return;  // Expired, or from a window the policy no longer has.
+    }
+    w->ring.Add(delta.sub_bucket_start, delta.values);
+    if (w->kl) {
+      for (size_t bin = 0; bin < delta.values.size(); ++bin) {
+        if (delta.values[bin] != 0) w->kl->Add(bin, delta.values[bin]);
+      }
+    }
+  };
+  visitor.client = [&](const std::string& client_id, uint64_t sequence, absl::Time seen) {
+    auto state = std::make_shared<ClientState>();
+    state->last_seen = seen;
+    MutexLock lock(&state->mutex);
+    state->last_sequence = sequence;
+    clients_[client_id] = std::move(state);
+  };
+  visitor.alert = [&](const StreamKey& stream, absl::Duration window, const AlertStatus& status) {
+    auto it = streams_.find(stream);
+    if (it == streams_.end()) return;
+    MutexLock lock(&it->second->mutex);
+    if (WindowState* w = it->second->FindWindow(window); w != nullptr) w->alert.Restore(status);
+  };
+  return options_.store->Load(visitor);
 }
 
 uint64_t DriftEngine::Watch(WatchFilter filter, WatchCallback callback) {

@@ -19,6 +19,7 @@
 #ifndef KLDRIFT_SERVER_CORE_DRIFT_ENGINE_H_
 #define KLDRIFT_SERVER_CORE_DRIFT_ENGINE_H_
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -40,6 +41,7 @@
 #include "server/core/mutex.h"
 #include "server/core/reference.h"
 #include "server/core/sliding_window.h"
+#include "server/core/state_store.h"
 #include "server/core/stream_key.h"
 #include "server/kernels/gaussian.h"
 #include "server/kernels/paired_logprob.h"
@@ -47,6 +49,8 @@
 namespace kldrift {
 
 struct EngineOptions {
+  // Where state is made durable (not owned; must outlive the engine). Null: memory only.
+  StateStore* store = nullptr;
   ReferenceLimits reference_limits;
   // Streams in total (RESOURCE_EXHAUSTED beyond; keeps memory and metric cardinality bounded).
   size_t max_streams = 100000;
@@ -163,8 +167,15 @@ class DriftEngine {
                                                        absl::Duration window) const;
 
   // Evaluates every window of every stream: advances windows, computes measures, moves alert
-  // states and notifies watchers. Returns the number of windows evaluated.
+  // states (persisting the changes) and notifies watchers. Returns the number of windows evaluated.
   size_t Evaluate();
+
+  // Rebuilds every stream, window, client sequence and alert state from options().store. Call once,
+  // before serving. Fails (DATA_LOSS, FAILED_PRECONDITION) on records that cannot be read.
+  absl::Status Recover();
+
+  // Writes to the store that failed outside a call that could report them (alert states).
+  uint64_t store_errors() const { return store_errors_.load(); }
 
   using WatchCallback = std::function<void(const WindowReport&)>;
   // Registers a watcher; returns its id. The callback runs on the Evaluate() thread.
@@ -183,10 +194,13 @@ class DriftEngine {
   struct ClientState;
 
   std::shared_ptr<StreamState> FindStream(const StreamKey& key) const;
-  absl::Status ApplyBatch(const IngestBatch& batch, absl::Time now);
+  // Validates, persists (when there is a store) and applies a batch. `persisted` tells the caller
+  // whether the client's sequence was written with it.
+  absl::Status ApplyBatch(const IngestBatch& batch, absl::Time now, bool* persisted);
 
   const EngineOptions options_;
   const Clock* const clock_;
+  std::atomic<uint64_t> store_errors_{0};
 
   mutable Mutex streams_mutex_;
   absl::btree_map<StreamKey, std::shared_ptr<StreamState>> streams_ ABSL_GUARDED_BY(streams_mutex_);

@@ -60,6 +60,10 @@ class SlidingWindow {
 
   // Index of the sub-bucket containing `t` (floor(t / sub_bucket_length) since the Unix epoch).
   int64_t SubBucketIndex(absl::Time t) const;
+  // Start time of the sub-bucket containing `t` (how storage names sub-buckets).
+  absl::Time SubBucketStart(absl::Time t) const {
+    return absl::UnixEpoch() + step_ * SubBucketIndex(t);
+  }
 
  private:
   absl::Span<double> Slot(int64_t index);

@@ -53,6 +53,15 @@ class KlDriftService::IngestReactor
         const IngestResult result = service_->engine_->Ingest(*batch);
         status = result.status;
         acked = result.acked_sequence;
+        if (absl::IsUnavailable(status) || absl::IsDataLoss(status)) {
+          // The store failed: the batch was neither applied nor acknowledged. End the stream so
+          // the client reconnects and resends it (a batch error would read as a rejection).
+          MutexLock lock(&mutex_);
+          store_failure_ = ToGrpcStatus(status);
+          reads_done_ = true;
+          MaybeFinishLocked();
+          return;
+        }
       } else {
         status = batch.status();
         acked = sequence;  // Malformed: done with it, reported below.
@@ -104,7 +113,7 @@ class KlDriftService::IngestReactor
     if (finished_ || writing_) return;
     if (reads_done_ && (!has_pending_ || write_failed_)) {
       finished_ = true;
-      Finish(grpc::Status::OK);
+      Finish(store_failure_);
     }
   }
 
@@ -124,6 +133,7 @@ class KlDriftService::IngestReactor
   bool reads_done_ ABSL_GUARDED_BY(mutex_) = false;
   bool write_failed_ ABSL_GUARDED_BY(mutex_) = false;
   bool finished_ ABSL_GUARDED_BY(mutex_) = false;
+  grpc::Status store_failure_ ABSL_GUARDED_BY(mutex_);  // OK unless the store failed.
 };
 
 // One WatchDrift stream: engine reports are queued and written one at a time.

@@ -5,6 +5,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -32,6 +33,15 @@ absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::Start(
   const std::string log_file = process->work_dir_ + "/kldriftd.log";
 
   std::vector<std::string> args = {binary, "--listen", "127.0.0.1:0", "--port-file", port_file};
+  // Each server gets its own data folder unless the test names one (or runs in memory).
+  const bool names_storage =
+      std::any_of(extra_flags.begin(), extra_flags.end(), [](const std::string& f) {
+        return f.rfind("--data-dir", 0) == 0 || f.rfind("--storage", 0) == 0;
+      });
+  if (!names_storage) {
+    args.push_back("--data-dir");
+    args.push_back(process->work_dir_ + "/data");
+  }
   args.insert(args.end(), extra_flags.begin(), extra_flags.end());
   const pid_t pid = fork();
   if (pid < 0) return absl::InternalError("fork failed");

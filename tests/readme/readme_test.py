@@ -43,7 +43,8 @@ def main():
         log = open(os.path.join(work, "kldriftd.log"), "w")
         server = subprocess.Popen(
             [kldriftd, "--listen", "127.0.0.1:0", "--port-file", port_file, "--eval-interval",
-             "200ms", "--shutdown-grace", "1s"], stdout=log, stderr=log)
+             "200ms", "--shutdown-grace", "1s", "--data-dir", os.path.join(work, "data")],
+            stdout=log, stderr=log)
         try:
             deadline = time.time() + 20
             while not os.path.exists(port_file) and time.time() < deadline:

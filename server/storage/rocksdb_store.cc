@@ -1,0 +1,556 @@
+#include "server/storage/rocksdb_store.h"
+
+#include <algorithm>
+#include <cstring>
+#include <filesystem>
+#include <limits>
+#include <utility>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "kldrift/storage/v1/storage.pb.h"
+#include "rocksdb/compaction_filter.h"
+#include "rocksdb/merge_operator.h"
+#include "rocksdb/utilities/checkpoint.h"
+#include "rocksdb/write_batch.h"
+
+namespace kldrift {
+namespace {
+
+namespace fs = std::filesystem;
+
+enum Family { kDefault = 0, kMeta, kReferences, kWindows, kClients, kAlerts, kFamilyCount };
+constexpr const char* kFamilyNames[kFamilyCount] = {"default", "meta",    "references",
+                                                    "windows", "clients", "alerts"};
+constexpr char kFormatKey[] = "format_version";
+
+// ---- Encoding ------------------------------------------------------------------------------
+
+std::string StreamPrefix(const StreamKey& key) {
+  std::string prefix;
+  prefix.reserve(key.model.size() + key.model_version.size() + key.signal.size() + 3);
+  for (const std::string* part : {&key.model, &key.model_version, &key.signal}) {
+    prefix += *part;
+    prefix += '\0';
+  }
+  return prefix;
+}
+
+// Keys of every stream sort inside [prefix, prefix with its last \0 turned into \1).
+std::string StreamPrefixEnd(const StreamKey& key) {
+  std::string end = StreamPrefix(key);
+  end.back() = '\1';
+  return end;
+}
+
+void AppendBigEndian(std::string* out, uint64_t value) {
+  for (int shift = 56; shift >= 0; shift -= 8) out->push_back(static_cast<char>(value >> shift));
+}
+
+uint64_t ReadBigEndian(const char* p) {
+  uint64_t value = 0;
+  for (int i = 0; i < 8; ++i) value = (value << 8) | static_cast<unsigned char>(p[i]);
+  return value;
+}
+
+// Signed values sort correctly as unsigned once the sign bit is flipped.
+uint64_t FlipSign(int64_t value) { return static_cast<uint64_t>(value) ^ (uint64_t{1} << 63); }
+int64_t UnflipSign(uint64_t value) { return static_cast<int64_t>(value ^ (uint64_t{1} << 63)); }
+
+int64_t ToMicros(absl::Time t) {
+  if (t == absl::InfinitePast()) return std::numeric_limits<int64_t>::min();
+  if (t == absl::InfiniteFuture()) return std::numeric_limits<int64_t>::max();
+  return absl::ToUnixMicros(t);
+}
+
+absl::Time FromMicros(int64_t micros) {
+  if (micros == std::numeric_limits<int64_t>::min()) return absl::InfinitePast();
+  if (micros == std::numeric_limits<int64_t>::max()) return absl::InfiniteFuture();
+  return absl::FromUnixMicros(micros);
+}
+
+// Splits "model\0version\0signal\0rest" into the key and the rest.
+bool DecodeStream(rocksdb::Slice key, StreamKey* stream, rocksdb::Slice* rest) {
+  std::string* parts[] = {&stream->model, &stream->model_version, &stream->signal};
+  const char* p = key.data();
+  const char* end = key.data() + key.size();
+  for (std::string* part : parts) {
+    const char* zero = static_cast<const char*>(std::memchr(p, '\0', end - p));
+    if (zero == nullptr) return false;
+    part->assign(p, zero);
+    p = zero + 1;
+  }
+  *rest = rocksdb::Slice(p, end - p);
+  return true;
+}
+
+std::string WindowKey(const StreamKey& stream, absl::Duration window, absl::Time start) {
+  std::string key = StreamPrefix(stream);
+  AppendBigEndian(&key, static_cast<uint64_t>(absl::ToInt64Seconds(window)));
+  AppendBigEndian(&key, FlipSign(ToMicros(start)));
+  return key;
+}
+
+std::string AlertKey(const StreamKey& stream, absl::Duration window) {
+  std::string key = StreamPrefix(stream);
+  AppendBigEndian(&key, static_cast<uint64_t>(absl::ToInt64Seconds(window)));
+  return key;
+}
+
+std::string EncodeDoubles(const std::vector<double>& values) {
+  std::string out(values.size() * sizeof(double), '\0');
+  std::memcpy(out.data(), values.data(), out.size());
+  return out;
+}
+
+std::vector<double> DecodeDoubles(rocksdb::Slice data) {
+  std::vector<double> values(data.size() / sizeof(double));
+  std::memcpy(values.data(), data.data(), values.size() * sizeof(double));
+  return values;
+}
+
+absl::Status FromRocks(const rocksdb::Status& s, absl::string_view what) {
+  if (s.ok()) return absl::OkStatus();
+  const std::string message = absl::StrCat(what, ": ", s.ToString());
+  if (s.IsCorruption()) return absl::DataLossError(message);
+  if (s.IsInvalidArgument() || s.IsNotSupported()) return absl::FailedPreconditionError(message);
+  return absl::UnavailableError(message);
+}
+
+// ---- Merge operator and retention filter ------------------------------------------------------
+
+// Adds two vectors of doubles elementwise: the windows' sub-buckets are sums of deltas.
+class AddDoublesOperator : public rocksdb::AssociativeMergeOperator {
+ public:
+  bool Merge(const rocksdb::Slice& key, const rocksdb::Slice* existing, const rocksdb::Slice& value,
+             std::string* new_value, rocksdb::Logger* logger) const override {
+    if (existing == nullptr) {
+      new_value->assign(value.data(), value.size());
+      return true;
+    }
+    if (existing->size() != value.size() || value.size() % sizeof(double) != 0) {
+      return false;  // Corruption: RocksDB reports it rather than guessing.
+    }
+    new_value->assign(existing->data(), existing->size());
+    const size_t n = value.size() / sizeof(double);
+    for (size_t i = 0; i < n; ++i) {
+      double a, b;
+      std::memcpy(&a, new_value->data() + i * sizeof(double), sizeof(double));
+      std::memcpy(&b, value.data() + i * sizeof(double), sizeof(double));
+      a += b;
+      std::memcpy(new_value->data() + i * sizeof(double), &a, sizeof(double));
+    }
+    return true;
+  }
+  const char* Name() const override { return "kldrift.AddDoubles"; }
+};
+
+// Drops sub-buckets that ended more than half a window ago (see the class comment).
+class WindowRetentionFilter : public rocksdb::CompactionFilter {
+ public:
+  explicit WindowRetentionFilter(const Clock* clock) : clock_(clock) {}
+
+  Decision FilterV2(int level, const rocksdb::Slice& key, ValueType value_type,
+                    const rocksdb::Slice& existing_value, std::string* new_value,
+                    std::string* skip_until) const override {
+    if (value_type != ValueType::kValue && value_type != ValueType::kMergeOperand) {
+      return Decision::kKeep;
+    }
+    if (key.size() < 16) return Decision::kKeep;
+    const char* tail = key.data() + key.size() - 16;
+    const absl::Duration window = absl::Seconds(static_cast<int64_t>(ReadBigEndian(tail)));
+    const absl::Time start = FromMicros(UnflipSign(ReadBigEndian(tail + 8)));
+    return start + window + window / 2 <= clock_->Now() ? Decision::kRemove : Decision::kKeep;
+  }
+  const char* Name() const override { return "kldrift.WindowRetention"; }
+
+ private:
+  const Clock* clock_;
+};
+
+// ---- References ------------------------------------------------------------------------------
+
+storage::v1::StoredReference ToStored(const Reference& ref) {
+  storage::v1::StoredReference out;
+  out.set_version(ref.version);
+  out.set_kind(static_cast<int32_t>(ref.kind));
+  if (ref.layout) {
+    for (double e : ref.layout->edges()) out.add_edges(e);
+    for (const std::string& c : ref.layout->categories()) out.add_categories(c);
+    out.set_bins(ref.layout->size());
+  }
+  for (double c : ref.counts) out.add_counts(c);
+  for (double m : ref.gaussian.mean) out.add_gaussian_mean(m);
+  for (double v : ref.gaussian.var) out.add_gaussian_var(v);
+  storage::v1::StoredPolicy* p = out.mutable_policy();
+  for (absl::Duration w : ref.policy.windows) p->add_window_seconds(absl::ToInt64Seconds(w));
+  p->set_alpha(ref.policy.alpha);
+  p->set_measure(std::string(MeasureName(ref.policy.measure)));
+  p->set_warn_threshold(ref.policy.warn_threshold);
+  p->set_critical_threshold(ref.policy.critical_threshold);
+  if (ref.policy.clear_threshold) p->set_clear_threshold(*ref.policy.clear_threshold);
+  p->set_for_nanos(absl::ToInt64Nanoseconds(ref.policy.for_duration));
+  if (ref.policy.min_samples) p->set_min_samples(*ref.policy.min_samples);
+  p->set_max_p_value(ref.policy.max_p_value);
+  p->set_sub_buckets(ref.policy.sub_buckets);
+  out.set_created_at_micros(ToMicros(ref.created_at));
+  return out;
+}
+
+absl::StatusOr<std::shared_ptr<const Reference>> FromStored(
+    const StreamKey& stream, const storage::v1::StoredReference& in) {
+  ReferenceSpec spec;
+  spec.stream = stream;
+  spec.kind = static_cast<ReferenceKind>(in.kind());
+  spec.edges.assign(in.edges().begin(), in.edges().end());
+  spec.categories.assign(in.categories().begin(), in.categories().end());
+  spec.bins = in.bins();
+  spec.gaussian.mean.assign(in.gaussian_mean().begin(), in.gaussian_mean().end());
+  spec.gaussian.var.assign(in.gaussian_var().begin(), in.gaussian_var().end());
+  if (spec.kind == ReferenceKind::kNumeric || spec.kind == ReferenceKind::kCategorical ||
+      spec.kind == ReferenceKind::kPreBinned) {
+    spec.counts.emplace(in.counts().begin(), in.counts().end());
+  }
+  const storage::v1::StoredPolicy& p = in.policy();
+  AlertPolicy& policy = spec.policy;
+  policy.windows.clear();
+  for (int64_t s : p.window_seconds()) policy.windows.push_back(absl::Seconds(s));
+  policy.alpha = p.alpha();
+  absl::StatusOr<Measure> measure = ParseMeasure(p.measure());
+  if (!measure.ok()) return measure.status();
+  policy.measure = *measure;
+  policy.warn_threshold = p.warn_threshold();
+  policy.critical_threshold = p.critical_threshold();
+  if (p.has_clear_threshold()) policy.clear_threshold = p.clear_threshold();
+  policy.for_duration = absl::Nanoseconds(p.for_nanos());
+  if (p.has_min_samples()) policy.min_samples = p.min_samples();
+  policy.max_p_value = p.max_p_value();
+  policy.sub_buckets = p.sub_buckets();
+  // Stored references were valid when written; the limits of this server do not apply again.
+  ReferenceLimits unlimited;
+  unlimited.max_bins = std::numeric_limits<size_t>::max();
+  unlimited.max_dimensions = std::numeric_limits<size_t>::max();
+  return BuildReference(spec, in.version(), FromMicros(in.created_at_micros()), unlimited);
+}
+
+uint64_t FolderBytes(const std::string& path) {
+  uint64_t total = 0;
+  std::error_code error;
+  for (const auto& entry : fs::recursive_directory_iterator(path, error)) {
+    if (entry.is_regular_file(error)) total += entry.file_size(error);
+  }
+  return total;
+}
+
+// `retention` (owned by the store, may be null for read-only use) filters the windows family.
+rocksdb::ColumnFamilyOptions FamilyOptions(int family, const rocksdb::CompactionFilter* retention) {
+  rocksdb::ColumnFamilyOptions options;
+  if (family == kWindows) {
+    options.merge_operator = std::make_shared<AddDoublesOperator>();
+    options.compaction_filter = retention;
+    options.periodic_compaction_seconds = 3600;
+  }
+  return options;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<RocksDbStore>> RocksDbStore::Open(const RocksDbStoreOptions& opts) {
+  if (opts.path.empty()) return absl::InvalidArgumentError("--data-dir is empty");
+  if (opts.clock == nullptr) return absl::InvalidArgumentError("RocksDbStore needs a clock");
+  std::error_code error;
+  const bool exists = fs::exists(opts.path, error);
+  const bool fresh = !exists || fs::is_empty(opts.path, error);
+  if (exists && !fs::is_directory(opts.path, error)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("--data-dir ", opts.path, " is a file, not a folder"));
+  }
+  rocksdb::DBOptions db_options;
+  db_options.create_if_missing = fresh;
+  db_options.create_missing_column_families = fresh;
+  db_options.paranoid_checks = true;
+  if (!fresh) {
+    std::vector<std::string> families;
+    rocksdb::Status s = rocksdb::DB::ListColumnFamilies(db_options, opts.path, &families);
+    if (!s.ok()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "--data-dir ", opts.path, " is not empty and is not a kldrift data folder (",
+          s.ToString(), "); point --data-dir at an empty or new folder, or at a kldrift store"));
+    }
+    for (const char* name : kFamilyNames) {
+      if (std::find(families.begin(), families.end(), name) == families.end()) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "--data-dir ", opts.path, " is a RocksDB database but not a kldrift store (it has ",
+            "no \"", name, "\" column family; it has: ", absl::StrJoin(families, ", "), ")"));
+      }
+    }
+  }
+  std::unique_ptr<RocksDbStore> store(new RocksDbStore());
+  store->options_ = opts;
+  store->retention_ = std::make_unique<WindowRetentionFilter>(opts.clock);
+  std::vector<rocksdb::ColumnFamilyDescriptor> descriptors;
+  for (int family = 0; family < kFamilyCount; ++family) {
+    descriptors.emplace_back(kFamilyNames[family], FamilyOptions(family, store->retention_.get()));
+  }
+  store->write_options_.sync = opts.sync;
+  rocksdb::DB* db = nullptr;
+  rocksdb::Status s = rocksdb::DB::Open(db_options, opts.path, descriptors, &store->handles_, &db);
+  if (!s.ok()) {
+    if (s.IsCorruption()) {
+      return absl::DataLossError(absl::StrCat(
+          "--data-dir ", opts.path, " is corrupted (", s.ToString(),
+          "); kldriftd will not reset it. Restore a backup (README, \"Backup and restore\") or "
+          "move the folder aside"));
+    }
+    if (s.ToString().find("lock") != std::string::npos) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "--data-dir ", opts.path, " is in use by another kldriftd (", s.ToString(), ")"));
+    }
+    return FromRocks(s, absl::StrCat("cannot open --data-dir ", opts.path));
+  }
+  store->db_.reset(db);
+  rocksdb::ColumnFamilyHandle* meta = store->handles_[kMeta];
+  std::string format;
+  s = db->Get(rocksdb::ReadOptions(), meta, kFormatKey, &format);
+  if (fresh && s.IsNotFound()) {
+    rocksdb::WriteOptions synced;
+    synced.sync = true;
+    s = db->Put(synced, meta, kFormatKey, kFormatVersion);
+    if (!s.ok()) return FromRocks(s, "cannot initialise the data folder");
+  } else if (!s.ok()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("--data-dir ", opts.path, " has no kldrift format version (", s.ToString(),
+                     "); it was not written by kldriftd"));
+  } else if (format != kFormatVersion) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("--data-dir ", opts.path, " was written in format \"", format,
+                     "\" but this kldriftd reads \"", kFormatVersion,
+                     "\"; run a kldriftd that matches it, or start from a new folder"));
+  }
+  return store;
+}
+
+RocksDbStore::~RocksDbStore() {
+  if (db_ != nullptr) {
+    for (rocksdb::ColumnFamilyHandle* handle : handles_) db_->DestroyColumnFamilyHandle(handle);
+    db_->Close();
+  }
+}
+
+absl::Status RocksDbStore::PutReference(const Reference& reference, bool reset_windows) {
+  rocksdb::WriteBatch batch;
+  const StreamKey& stream = reference.stream;
+  if (reset_windows) {
+    batch.DeleteRange(handles_[kWindows], StreamPrefix(stream), StreamPrefixEnd(stream));
+    batch.DeleteRange(handles_[kAlerts], StreamPrefix(stream), StreamPrefixEnd(stream));
+  }
+  std::string key = StreamPrefix(stream);
+  AppendBigEndian(&key, reference.version);
+  batch.Put(handles_[kReferences], key, ToStored(reference).SerializeAsString());
+  // References are rare and precious: always fsynced.
+  rocksdb::WriteOptions synced;
+  synced.sync = true;
+  return FromRocks(db_->Write(synced, &batch), "storing the reference failed");
+}
+
+absl::Status RocksDbStore::DeleteStream(const StreamKey& stream) {
+  rocksdb::WriteBatch batch;
+  for (int family : {kReferences, kWindows, kAlerts}) {
+    batch.DeleteRange(handles_[family], StreamPrefix(stream), StreamPrefixEnd(stream));
+  }
+  rocksdb::WriteOptions synced;
+  synced.sync = true;
+  return FromRocks(db_->Write(synced, &batch), "deleting the stream failed");
+}
+
+absl::Status RocksDbStore::WriteBatch(const IngestRecord& record) {
+  rocksdb::WriteBatch batch;
+  for (const SubBucketDelta& delta : record.deltas) {
+    batch.Merge(handles_[kWindows], WindowKey(delta.stream, delta.window, delta.sub_bucket_start),
+                EncodeDoubles(delta.values));
+  }
+  storage::v1::StoredClient client;
+  client.set_last_sequence(record.sequence);
+  client.set_last_seen_micros(ToMicros(record.received_at));
+  batch.Put(handles_[kClients], record.client_id, client.SerializeAsString());
+  return FromRocks(db_->Write(write_options_, &batch), "storing the batch failed");
+}
+
+absl::Status RocksDbStore::WriteClientSequence(const std::string& client_id, uint64_t sequence,
+                                               absl::Time seen) {
+  storage::v1::StoredClient client;
+  client.set_last_sequence(sequence);
+  client.set_last_seen_micros(ToMicros(seen));
+  return FromRocks(
+      db_->Put(write_options_, handles_[kClients], client_id, client.SerializeAsString()),
+      "storing the client's sequence failed");
+}
+
+absl::Status RocksDbStore::WriteAlerts(const std::vector<AlertUpdate>& updates) {
+  if (updates.empty()) return absl::OkStatus();
+  rocksdb::WriteBatch batch;
+  for (const AlertUpdate& u : updates) {
+    storage::v1::StoredAlert alert;
+    alert.set_state(static_cast<int32_t>(u.status.state));
+    alert.set_severity(static_cast<int32_t>(u.status.severity));
+    alert.set_since_micros(ToMicros(u.status.since));
+    alert.set_over_since_micros(ToMicros(u.status.over_since));
+    alert.set_below_clear_since_micros(ToMicros(u.status.below_clear_since));
+    batch.Put(handles_[kAlerts], AlertKey(u.stream, u.window), alert.SerializeAsString());
+  }
+  return FromRocks(db_->Write(write_options_, &batch), "storing alert states failed");
+}
+
+absl::Status RocksDbStore::Load(const Visitor& visitor) {
+  rocksdb::ReadOptions read;
+  read.verify_checksums = true;
+  auto corrupt = [&](absl::string_view family, rocksdb::Slice key) {
+    return absl::DataLossError(absl::StrCat("--data-dir ", options_.path, ": unreadable record in ",
+                                            family, " (key of ", key.size(), " bytes)"));
+  };
+  {
+    std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(read, handles_[kReferences]));
+    for (it->SeekToFirst(); it->Valid(); it->Next()) {
+      StreamKey stream;
+      rocksdb::Slice rest;
+      storage::v1::StoredReference stored;
+      if (!DecodeStream(it->key(), &stream, &rest) || rest.size() != 8 ||
+          !stored.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) {
+        return corrupt("references", it->key());
+      }
+      absl::StatusOr<std::shared_ptr<const Reference>> ref = FromStored(stream, stored);
+      if (!ref.ok()) {
+        return absl::DataLossError(absl::StrCat("stored reference of ", stream.ToString(),
+                                                " is invalid: ", ref.status().message()));
+      }
+      if (absl::Status s = visitor.reference(*ref); !s.ok()) return s;
+    }
+    if (!it->status().ok()) return FromRocks(it->status(), "reading references");
+  }
+  {
+    std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(read, handles_[kWindows]));
+    for (it->SeekToFirst(); it->Valid(); it->Next()) {
+      SubBucketDelta delta;
+      rocksdb::Slice rest;
+      if (!DecodeStream(it->key(), &delta.stream, &rest) || rest.size() != 16 ||
+          it->value().size() % sizeof(double) != 0) {
+        return corrupt("windows", it->key());
+      }
+      delta.window = absl::Seconds(static_cast<int64_t>(ReadBigEndian(rest.data())));
+      delta.sub_bucket_start = FromMicros(UnflipSign(ReadBigEndian(rest.data() + 8)));
+      delta.values = DecodeDoubles(it->value());
+      visitor.sub_bucket(delta);
+    }
+    if (!it->status().ok()) return FromRocks(it->status(), "reading windows");
+  }
+  {
+    std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(read, handles_[kClients]));
+    for (it->SeekToFirst(); it->Valid(); it->Next()) {
+      storage::v1::StoredClient client;
+      if (!client.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) {
+        return corrupt("clients", it->key());
+      }
+      visitor.client(it->key().ToString(), client.last_sequence(),
+                     FromMicros(client.last_seen_micros()));
+    }
+    if (!it->status().ok()) return FromRocks(it->status(), "reading clients");
+  }
+  {
+    std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(read, handles_[kAlerts]));
+    for (it->SeekToFirst(); it->Valid(); it->Next()) {
+      StreamKey stream;
+      rocksdb::Slice rest;
+      storage::v1::StoredAlert stored;
+      if (!DecodeStream(it->key(), &stream, &rest) || rest.size() != 8 ||
+          !stored.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) {
+        return corrupt("alerts", it->key());
+      }
+      AlertStatus status;
+      status.state = static_cast<AlertState>(stored.state());
+      status.severity = static_cast<Severity>(stored.severity());
+      status.since = FromMicros(stored.since_micros());
+      status.over_since = FromMicros(stored.over_since_micros());
+      status.below_clear_since = FromMicros(stored.below_clear_since_micros());
+      visitor.alert(stream, absl::Seconds(static_cast<int64_t>(ReadBigEndian(rest.data()))),
+                    status);
+    }
+    if (!it->status().ok()) return FromRocks(it->status(), "reading alerts");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status RocksDbStore::Checkpoint(const std::string& dir) {
+  rocksdb::Checkpoint* checkpoint = nullptr;
+  rocksdb::Status s = rocksdb::Checkpoint::Create(db_.get(), &checkpoint);
+  if (!s.ok()) return FromRocks(s, "cannot start a checkpoint");
+  std::unique_ptr<rocksdb::Checkpoint> owned(checkpoint);
+  return FromRocks(owned->CreateCheckpoint(dir), absl::StrCat("checkpoint into ", dir, " failed"));
+}
+
+absl::Status RocksDbStore::CompactWindows() {
+  return FromRocks(
+      db_->CompactRange(rocksdb::CompactRangeOptions(), handles_[kWindows], nullptr, nullptr),
+      "compacting windows failed");
+}
+
+uint64_t RocksDbStore::DiskBytes() const { return FolderBytes(options_.path); }
+
+absl::StatusOr<std::string> RocksDbStore::Describe(const std::string& path) {
+  std::vector<rocksdb::ColumnFamilyDescriptor> descriptors;
+  for (int family = 0; family < kFamilyCount; ++family) {
+    descriptors.emplace_back(kFamilyNames[family], FamilyOptions(family, nullptr));
+  }
+  std::vector<std::string> families;
+  rocksdb::DBOptions db_options;
+  rocksdb::Status s = rocksdb::DB::ListColumnFamilies(db_options, path, &families);
+  if (!s.ok()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(path, " is not a kldrift data folder: ", s.ToString()));
+  }
+  for (const char* name : kFamilyNames) {
+    if (std::find(families.begin(), families.end(), name) == families.end()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat(path, " is a RocksDB database but not a kldrift store (no \"", name,
+                       "\" column family; it has: ", absl::StrJoin(families, ", "), ")"));
+    }
+  }
+  std::vector<rocksdb::ColumnFamilyHandle*> handles;
+  rocksdb::DB* raw = nullptr;
+  s = rocksdb::DB::OpenForReadOnly(db_options, path, descriptors, &handles, &raw);
+  if (!s.ok()) return FromRocks(s, absl::StrCat("cannot open ", path));
+  std::unique_ptr<rocksdb::DB> db(raw);
+  std::string report = absl::StrCat("data folder ", path, "\n");
+  std::string format;
+  s = db->Get(rocksdb::ReadOptions(), handles[kMeta], kFormatKey, &format);
+  absl::Status result = absl::OkStatus();
+  if (!s.ok()) {
+    result = absl::FailedPreconditionError("no kldrift format version: not written by kldriftd");
+  } else if (format != kFormatVersion) {
+    result = absl::FailedPreconditionError(
+        absl::StrCat("format \"", format, "\", but this build reads \"", kFormatVersion, "\""));
+  }
+  absl::StrAppend(&report, "  format:     ", s.ok() ? format : "(missing)",
+                  format == kFormatVersion ? " (readable by this kldriftd)" : " (NOT readable)",
+                  "\n");
+  for (int family : {kReferences, kWindows, kClients, kAlerts}) {
+    uint64_t records = 0;
+    std::unique_ptr<rocksdb::Iterator> it(db->NewIterator(rocksdb::ReadOptions(), handles[family]));
+    for (it->SeekToFirst(); it->Valid(); it->Next()) ++records;
+    absl::StrAppend(&report, "  ", kFamilyNames[family], ": ", records, " records\n");
+  }
+  const rocksdb::Status checksums = db->VerifyChecksum();
+  absl::StrAppend(&report, "  checksums:  ", checksums.ok() ? "ok" : checksums.ToString(), "\n");
+  absl::StrAppend(&report, "  size:       ", FolderBytes(path), " bytes\n");
+  for (rocksdb::ColumnFamilyHandle* handle : handles) db->DestroyColumnFamilyHandle(handle);
+  if (!checksums.ok() && result.ok()) {
+    result =
+        absl::DataLossError(absl::StrCat("checksum verification failed: ", checksums.ToString()));
+  }
+  if (!result.ok()) {
+    return absl::Status(result.code(), absl::StrCat(report, "  problem:    ", result.message()));
+  }
+  return report;
+}
+
+}  // namespace kldrift

@@ -1,0 +1,289 @@
+#include "server/storage/rocksdb_store.h"
+
+#include <stdlib.h>
+
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "rocksdb/db.h"
+#include "server/core/clock.h"
+#include "server/core/drift_engine.h"
+
+namespace kldrift {
+namespace {
+
+namespace fs = std::filesystem;
+using ::testing::HasSubstr;
+
+class TempDir {
+ public:
+  TempDir() {
+    char name[] = "/tmp/kldrift-store-test-XXXXXX";
+    path_ = mkdtemp(name);
+  }
+  ~TempDir() { fs::remove_all(path_); }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+ReferenceSpec Numeric(const StreamKey& key, std::vector<double> counts) {
+  ReferenceSpec spec;
+  spec.stream = key;
+  spec.kind = ReferenceKind::kNumeric;
+  for (size_t e = 0; e <= counts.size(); ++e) spec.edges.push_back(static_cast<double>(e));
+  spec.counts = std::move(counts);
+  return spec;
+}
+
+StreamData Histogram(const StreamKey& key, std::vector<double> counts) {
+  StreamData data;
+  data.model_version = key.model_version;
+  data.signal = key.signal;
+  data.type = StreamData::Type::kHistogram;
+  data.numbers = std::move(counts);
+  return data;
+}
+
+IngestBatch Batch(const std::string& client, uint64_t sequence, const std::string& model,
+                  std::vector<StreamData> streams) {
+  IngestBatch batch;
+  batch.client_id = client;
+  batch.sequence = sequence;
+  batch.model = model;
+  batch.streams = std::move(streams);
+  return batch;
+}
+
+TEST(RocksDbStoreTest, CreatesAFreshStoreAndReopensIt) {
+  TempDir dir;
+  FakeClock clock;
+  const std::string path = dir.path() + "/data";
+  {
+    absl::StatusOr<std::unique_ptr<RocksDbStore>> store = RocksDbStore::Open({path, false, &clock});
+    ASSERT_TRUE(store.ok()) << store.status();
+  }
+  absl::StatusOr<std::unique_ptr<RocksDbStore>> again = RocksDbStore::Open({path, true, &clock});
+  ASSERT_TRUE(again.ok()) << again.status();
+  again->reset();
+  absl::StatusOr<std::string> report = RocksDbStore::Describe(path);
+  ASSERT_TRUE(report.ok()) << report.status();
+  EXPECT_THAT(*report, HasSubstr(RocksDbStore::kFormatVersion));
+  EXPECT_THAT(*report, HasSubstr("checksums:  ok"));
+}
+
+TEST(RocksDbStoreTest, RefusesFoldersThatAreNotKldriftStores) {
+  TempDir dir;
+  FakeClock clock;
+  // A folder with someone else's files.
+  std::ofstream(dir.path() + "/notes.txt") << "hello";
+  absl::StatusOr<std::unique_ptr<RocksDbStore>> store =
+      RocksDbStore::Open({dir.path(), false, &clock});
+  EXPECT_EQ(store.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(store.status().message(), HasSubstr("not a kldrift data folder"));
+  EXPECT_TRUE(fs::exists(dir.path() + "/notes.txt"));  // Nothing was reset.
+
+  // Another application's RocksDB database.
+  const std::string other = dir.path() + "/other-db";
+  {
+    rocksdb::Options options;
+    options.create_if_missing = true;
+    rocksdb::DB* db = nullptr;
+    ASSERT_TRUE(rocksdb::DB::Open(options, other, &db).ok());
+    ASSERT_TRUE(db->Put(rocksdb::WriteOptions(), "key", "value").ok());
+    delete db;
+  }
+  store = RocksDbStore::Open({other, false, &clock});
+  EXPECT_EQ(store.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(store.status().message(), HasSubstr("not a kldrift store"));
+  EXPECT_FALSE(RocksDbStore::Describe(other).ok());
+}
+
+TEST(RocksDbStoreTest, RefusesAnotherFormatVersion) {
+  TempDir dir;
+  FakeClock clock;
+  const std::string path = dir.path() + "/data";
+  ASSERT_TRUE(RocksDbStore::Open({path, false, &clock}).ok());
+  {
+    // Rewrite the format marker as a future kldriftd would.
+    std::vector<std::string> families;
+    ASSERT_TRUE(rocksdb::DB::ListColumnFamilies(rocksdb::DBOptions(), path, &families).ok());
+    std::vector<rocksdb::ColumnFamilyDescriptor> descriptors;
+    for (const std::string& name : families)
+      descriptors.emplace_back(name, rocksdb::ColumnFamilyOptions());
+    std::vector<rocksdb::ColumnFamilyHandle*> handles;
+    rocksdb::DB* db = nullptr;
+    ASSERT_TRUE(rocksdb::DB::Open(rocksdb::DBOptions(), path, descriptors, &handles, &db).ok());
+    for (size_t i = 0; i < families.size(); ++i) {
+      if (families[i] == "meta") {
+        ASSERT_TRUE(
+            db->Put(rocksdb::WriteOptions(), handles[i], "format_version", "kldrift-store-999")
+                .ok());
+      }
+    }
+    for (auto* handle : handles) db->DestroyColumnFamilyHandle(handle);
+    delete db;
+  }
+  absl::StatusOr<std::unique_ptr<RocksDbStore>> store = RocksDbStore::Open({path, false, &clock});
+  EXPECT_EQ(store.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(store.status().message(), HasSubstr("kldrift-store-999"));
+  absl::StatusOr<std::string> report = RocksDbStore::Describe(path);
+  EXPECT_FALSE(report.ok());
+  EXPECT_THAT(report.status().message(), HasSubstr("NOT readable"));
+}
+
+TEST(RocksDbStoreTest, RefusesACorruptedFolderWithoutResettingIt) {
+  TempDir dir;
+  FakeClock clock;
+  const std::string path = dir.path() + "/data";
+  {
+    absl::StatusOr<std::unique_ptr<RocksDbStore>> store = RocksDbStore::Open({path, true, &clock});
+    ASSERT_TRUE(store.ok());
+    DriftEngine engine(EngineOptions{.store = store->get()}, &clock);
+    ASSERT_TRUE(engine.PutReference(Numeric({"m", "", "s"}, {5, 5})).ok());
+  }
+  // Garble the manifest: RocksDB must notice, and kldriftd must refuse rather than start empty.
+  std::string manifest;
+  for (const auto& entry : fs::directory_iterator(path)) {
+    if (entry.path().filename().string().rfind("MANIFEST-", 0) == 0) manifest = entry.path();
+  }
+  ASSERT_FALSE(manifest.empty());
+  const auto size = fs::file_size(manifest);
+  {
+    std::fstream file(manifest, std::ios::in | std::ios::out | std::ios::binary);
+    file.seekp(static_cast<std::streamoff>(size / 2));
+    const std::string garbage(64, '\x5a');
+    file.write(garbage.data(), static_cast<std::streamsize>(garbage.size()));
+  }
+  absl::StatusOr<std::unique_ptr<RocksDbStore>> store = RocksDbStore::Open({path, false, &clock});
+  ASSERT_FALSE(store.ok());
+  EXPECT_THAT(store.status().message(), HasSubstr(path));
+  EXPECT_EQ(fs::file_size(manifest), size);  // Left as it was, for an operator to inspect.
+}
+
+// Everything the engine holds survives a close and reopen: references and versions, windows to the
+// last count, client sequences (a resend is a duplicate) and alert states.
+TEST(RocksDbStoreTest, EngineStateRoundTripsThroughTheStore) {
+  TempDir dir;
+  FakeClock clock;
+  const std::string path = dir.path() + "/data";
+  const StreamKey score{"fraud", "v1", "score"};
+  const StreamKey amount{"fraud", "v1", "amount"};
+  const StreamKey latent{"vae", "", "latent"};
+  std::vector<std::vector<WindowReport>> before;
+  AlertPolicy fast;
+  fast.windows = {absl::Minutes(5), absl::Hours(1)};
+  fast.for_duration = absl::ZeroDuration();
+  fast.min_samples = 10;
+  fast.max_p_value = 1;
+  {
+    absl::StatusOr<std::unique_ptr<RocksDbStore>> store = RocksDbStore::Open({path, false, &clock});
+    ASSERT_TRUE(store.ok());
+    DriftEngine engine(EngineOptions{.store = store->get()}, &clock);
+    ReferenceSpec spec = Numeric(score, {100, 100, 100});
+    spec.policy = fast;
+    ASSERT_TRUE(engine.PutReference(spec).ok());
+    ASSERT_TRUE(engine.PutReference(spec).ok());  // Version 2, same bins: windows kept.
+    ASSERT_TRUE(engine.PutReference(Numeric(amount, {1, 2, 3, 4})).ok());
+    ReferenceSpec gauss;
+    gauss.stream = latent;
+    gauss.kind = ReferenceKind::kGaussian;
+    gauss.gaussian = {{0, 0}, {1, 1}};
+    ASSERT_TRUE(engine.PutReference(gauss).ok());
+    for (uint64_t seq = 1; seq <= 20; ++seq) {
+      ASSERT_TRUE(engine
+                      .Ingest(Batch("svc", seq, "fraud",
+                                    {Histogram(score, {0, 0, 0, 7, 0, 0}),
+                                     Histogram(amount, {0, 1, 1, 0, 1, 0, 0})}))
+                      .status.ok());
+      clock.Advance(absl::Seconds(20));
+    }
+    StreamData stats;
+    stats.signal = "latent";
+    stats.type = StreamData::Type::kGaussian;
+    stats.gaussian_count = 50;
+    stats.gaussian_sum = {10, -5};
+    stats.gaussian_sum_squares = {70, 40};
+    ASSERT_TRUE(engine.Ingest(Batch("vae-client", 1, "vae", {stats})).status.ok());
+    engine.Evaluate();  // Everything drifted: score's windows go straight to firing.
+    for (const StreamKey& key : {score, amount, latent}) {
+      before.push_back(*engine.GetDrift(key, std::nullopt, 3));
+    }
+    ASSERT_EQ(before[0][0].alert.state, AlertState::kFiring);
+  }
+  absl::StatusOr<std::unique_ptr<RocksDbStore>> store = RocksDbStore::Open({path, false, &clock});
+  ASSERT_TRUE(store.ok()) << store.status();
+  DriftEngine engine(EngineOptions{.store = store->get()}, &clock);
+  ASSERT_TRUE(engine.Recover().ok());
+  EXPECT_EQ(engine.stream_count(), 3u);
+  EXPECT_EQ((*engine.GetReference(score, 0))->version, 2u);
+  EXPECT_EQ((*engine.GetReference(score, 1))->version, 1u);
+  const std::vector<StreamKey> keys = {score, amount, latent};
+  for (size_t i = 0; i < keys.size(); ++i) {
+    const std::vector<WindowReport> after = *engine.GetDrift(keys[i], std::nullopt, 3);
+    ASSERT_EQ(after.size(), before[i].size());
+    for (size_t w = 0; w < after.size(); ++w) {
+      SCOPED_TRACE(absl::StrCat(keys[i].ToString(), " window ", w));
+      EXPECT_EQ(after[w].samples, before[i][w].samples);
+      EXPECT_EQ(after[w].measure_value, before[i][w].measure_value);  // Integer counts: exact.
+      EXPECT_EQ(after[w].alert.state, before[i][w].alert.state);
+      EXPECT_EQ(after[w].alert.since, before[i][w].alert.since);
+    }
+  }
+  // Resending an acknowledged batch is a duplicate after the restart too.
+  const IngestResult resend =
+      engine.Ingest(Batch("svc", 20, "fraud", {Histogram(score, {0, 0, 0, 7, 0, 0})}));
+  EXPECT_TRUE(resend.duplicate);
+  EXPECT_EQ(resend.acked_sequence, 20u);
+  // Deleting a stream deletes it from the store as well.
+  ASSERT_TRUE(engine.DeleteReference(amount).ok());
+  store->reset();
+  absl::StatusOr<std::unique_ptr<RocksDbStore>> reopened =
+      RocksDbStore::Open({path, false, &clock});
+  ASSERT_TRUE(reopened.ok());
+  DriftEngine third(EngineOptions{.store = reopened->get()}, &clock);
+  ASSERT_TRUE(third.Recover().ok());
+  EXPECT_EQ(third.stream_count(), 2u);
+  EXPECT_EQ(third.GetReference(amount, 0).status().code(), absl::StatusCode::kNotFound);
+}
+
+// Sub-buckets whose window has passed are removed from disk by compaction.
+TEST(RocksDbStoreTest, ExpiredSubBucketsAreDeletedOnCompaction) {
+  TempDir dir;
+  FakeClock clock;
+  const std::string path = dir.path() + "/data";
+  absl::StatusOr<std::unique_ptr<RocksDbStore>> store = RocksDbStore::Open({path, false, &clock});
+  ASSERT_TRUE(store.ok());
+  DriftEngine engine(EngineOptions{.store = store->get()}, &clock);
+  const StreamKey key{"m", "", "s"};
+  ASSERT_TRUE(engine.PutReference(Numeric(key, {1, 1})).ok());
+  for (uint64_t seq = 1; seq <= 50; ++seq) {
+    ASSERT_TRUE(engine.Ingest(Batch("c", seq, "m", {Histogram(key, {0, 1, 1, 0, 0})})).status.ok());
+    clock.Advance(absl::Minutes(10));
+  }
+  auto count_sub_buckets = [&] {
+    size_t n = 0;
+    StateStore::Visitor visitor;
+    visitor.reference = [](std::shared_ptr<const Reference>) { return absl::OkStatus(); };
+    visitor.sub_bucket = [&n](const SubBucketDelta&) { ++n; };
+    visitor.client = [](const std::string&, uint64_t, absl::Time) {};
+    visitor.alert = [](const StreamKey&, absl::Duration, const AlertStatus&) {};
+    EXPECT_TRUE((*store)->Load(visitor).ok());
+    return n;
+  };
+  const size_t before = count_sub_buckets();
+  EXPECT_GT(before, 30u);          // 50 batches 10 minutes apart: 5m, 1h and 24h sub-buckets.
+  clock.Advance(absl::Hours(48));  // Past every window (24h) by more than half of it.
+  ASSERT_TRUE((*store)->CompactWindows().ok());
+  EXPECT_EQ(count_sub_buckets(), 0u);
+}
+
+}  // namespace
+}  // namespace kldrift
