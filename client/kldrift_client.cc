@@ -111,6 +111,17 @@ absl::StatusOr<uint64_t> KlDriftClient::DeleteReference(const v1::StreamId& stre
   return response.versions_deleted();
 }
 
+absl::StatusOr<uint64_t> KlDriftClient::Backup(const std::string& directory) const {
+  grpc::ClientContext context;
+  SetDeadline(&context, deadline_);
+  v1::BackupRequest request;
+  request.set_directory(directory);
+  v1::BackupResponse response;
+  absl::Status status = FromGrpcStatus(stub_->Backup(&context, request, &response));
+  if (!status.ok()) return status;
+  return response.bytes();
+}
+
 absl::StatusOr<v1::GetDriftResponse> KlDriftClient::GetDrift(
     const v1::GetDriftRequest& request) const {
   grpc::ClientContext context;

@@ -83,6 +83,8 @@ class KlDriftClient {
   absl::StatusOr<std::vector<v1::Reference>> ListReferences(absl::string_view model) const;
   // The number of versions deleted.
   absl::StatusOr<uint64_t> DeleteReference(const v1::StreamId& stream) const;
+  // Online backup into `directory` on the server's machine; returns the copy's size in bytes.
+  absl::StatusOr<uint64_t> Backup(const std::string& directory) const;
   absl::StatusOr<v1::GetDriftResponse> GetDrift(const v1::GetDriftRequest& request) const;
   // Sends one batch on an Ingest stream of its own and waits for its acknowledgement, all within
   // the deadline. The server's error for the batch, if any, is returned as the status.

@@ -3,6 +3,7 @@
 #include <string>
 #include <vector>
 
+#include "client/cli/admin_command.h"
 #include "client/cli/compare_command.h"
 #include "client/cli/drift_command.h"
 #include "client/cli/ingest_command.h"
@@ -23,6 +24,7 @@ void PrintUsage(std::ostream& out) {
          "  ingest     send one batch of production data (values, labels or counts)\n"
          "  drift      a stream's drift reports, as a table or JSON\n"
          "  watch      drift reports pushed by the server, as JSON lines\n"
+         "  admin      operator commands: backup --to DIR (online backup of the data folder)\n"
          "  simulate   stream synthetic N(shift, 1) predictions, for demos and dashboards\n\n"
          "global flags (before the command; every call to the server has the deadline):\n"
       << kldrift::cli::GlobalFlagHelp()
@@ -62,6 +64,7 @@ int main(int argc, char** argv) {
     return kldrift::cli::RunIngest(args, *options, std::cout, std::cerr, std::cin);
   }
   if (command == "drift") return kldrift::cli::RunDrift(args, *options, std::cout, std::cerr);
+  if (command == "admin") return kldrift::cli::RunAdmin(args, *options, std::cout, std::cerr);
   if (command == "watch") return kldrift::cli::RunWatch(args, *options, std::cout, std::cerr);
   if (command == "simulate") {
     return kldrift::cli::RunSimulate(args, *options, std::cout, std::cerr);

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <filesystem>
 #include <limits>
 #include <utility>
 
@@ -910,6 +911,23 @@ absl::Status DriftEngine::Recover() {
     if (WindowState* w = it->second->FindWindow(window); w != nullptr) w->alert.Restore(status);
   };
   return options_.store->Load(visitor);
+}
+
+absl::StatusOr<uint64_t> DriftEngine::Backup(const std::string& directory) {
+  if (options_.store == nullptr) {
+    return absl::FailedPreconditionError(
+        "this kldriftd keeps state in memory (--storage=memory): there is nothing to back up");
+  }
+  if (directory.empty() || directory.front() != '/') {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "backup directory \"", directory, "\" must be an absolute path on the server's machine"));
+  }
+  std::error_code error;
+  if (std::filesystem::exists(directory, error)) {
+    return absl::AlreadyExistsError(
+        absl::StrCat("backup directory ", directory, " already exists; name a new one"));
+  }
+  return options_.store->Backup(directory);
 }
 
 uint64_t DriftEngine::Watch(WatchFilter filter, WatchCallback callback) {

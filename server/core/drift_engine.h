@@ -174,6 +174,10 @@ class DriftEngine {
   // before serving. Fails (DATA_LOSS, FAILED_PRECONDITION) on records that cannot be read.
   absl::Status Recover();
 
+  // A consistent copy of the store in `directory` (absolute, not existing); returns its size.
+  // FAILED_PRECONDITION without a store.
+  absl::StatusOr<uint64_t> Backup(const std::string& directory);
+
   // Writes to the store that failed outside a call that could report them (alert states).
   uint64_t store_errors() const { return store_errors_.load(); }
 

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "server/core/alert_state.h"
 #include "server/core/reference.h"
@@ -71,6 +72,10 @@ class StateStore {
     std::function<void(const StreamKey&, absl::Duration window, const AlertStatus&)> alert;
   };
   virtual absl::Status Load(const Visitor& visitor) = 0;
+
+  // A consistent copy of the store in `dir` (which must not exist) that can be opened as a store.
+  // Returns the copy's size in bytes.
+  virtual absl::StatusOr<uint64_t> Backup(const std::string& dir) = 0;
 };
 
 }  // namespace kldrift

@@ -348,6 +348,18 @@ grpc::ServerUnaryReactor* KlDriftService::GetDrift(grpc::CallbackServerContext* 
   });
 }
 
+grpc::ServerUnaryReactor* KlDriftService::Backup(grpc::CallbackServerContext* context,
+                                                 const v1::BackupRequest* request,
+                                                 v1::BackupResponse* response) {
+  return Unary(context, [&]() -> absl::Status {
+    absl::StatusOr<uint64_t> bytes = engine_->Backup(request->directory());
+    if (!bytes.ok()) return bytes.status();
+    response->set_directory(request->directory());
+    response->set_bytes(*bytes);
+    return absl::OkStatus();
+  });
+}
+
 grpc::ServerWriteReactor<v1::DriftReport>* KlDriftService::WatchDrift(
     grpc::CallbackServerContext* context, const v1::WatchDriftRequest* request) {
   return new WatchReactor(this, *request);

@@ -60,6 +60,9 @@ class KlDriftService final : public v1::KlDrift::CallbackService {
                                      v1::GetDriftResponse* response) override;
   grpc::ServerWriteReactor<v1::DriftReport>* WatchDrift(
       grpc::CallbackServerContext* context, const v1::WatchDriftRequest* request) override;
+  grpc::ServerUnaryReactor* Backup(grpc::CallbackServerContext* context,
+                                   const v1::BackupRequest* request,
+                                   v1::BackupResponse* response) override;
 
   // Ends every open WatchDrift stream (status UNAVAILABLE, "server shutting down") and makes new
   // ones fail at once, so that grpc::Server::Shutdown() does not wait for them.

@@ -480,12 +480,15 @@ absl::Status RocksDbStore::Load(const Visitor& visitor) {
   return absl::OkStatus();
 }
 
-absl::Status RocksDbStore::Checkpoint(const std::string& dir) {
+absl::StatusOr<uint64_t> RocksDbStore::Backup(const std::string& dir) {
   rocksdb::Checkpoint* checkpoint = nullptr;
   rocksdb::Status s = rocksdb::Checkpoint::Create(db_.get(), &checkpoint);
   if (!s.ok()) return FromRocks(s, "cannot start a checkpoint");
   std::unique_ptr<rocksdb::Checkpoint> owned(checkpoint);
-  return FromRocks(owned->CreateCheckpoint(dir), absl::StrCat("checkpoint into ", dir, " failed"));
+  // Flush first so the copy needs no log replay beyond what is in flight.
+  s = owned->CreateCheckpoint(dir, /*log_size_for_flush=*/0);
+  if (!s.ok()) return FromRocks(s, absl::StrCat("backup into ", dir, " failed"));
+  return FolderBytes(dir);
 }
 
 absl::Status RocksDbStore::CompactWindows() {

@@ -64,8 +64,7 @@ class RocksDbStore final : public StateStore {
   absl::Status WriteAlerts(const std::vector<AlertUpdate>& updates) override;
   absl::Status Load(const Visitor& visitor) override;
 
-  // A consistent copy of the store in `dir` (which must not exist), usable as a data folder.
-  absl::Status Checkpoint(const std::string& dir);
+  absl::StatusOr<uint64_t> Backup(const std::string& dir) override;
   // Runs a full compaction of the windows family now (retention; tests).
   absl::Status CompactWindows();
   // Bytes of SST and log files (for metrics and the retention test).

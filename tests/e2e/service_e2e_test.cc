@@ -402,5 +402,56 @@ TEST_F(ServiceE2eTest, SigtermEndsWatchStreamsAndExitsCleanly) {
   EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::UNAVAILABLE);
 }
 
+// Online backup: a checkpoint another kldriftd can serve, with the same references and windows.
+TEST_F(ServiceE2eTest, BackupIsADataFolderAnotherServerRestores) {
+  const v1::StreamId stream = Stream("m", "backed-up");
+  PutNumeric(stream, {3, 4, 5});
+  IngestAll({HistogramBatch("c", 1, "m", "backed-up", {0, 1, 2, 3, 0, 0})}, 1);
+  const std::string directory = server_->work_dir() + "/backup-1";
+
+  v1::BackupRequest request;
+  request.set_directory(directory);
+  v1::BackupResponse response;
+  grpc::Status status = stub_->Backup(Context().get(), request, &response);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_GT(response.bytes(), 0u);
+  // The same directory again, and a relative path, are refused precisely.
+  EXPECT_EQ(stub_->Backup(Context().get(), request, &response).error_code(),
+            grpc::StatusCode::ALREADY_EXISTS);
+  request.set_directory("relative/dir");
+  EXPECT_EQ(stub_->Backup(Context().get(), request, &response).error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
+
+  const v1::GetDriftResponse original = Drift(stream);
+  absl::StatusOr<std::unique_ptr<testing::ServerProcess>> restored =
+      testing::ServerProcess::Start(testing::BinaryPath("KLDRIFTD", "server/kldriftd"),
+                                    {"--data-dir", directory, "--shutdown-grace", "1s"});
+  ASSERT_TRUE(restored.ok()) << restored.status();
+  auto restored_stub = KlDrift::NewStub((*restored)->Channel());
+  v1::GetDriftRequest get;
+  *get.mutable_stream() = stream;
+  v1::GetDriftResponse copy;
+  ASSERT_TRUE(restored_stub->GetDrift(Context().get(), get, &copy).ok());
+  ASSERT_EQ(copy.reports_size(), original.reports_size());
+  for (int i = 0; i < copy.reports_size(); ++i) {
+    EXPECT_EQ(copy.reports(i).samples(), original.reports(i).samples());
+    EXPECT_EQ(copy.reports(i).histogram().kl_current_reference(),
+              original.reports(i).histogram().kl_current_reference());
+  }
+}
+
+TEST_F(ServiceE2eTest, BackupOfAMemoryServerIsAPreconditionFailure) {
+  absl::StatusOr<std::unique_ptr<testing::ServerProcess>> memory = testing::ServerProcess::Start(
+      testing::BinaryPath("KLDRIFTD", "server/kldriftd"), {"--storage=memory"});
+  ASSERT_TRUE(memory.ok()) << memory.status();
+  v1::BackupRequest request;
+  request.set_directory((*memory)->work_dir() + "/backup");
+  v1::BackupResponse response;
+  grpc::Status status =
+      KlDrift::NewStub((*memory)->Channel())->Backup(Context().get(), request, &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_THAT(status.error_message(), HasSubstr("--storage=memory"));
+}
+
 }  // namespace
 }  // namespace kldrift
