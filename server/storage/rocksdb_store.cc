@@ -1,6 +1,7 @@
 #include "server/storage/rocksdb_store.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <limits>
@@ -98,16 +99,71 @@ std::string AlertKey(const StreamKey& stream, absl::Duration window) {
   return key;
 }
 
-std::string EncodeDoubles(const std::vector<double>& values) {
-  std::string out(values.size() * sizeof(double), '\0');
-  std::memcpy(out.data(), values.data(), out.size());
+// Window values are encoded compactly: histogram deltas are small integers, so they go as
+// zig-zag varints (tag 'V', about one byte per bin); anything fractional goes as raw doubles
+// (tag 'D'). Either decodes to the same doubles, so the merge operator can mix them.
+constexpr char kVarintTag = 'V';
+constexpr char kDoublesTag = 'D';
+constexpr double kMaxExactInteger = 9007199254740992.0;  // 2^53
+
+std::string EncodeValues(const std::vector<double>& values) {
+  bool integers = true;
+  for (double v : values) {
+    if (!(v == std::floor(v)) || std::fabs(v) >= kMaxExactInteger) {
+      integers = false;
+      break;
+    }
+  }
+  std::string out;
+  if (!integers) {
+    out.resize(1 + values.size() * sizeof(double));
+    out[0] = kDoublesTag;
+    std::memcpy(out.data() + 1, values.data(), values.size() * sizeof(double));
+    return out;
+  }
+  out.reserve(1 + values.size() * 2);
+  out.push_back(kVarintTag);
+  for (double v : values) {
+    const int64_t i = static_cast<int64_t>(v);
+    uint64_t zigzag = (static_cast<uint64_t>(i) << 1) ^ static_cast<uint64_t>(i >> 63);
+    while (zigzag >= 0x80) {
+      out.push_back(static_cast<char>(zigzag | 0x80));
+      zigzag >>= 7;
+    }
+    out.push_back(static_cast<char>(zigzag));
+  }
   return out;
 }
 
-std::vector<double> DecodeDoubles(rocksdb::Slice data) {
-  std::vector<double> values(data.size() / sizeof(double));
-  std::memcpy(values.data(), data.data(), values.size() * sizeof(double));
-  return values;
+// False on a malformed value.
+bool DecodeValues(rocksdb::Slice data, std::vector<double>* values) {
+  values->clear();
+  if (data.empty()) return false;
+  const char tag = data[0];
+  data.remove_prefix(1);
+  if (tag == kDoublesTag) {
+    if (data.size() % sizeof(double) != 0) return false;
+    values->resize(data.size() / sizeof(double));
+    std::memcpy(values->data(), data.data(), data.size());
+    return true;
+  }
+  if (tag != kVarintTag) return false;
+  const unsigned char* p = reinterpret_cast<const unsigned char*>(data.data());
+  const unsigned char* end = p + data.size();
+  while (p < end) {
+    uint64_t zigzag = 0;
+    int shift = 0;
+    while (true) {
+      if (p == end || shift > 63) return false;
+      const unsigned char byte = *p++;
+      zigzag |= static_cast<uint64_t>(byte & 0x7f) << shift;
+      if ((byte & 0x80) == 0) break;
+      shift += 7;
+    }
+    const int64_t i = static_cast<int64_t>(zigzag >> 1) ^ -static_cast<int64_t>(zigzag & 1);
+    values->push_back(static_cast<double>(i));
+  }
+  return true;
 }
 
 absl::Status FromRocks(const rocksdb::Status& s, absl::string_view what) {
@@ -129,18 +185,13 @@ class AddDoublesOperator : public rocksdb::AssociativeMergeOperator {
       new_value->assign(value.data(), value.size());
       return true;
     }
-    if (existing->size() != value.size() || value.size() % sizeof(double) != 0) {
+    std::vector<double> sum, addend;
+    if (!DecodeValues(*existing, &sum) || !DecodeValues(value, &addend) ||
+        sum.size() != addend.size()) {
       return false;  // Corruption: RocksDB reports it rather than guessing.
     }
-    new_value->assign(existing->data(), existing->size());
-    const size_t n = value.size() / sizeof(double);
-    for (size_t i = 0; i < n; ++i) {
-      double a, b;
-      std::memcpy(&a, new_value->data() + i * sizeof(double), sizeof(double));
-      std::memcpy(&b, value.data() + i * sizeof(double), sizeof(double));
-      a += b;
-      std::memcpy(new_value->data() + i * sizeof(double), &a, sizeof(double));
-    }
+    for (size_t i = 0; i < sum.size(); ++i) sum[i] += addend[i];
+    *new_value = EncodeValues(sum);
     return true;
   }
   const char* Name() const override { return "kldrift.AddDoubles"; }
@@ -270,6 +321,8 @@ absl::StatusOr<std::unique_ptr<RocksDbStore>> RocksDbStore::Open(const RocksDbSt
   db_options.create_if_missing = fresh;
   db_options.create_missing_column_families = fresh;
   db_options.paranoid_checks = true;
+  // Concurrent ingest streams: let the WAL and memtable writes of different batches overlap.
+  db_options.enable_pipelined_write = true;
   if (!fresh) {
     std::vector<std::string> families;
     rocksdb::Status s = rocksdb::DB::ListColumnFamilies(db_options, opts.path, &families);
@@ -348,10 +401,7 @@ absl::Status RocksDbStore::PutReference(const Reference& reference, bool reset_w
   std::string key = StreamPrefix(stream);
   AppendBigEndian(&key, reference.version);
   batch.Put(handles_[kReferences], key, ToStored(reference).SerializeAsString());
-  // References are rare and precious: always fsynced.
-  rocksdb::WriteOptions synced;
-  synced.sync = true;
-  return FromRocks(db_->Write(synced, &batch), "storing the reference failed");
+  return FromRocks(db_->Write(write_options_, &batch), "storing the reference failed");
 }
 
 absl::Status RocksDbStore::DeleteStream(const StreamKey& stream) {
@@ -359,16 +409,14 @@ absl::Status RocksDbStore::DeleteStream(const StreamKey& stream) {
   for (int family : {kReferences, kWindows, kAlerts}) {
     batch.DeleteRange(handles_[family], StreamPrefix(stream), StreamPrefixEnd(stream));
   }
-  rocksdb::WriteOptions synced;
-  synced.sync = true;
-  return FromRocks(db_->Write(synced, &batch), "deleting the stream failed");
+  return FromRocks(db_->Write(write_options_, &batch), "deleting the stream failed");
 }
 
 absl::Status RocksDbStore::WriteBatch(const IngestRecord& record) {
   rocksdb::WriteBatch batch;
   for (const SubBucketDelta& delta : record.deltas) {
     batch.Merge(handles_[kWindows], WindowKey(delta.stream, delta.window, delta.sub_bucket_start),
-                EncodeDoubles(delta.values));
+                EncodeValues(delta.values));
   }
   storage::v1::StoredClient client;
   client.set_last_sequence(record.sequence);
@@ -434,12 +482,11 @@ absl::Status RocksDbStore::Load(const Visitor& visitor) {
       SubBucketDelta delta;
       rocksdb::Slice rest;
       if (!DecodeStream(it->key(), &delta.stream, &rest) || rest.size() != 16 ||
-          it->value().size() % sizeof(double) != 0) {
+          !DecodeValues(it->value(), &delta.values)) {
         return corrupt("windows", it->key());
       }
       delta.window = absl::Seconds(static_cast<int64_t>(ReadBigEndian(rest.data())));
       delta.sub_bucket_start = FromMicros(UnflipSign(ReadBigEndian(rest.data() + 8)));
-      delta.values = DecodeDoubles(it->value());
       visitor.sub_bucket(delta);
     }
     if (!it->status().ok()) return FromRocks(it->status(), "reading windows");

@@ -3,7 +3,8 @@
 // Column families:
 //   meta        "format_version" -> kFormatVersion; a folder without it is not ours.
 //   references  stream | version            -> StoredReference (every version).
-//   windows     stream | window | start      -> K little-endian doubles, added by a merge operator
+//   windows     stream | window | start      -> K values (zig-zag varints when they are integers,
+//                                               raw doubles otherwise), added by a merge operator
 //                                               so ingest never reads before it writes. Addition
 //                                               of integer counts below 2^53 is exact, so merge
 //                                               order cannot change histogram windows.
