@@ -230,6 +230,8 @@ struct DriftEngine::WindowState {
   SlidingWindow ring;
   std::optional<IncrementalKl> kl;  // Histogram kinds.
   AlertStateMachine alert;
+  // Starts of the sub-buckets changed since the last snapshot (storage).
+  std::vector<absl::Time> dirty;
 };
 
 struct DriftEngine::StreamState {
@@ -265,6 +267,11 @@ struct DriftEngine::StreamState {
   std::vector<WindowState> windows ABSL_GUARDED_BY(mutex);
   // Set when the stream was deleted while a caller held a pointer to it.
   bool deleted ABSL_GUARDED_BY(mutex) = false;
+  // Storage: the last log record applied to the windows, and the last one a stored snapshot holds.
+  uint64_t applied_lsn ABSL_GUARDED_BY(mutex) = 0;
+  uint64_t snapshot_lsn ABSL_GUARDED_BY(mutex) = 0;
+  // A snapshot write failed: the next one writes every live sub-bucket.
+  bool needs_full_snapshot ABSL_GUARDED_BY(mutex) = false;
 };
 
 struct DriftEngine::ClientState {
@@ -402,12 +409,18 @@ absl::StatusOr<std::shared_ptr<const Reference>> DriftEngine::PutReference(
       const bool keep_windows = stream->KeepsWindows(**built);
       if (options_.store != nullptr) {
         // Durable first: a reference the store refused must not be served.
-        if (absl::Status s = options_.store->PutReference(**built, !keep_windows); !s.ok()) {
+        if (absl::Status s =
+                options_.store->PutReference(**built, !keep_windows, next_lsn_.load() - 1);
+            !s.ok()) {
           built = s;
         }
       }
       if (built.ok()) {
         stream->Install(*built, keep_windows, now);
+        if (!keep_windows) {
+          // Fresh windows: no earlier log record belongs to them (the store recorded the floor).
+          stream->applied_lsn = stream->snapshot_lsn = next_lsn_.load() - 1;
+        }
         return built;
       }
     }
@@ -641,22 +654,22 @@ absl::Status DriftEngine::ApplyBatch(const IngestBatch& batch, absl::Time now, b
     }
     deltas.push_back(*std::move(delta));
   }
+  uint64_t lsn = 0;
   if (status.ok()) {
     for (Target& t : targets) t.state->AdvanceWindows(now);
     if (options_.store != nullptr) {
       // Durable before applied, and applied before acknowledged: a batch the store could not write
       // is neither applied nor acknowledged, so the client resends it.
       IngestRecord record;
+      record.lsn = next_lsn_.fetch_add(1);  // Under every target stream's lock: see Evaluate.
       record.client_id = batch.client_id;
       record.sequence = batch.sequence;
       record.received_at = now;
+      record.event_time = event_time;
       for (size_t i = 0; i < targets.size(); ++i) {
-        for (const WindowState& w : targets[i].state->windows) {
-          if (!w.ring.Covers(event_time)) continue;
-          record.deltas.push_back(SubBucketDelta{targets[i].key, w.ring.length(),
-                                                 w.ring.SubBucketStart(event_time), deltas[i]});
-        }
+        record.deltas.push_back(StreamDelta{targets[i].key, deltas[i]});
       }
+      lsn = record.lsn;
       status = options_.store->WriteBatch(record);
       *persisted = status.ok();
     }
@@ -665,9 +678,14 @@ absl::Status DriftEngine::ApplyBatch(const IngestBatch& batch, absl::Time now, b
     for (size_t i = 0; i < targets.size(); ++i) {
       StreamState& stream = *targets[i].state;
       const std::vector<double>& delta = deltas[i];
+      if (lsn != 0) stream.applied_lsn = lsn;
       for (WindowState& w : stream.windows) {
         if (!w.ring.Covers(event_time)) continue;
         w.ring.Add(event_time, delta);
+        if (options_.store != nullptr) {
+          const absl::Time start = w.ring.SubBucketStart(event_time);
+          if (w.dirty.empty() || w.dirty.back() != start) w.dirty.push_back(start);
+        }
         if (w.kl) {
           for (size_t bin = 0; bin < delta.size(); ++bin) {
             if (delta[bin] != 0) w.kl->Add(bin, delta[bin]);
@@ -804,6 +822,12 @@ absl::StatusOr<double> DriftEngine::IncrementalKlCurrentReference(const StreamKe
 
 size_t DriftEngine::Evaluate() {
   const absl::Time now = clock_->Now();
+  // Every batch with a log position up to here holds its streams' locks from taking the position
+  // until it is applied, and its streams are in the map (read after this): each one is snapshotted
+  // below with the batch included, so the log can be truncated to this point afterwards.
+  const uint64_t truncate_up_to = next_lsn_.load() - 1;
+  std::vector<StreamSnapshot> snapshots;
+  std::vector<std::shared_ptr<StreamState>> snapshotted;
   std::vector<std::shared_ptr<StreamState>> streams;
   {
     ReaderMutexLock lock(&streams_mutex_);
@@ -823,6 +847,30 @@ size_t DriftEngine::Evaluate() {
     if (stream->deleted || stream->versions.empty()) continue;
     stream->AdvanceWindows(now);
     const Reference& ref = stream->current();
+    if (options_.store != nullptr &&
+        (stream->applied_lsn > stream->snapshot_lsn || stream->needs_full_snapshot)) {
+      StreamSnapshot snapshot{stream->key, stream->applied_lsn, {}};
+      for (WindowState& w : stream->windows) {
+        if (stream->needs_full_snapshot) {
+          for (const SlidingWindow::SubBucket& b : w.ring.LiveSubBuckets()) {
+            snapshot.sub_buckets.push_back(SubBucketDelta{
+                stream->key, w.ring.length(), b.start, {b.values.begin(), b.values.end()}});
+          }
+        } else {
+          for (absl::Time start : w.dirty) {
+            if (!w.ring.Covers(start)) continue;  // Expired since: the filter drops it.
+            absl::Span<const double> values = w.ring.SubBucketValues(start);
+            snapshot.sub_buckets.push_back(SubBucketDelta{
+                stream->key, w.ring.length(), start, {values.begin(), values.end()}});
+          }
+        }
+        w.dirty.clear();
+      }
+      stream->snapshot_lsn = stream->applied_lsn;
+      stream->needs_full_snapshot = false;
+      snapshots.push_back(std::move(snapshot));
+      snapshotted.push_back(stream);
+    }
     for (WindowState& w : stream->windows) {
       WindowReport report = stream->Report(w, have_watchers ? kEvaluationTopBins : 0, now);
       // Evidence (the G-test) is needed to raise an alert, not to keep or clear a firing one:
@@ -841,6 +889,19 @@ size_t DriftEngine::Evaluate() {
       if (w.kl) w.kl->Resync();
       ++evaluated;
       if (have_watchers) reports.emplace_back(std::move(report), changed);
+    }
+  }
+  if (options_.store != nullptr && (!snapshots.empty() || truncate_up_to > truncated_lsn_.load())) {
+    if (options_.store->WriteSnapshots(snapshots, truncate_up_to).ok()) {
+      truncated_lsn_.store(truncate_up_to);
+    } else {
+      // Nothing was written or truncated: the log still holds every batch. Write everything of
+      // these streams next time.
+      store_errors_.fetch_add(1);
+      for (const auto& stream : snapshotted) {
+        MutexLock lock(&stream->mutex);
+        stream->needs_full_snapshot = true;
+      }
     }
   }
   if (!alert_updates.empty() && !options_.store->WriteAlerts(alert_updates).ok()) {
@@ -897,6 +958,35 @@ absl::Status DriftEngine::Recover() {
       }
     }
   };
+  uint64_t max_lsn = 0;
+  visitor.stream_lsn = [&](const StreamKey& key, uint64_t lsn) {
+    max_lsn = std::max(max_lsn, lsn);
+    auto it = streams_.find(key);
+    if (it == streams_.end()) return;
+    MutexLock lock(&it->second->mutex);
+    it->second->snapshot_lsn = it->second->applied_lsn = lsn;
+  };
+  visitor.log_record = [&](const IngestRecord& record) {
+    max_lsn = std::max(max_lsn, record.lsn);
+    for (const StreamDelta& delta : record.deltas) {
+      auto it = streams_.find(delta.stream);
+      if (it == streams_.end()) continue;  // Deleted since.
+      StreamState& stream = *it->second;
+      MutexLock lock(&stream.mutex);
+      if (record.lsn <= stream.applied_lsn) continue;  // In the snapshot, or before a reset.
+      for (WindowState& w : stream.windows) {
+        if (!w.ring.Covers(record.event_time) || delta.values.size() != w.ring.width()) continue;
+        w.ring.Add(record.event_time, delta.values);
+        if (w.kl) {
+          for (size_t bin = 0; bin < delta.values.size(); ++bin) {
+            if (delta.values[bin] != 0) w.kl->Add(bin, delta.values[bin]);
+          }
+        }
+      }
+      stream.applied_lsn = record.lsn;
+      stream.needs_full_snapshot = true;  // Replayed data is not in a snapshot yet.
+    }
+  };
   visitor.client = [&](const std::string& client_id, uint64_t sequence, absl::Time seen) {
     auto state = std::make_shared<ClientState>();
     state->last_seen = seen;
@@ -910,7 +1000,10 @@ absl::Status DriftEngine::Recover() {
     MutexLock lock(&it->second->mutex);
     if (WindowState* w = it->second->FindWindow(window); w != nullptr) w->alert.Restore(status);
   };
-  return options_.store->Load(visitor);
+  if (absl::Status s = options_.store->Load(visitor); !s.ok()) return s;
+  next_lsn_.store(max_lsn + 1);
+  truncated_lsn_.store(0);
+  return absl::OkStatus();
 }
 
 absl::StatusOr<uint64_t> DriftEngine::Backup(const std::string& directory) {

@@ -205,6 +205,10 @@ class DriftEngine {
   const EngineOptions options_;
   const Clock* const clock_;
   std::atomic<uint64_t> store_errors_{0};
+  // The next log sequence number for the store's batch log (see StateStore).
+  std::atomic<uint64_t> next_lsn_{1};
+  // The log position the store was last truncated to.
+  std::atomic<uint64_t> truncated_lsn_{0};
 
   mutable Mutex streams_mutex_;
   absl::btree_map<StreamKey, std::shared_ptr<StreamState>> streams_ ABSL_GUARDED_BY(streams_mutex_);

@@ -60,6 +60,11 @@ class SlidingWindow {
 
   // Index of the sub-bucket containing `t` (floor(t / sub_bucket_length) since the Unix epoch).
   int64_t SubBucketIndex(absl::Time t) const;
+  // The values of the sub-bucket containing `t`. REQUIRES: Covers(t).
+  absl::Span<const double> SubBucketValues(absl::Time t) const {
+    const int64_t slot = ((SubBucketIndex(t) % sub_buckets_) + sub_buckets_) % sub_buckets_;
+    return absl::MakeConstSpan(ring_).subspan(static_cast<size_t>(slot) * width(), width());
+  }
   // Start time of the sub-bucket containing `t` (how storage names sub-buckets).
   absl::Time SubBucketStart(absl::Time t) const {
     return absl::UnixEpoch() + step_ * SubBucketIndex(t);

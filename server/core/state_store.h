@@ -4,7 +4,9 @@
 //
 // Contract: a method that returns OK has made the change durable to the store's promise (the
 // write-ahead log for the default, fsync with --sync). The engine acknowledges an ingest batch only
-// after WriteBatch returned OK, and does not apply a batch whose write failed.
+// after WriteBatch returned OK, and does not apply a batch whose write failed. Ingest writes one
+// log record per batch; windows are snapshotted on the evaluation tick, after which the log up to
+// the snapshot is truncated, so start-up replays at most one tick of batches per stream.
 //
 // Thread safety: implementations are safe for concurrent calls.
 #ifndef KLDRIFT_SERVER_CORE_STATE_STORE_H_
@@ -25,7 +27,7 @@
 
 namespace kldrift {
 
-// Additions to one sub-bucket of one window.
+// The contents of one sub-bucket of one window (snapshots), or an addition to it.
 struct SubBucketDelta {
   StreamKey stream;
   absl::Duration window;
@@ -33,28 +35,51 @@ struct SubBucketDelta {
   std::vector<double> values;
 };
 
-// Everything an applied ingest batch changes, written atomically.
+// One stream's part of an applied batch.
+struct StreamDelta {
+  StreamKey stream;
+  std::vector<double> values;  // Added to every window that covers the event time.
+};
+
+// Everything an applied ingest batch changes, written atomically as one log record plus the
+// client's sequence number. `lsn` orders records; windows are rebuilt by replaying the records
+// newer than each stream's snapshot.
 struct IngestRecord {
+  uint64_t lsn = 0;
   std::string client_id;
   uint64_t sequence = 0;
   absl::Time received_at;
-  std::vector<SubBucketDelta> deltas;
+  absl::Time event_time;
+  std::vector<StreamDelta> deltas;
+};
+
+// The sub-buckets of a stream that changed since its last snapshot, and the last log record they
+// include.
+struct StreamSnapshot {
+  StreamKey stream;
+  uint64_t lsn = 0;
+  std::vector<SubBucketDelta> sub_buckets;  // Full contents, not additions.
 };
 
 class StateStore {
  public:
   virtual ~StateStore() = default;
 
-  // A new reference version. `reset_windows`: its bins differ from the previous version's, so
-  // the stream's stored windows (and alert states) are dropped in the same write.
-  virtual absl::Status PutReference(const Reference& reference, bool reset_windows) = 0;
+  // A new reference version. `reset_windows`: the stream's windows start empty (a new stream, or
+  // bins that differ from the previous version's), so its stored windows and alert states are
+  // dropped in the same write, and log records up to `lsn_floor` are never replayed into it.
+  virtual absl::Status PutReference(const Reference& reference, bool reset_windows,
+                                    uint64_t lsn_floor) = 0;
   // Every version, window and alert state of a stream.
   virtual absl::Status DeleteStream(const StreamKey& stream) = 0;
-  // An applied ingest batch: its window deltas and the client's new sequence number.
+  // An applied ingest batch: one log record and the client's new sequence number.
   virtual absl::Status WriteBatch(const IngestRecord& record) = 0;
   // A rejected batch still moves the client's sequence number (it is done with).
   virtual absl::Status WriteClientSequence(const std::string& client_id, uint64_t sequence,
                                            absl::Time seen) = 0;
+  // Window snapshots, then log records up to `truncate_up_to` are deleted (0: none).
+  virtual absl::Status WriteSnapshots(const std::vector<StreamSnapshot>& snapshots,
+                                      uint64_t truncate_up_to) = 0;
   // Alert states that changed on an evaluation.
   struct AlertUpdate {
     StreamKey stream;
@@ -63,11 +88,14 @@ class StateStore {
   };
   virtual absl::Status WriteAlerts(const std::vector<AlertUpdate>& updates) = 0;
 
-  // Start-up: everything stored, streamed to the callbacks in key order (references of a stream
-  // in version order).
+  // Start-up: everything stored, in this order: references (of a stream in version order),
+  // snapshotted sub-buckets, each stream's snapshot log position, log records in log order,
+  // clients, alert states.
   struct Visitor {
     std::function<absl::Status(std::shared_ptr<const Reference>)> reference;
     std::function<void(const SubBucketDelta&)> sub_bucket;
+    std::function<void(const StreamKey&, uint64_t lsn)> stream_lsn;
+    std::function<void(const IngestRecord&)> log_record;
     std::function<void(const std::string& client_id, uint64_t sequence, absl::Time seen)> client;
     std::function<void(const StreamKey&, absl::Duration window, const AlertStatus&)> alert;
   };

@@ -21,9 +21,11 @@ namespace {
 
 namespace fs = std::filesystem;
 
-enum Family { kDefault = 0, kMeta, kReferences, kWindows, kClients, kAlerts, kFamilyCount };
-constexpr const char* kFamilyNames[kFamilyCount] = {"default", "meta",    "references",
-                                                    "windows", "clients", "alerts"};
+enum Family { kDefault = 0, kMeta, kReferences, kWindows, kClients, kAlerts, kLog, kFamilyCount };
+constexpr const char* kFamilyNames[kFamilyCount] = {"default", "meta",   "references", "windows",
+                                                    "clients", "alerts", "log"};
+// meta keys holding a stream's snapshot log position: kLsnPrefix + stream prefix.
+constexpr char kLsnPrefix[] = "lsn/";
 constexpr char kFormatKey[] = "format_version";
 
 // ---- Encoding ------------------------------------------------------------------------------
@@ -164,6 +166,70 @@ bool DecodeValues(rocksdb::Slice data, std::vector<double>* values) {
     values->push_back(static_cast<double>(i));
   }
   return true;
+}
+
+void AppendVarint(std::string* out, uint64_t value) {
+  while (value >= 0x80) {
+    out->push_back(static_cast<char>(value | 0x80));
+    value >>= 7;
+  }
+  out->push_back(static_cast<char>(value));
+}
+
+bool ReadVarint(rocksdb::Slice* in, uint64_t* value) {
+  *value = 0;
+  for (int shift = 0; shift <= 63; shift += 7) {
+    if (in->empty()) return false;
+    const unsigned char byte = static_cast<unsigned char>((*in)[0]);
+    in->remove_prefix(1);
+    *value |= static_cast<uint64_t>(byte & 0x7f) << shift;
+    if ((byte & 0x80) == 0) return true;
+  }
+  return false;
+}
+
+std::string LsnKey(uint64_t lsn) {
+  std::string key;
+  AppendBigEndian(&key, lsn);
+  return key;
+}
+
+// A log record: event time, then each stream's prefix and encoded delta, length-prefixed.
+std::string EncodeRecord(const IngestRecord& record) {
+  std::string out;
+  AppendBigEndian(&out, FlipSign(ToMicros(record.event_time)));
+  AppendVarint(&out, record.deltas.size());
+  for (const StreamDelta& delta : record.deltas) {
+    const std::string prefix = StreamPrefix(delta.stream);
+    AppendVarint(&out, prefix.size());
+    out += prefix;
+    const std::string values = EncodeValues(delta.values);
+    AppendVarint(&out, values.size());
+    out += values;
+  }
+  return out;
+}
+
+bool DecodeRecord(rocksdb::Slice in, IngestRecord* record) {
+  if (in.size() < 8) return false;
+  record->event_time = FromMicros(UnflipSign(ReadBigEndian(in.data())));
+  in.remove_prefix(8);
+  uint64_t count;
+  if (!ReadVarint(&in, &count) || count > in.size()) return false;
+  record->deltas.resize(count);
+  for (StreamDelta& delta : record->deltas) {
+    uint64_t length;
+    if (!ReadVarint(&in, &length) || length > in.size()) return false;
+    rocksdb::Slice rest;
+    if (!DecodeStream(rocksdb::Slice(in.data(), length), &delta.stream, &rest) || !rest.empty()) {
+      return false;
+    }
+    in.remove_prefix(length);
+    if (!ReadVarint(&in, &length) || length > in.size()) return false;
+    if (!DecodeValues(rocksdb::Slice(in.data(), length), &delta.values)) return false;
+    in.remove_prefix(length);
+  }
+  return in.empty();
 }
 
 absl::Status FromRocks(const rocksdb::Status& s, absl::string_view what) {
@@ -326,6 +392,13 @@ absl::StatusOr<std::unique_ptr<RocksDbStore>> RocksDbStore::Open(const RocksDbSt
   if (!fresh) {
     std::vector<std::string> families;
     rocksdb::Status s = rocksdb::DB::ListColumnFamilies(db_options, opts.path, &families);
+    if (s.IsCorruption()) {
+      // A store whose MANIFEST is damaged: not a foreign folder, and not to be replaced.
+      return absl::DataLossError(absl::StrCat(
+          "--data-dir ", opts.path, " is corrupted (", s.ToString(),
+          "); kldriftd will not reset it. Restore a backup (README, \"Backup and restore\") or "
+          "move the folder aside"));
+    }
     if (!s.ok()) {
       return absl::FailedPreconditionError(absl::StrCat(
           "--data-dir ", opts.path, " is not empty and is not a kldrift data folder (",
@@ -391,12 +464,15 @@ RocksDbStore::~RocksDbStore() {
   }
 }
 
-absl::Status RocksDbStore::PutReference(const Reference& reference, bool reset_windows) {
+absl::Status RocksDbStore::PutReference(const Reference& reference, bool reset_windows,
+                                        uint64_t lsn_floor) {
   rocksdb::WriteBatch batch;
   const StreamKey& stream = reference.stream;
   if (reset_windows) {
     batch.DeleteRange(handles_[kWindows], StreamPrefix(stream), StreamPrefixEnd(stream));
     batch.DeleteRange(handles_[kAlerts], StreamPrefix(stream), StreamPrefixEnd(stream));
+    // Log records written before the windows were reset must never be replayed into them.
+    batch.Put(handles_[kMeta], kLsnPrefix + StreamPrefix(stream), LsnKey(lsn_floor));
   }
   std::string key = StreamPrefix(stream);
   AppendBigEndian(&key, reference.version);
@@ -409,20 +485,35 @@ absl::Status RocksDbStore::DeleteStream(const StreamKey& stream) {
   for (int family : {kReferences, kWindows, kAlerts}) {
     batch.DeleteRange(handles_[family], StreamPrefix(stream), StreamPrefixEnd(stream));
   }
+  batch.Delete(handles_[kMeta], kLsnPrefix + StreamPrefix(stream));
   return FromRocks(db_->Write(write_options_, &batch), "deleting the stream failed");
 }
 
 absl::Status RocksDbStore::WriteBatch(const IngestRecord& record) {
   rocksdb::WriteBatch batch;
-  for (const SubBucketDelta& delta : record.deltas) {
-    batch.Merge(handles_[kWindows], WindowKey(delta.stream, delta.window, delta.sub_bucket_start),
-                EncodeValues(delta.values));
-  }
+  batch.Put(handles_[kLog], LsnKey(record.lsn), EncodeRecord(record));
   storage::v1::StoredClient client;
   client.set_last_sequence(record.sequence);
   client.set_last_seen_micros(ToMicros(record.received_at));
   batch.Put(handles_[kClients], record.client_id, client.SerializeAsString());
   return FromRocks(db_->Write(write_options_, &batch), "storing the batch failed");
+}
+
+absl::Status RocksDbStore::WriteSnapshots(const std::vector<StreamSnapshot>& snapshots,
+                                          uint64_t truncate_up_to) {
+  rocksdb::WriteBatch batch;
+  for (const StreamSnapshot& snapshot : snapshots) {
+    for (const SubBucketDelta& sub_bucket : snapshot.sub_buckets) {
+      batch.Put(handles_[kWindows],
+                WindowKey(snapshot.stream, sub_bucket.window, sub_bucket.sub_bucket_start),
+                EncodeValues(sub_bucket.values));
+    }
+    batch.Put(handles_[kMeta], kLsnPrefix + StreamPrefix(snapshot.stream), LsnKey(snapshot.lsn));
+  }
+  if (truncate_up_to > 0) {
+    batch.DeleteRange(handles_[kLog], LsnKey(0), LsnKey(truncate_up_to + 1));
+  }
+  return FromRocks(db_->Write(write_options_, &batch), "storing window snapshots failed");
 }
 
 absl::Status RocksDbStore::WriteClientSequence(const std::string& client_id, uint64_t sequence,
@@ -472,7 +563,9 @@ absl::Status RocksDbStore::Load(const Visitor& visitor) {
         return absl::DataLossError(absl::StrCat("stored reference of ", stream.ToString(),
                                                 " is invalid: ", ref.status().message()));
       }
-      if (absl::Status s = visitor.reference(*ref); !s.ok()) return s;
+      if (visitor.reference) {
+        if (absl::Status s = visitor.reference(*ref); !s.ok()) return s;
+      }
     }
     if (!it->status().ok()) return FromRocks(it->status(), "reading references");
   }
@@ -487,9 +580,35 @@ absl::Status RocksDbStore::Load(const Visitor& visitor) {
       }
       delta.window = absl::Seconds(static_cast<int64_t>(ReadBigEndian(rest.data())));
       delta.sub_bucket_start = FromMicros(UnflipSign(ReadBigEndian(rest.data() + 8)));
-      visitor.sub_bucket(delta);
+      if (visitor.sub_bucket) visitor.sub_bucket(delta);
     }
     if (!it->status().ok()) return FromRocks(it->status(), "reading windows");
+  }
+  {
+    std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(read, handles_[kMeta]));
+    const rocksdb::Slice prefix(kLsnPrefix);
+    for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next()) {
+      StreamKey stream;
+      rocksdb::Slice key = it->key(), rest;
+      key.remove_prefix(prefix.size());
+      if (!DecodeStream(key, &stream, &rest) || !rest.empty() || it->value().size() != 8) {
+        return corrupt("meta", it->key());
+      }
+      if (visitor.stream_lsn) visitor.stream_lsn(stream, ReadBigEndian(it->value().data()));
+    }
+    if (!it->status().ok()) return FromRocks(it->status(), "reading snapshot positions");
+  }
+  {
+    std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(read, handles_[kLog]));
+    for (it->SeekToFirst(); it->Valid(); it->Next()) {
+      IngestRecord record;
+      if (it->key().size() != 8 || !DecodeRecord(it->value(), &record)) {
+        return corrupt("log", it->key());
+      }
+      record.lsn = ReadBigEndian(it->key().data());
+      if (visitor.log_record) visitor.log_record(record);
+    }
+    if (!it->status().ok()) return FromRocks(it->status(), "reading the log");
   }
   {
     std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(read, handles_[kClients]));
@@ -498,8 +617,9 @@ absl::Status RocksDbStore::Load(const Visitor& visitor) {
       if (!client.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) {
         return corrupt("clients", it->key());
       }
-      visitor.client(it->key().ToString(), client.last_sequence(),
-                     FromMicros(client.last_seen_micros()));
+      if (visitor.client)
+        visitor.client(it->key().ToString(), client.last_sequence(),
+                       FromMicros(client.last_seen_micros()));
     }
     if (!it->status().ok()) return FromRocks(it->status(), "reading clients");
   }
@@ -583,7 +703,7 @@ absl::StatusOr<std::string> RocksDbStore::Describe(const std::string& path) {
   absl::StrAppend(&report, "  format:     ", s.ok() ? format : "(missing)",
                   format == kFormatVersion ? " (readable by this kldriftd)" : " (NOT readable)",
                   "\n");
-  for (int family : {kReferences, kWindows, kClients, kAlerts}) {
+  for (int family : {kReferences, kWindows, kLog, kClients, kAlerts}) {
     uint64_t records = 0;
     std::unique_ptr<rocksdb::Iterator> it(db->NewIterator(rocksdb::ReadOptions(), handles[family]));
     for (it->SeekToFirst(); it->Valid(); it->Next()) ++records;

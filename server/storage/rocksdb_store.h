@@ -3,11 +3,15 @@
 // Column families:
 //   meta        "format_version" -> kFormatVersion; a folder without it is not ours.
 //   references  stream | version            -> StoredReference (every version).
-//   windows     stream | window | start      -> K values (zig-zag varints when they are integers,
-//                                               raw doubles otherwise), added by a merge operator
-//                                               so ingest never reads before it writes. Addition
-//                                               of integer counts below 2^53 is exact, so merge
-//                                               order cannot change histogram windows.
+//   log         lsn                          -> one record per applied ingest batch: its event time
+//                                               and every stream's delta. Ingest writes only this
+//                                               (and the client's sequence): one record per batch.
+//   windows     stream | window | start      -> snapshot of a sub-bucket's K values (zig-zag
+//                                               varints when they are integers, raw doubles
+//                                               otherwise), written on the evaluation tick for the
+//                                               sub-buckets that changed; the log up to the
+//                                               snapshot is then truncated.
+//   meta        "lsn/" stream                -> the last log record a stream's snapshot includes.
 //   clients     client id                    -> StoredClient (last applied sequence).
 //   alerts      stream | window              -> StoredAlert.
 // (stream = model \0 model_version \0 signal \0; window = seconds, start = Unix microseconds, both
@@ -57,11 +61,14 @@ class RocksDbStore final : public StateStore {
   static absl::StatusOr<std::unique_ptr<RocksDbStore>> Open(const RocksDbStoreOptions& options);
   ~RocksDbStore() override;
 
-  absl::Status PutReference(const Reference& reference, bool reset_windows) override;
+  absl::Status PutReference(const Reference& reference, bool reset_windows,
+                            uint64_t lsn_floor) override;
   absl::Status DeleteStream(const StreamKey& stream) override;
   absl::Status WriteBatch(const IngestRecord& record) override;
   absl::Status WriteClientSequence(const std::string& client_id, uint64_t sequence,
                                    absl::Time seen) override;
+  absl::Status WriteSnapshots(const std::vector<StreamSnapshot>& snapshots,
+                              uint64_t truncate_up_to) override;
   absl::Status WriteAlerts(const std::vector<AlertUpdate>& updates) override;
   absl::Status Load(const Visitor& visitor) override;
 
