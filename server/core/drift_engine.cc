@@ -332,6 +332,7 @@ void DriftEngine::StreamState::AdvanceWindows(absl::Time now) {
 absl::StatusOr<std::shared_ptr<const Reference>> DriftEngine::PutReference(
     const ReferenceSpec& spec) {
   if (absl::Status s = ValidateStreamKey(spec.stream); !s.ok()) return s;
+  MutexLock store_lock(&store_mutex_);
   const absl::Time now = clock_->Now();
 
   std::vector<double> window_counts;
@@ -494,6 +495,7 @@ absl::StatusOr<DriftEngine::ReferencePage> DriftEngine::ListReferences(
 
 absl::StatusOr<uint64_t> DriftEngine::DeleteReference(const StreamKey& key) {
   if (absl::Status s = ValidateStreamKey(key); !s.ok()) return s;
+  MutexLock store_lock(&store_mutex_);
   // Map lock, then stream lock (the engine's order), held across the store's delete so a stream
   // the store could not delete stays served.
   MutexLock map_lock(&streams_mutex_);
@@ -821,6 +823,8 @@ absl::StatusOr<double> DriftEngine::IncrementalKlCurrentReference(const StreamKe
 }
 
 size_t DriftEngine::Evaluate() {
+  // Held until the snapshots and alert states are written: see store_mutex_.
+  ReaderMutexLock store_lock(&store_mutex_);
   const absl::Time now = clock_->Now();
   // Every batch with a log position up to here holds its streams' locks from taking the position
   // until it is applied, and its streams are in the map (read after this): each one is snapshotted

@@ -205,6 +205,10 @@ class DriftEngine {
   const EngineOptions options_;
   const Clock* const clock_;
   std::atomic<uint64_t> store_errors_{0};
+  // Orders the store's writes of snapshots and alert states (Evaluate, shared) after reference
+  // changes that drop a stream's windows (PutReference, DeleteReference, exclusive), so a snapshot
+  // collected before such a change cannot land after it. Taken before any other engine lock.
+  Mutex store_mutex_ ABSL_ACQUIRED_BEFORE(streams_mutex_);
   // The next log sequence number for the store's batch log (see StateStore).
   std::atomic<uint64_t> next_lsn_{1};
   // The log position the store was last truncated to.

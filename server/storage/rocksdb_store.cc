@@ -12,7 +12,6 @@
 #include "absl/strings/str_join.h"
 #include "kldrift/storage/v1/storage.pb.h"
 #include "rocksdb/compaction_filter.h"
-#include "rocksdb/merge_operator.h"
 #include "rocksdb/utilities/checkpoint.h"
 #include "rocksdb/write_batch.h"
 
@@ -103,7 +102,7 @@ std::string AlertKey(const StreamKey& stream, absl::Duration window) {
 
 // Window values are encoded compactly: histogram deltas are small integers, so they go as
 // zig-zag varints (tag 'V', about one byte per bin); anything fractional goes as raw doubles
-// (tag 'D'). Either decodes to the same doubles, so the merge operator can mix them.
+// (tag 'D'). Either decodes to the same doubles.
 constexpr char kVarintTag = 'V';
 constexpr char kDoublesTag = 'D';
 constexpr double kMaxExactInteger = 9007199254740992.0;  // 2^53
@@ -240,28 +239,7 @@ absl::Status FromRocks(const rocksdb::Status& s, absl::string_view what) {
   return absl::UnavailableError(message);
 }
 
-// ---- Merge operator and retention filter ------------------------------------------------------
-
-// Adds two vectors of doubles elementwise: the windows' sub-buckets are sums of deltas.
-class AddDoublesOperator : public rocksdb::AssociativeMergeOperator {
- public:
-  bool Merge(const rocksdb::Slice& key, const rocksdb::Slice* existing, const rocksdb::Slice& value,
-             std::string* new_value, rocksdb::Logger* logger) const override {
-    if (existing == nullptr) {
-      new_value->assign(value.data(), value.size());
-      return true;
-    }
-    std::vector<double> sum, addend;
-    if (!DecodeValues(*existing, &sum) || !DecodeValues(value, &addend) ||
-        sum.size() != addend.size()) {
-      return false;  // Corruption: RocksDB reports it rather than guessing.
-    }
-    for (size_t i = 0; i < sum.size(); ++i) sum[i] += addend[i];
-    *new_value = EncodeValues(sum);
-    return true;
-  }
-  const char* Name() const override { return "kldrift.AddDoubles"; }
-};
+// ---- Retention filter ------------------------------------------------------------------------
 
 // Drops sub-buckets that ended more than half a window ago (see the class comment).
 class WindowRetentionFilter : public rocksdb::CompactionFilter {
@@ -364,7 +342,6 @@ uint64_t FolderBytes(const std::string& path) {
 rocksdb::ColumnFamilyOptions FamilyOptions(int family, const rocksdb::CompactionFilter* retention) {
   rocksdb::ColumnFamilyOptions options;
   if (family == kWindows) {
-    options.merge_operator = std::make_shared<AddDoublesOperator>();
     options.compaction_filter = retention;
     options.periodic_compaction_seconds = 3600;
   }
@@ -468,9 +445,11 @@ absl::Status RocksDbStore::PutReference(const Reference& reference, bool reset_w
                                         uint64_t lsn_floor) {
   rocksdb::WriteBatch batch;
   const StreamKey& stream = reference.stream;
+  // Every new version resets the stream's alert states (DriftEngine::PutReference), bins changed
+  // or not: a stored state would otherwise come back on restart (e.g. firing after a re-baseline).
+  batch.DeleteRange(handles_[kAlerts], StreamPrefix(stream), StreamPrefixEnd(stream));
   if (reset_windows) {
     batch.DeleteRange(handles_[kWindows], StreamPrefix(stream), StreamPrefixEnd(stream));
-    batch.DeleteRange(handles_[kAlerts], StreamPrefix(stream), StreamPrefixEnd(stream));
     // Log records written before the windows were reset must never be replayed into them.
     batch.Put(handles_[kMeta], kLsnPrefix + StreamPrefix(stream), LsnKey(lsn_floor));
   }
@@ -675,6 +654,12 @@ absl::StatusOr<std::string> RocksDbStore::Describe(const std::string& path) {
   rocksdb::DBOptions db_options;
   rocksdb::Status s = rocksdb::DB::ListColumnFamilies(db_options, path, &families);
   if (!s.ok()) {
+    std::error_code error;
+    if (fs::exists(fs::path(path) / "CURRENT", error)) {
+      return absl::DataLossError(
+          absl::StrCat(path, " is a RocksDB data folder that cannot be read, probably corrupted (",
+                       s.ToString(), "); restore a backup"));
+    }
     return absl::FailedPreconditionError(
         absl::StrCat(path, " is not a kldrift data folder: ", s.ToString()));
   }
