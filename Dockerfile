@@ -11,7 +11,8 @@ RUN bash deploy/build.sh -DKLDRIFT_BUILD_TESTS=OFF -DKLDRIFT_BUILD_BENCHMARKS=OF
 FROM debian:12 AS runtime
 COPY deploy/install-deps.sh /tmp/install-deps.sh
 RUN bash /tmp/install-deps.sh --runtime && rm -rf /var/lib/apt/lists/* /tmp/install-deps.sh \
- && useradd --system --uid 10001 --home-dir /var/lib/kldrift --create-home kldrift
+ && useradd --system --uid 10001 --home-dir /var/lib/kldrift --create-home kldrift \
+ && install -d -o kldrift -g kldrift /var/lib/kldrift/data
 COPY --from=build /opt/kldrift/bin/ /usr/local/bin/
 COPY deploy/examples/ /usr/share/kldrift/examples/
 USER kldrift
