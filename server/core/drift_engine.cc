@@ -227,6 +227,19 @@ struct DriftEngine::WindowState {
   WindowState(absl::Duration length, int sub_buckets, size_t width)
       : ring(length, sub_buckets, width) {}
 
+  // Adds `delta` at time `t` (REQUIRES: ring.Covers(t)), keeping the incremental KL in step.
+  void Add(absl::Time t, absl::Span<const double> delta) {
+    ring.Add(t, delta);
+    AddToKl(delta, 1.0);
+  }
+  // kl += sign * delta, bin by bin (the ring is updated by the caller).
+  void AddToKl(absl::Span<const double> delta, double sign) {
+    if (!kl) return;
+    for (size_t bin = 0; bin < delta.size(); ++bin) {
+      if (delta[bin] != 0) kl->Add(bin, sign * delta[bin]);
+    }
+  }
+
   SlidingWindow ring;
   std::optional<IncrementalKl> kl;  // Histogram kinds.
   AlertStateMachine alert;
@@ -305,10 +318,7 @@ void DriftEngine::StreamState::Install(std::shared_ptr<const Reference> ref, boo
     if (ref->is_histogram()) {
       // A new profile (alpha or counts may have changed): rebuild the incremental sums.
       w.kl.emplace(ref->profile);
-      absl::Span<const double> totals = w.ring.totals();
-      for (size_t bin = 0; bin < totals.size(); ++bin) {
-        if (totals[bin] != 0) w.kl->Add(bin, totals[bin]);
-      }
+      w.AddToKl(w.ring.totals(), 1.0);
     }
   }
   versions.push_back(std::move(ref));
@@ -318,11 +328,8 @@ void DriftEngine::StreamState::Install(std::shared_ptr<const Reference> ref, boo
 void DriftEngine::StreamState::AdvanceWindows(absl::Time now) {
   for (WindowState& window : windows) {
     if (window.kl) {
-      window.ring.Advance(now, [&window](absl::Span<const double> expired) {
-        for (size_t bin = 0; bin < expired.size(); ++bin) {
-          if (expired[bin] != 0) window.kl->Add(bin, -expired[bin]);
-        }
-      });
+      window.ring.Advance(
+          now, [&window](absl::Span<const double> expired) { window.AddToKl(expired, -1.0); });
     } else {
       window.ring.Advance(now);
     }
@@ -683,15 +690,10 @@ absl::Status DriftEngine::ApplyBatch(const IngestBatch& batch, absl::Time now, b
       if (lsn != 0) stream.applied_lsn = lsn;
       for (WindowState& w : stream.windows) {
         if (!w.ring.Covers(event_time)) continue;
-        w.ring.Add(event_time, delta);
+        w.Add(event_time, delta);
         if (options_.store != nullptr) {
           const absl::Time start = w.ring.SubBucketStart(event_time);
           if (w.dirty.empty() || w.dirty.back() != start) w.dirty.push_back(start);
-        }
-        if (w.kl) {
-          for (size_t bin = 0; bin < delta.size(); ++bin) {
-            if (delta[bin] != 0) w.kl->Add(bin, delta[bin]);
-          }
         }
       }
     }
@@ -958,12 +960,7 @@ absl::Status DriftEngine::Recover() {
         delta.values.size() != w->ring.width()) {
       return;  // Expired, or from a window the policy no longer has.
     }
-    w->ring.Add(delta.sub_bucket_start, delta.values);
-    if (w->kl) {
-      for (size_t bin = 0; bin < delta.values.size(); ++bin) {
-        if (delta.values[bin] != 0) w->kl->Add(bin, delta.values[bin]);
-      }
-    }
+    w->Add(delta.sub_bucket_start, delta.values);
   };
   uint64_t max_lsn = 0;
   visitor.stream_lsn = [&](const StreamKey& key, uint64_t lsn) ABSL_NO_THREAD_SAFETY_ANALYSIS {
@@ -983,12 +980,7 @@ absl::Status DriftEngine::Recover() {
       if (record.lsn <= stream.applied_lsn) continue;  // In the snapshot, or before a reset.
       for (WindowState& w : stream.windows) {
         if (!w.ring.Covers(record.event_time) || delta.values.size() != w.ring.width()) continue;
-        w.ring.Add(record.event_time, delta.values);
-        if (w.kl) {
-          for (size_t bin = 0; bin < delta.values.size(); ++bin) {
-            if (delta.values[bin] != 0) w.kl->Add(bin, delta.values[bin]);
-          }
-        }
+        w.Add(record.event_time, delta.values);
       }
       stream.applied_lsn = record.lsn;
       stream.needs_full_snapshot = true;  // Replayed data is not in a snapshot yet.

@@ -339,6 +339,19 @@ uint64_t FolderBytes(const std::string& path) {
 }
 
 // `retention` (owned by the store, may be null for read-only use) filters the windows family.
+// OK if `families` (of the RocksDB database at `path`) include every kldrift column family.
+absl::Status CheckKldriftFamilies(const std::string& path,
+                                  const std::vector<std::string>& families) {
+  for (const char* name : kFamilyNames) {
+    if (std::find(families.begin(), families.end(), name) == families.end()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat(path, " is a RocksDB database but not a kldrift store (it has no \"", name,
+                       "\" column family; it has: ", absl::StrJoin(families, ", "), ")"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 rocksdb::ColumnFamilyOptions FamilyOptions(int family, const rocksdb::CompactionFilter* retention) {
   rocksdb::ColumnFamilyOptions options;
   if (family == kWindows) {
@@ -381,12 +394,9 @@ absl::StatusOr<std::unique_ptr<RocksDbStore>> RocksDbStore::Open(const RocksDbSt
           "--data-dir ", opts.path, " is not empty and is not a kldrift data folder (",
           s.ToString(), "); point --data-dir at an empty or new folder, or at a kldrift store"));
     }
-    for (const char* name : kFamilyNames) {
-      if (std::find(families.begin(), families.end(), name) == families.end()) {
-        return absl::FailedPreconditionError(absl::StrCat(
-            "--data-dir ", opts.path, " is a RocksDB database but not a kldrift store (it has ",
-            "no \"", name, "\" column family; it has: ", absl::StrJoin(families, ", "), ")"));
-      }
+    if (absl::Status s = CheckKldriftFamilies(absl::StrCat("--data-dir ", opts.path), families);
+        !s.ok()) {
+      return s;
     }
   }
   std::unique_ptr<RocksDbStore> store(new RocksDbStore());
@@ -663,13 +673,7 @@ absl::StatusOr<std::string> RocksDbStore::Describe(const std::string& path) {
     return absl::FailedPreconditionError(
         absl::StrCat(path, " is not a kldrift data folder: ", s.ToString()));
   }
-  for (const char* name : kFamilyNames) {
-    if (std::find(families.begin(), families.end(), name) == families.end()) {
-      return absl::FailedPreconditionError(
-          absl::StrCat(path, " is a RocksDB database but not a kldrift store (no \"", name,
-                       "\" column family; it has: ", absl::StrJoin(families, ", "), ")"));
-    }
-  }
+  if (absl::Status check = CheckKldriftFamilies(path, families); !check.ok()) return check;
   std::vector<rocksdb::ColumnFamilyHandle*> handles;
   rocksdb::DB* raw = nullptr;
   s = rocksdb::DB::OpenForReadOnly(db_options, path, descriptors, &handles, &raw);
