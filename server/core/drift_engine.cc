@@ -425,6 +425,7 @@ absl::StatusOr<std::shared_ptr<const Reference>> DriftEngine::PutReference(
       }
       if (built.ok()) {
         stream->Install(*built, keep_windows, now);
+        if (options_.observer != nullptr) options_.observer->OnReferenceInstalled(**built);
         if (!keep_windows) {
           // Fresh windows: no earlier log record belongs to them (the store recorded the floor).
           stream->applied_lsn = stream->snapshot_lsn = next_lsn_.load() - 1;
@@ -517,6 +518,7 @@ absl::StatusOr<uint64_t> DriftEngine::DeleteReference(const StreamKey& key) {
   }
   streams_.erase(it);
   stream->deleted = true;
+  if (options_.observer != nullptr) options_.observer->OnStreamDeleted(key);
   const uint64_t versions = stream->versions.size();
   stream->versions.clear();
   stream->windows.clear();
@@ -629,6 +631,8 @@ absl::Status DriftEngine::ApplyBatch(const IngestBatch& batch, absl::Time now, b
   absl::Status status = absl::OkStatus();
   std::vector<std::vector<double>> deltas;
   deltas.reserve(targets.size());
+  std::vector<double> samples;  // Observations each delta adds.
+  samples.reserve(targets.size());
   for (const Target& t : targets) {
     if (t.state->deleted || t.state->versions.empty()) {
       status = absl::FailedPreconditionError(
@@ -661,6 +665,7 @@ absl::Status DriftEngine::ApplyBatch(const IngestBatch& batch, absl::Time now, b
       status = delta.status();
       break;
     }
+    samples.push_back(ref.is_histogram() ? Sum(*delta) : (*delta)[0]);
     deltas.push_back(*std::move(delta));
   }
   uint64_t lsn = 0;
@@ -699,6 +704,12 @@ absl::Status DriftEngine::ApplyBatch(const IngestBatch& batch, absl::Time now, b
     }
   }
   for (auto it = targets.rbegin(); it != targets.rend(); ++it) it->state->mutex.Unlock();
+  if (status.ok() && options_.observer != nullptr) {
+    std::vector<StreamKey> keys;
+    keys.reserve(targets.size());
+    for (Target& t : targets) keys.push_back(std::move(t.key));
+    options_.observer->OnBatchApplied(keys, samples);
+  }
   return status;
 }
 
@@ -712,6 +723,9 @@ WindowReport DriftEngine::StreamState::Report(const WindowState& window, size_t 
   report.reference_version = ref.version;
   report.evaluated_at = now;
   report.alert = window.alert.status();
+  report.warn_threshold = ref.policy.warn_threshold;
+  report.critical_threshold = ref.policy.critical_threshold;
+  report.clear_threshold = ref.policy.EffectiveClearThreshold();
   absl::Span<const double> totals = window.ring.totals();
   if (ref.is_histogram()) {
     report.samples = Sum(totals);
@@ -722,6 +736,8 @@ WindowReport DriftEngine::StreamState::Report(const WindowState& window, size_t 
           ComputeDriftMeasures(*ref.profile, totals, top_bins, &*ref.layout);
       if (measures.ok()) {
         report.measure_value = MeasureValue(*measures, ref.policy.measure);
+        report.eligible =
+            report.enough_samples && measures->g_test_p_value <= ref.policy.max_p_value;
         report.histogram = *std::move(measures);
       }
     }
@@ -731,6 +747,7 @@ WindowReport DriftEngine::StreamState::Report(const WindowState& window, size_t 
   report.samples = n;
   report.enough_samples =
       n >= ref.policy.min_samples.value_or(kDefaultMinSamplesNonHistogram) && n >= 2;
+  report.eligible = report.enough_samples;
   if (ref.kind == ReferenceKind::kGaussian) {
     report.measure =
         ref.policy.measure == Measure::kKlReferenceCurrent ? "kl_reference_current"
@@ -845,57 +862,65 @@ size_t DriftEngine::Evaluate() {
     MutexLock lock(&watch_mutex_);
     have_watchers = !watchers_.empty();
   }
+  EngineObserver* const observer = options_.observer;
+  const absl::Time started = absl::Now();
+  const size_t top_bins =
+      std::max(have_watchers ? kEvaluationTopBins : 0, observer ? observer->top_bins() : 0);
   std::vector<std::pair<WindowReport, bool>> reports;
+  std::vector<WindowReport> stream_reports;  // One stream's, for the observer.
   std::vector<StateStore::AlertUpdate> alert_updates;
   size_t evaluated = 0;
   for (const auto& stream : streams) {
-    MutexLock lock(&stream->mutex);
-    if (stream->deleted || stream->versions.empty()) continue;
-    stream->AdvanceWindows(now);
-    const Reference& ref = stream->current();
-    if (options_.store != nullptr &&
-        (stream->applied_lsn > stream->snapshot_lsn || stream->needs_full_snapshot)) {
-      StreamSnapshot snapshot{stream->key, stream->applied_lsn, {}};
-      for (WindowState& w : stream->windows) {
-        if (stream->needs_full_snapshot) {
-          for (const SlidingWindow::SubBucket& b : w.ring.LiveSubBuckets()) {
-            snapshot.sub_buckets.push_back(SubBucketDelta{
-                stream->key, w.ring.length(), b.start, {b.values.begin(), b.values.end()}});
+    stream_reports.clear();
+    {  // The stream's lock; the observer is called without it.
+      MutexLock lock(&stream->mutex);
+      if (stream->deleted || stream->versions.empty()) continue;
+      stream->AdvanceWindows(now);
+      const Reference& ref = stream->current();
+      if (options_.store != nullptr &&
+          (stream->applied_lsn > stream->snapshot_lsn || stream->needs_full_snapshot)) {
+        StreamSnapshot snapshot{stream->key, stream->applied_lsn, {}};
+        for (WindowState& w : stream->windows) {
+          if (stream->needs_full_snapshot) {
+            for (const SlidingWindow::SubBucket& b : w.ring.LiveSubBuckets()) {
+              snapshot.sub_buckets.push_back(SubBucketDelta{
+                  stream->key, w.ring.length(), b.start, {b.values.begin(), b.values.end()}});
+            }
+          } else {
+            for (absl::Time start : w.dirty) {
+              if (!w.ring.Covers(start)) continue;  // Expired since: the filter drops it.
+              absl::Span<const double> values = w.ring.SubBucketValues(start);
+              snapshot.sub_buckets.push_back(SubBucketDelta{
+                  stream->key, w.ring.length(), start, {values.begin(), values.end()}});
+            }
           }
-        } else {
-          for (absl::Time start : w.dirty) {
-            if (!w.ring.Covers(start)) continue;  // Expired since: the filter drops it.
-            absl::Span<const double> values = w.ring.SubBucketValues(start);
-            snapshot.sub_buckets.push_back(SubBucketDelta{
-                stream->key, w.ring.length(), start, {values.begin(), values.end()}});
-          }
+          w.dirty.clear();
         }
-        w.dirty.clear();
+        stream->snapshot_lsn = stream->applied_lsn;
+        stream->needs_full_snapshot = false;
+        snapshots.push_back(std::move(snapshot));
+        snapshotted.push_back(stream);
       }
-      stream->snapshot_lsn = stream->applied_lsn;
-      stream->needs_full_snapshot = false;
-      snapshots.push_back(std::move(snapshot));
-      snapshotted.push_back(stream);
-    }
-    for (WindowState& w : stream->windows) {
-      WindowReport report = stream->Report(w, have_watchers ? kEvaluationTopBins : 0, now);
-      // Evidence (the G-test) is needed to raise an alert, not to keep or clear a firing one:
-      // data back in the reference's shape has none, and must still clear it.
-      const bool evidence = !report.histogram ||
-                            report.histogram->g_test_p_value <= ref.policy.max_p_value ||
-                            w.alert.status().state == AlertState::kFiring;
-      const AlertStatus before = w.alert.status();
-      const bool changed =
-          w.alert.Observe(report.measure_value, report.enough_samples && evidence, now, ref.policy);
-      report.alert = w.alert.status();
-      if (options_.store != nullptr && !(report.alert == before)) {
-        alert_updates.push_back({stream->key, w.ring.length(), report.alert});
+      for (WindowState& w : stream->windows) {
+        WindowReport report = stream->Report(w, top_bins, now);
+        // Evidence (the G-test) is needed to raise an alert, not to keep or clear a firing one:
+        // data back in the reference's shape has none, and must still clear it.
+        const bool eligible = report.eligible || (report.enough_samples &&
+                                                  w.alert.status().state == AlertState::kFiring);
+        const AlertStatus before = w.alert.status();
+        const bool changed = w.alert.Observe(report.measure_value, eligible, now, ref.policy);
+        report.alert = w.alert.status();
+        if (options_.store != nullptr && !(report.alert == before)) {
+          alert_updates.push_back({stream->key, w.ring.length(), report.alert});
+        }
+        // Bound the rounding drift of the incremental sums.
+        if (w.kl) w.kl->Resync();
+        ++evaluated;
+        if (observer != nullptr) stream_reports.push_back(report);
+        if (have_watchers) reports.emplace_back(std::move(report), changed);
       }
-      // Bound the rounding drift of the incremental sums.
-      if (w.kl) w.kl->Resync();
-      ++evaluated;
-      if (have_watchers) reports.emplace_back(std::move(report), changed);
     }
+    if (observer != nullptr && !stream_reports.empty()) observer->OnStreamEvaluated(stream_reports);
   }
   if (options_.store != nullptr && (!snapshots.empty() || truncate_up_to > truncated_lsn_.load())) {
     if (options_.store->WriteSnapshots(snapshots, truncate_up_to).ok()) {
@@ -930,6 +955,7 @@ size_t DriftEngine::Evaluate() {
       }
     }
   }
+  if (observer != nullptr) observer->OnEvaluationFinished(evaluated, absl::Now() - started);
   return evaluated;
 }
 
@@ -1003,6 +1029,12 @@ absl::Status DriftEngine::Recover() {
                           w->alert.Restore(status);
                       };
   if (absl::Status s = options_.store->Load(visitor); !s.ok()) return s;
+  if (options_.observer != nullptr) {
+    for (const auto& [key, stream] : streams_) {
+      MutexLock lock(&stream->mutex);
+      if (!stream->versions.empty()) options_.observer->OnReferenceInstalled(stream->current());
+    }
+  }
   next_lsn_.store(max_lsn + 1);
   truncated_lsn_.store(0);
   return absl::OkStatus();
@@ -1040,6 +1072,11 @@ void DriftEngine::Unwatch(uint64_t id) {
 size_t DriftEngine::stream_count() const {
   ReaderMutexLock lock(&streams_mutex_);
   return streams_.size();
+}
+
+bool DriftEngine::KnowsClient(const std::string& client_id) const {
+  MutexLock lock(&clients_mutex_);
+  return clients_.contains(client_id);
 }
 
 size_t DriftEngine::client_count() const {

@@ -37,6 +37,7 @@
 #include "server/core/alert_state.h"
 #include "server/core/clock.h"
 #include "server/core/drift_measures.h"
+#include "server/core/engine_observer.h"
 #include "server/core/incremental_kl.h"
 #include "server/core/mutex.h"
 #include "server/core/reference.h"
@@ -62,6 +63,8 @@ struct EngineOptions {
   // Resends within it are de-duplicated; it exceeds the default longest window (24h), beyond which
   // a resent batch's event time is too old to be applied anyway. Keeps the client table bounded.
   absl::Duration client_retention = absl::Hours(48);
+  // Told of references, deletions and evaluations (not owned; must outlive the engine). Optional.
+  EngineObserver* observer = nullptr;
 };
 
 // One stream's data in an ingest batch. Exactly one kind of data is set.
@@ -109,11 +112,18 @@ struct WindowReport {
   ReferenceKind kind = ReferenceKind::kPreBinned;
   double samples = 0;
   bool enough_samples = false;
+  // May raise an alert: enough samples and, for histogram streams, a G-test p-value at most the
+  // policy's max_p_value.
+  bool eligible = false;
   std::optional<DriftMeasures> histogram;  // Histogram kinds with samples > 0.
   std::optional<GaussianDriftData> gaussian;
   std::optional<kernels::PolicyKlEstimates> policy;
   std::string measure;  // Name of the alerting measure ("k3" for policy streams).
   double measure_value = 0;
+  // The policy's thresholds for `measure` (clear: the effective one).
+  double warn_threshold = 0;
+  double critical_threshold = 0;
+  double clear_threshold = 0;
   AlertStatus alert;
   uint64_t reference_version = 0;
   absl::Time evaluated_at;
@@ -189,6 +199,8 @@ class DriftEngine {
   size_t stream_count() const;
   // Ingest clients whose sequence numbers are remembered.
   size_t client_count() const;
+  // Whether an ingest client's sequence numbers are remembered (it has sent before).
+  bool KnowsClient(const std::string& client_id) const;
 
   const EngineOptions& options() const { return options_; }
 

@@ -1,0 +1,50 @@
+// EngineObserver: what DriftEngine tells the outside world as it works, for metrics.
+//
+// The engine calls an observer (EngineOptions::observer) when a stream's reference is installed or
+// the stream is deleted, after each stream is evaluated, and when an evaluation tick ends. The core
+// knows nothing of Prometheus: server/metrics implements this interface.
+//
+// Thread safety: implementations must be safe for concurrent calls. OnReferenceInstalled and
+// OnStreamDeleted run with engine locks held (so they are ordered with the change they report);
+// OnStreamEvaluated and OnEvaluationFinished run on the Evaluate() thread with no engine lock held,
+// so a report may arrive after the OnStreamDeleted of its stream or after a newer version was
+// installed: implementations ignore reports of streams or windows they no longer know. No method
+// may call back into the engine.
+#ifndef KLDRIFT_SERVER_CORE_ENGINE_OBSERVER_H_
+#define KLDRIFT_SERVER_CORE_ENGINE_OBSERVER_H_
+
+#include <cstddef>
+
+#include "absl/time/time.h"
+#include "absl/types/span.h"
+#include "server/core/reference.h"
+#include "server/core/stream_key.h"
+
+namespace kldrift {
+
+struct WindowReport;
+
+class EngineObserver {
+ public:
+  virtual ~EngineObserver() = default;
+
+  // `reference` became its stream's current version (PutReference, or Recover at start-up).
+  virtual void OnReferenceInstalled(const Reference& reference) = 0;
+  // The stream and all its versions were deleted.
+  virtual void OnStreamDeleted(const StreamKey& stream) = 0;
+  // An ingest batch was applied; `samples[i]` observations were added to `streams[i]` (histogram
+  // counts, values, labels, probability rows, Gaussian samples or log-prob pairs). Runs on the
+  // ingesting thread with no engine lock held.
+  virtual void OnBatchApplied(absl::Span<const StreamKey> streams,
+                              absl::Span<const double> samples) = 0;
+  // Reports of every window of one stream, from one evaluation.
+  virtual void OnStreamEvaluated(absl::Span<const WindowReport> reports) = 0;
+  // One evaluation of every stream ended; it took `duration` (monotonic) over `windows` windows.
+  virtual void OnEvaluationFinished(size_t windows, absl::Duration duration) = 0;
+  // How many top contributing bins the reports passed to OnStreamEvaluated should carry.
+  virtual size_t top_bins() const = 0;
+};
+
+}  // namespace kldrift
+
+#endif  // KLDRIFT_SERVER_CORE_ENGINE_OBSERVER_H_

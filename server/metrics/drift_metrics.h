@@ -1,0 +1,197 @@
+// DriftMetrics: kldriftd's Prometheus metrics (prometheus-cpp), fed by the engine and the service.
+//
+// Every family is built in the constructor. Series of a stream are added when its reference is
+// installed or its windows are first evaluated, and removed when the stream is deleted (or, for a
+// window, when a new reference version drops it), so the series count is bounded by the engine's
+// --max-streams. Values read from the server when scraped (stream count, storage bytes, ...) come
+// from a ServerState source called by Collect().
+//
+// Naming: one family per measure rather than a `measure` label, because the measures have
+// different units (nats, bits, unitless distances, a probability) and aggregating across such a
+// label would mix them. kldrift_alert_measure_value{measure=...} is the one family that carries the
+// measure as a label: it is, by definition, the value the stream's alert policy watches, and it is
+// compared with the kldrift_alert_*_threshold families of the same labels.
+//
+// Thread safety: safe for concurrent calls; one mutex guards the per-stream series (prometheus-cpp
+// families and metrics are themselves thread-safe).
+#ifndef KLDRIFT_SERVER_METRICS_DRIFT_METRICS_H_
+#define KLDRIFT_SERVER_METRICS_DRIFT_METRICS_H_
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "absl/types/span.h"
+#include "prometheus/collectable.h"
+#include "prometheus/counter.h"
+#include "prometheus/family.h"
+#include "prometheus/gauge.h"
+#include "prometheus/histogram.h"
+#include "prometheus/registry.h"
+#include "server/core/drift_engine.h"
+#include "server/core/engine_observer.h"
+#include "server/core/mutex.h"
+#include "server/core/stream_key.h"
+
+namespace kldrift {
+
+// Server-wide values read at scrape time.
+struct ServerState {
+  size_t streams = 0;
+  size_t max_streams = 0;
+  size_t ingest_clients = 0;
+  uint64_t storage_bytes = 0;
+  uint64_t store_errors = 0;
+  uint64_t watch_reports_dropped = 0;
+};
+
+struct MetricsOptions {
+  // Top contributing bins exported per histogram window (kldrift_top_bin_kl_contribution_nats).
+  size_t top_bins = 3;
+  // kldrift_build_info's version label.
+  std::string version;
+  // kldrift_start_time_seconds.
+  absl::Time start_time = absl::Now();
+};
+
+class DriftMetrics final : public EngineObserver, public prometheus::Collectable {
+ public:
+  explicit DriftMetrics(MetricsOptions options = {});
+  ~DriftMetrics() override;
+
+  DriftMetrics(const DriftMetrics&) = delete;
+  DriftMetrics& operator=(const DriftMetrics&) = delete;
+
+  // EngineObserver.
+  void OnReferenceInstalled(const Reference& reference) override;
+  void OnStreamDeleted(const StreamKey& stream) override;
+  void OnBatchApplied(absl::Span<const StreamKey> streams,
+                      absl::Span<const double> samples) override;
+  void OnStreamEvaluated(absl::Span<const WindowReport> reports) override;
+  void OnEvaluationFinished(size_t windows, absl::Duration duration) override;
+  size_t top_bins() const override { return options_.top_bins; }
+
+  // The service's events.
+  void RecordBatchRejected(absl::StatusCode code);
+  void RecordDuplicateBatch();
+  void RecordAck();
+  void RecordIngestStreamOpened();
+  // The first batch of an Ingest stream came from a client id the engine already knew.
+  void RecordIngestReconnect();
+  void RecordIngestStreamClosed();
+  void RecordWatchStreamOpened();
+  void RecordWatchStreamClosed();
+
+  // Called by Collect() before every scrape. Optional.
+  void SetServerStateSource(std::function<ServerState()> source);
+
+  // prometheus::Collectable: every family, with server state refreshed.
+  std::vector<prometheus::MetricFamily> Collect() const override;
+
+  // Series of per-stream families currently exported (for tests of the cardinality bound).
+  size_t stream_series() const;
+
+  // The `reason` label of kldrift_rejected_batches_total for a status code ("invalid_argument").
+  static std::string ReasonLabel(absl::StatusCode code);
+
+ private:
+  struct WindowSeries;
+  struct StreamSeries;
+
+  // Removes every series of `stream`'s window `window_label` (REQUIRES: mutex_).
+  void RemoveWindowLocked(StreamSeries& stream, WindowSeries& window)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  void UpdateWindowLocked(const StreamSeries& stream, WindowSeries& window,
+                          const WindowReport& report) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+
+  const MetricsOptions options_;
+  std::shared_ptr<prometheus::Registry> registry_;
+
+  // Per stream and window.
+  prometheus::Family<prometheus::Gauge>& kl_current_reference_;
+  prometheus::Family<prometheus::Gauge>& kl_reference_current_;
+  prometheus::Family<prometheus::Gauge>& jeffreys_;
+  prometheus::Family<prometheus::Gauge>& js_divergence_;
+  prometheus::Family<prometheus::Gauge>& psi_;
+  prometheus::Family<prometheus::Gauge>& hellinger_;
+  prometheus::Family<prometheus::Gauge>& total_variation_;
+  prometheus::Family<prometheus::Gauge>& linf_;
+  prometheus::Family<prometheus::Gauge>& chi_squared_;
+  prometheus::Family<prometheus::Gauge>& g_test_p_value_;
+  prometheus::Family<prometheus::Gauge>& policy_kl_estimate_;
+  prometheus::Family<prometheus::Gauge>& window_samples_;
+  prometheus::Family<prometheus::Gauge>& window_enough_samples_;
+  prometheus::Family<prometheus::Gauge>& alert_measure_value_;
+  prometheus::Family<prometheus::Gauge>& alert_warn_threshold_;
+  prometheus::Family<prometheus::Gauge>& alert_critical_threshold_;
+  prometheus::Family<prometheus::Gauge>& alert_clear_threshold_;
+  prometheus::Family<prometheus::Gauge>& alert_eligible_;
+  prometheus::Family<prometheus::Gauge>& alert_state_;
+  prometheus::Family<prometheus::Gauge>& top_bin_contribution_;
+  // Per stream.
+  prometheus::Family<prometheus::Gauge>& reference_version_;
+  prometheus::Family<prometheus::Counter>& stream_observations_;
+  // Server.
+  prometheus::Counter& batches_;
+  prometheus::Counter& observations_;
+  prometheus::Family<prometheus::Counter>& rejected_batches_;
+  prometheus::Counter& duplicate_batches_;
+  prometheus::Counter& acks_;
+  prometheus::Counter& ingest_streams_opened_;
+  prometheus::Counter& ingest_reconnects_;
+  prometheus::Gauge& ingest_streams_active_;
+  prometheus::Gauge& watch_streams_active_;
+  prometheus::Histogram& evaluation_duration_;
+  prometheus::Gauge& evaluated_windows_;
+  // Read at scrape time from the ServerState source.
+  prometheus::Gauge& streams_;
+  prometheus::Gauge& streams_limit_;
+  prometheus::Gauge& ingest_clients_;
+  prometheus::Gauge& storage_bytes_;
+  // Counters that follow the server's own totals, advanced at scrape time.
+  prometheus::Counter& store_errors_;
+  prometheus::Counter& watch_reports_dropped_;
+
+  mutable Mutex source_mutex_;
+  std::function<ServerState()> source_ ABSL_GUARDED_BY(source_mutex_);
+  mutable uint64_t seen_store_errors_ ABSL_GUARDED_BY(source_mutex_) = 0;
+  mutable uint64_t seen_watch_reports_dropped_ ABSL_GUARDED_BY(source_mutex_) = 0;
+
+  mutable Mutex mutex_;
+  absl::flat_hash_map<StreamKey, std::unique_ptr<StreamSeries>> streams_series_
+      ABSL_GUARDED_BY(mutex_);
+  absl::flat_hash_map<absl::StatusCode, prometheus::Counter*> rejected_by_code_
+      ABSL_GUARDED_BY(mutex_);
+};
+
+// Serves `metrics` on http://`address`/metrics (prometheus-cpp's exposer, civetweb).
+class MetricsEndpoint {
+ public:
+  // `address` is HOST:PORT; port 0 picks a free one. INVALID_ARGUMENT or UNAVAILABLE (in use) if
+  // it cannot listen.
+  static absl::StatusOr<std::unique_ptr<MetricsEndpoint>> Start(
+      const std::string& address, std::shared_ptr<DriftMetrics> metrics);
+  ~MetricsEndpoint();
+
+  // The port bound.
+  int port() const { return port_; }
+
+ private:
+  MetricsEndpoint() = default;
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+  int port_ = 0;
+};
+
+}  // namespace kldrift
+
+#endif  // KLDRIFT_SERVER_METRICS_DRIFT_METRICS_H_
