@@ -17,8 +17,8 @@ COPY --from=build /opt/kldrift/bin/ /usr/local/bin/
 COPY deploy/examples/ /usr/share/kldrift/examples/
 USER kldrift
 WORKDIR /var/lib/kldrift
-EXPOSE 50051
+EXPOSE 50051 9464
 # A real RPC with a deadline: fails unless kldriftd is serving.
 HEALTHCHECK --interval=10s --timeout=5s CMD ["kldrift", "--server", "127.0.0.1:50051", "--timeout", "3s", "reference", "list", "--json"]
 VOLUME /var/lib/kldrift/data
-ENTRYPOINT ["kldriftd", "--listen", "0.0.0.0:50051", "--data-dir", "/var/lib/kldrift/data"]
+ENTRYPOINT ["kldriftd", "--listen", "0.0.0.0:50051", "--metrics-listen", "0.0.0.0:9464", "--data-dir", "/var/lib/kldrift/data"]
