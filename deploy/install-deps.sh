@@ -13,8 +13,14 @@ build_packages=(
   libabsl-dev prometheus-cpp-dev libhwy-dev librocksdb-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   clang libclang-rt-14-dev clang-format
-  python3 python3-numpy python3-scipy
+  python3 python3-numpy python3-scipy python3-yaml
+  prometheus prometheus-alertmanager yamllint
 )
+# kubectl (tests/deploy runs `kubectl kustomize`): Debian's kubernetes-client, unless a kubectl is
+# already on PATH (e.g. the kubectl package of the Google Cloud SDK repository, which conflicts).
+if ! command -v kubectl >/dev/null 2>&1; then
+  build_packages+=(kubernetes-client)
+fi
 runtime_packages=(
   libgrpc++1.51 libprotobuf32 libabsl20220623 libprometheus-cpp-pull1.0 libprometheus-cpp-core1.0
   libhwy1 librocksdb7.8 ca-certificates
