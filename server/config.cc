@@ -36,6 +36,20 @@ absl::Status ValidateConfig(const ServerConfig& c) {
   if (c.max_receive_message_bytes < 1024 || c.max_receive_message_bytes > (size_t{1} << 30)) {
     return absl::InvalidArgumentError("--max-receive-message-bytes must be in [1 KiB, 1 GiB]");
   }
+  if (c.metrics_listen != "none" &&
+      (c.metrics_listen.empty() || !absl::StrContains(c.metrics_listen, ':'))) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--metrics-listen=", c.metrics_listen,
+                     " is not host:port (e.g. 127.0.0.1:9464, 0.0.0.0:9464) or none"));
+  }
+  if (c.metrics_listen == "none" && !c.metrics_port_file.empty()) {
+    return absl::InvalidArgumentError("--metrics-port-file needs --metrics-listen");
+  }
+  if (c.metrics_top_bins > 20) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--metrics-top-bins=", c.metrics_top_bins,
+                     " is over 20; each rank is a series per window"));
+  }
   return absl::OkStatus();
 }
 

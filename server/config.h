@@ -32,6 +32,12 @@ struct ServerConfig {
   size_t max_batch_observations = size_t{1} << 20;
   // Largest gRPC message accepted, bytes.
   size_t max_receive_message_bytes = 16 << 20;
+  // host:port of the Prometheus endpoint (/metrics); port 0 picks a free port; "none" disables.
+  std::string metrics_listen = "127.0.0.1:9464";
+  // Where kldriftd writes the metrics port it bound (for tests and scripts).
+  std::string metrics_port_file;
+  // Top contributing bins exported per histogram window (0 to 20).
+  size_t metrics_top_bins = 3;
 };
 
 // INVALID_ARGUMENT naming the flag and the accepted values.

@@ -10,6 +10,7 @@
 
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <memory>
@@ -28,6 +29,7 @@
 #include "server/config.h"
 #include "server/core/clock.h"
 #include "server/core/drift_engine.h"
+#include "server/metrics/drift_metrics.h"
 #include "server/service/kldrift_service.h"
 #include "server/storage/rocksdb_store.h"
 
@@ -62,8 +64,27 @@ ABSL_FLAG(uint64_t, max_batch_observations, kDefaults.max_batch_observations,
 ABSL_FLAG(uint64_t, max_receive_message_bytes, kDefaults.max_receive_message_bytes,
           "largest gRPC message accepted, in bytes");
 
+ABSL_FLAG(std::string, metrics_listen, kDefaults.metrics_listen,
+          "Prometheus endpoint host:port, served at /metrics; port 0 picks a free port (see "
+          "--metrics_port_file); none disables it");
+ABSL_FLAG(std::string, metrics_port_file, "",
+          "if set, write the bound metrics port to this file once serving");
+ABSL_FLAG(uint64_t, metrics_top_bins, kDefaults.metrics_top_bins,
+          "bins exported per histogram window in kldrift_top_bin_kl_contribution_nats (0-20)");
+
 namespace kldrift {
 namespace {
+// Bytes of the files under `dir` (0 if it cannot be read).
+uint64_t FolderBytes(const std::string& dir) {
+  std::error_code error;
+  uint64_t bytes = 0;
+  for (auto it = std::filesystem::recursive_directory_iterator(dir, error);
+       !error && it != std::filesystem::recursive_directory_iterator(); it.increment(error)) {
+    if (it->is_regular_file(error)) bytes += it->file_size(error);
+  }
+  return bytes;
+}
+
 
 // absl flag names are identifiers; accept the dashed spelling users type (--eval-interval).
 void NormalizeFlagNames(int argc, char** argv) {
@@ -89,6 +110,9 @@ ServerConfig ConfigFromFlags() {
   c.max_dimensions = absl::GetFlag(FLAGS_max_dimensions);
   c.max_batch_observations = absl::GetFlag(FLAGS_max_batch_observations);
   c.max_receive_message_bytes = absl::GetFlag(FLAGS_max_receive_message_bytes);
+  c.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
+  c.metrics_port_file = absl::GetFlag(FLAGS_metrics_port_file);
+  c.metrics_top_bins = absl::GetFlag(FLAGS_metrics_top_bins);
   return c;
 }
 
@@ -122,8 +146,13 @@ int Run(const ServerConfig& config) {
     }
     store = *std::move(opened);
   }
+  MetricsOptions metrics_options;
+  metrics_options.top_bins = config.metrics_top_bins;
+  metrics_options.version = KLDRIFT_VERSION;
+  auto metrics = std::make_shared<DriftMetrics>(metrics_options);
   EngineOptions options;
   options.store = store.get();
+  options.observer = metrics.get();
   options.max_streams = config.max_streams;
   options.reference_limits.max_bins = config.max_bins;
   options.reference_limits.max_dimensions = config.max_dimensions;
@@ -140,7 +169,35 @@ int Run(const ServerConfig& config) {
               << config.data_dir << " in " << absl::FormatDuration(absl::Now() - recovery_started)
               << std::endl;
   }
-  KlDriftService service(&engine);
+  ServiceOptions service_options;
+  service_options.metrics = metrics.get();
+  KlDriftService service(&engine, service_options);
+  metrics->SetServerStateSource([&engine, &service, &config] {
+    ServerState state;
+    state.streams = engine.stream_count();
+    state.max_streams = config.max_streams;
+    state.ingest_clients = engine.client_count();
+    state.storage_bytes = config.storage == "rocksdb" ? FolderBytes(config.data_dir) : 0;
+    state.store_errors = engine.store_errors();
+    state.watch_reports_dropped = service.dropped_watch_reports();
+    return state;
+  });
+  std::unique_ptr<MetricsEndpoint> metrics_endpoint;
+  if (config.metrics_listen != "none") {
+    absl::StatusOr<std::unique_ptr<MetricsEndpoint>> started =
+        MetricsEndpoint::Start(config.metrics_listen, metrics);
+    if (!started.ok()) {
+      std::cerr << "kldriftd: " << started.status().message() << "\n";
+      return 1;
+    }
+    metrics_endpoint = *std::move(started);
+    if (!config.metrics_port_file.empty() &&
+        !WritePortFile(config.metrics_port_file, metrics_endpoint->port())) {
+      std::cerr << "kldriftd: cannot write --metrics_port_file " << config.metrics_port_file
+                << "\n";
+      return 1;
+    }
+  }
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -162,7 +219,14 @@ int Run(const ServerConfig& config) {
   const std::string host = config.listen.substr(0, config.listen.rfind(':'));
   std::cerr << "kldriftd: serving on " << host << ":" << port << " (storage=" << config.storage
             << (config.sync ? ", sync" : "")
-            << ", eval-interval=" << absl::FormatDuration(config.eval_interval) << ")" << std::endl;
+            << ", eval-interval=" << absl::FormatDuration(config.eval_interval) << ")";
+  if (metrics_endpoint != nullptr) {
+    const std::string metrics_host =
+        config.metrics_listen.substr(0, config.metrics_listen.rfind(':'));
+    std::cerr << "; metrics on http://" << metrics_host << ":" << metrics_endpoint->port()
+              << "/metrics";
+  }
+  std::cerr << std::endl;
 
   absl::Notification stop_evaluating;
   std::thread evaluator([&] {

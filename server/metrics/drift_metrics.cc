@@ -112,8 +112,9 @@ DriftMetrics::DriftMetrics(MetricsOptions options)
                                         "KL(reference || current) of the window, nats")),
       jeffreys_(GaugeFamily(*registry_, "kldrift_drift_jeffreys_nats",
                             "Jeffreys divergence (KL in both directions, summed), nats")),
-      js_divergence_(GaugeFamily(*registry_, "kldrift_drift_js_divergence_bits",
-                                 "Jensen-Shannon divergence of the window, bits, in [0, 1]")),
+      js_divergence_(
+          GaugeFamily(*registry_, "kldrift_drift_js_divergence",
+                      "Jensen-Shannon divergence of the window, base-2 logarithm, in [0, 1]")),
       psi_(
           GaugeFamily(*registry_, "kldrift_drift_psi", "Population stability index of the window")),
       hellinger_(GaugeFamily(*registry_, "kldrift_drift_hellinger_distance",

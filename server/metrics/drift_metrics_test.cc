@@ -5,7 +5,9 @@
 namespace kldrift {
 namespace {
 
-TEST(DriftMetricsTest, Placeholder) { EXPECT_EQ(DriftMetrics::ReasonLabel(absl::StatusCode::kNotFound), "not_found"); }
+TEST(DriftMetricsTest, Placeholder) {
+  EXPECT_EQ(DriftMetrics::ReasonLabel(absl::StatusCode::kNotFound), "not_found");
+}
 
 }  // namespace
 }  // namespace kldrift

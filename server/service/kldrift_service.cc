@@ -25,7 +25,11 @@ grpc::ServerUnaryReactor* Unary(grpc::CallbackServerContext* context, Body body)
 class KlDriftService::IngestReactor
     : public grpc::ServerBidiReactor<v1::IngestRequest, v1::IngestResponse> {
  public:
-  explicit IngestReactor(KlDriftService* service) : service_(service) { StartRead(&request_); }
+  explicit IngestReactor(KlDriftService* service)
+      : service_(service), metrics_(service->metrics()) {
+    if (metrics_ != nullptr) metrics_->RecordIngestStreamOpened();
+    StartRead(&request_);
+  }
 
   void OnReadDone(bool ok) override {
     if (!ok) {
@@ -46,6 +50,10 @@ class KlDriftService::IngestReactor
           "sequence ", sequence, " after ", last_sequence_,
           " on the same stream; sequence numbers must increase (resend only after reconnecting)"));
     } else {
+      if (client_id_.empty() && metrics_ != nullptr &&
+          service_->engine_->KnowsClient(request_.client_id())) {
+        metrics_->RecordIngestReconnect();
+      }
       client_id_ = request_.client_id();
       last_sequence_ = sequence;
       absl::StatusOr<IngestBatch> batch = FromProto(request_);
@@ -53,7 +61,9 @@ class KlDriftService::IngestReactor
         const IngestResult result = service_->engine_->Ingest(*batch);
         status = result.status;
         acked = result.acked_sequence;
+        if (result.duplicate && metrics_ != nullptr) metrics_->RecordDuplicateBatch();
         if (absl::IsUnavailable(status) || absl::IsDataLoss(status)) {
+          if (metrics_ != nullptr) metrics_->RecordBatchRejected(status.code());
           // The store failed: the batch was neither applied nor acknowledged. End the stream so
           // the client reconnects and resends it (a batch error would read as a rejection).
           MutexLock lock(&mutex_);
@@ -67,6 +77,7 @@ class KlDriftService::IngestReactor
         acked = sequence;  // Malformed: done with it, reported below.
       }
     }
+    if (!status.ok() && metrics_ != nullptr) metrics_->RecordBatchRejected(status.code());
     MutexLock lock(&mutex_);
     pending_.set_acked_sequence(std::max({pending_.acked_sequence(), acked, highest_acked_}));
     highest_acked_ = pending_.acked_sequence();
@@ -98,10 +109,14 @@ class KlDriftService::IngestReactor
     MaybeFinishLocked();
   }
 
-  void OnDone() override { delete this; }
+  void OnDone() override {
+    if (metrics_ != nullptr) metrics_->RecordIngestStreamClosed();
+    delete this;
+  }
 
  private:
   void StartWriteLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
+    if (metrics_ != nullptr) metrics_->RecordAck();
     in_flight_ = std::move(pending_);
     pending_.Clear();
     has_pending_ = false;
@@ -118,6 +133,7 @@ class KlDriftService::IngestReactor
   }
 
   KlDriftService* const service_;
+  DriftMetrics* const metrics_;  // May be null.
   // Touched only by OnReadDone, which gRPC never runs concurrently with itself.
   v1::IngestRequest request_;
   std::string client_id_;
@@ -140,6 +156,7 @@ class KlDriftService::IngestReactor
 class KlDriftService::WatchReactor : public grpc::ServerWriteReactor<v1::DriftReport> {
  public:
   WatchReactor(KlDriftService* service, const v1::WatchDriftRequest& request) : service_(service) {
+    if (service_->metrics() != nullptr) service_->metrics()->RecordWatchStreamOpened();
     WatchFilter filter;
     filter.model = request.stream().model();
     filter.model_version = request.stream().model_version();
@@ -205,6 +222,7 @@ class KlDriftService::WatchReactor : public grpc::ServerWriteReactor<v1::DriftRe
     // After Unwatch returns no engine callback is running or will run, so deleting is safe.
     if (watch_id_ != 0) service_->engine_->Unwatch(watch_id_);
     service_->RemoveWatcher(this);
+    if (service_->metrics() != nullptr) service_->metrics()->RecordWatchStreamClosed();
     delete this;
   }
 

@@ -23,6 +23,7 @@
 #include "kldrift/v1/kldrift.grpc.pb.h"
 #include "server/core/drift_engine.h"
 #include "server/core/mutex.h"
+#include "server/metrics/drift_metrics.h"
 
 namespace kldrift {
 
@@ -34,6 +35,8 @@ struct ServiceOptions {
   // Default and largest number of top bins in a GetDrift report.
   uint32_t default_top_bins = 5;
   uint32_t max_top_bins = 100;
+  // Ingest and watch stream events are counted here (not owned; may be null).
+  DriftMetrics* metrics = nullptr;
 };
 
 class KlDriftService final : public v1::KlDrift::CallbackService {
@@ -70,6 +73,8 @@ class KlDriftService final : public v1::KlDrift::CallbackService {
 
   // Reports dropped because a watcher fell behind (for metrics and tests).
   uint64_t dropped_watch_reports() const { return dropped_watch_reports_.load(); }
+
+  DriftMetrics* metrics() const { return options_.metrics; }
 
  private:
   class IngestReactor;
