@@ -57,7 +57,7 @@ RUN_AS_USER = 10001
 # What kldriftd exports (the README's metric list). Histograms also expose _bucket, _sum, _count.
 KNOWN_METRICS = {
     "kldrift_drift_kl_current_reference_nats", "kldrift_drift_kl_reference_current_nats",
-    "kldrift_drift_jeffreys_nats", "kldrift_drift_js_divergence_bits", "kldrift_drift_psi",
+    "kldrift_drift_jeffreys_nats", "kldrift_drift_js_divergence", "kldrift_drift_psi",
     "kldrift_drift_hellinger_distance", "kldrift_drift_total_variation_distance",
     "kldrift_drift_linf_distance", "kldrift_drift_chi_squared_divergence",
     "kldrift_drift_g_test_p_value", "kldrift_policy_kl_estimate_nats", "kldrift_window_samples",
@@ -81,7 +81,7 @@ for _h in KNOWN_HISTOGRAMS:
 REQUIRED_DASHBOARD_METRICS = [
     "kldrift_alert_measure_value", "kldrift_alert_warn_threshold", "kldrift_alert_critical_threshold",
     "kldrift_drift_kl_current_reference_nats", "kldrift_drift_kl_reference_current_nats",
-    "kldrift_drift_js_divergence_bits", "kldrift_drift_psi", "kldrift_drift_hellinger_distance",
+    "kldrift_drift_js_divergence", "kldrift_drift_psi", "kldrift_drift_hellinger_distance",
     "kldrift_drift_total_variation_distance", "kldrift_alert_state", "kldrift_window_samples",
     "kldrift_ingested_observations_total", "kldrift_ingested_batches_total",
     "kldrift_rejected_batches_total", "kldrift_top_bin_kl_contribution_nats",
