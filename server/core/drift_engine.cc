@@ -916,8 +916,12 @@ size_t DriftEngine::Evaluate() {
         // Bound the rounding drift of the incremental sums.
         if (w.kl) w.kl->Resync();
         ++evaluated;
-        if (observer != nullptr) stream_reports.push_back(report);
-        if (have_watchers) reports.emplace_back(std::move(report), changed);
+        if (have_watchers) {
+          if (observer != nullptr) stream_reports.push_back(report);
+          reports.emplace_back(std::move(report), changed);
+        } else if (observer != nullptr) {
+          stream_reports.push_back(std::move(report));
+        }
       }
     }
     if (observer != nullptr && !stream_reports.empty()) observer->OnStreamEvaluated(stream_reports);
