@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Checks the deployment artefacts under deploy/ with the real tools.
 
-Usage: deploy_config_test.py REPO_ROOT
+Usage: deploy_config_test.py REPO_ROOT [KLDRIFTD KLDRIFT]
 
 - yamllint (deploy/.yamllint, --strict) on every YAML file under deploy/;
 - promtool check config on deploy/prometheus/prometheus.yml (and its rule files), and the scrape
@@ -16,12 +16,15 @@ Usage: deploy_config_test.py REPO_ROOT
   Prometheus and Grafana configurations; the Dockerfile's ports and entrypoint;
 - deploy/grafana: datasource uid, dashboard uid and schema, variables, panels, and every PromQL
   expression of the dashboard (Grafana variables substituted) accepted by a real Prometheus started
-  on a loopback port with the shipped rules loaded.
+  on a loopback port with the shipped rules loaded;
+- with KLDRIFTD and KLDRIFT (as CTest runs it): a real kldriftd fed one drifted stream exports every
+  metric the dashboard and the rules use, and exactly KNOWN_METRICS; the Prometheus scrapes it and
+  every panel's expression returns data (recording rules and ALERTS aside: they take minutes).
 
 Every kldriftd flag used by a deployment must be defined in server/ (ABSL_FLAG), and every metric
-name used by the dashboard or the rules must be one kldriftd exports (KNOWN_METRICS, the README's
-metric list). Missing tools fail the test (deploy/install-deps.sh installs them). Bounded in time:
-every command and wait has a timeout, and the servers it starts die with it.
+name used by the dashboard or the rules must be in KNOWN_METRICS (the README's metric list). Missing
+tools fail the test (deploy/install-deps.sh installs them). Bounded in time: every command and wait
+has a timeout, and the servers it starts die with it, even on SIGKILL.
 """
 import ctypes
 import json
@@ -42,6 +45,7 @@ import urllib.request
 
 import yaml
 
+STARTED = time.monotonic()
 COMMAND_TIMEOUT_S = 60
 READY_TIMEOUT_S = 30
 HTTP_TIMEOUT_S = 5
@@ -75,7 +79,7 @@ KNOWN_METRICS = {
 }
 KNOWN_HISTOGRAMS = {"kldrift_evaluation_duration_seconds"}
 for _h in KNOWN_HISTOGRAMS:
-    KNOWN_METRICS |= {_h + "_bucket", _h + "_sum", _h + "_count"}
+    KNOWN_METRICS |= {_h, _h + "_bucket", _h + "_sum", _h + "_count"}
 
 # Panels the dashboard must have, by a metric their expressions use.
 REQUIRED_DASHBOARD_METRICS = [
@@ -93,9 +97,10 @@ GRAFANA_BUILTINS = {
     "__rate_interval": "1m", "__interval": "15s", "__interval_ms": "15000", "__range": "6h",
     "__range_s": "21600", "__range_ms": "21600000",
 }
-# What a multi-value variable becomes in an expression: a regex alternation.
+# What the variables become in an expression: a multi-value selection is a regex alternation, "All"
+# the variables' allValue. Matches the stream the live check feeds (no model version: label "").
 VARIABLE_VALUES = {
-    "model": "(fraud-scorer|demo)", "model_version": "(1|2)", "signal": "(score|decision)",
+    "model": "(fraud-scorer|demo)", "model_version": ".*", "signal": "(score|decision)",
     "window": "(5m|1h)",
 }
 
@@ -264,6 +269,102 @@ class Server:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait(timeout=10)
+
+
+class Kldriftd:
+    """A real kldriftd on loopback ports picked by the kernel, fed one drifted stream."""
+
+    def __init__(self, kldriftd, kldrift, work):
+        folder = os.path.join(work, "kldriftd")
+        os.makedirs(folder)
+        self.log_path = os.path.join(folder, "kldriftd.log")
+        port_file = os.path.join(folder, "port")
+        metrics_port_file = os.path.join(folder, "metrics-port")
+        with open(self.log_path, "w") as log:
+            self.process = subprocess.Popen(
+                [kldriftd, "--listen", "127.0.0.1:0", "--port-file", port_file,
+                 "--metrics-listen", "127.0.0.1:0", "--metrics-port-file", metrics_port_file,
+                 "--eval-interval", "200ms", "--shutdown-grace", "1s",
+                 "--data-dir", os.path.join(folder, "data")],
+                stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
+        try:
+            self.port = self._read_port(port_file)
+            self.metrics_port = self._read_port(metrics_port_file)
+        except BaseException:
+            self.stop()
+            raise
+        print(f"     kldriftd on 127.0.0.1:{self.port}, /metrics on 127.0.0.1:{self.metrics_port}",
+              flush=True)
+        try:
+            self._feed(kldrift)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _feed(self, kldrift):
+        cli = [kldrift, "--server", f"127.0.0.1:{self.port}", "--timeout", "10s"]
+        stream = ["--model", "fraud-scorer", "--signal", "score"]
+        for args in (["reference", "put", *stream, "--edges", "0,0.2,0.4,0.6,0.8,1",
+                      "--counts", "120,340,310,160,70"],
+                     ["ingest", *stream, "--counts", "0,60,210,330,250,150,0,0"]):
+            result = run(cli + args)
+            if result.returncode != 0:
+                raise RuntimeError(f"kldrift {' '.join(args)}: exit {result.returncode}\n"
+                                   f"{result.stdout}{result.stderr}")
+
+    def _read_port(self, path):
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline and self.process.poll() is None:
+            try:
+                return int(open(path).read())
+            except (OSError, ValueError):
+                time.sleep(0.05)
+        raise RuntimeError(f"kldriftd wrote no {path}:\n{open(self.log_path).read()[-2000:]}")
+
+    def exposition(self):
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics",
+                                    timeout=HTTP_TIMEOUT_S) as response:
+            return response.read().decode()
+
+    def stop(self):
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+
+
+def check_exposition(live, expressions, rules):
+    """kldriftd exports every metric the dashboard and the rules use, and KNOWN_METRICS is its list."""
+    text = ""
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:  # Per-window series appear on the first evaluation.
+        text = live.exposition()
+        if re.search(r"^kldrift_top_bin_kl_contribution_nats\{", text, re.M):
+            break
+        time.sleep(0.1)
+    exported = set(re.findall(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)[{ ]", text, re.M))
+    for name, kind in re.findall(r"^# TYPE (\S+) (\S+)$", text, re.M):
+        exported.add(name)
+        if kind == "histogram":
+            exported |= {name + "_bucket", name + "_sum", name + "_count"}
+    recorded = {r["record"] for g in rules["groups"] for r in g["rules"] if "record" in r}
+    used = set()
+    for _, expr in expressions:
+        used |= metric_names(expr)
+    for g in rules["groups"]:
+        for r in g["rules"]:
+            used |= metric_names(r["expr"])
+    missing = sorted(used - recorded - exported)
+    check(f"live: kldriftd exports all {len(used - recorded)} metrics the dashboard and rules use",
+          not missing, f"not exported: {missing}")
+    # Policy streams only (paired log-probabilities); this stream is a histogram.
+    unexported = sorted(KNOWN_METRICS - exported - {"kldrift_policy_kl_estimate_nats"})
+    unlisted = sorted(n for n in exported if n.startswith("kldrift_") and n not in KNOWN_METRICS)
+    check("live: KNOWN_METRICS is exactly what kldriftd exports", not unexported and not unlisted,
+          f"listed, not exported: {unexported}; exported, not listed: {unlisted}")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -738,18 +839,32 @@ def check_grafana(root, deploy, rules, work):
     check("dashboard: drift over time drawn with its warn and critical thresholds",
           any(p["type"] == "timeseries" for p in drift), [p["title"] for p in drift])
 
-    # Every expression, as Grafana sends it, in a real Prometheus loaded with the shipped rules.
+    return expressions
+
+
+def check_in_prometheus(deploy, rules, expressions, work, live):
+    """Every expression, as Grafana sends it, in a real Prometheus loaded with the shipped rules;
+    with `live` (a running kldriftd fed one stream), Prometheus scrapes it and every panel shows data.
+    """
     binary = tool("prometheus", "/usr/bin/prometheus", "prometheus")
+    config = {"global": {"scrape_interval": "15s", "evaluation_interval": "15s"},
+              "rule_files": [str(deploy / "prometheus" / "kldrift.rules.yml")], "scrape_configs": []}
+    if live:
+        config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
+        config["scrape_configs"] = [{"job_name": JOB, "static_configs": [
+            {"targets": [f"127.0.0.1:{live.metrics_port}"]}]}]
     config_path = os.path.join(work, "prometheus.yml")
     with open(config_path, "w") as f:
-        yaml.safe_dump({"global": {"scrape_interval": "15s", "evaluation_interval": "15s"},
-                        "rule_files": [str(deploy / "prometheus" / "kldrift.rules.yml")],
-                        "scrape_configs": []}, f)
+        yaml.safe_dump(config, f)
     storage = os.path.join(work, "prometheus-data")
 
     def args(address):
         return [binary, f"--config.file={config_path}", f"--storage.tsdb.path={storage}",
                 f"--web.listen-address={address}"]
+
+    def query(promql):
+        params = urllib.parse.urlencode({"query": promql, "time": f"{time.time():.3f}"})
+        return http_json(server.url(f"/api/v1/query?{params}"))
 
     server = Server("prometheus", args, work)
     try:
@@ -757,30 +872,42 @@ def check_grafana(root, deploy, rules, work):
         loaded = sorted(g["name"] for g in body["data"]["groups"]) if status == 200 else body
         check("prometheus loads deploy/prometheus/kldrift.rules.yml",
               loaded == sorted(g["name"] for g in rules["groups"]), loaded)
-        now = time.time()
+        queries = []
         for where, expr in expressions:
             try:
-                query = substitute(expr)
+                queries.append((where, substitute(expr)))
             except KeyError as e:
                 check(f"{where}: variables substituted", False, e)
-                continue
-            params = urllib.parse.urlencode({"query": query, "time": f"{now:.3f}"})
-            status, body = http_json(server.url(f"/api/v1/query?{params}"))
+        for where, promql in queries:
+            status, body = query(promql)
             ok = status == 200 and isinstance(body, dict) and body.get("status") == "success"
-            check(f"prometheus accepts {where}: {' '.join(query.split())}", ok,
-                  f"HTTP {status}: {body}")
+            check(f"prometheus accepts {where}: {' '.join(promql.split())}", ok, f"HTTP {status}: {body}")
         # The check above must be able to fail: a broken expression is refused.
-        params = urllib.parse.urlencode({"query": "sum(rate(kldrift_streams[5m])"})
-        status, body = http_json(server.url(f"/api/v1/query?{params}"))
+        status, body = query("sum(rate(kldrift_streams[5m])")
         check("prometheus refuses a malformed expression (the check can fail)",
               status == 400 and body.get("errorType") == "bad_data", f"HTTP {status}: {body}")
+        if not live:
+            return
+        # Recording rules run every 30s and alerts need `for:`; everything else has data in seconds.
+        recorded = {r["record"] for g in rules["groups"] for r in g["rules"] if "record" in r}
+        expected = [(w, q) for w, q in queries if "ALERTS" not in q and not metric_names(q) & recorded]
+        empty = dict(expected)
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while empty and time.monotonic() < deadline:
+            for where, promql in list(empty.items()):
+                status, body = query(promql)
+                if status == 200 and body["data"]["result"]:
+                    del empty[where]
+            time.sleep(0.5)
+        for where, promql in expected:
+            check(f"live: {where} shows data from kldriftd", where not in empty, promql)
     finally:
         server.stop()
 
 
 def section(name, function, *args):
     """Runs one group of checks; one that cannot finish is a failure, never a skip."""
-    print(f"== {name}", flush=True)
+    print(f"== {name} ({time.monotonic() - STARTED:.1f} s)", flush=True)
     try:
         return function(*args)
     except Exception:
@@ -789,14 +916,17 @@ def section(name, function, *args):
 
 
 def main():
-    if len(sys.argv) != 2:
+    if len(sys.argv) not in (2, 4):
         print(__doc__, file=sys.stderr)
         return 2
+    binaries = sys.argv[2:4]
+    if not binaries:
+        print("NOTE: no kldriftd given: metric names are checked against KNOWN_METRICS, not a live "
+              "kldriftd (CTest passes both binaries)", flush=True)
     # ctest and Ctrl-C: stop through the finally blocks, so started servers are stopped.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     root = pathlib.Path(sys.argv[1]).resolve()
     deploy = root / "deploy"
-    started = time.monotonic()
     rules = load_yaml(deploy / "prometheus" / "kldrift.rules.yml")
     flags = kldriftd_flags(root)
     check("kldriftd flags found in server/ (ABSL_FLAG)", {"--listen", "--data-dir"} <= flags, flags)
@@ -807,8 +937,18 @@ def main():
         k8s = section("k8s", check_k8s, root, deploy, rules, flags)
         section("compose and Dockerfile", check_compose_and_dockerfile, root, deploy,
                 prometheus_config, flags, k8s)
-        section("grafana", check_grafana, root, deploy, rules, work)
-    elapsed = time.monotonic() - started
+        expressions = section("grafana", check_grafana, root, deploy, rules, work) or []
+        live = None
+        try:
+            if binaries:
+                live = section("kldriftd", Kldriftd, *binaries, work)
+                if live:
+                    section("kldriftd exposition", check_exposition, live, expressions, rules)
+            section("prometheus queries", check_in_prometheus, deploy, rules, expressions, work, live)
+        finally:
+            if live:
+                live.stop()
+    elapsed = time.monotonic() - STARTED
     print(f"deploy_config_test: {checks} checks, {len(failures)} failed, {elapsed:.1f} s")
     for f in failures:
         print(f"FAILED: {f}", file=sys.stderr)
