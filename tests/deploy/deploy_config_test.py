@@ -290,14 +290,10 @@ class Kldriftd:
         try:
             self.port = self._read_port(port_file)
             self.metrics_port = self._read_port(metrics_port_file)
-        except BaseException:
-            self.stop()
-            raise
-        print(f"     kldriftd on 127.0.0.1:{self.port}, /metrics on 127.0.0.1:{self.metrics_port}",
-              flush=True)
-        try:
+            print(f"     kldriftd on 127.0.0.1:{self.port}, /metrics on 127.0.0.1:{self.metrics_port}",
+                  flush=True)
             self._feed(kldrift)
-        except BaseException:
+        except BaseException:  # The caller gets no object to stop.
             self.stop()
             raise
 
