@@ -38,6 +38,8 @@ struct ServerConfig {
   std::string metrics_port_file;
   // Top contributing bins exported per histogram window (0 to 20).
   size_t metrics_top_bins = 3;
+  // Measure families exported per window: all, none, or a list (see ParseMetricsMeasures).
+  std::string metrics_measures = "all";
 };
 
 // INVALID_ARGUMENT naming the flag and the accepted values.

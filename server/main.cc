@@ -71,6 +71,10 @@ ABSL_FLAG(std::string, metrics_port_file, "",
           "if set, write the bound metrics port to this file once serving");
 ABSL_FLAG(uint64_t, metrics_top_bins, kDefaults.metrics_top_bins,
           "bins exported per histogram window in kldrift_top_bin_kl_contribution_nats (0-20)");
+ABSL_FLAG(std::string, metrics_measures, kDefaults.metrics_measures,
+          "measure families exported per window: all, none, or a list such as "
+          "kl_current_reference,psi,g_test_p_value (fewer series per stream; the alerting "
+          "measure is always in kldrift_alert_measure_value)");
 
 namespace kldrift {
 namespace {
@@ -84,7 +88,6 @@ uint64_t FolderBytes(const std::string& dir) {
   }
   return bytes;
 }
-
 
 // absl flag names are identifiers; accept the dashed spelling users type (--eval-interval).
 void NormalizeFlagNames(int argc, char** argv) {
@@ -113,6 +116,7 @@ ServerConfig ConfigFromFlags() {
   c.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
   c.metrics_port_file = absl::GetFlag(FLAGS_metrics_port_file);
   c.metrics_top_bins = absl::GetFlag(FLAGS_metrics_top_bins);
+  c.metrics_measures = absl::GetFlag(FLAGS_metrics_measures);
   return c;
 }
 
@@ -148,6 +152,12 @@ int Run(const ServerConfig& config) {
   }
   MetricsOptions metrics_options;
   metrics_options.top_bins = config.metrics_top_bins;
+  absl::StatusOr<uint32_t> measures = ParseMetricsMeasures(config.metrics_measures);
+  if (!measures.ok()) {
+    std::cerr << "kldriftd: " << measures.status().message() << "\n";
+    return 1;
+  }
+  metrics_options.measures = *measures;
   metrics_options.version = KLDRIFT_VERSION;
   auto metrics = std::make_shared<DriftMetrics>(metrics_options);
   EngineOptions options;

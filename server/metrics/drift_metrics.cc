@@ -7,6 +7,7 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "prometheus/exposer.h"
 #include "server/core/alert_policy.h"
 
@@ -52,6 +53,26 @@ constexpr absl::StatusCode kRejectionCodes[] = {
 };
 
 }  // namespace
+
+absl::StatusOr<uint32_t> ParseMetricsMeasures(absl::string_view text) {
+  if (text == "all") return kAllMeasureFamilies;
+  if (text == "none") return 0u;
+  uint32_t bits = 0;
+  for (absl::string_view name : absl::StrSplit(text, ',')) {
+    if (name == "g_test_p_value") {
+      bits |= kGTestPValueBit;
+      continue;
+    }
+    absl::StatusOr<Measure> measure = ParseMeasure(name);
+    if (!measure.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--metrics-measures: ", measure.status().message(),
+                       ", or g_test_p_value; or all, or none"));
+    }
+    bits |= MeasureBit(*measure);
+  }
+  return bits;
+}
 
 struct DriftMetrics::WindowSeries {
   absl::Duration window;
@@ -308,25 +329,31 @@ void DriftMetrics::UpdateWindowLocked(const StreamSeries& stream, WindowSeries& 
     w.gauges.emplace_back(&family, gauge);
     return gauge;
   };
+  auto add_measure = [&](Measure measure, Family<Gauge>& family) -> Gauge* {
+    return (options_.measures & MeasureBit(measure)) ? add(family, w.labels) : nullptr;
+  };
+  auto set = [](Gauge* gauge, double value) {
+    if (gauge != nullptr) gauge->Set(value);
+  };
   if (w.samples == nullptr) {
     // First report of this window: create its series for the stream's kind.
     Labels with_measure = w.labels;
     with_measure.emplace("measure", report.measure);
     if (IsHistogramKind(stream.kind)) {
-      w.kl_current_reference = add(kl_current_reference_, w.labels);
-      w.kl_reference_current = add(kl_reference_current_, w.labels);
-      w.jeffreys = add(jeffreys_, w.labels);
-      w.js_divergence = add(js_divergence_, w.labels);
-      w.psi = add(psi_, w.labels);
-      w.hellinger = add(hellinger_, w.labels);
-      w.total_variation = add(total_variation_, w.labels);
-      w.linf = add(linf_, w.labels);
-      w.chi_squared = add(chi_squared_, w.labels);
-      w.g_test_p_value = add(g_test_p_value_, w.labels);
+      w.kl_current_reference = add_measure(Measure::kKlCurrentReference, kl_current_reference_);
+      w.kl_reference_current = add_measure(Measure::kKlReferenceCurrent, kl_reference_current_);
+      w.jeffreys = add_measure(Measure::kJeffreys, jeffreys_);
+      w.js_divergence = add_measure(Measure::kJsBits, js_divergence_);
+      w.psi = add_measure(Measure::kPsi, psi_);
+      w.hellinger = add_measure(Measure::kHellinger, hellinger_);
+      w.total_variation = add_measure(Measure::kTotalVariation, total_variation_);
+      w.linf = add_measure(Measure::kLInf, linf_);
+      w.chi_squared = add_measure(Measure::kChi2, chi_squared_);
+      if (options_.measures & kGTestPValueBit) w.g_test_p_value = add(g_test_p_value_, w.labels);
     } else if (stream.kind == ReferenceKind::kGaussian) {
-      w.kl_current_reference = add(kl_current_reference_, w.labels);
-      w.kl_reference_current = add(kl_reference_current_, w.labels);
-      w.jeffreys = add(jeffreys_, w.labels);
+      w.kl_current_reference = add_measure(Measure::kKlCurrentReference, kl_current_reference_);
+      w.kl_reference_current = add_measure(Measure::kKlReferenceCurrent, kl_reference_current_);
+      w.jeffreys = add_measure(Measure::kJeffreys, jeffreys_);
     } else {
       for (auto [gauge, name] : {std::pair{&w.k1, "k1"}, {&w.k2, "k2"}, {&w.k3, "k3"}}) {
         Labels labels = w.labels;
@@ -347,28 +374,28 @@ void DriftMetrics::UpdateWindowLocked(const StreamSeries& stream, WindowSeries& 
   if (report.histogram) {
     const DriftMeasures& m = *report.histogram;
     defined = true;
-    w.kl_current_reference->Set(m.kl_current_reference);
-    w.kl_reference_current->Set(m.kl_reference_current);
-    w.jeffreys->Set(m.jeffreys);
-    w.js_divergence->Set(m.js_bits);
-    w.psi->Set(m.psi);
-    w.hellinger->Set(m.hellinger);
-    w.total_variation->Set(m.total_variation);
-    w.linf->Set(m.l_inf);
-    w.chi_squared->Set(m.chi2);
-    w.g_test_p_value->Set(m.g_test_p_value);
+    set(w.kl_current_reference, m.kl_current_reference);
+    set(w.kl_reference_current, m.kl_reference_current);
+    set(w.jeffreys, m.jeffreys);
+    set(w.js_divergence, m.js_bits);
+    set(w.psi, m.psi);
+    set(w.hellinger, m.hellinger);
+    set(w.total_variation, m.total_variation);
+    set(w.linf, m.l_inf);
+    set(w.chi_squared, m.chi2);
+    set(w.g_test_p_value, m.g_test_p_value);
   } else if (IsHistogramKind(stream.kind)) {
     for (Gauge* g :
          {w.kl_current_reference, w.kl_reference_current, w.jeffreys, w.js_divergence, w.psi,
           w.hellinger, w.total_variation, w.linf, w.chi_squared, w.g_test_p_value}) {
-      g->Set(kNaN);
+      set(g, kNaN);
     }
   }
   if (stream.kind == ReferenceKind::kGaussian) {
     defined = report.gaussian.has_value();
-    w.kl_current_reference->Set(defined ? report.gaussian->kl.forward : kNaN);
-    w.kl_reference_current->Set(defined ? report.gaussian->kl.reverse : kNaN);
-    w.jeffreys->Set(defined ? report.gaussian->kl.forward + report.gaussian->kl.reverse : kNaN);
+    set(w.kl_current_reference, defined ? report.gaussian->kl.forward : kNaN);
+    set(w.kl_reference_current, defined ? report.gaussian->kl.reverse : kNaN);
+    set(w.jeffreys, defined ? report.gaussian->kl.forward + report.gaussian->kl.reverse : kNaN);
   }
   if (stream.kind == ReferenceKind::kPairedLogProbs) {
     defined = report.policy.has_value();
@@ -394,8 +421,12 @@ void DriftMetrics::UpdateWindowLocked(const StreamSeries& stream, WindowSeries& 
   }
   w.alert_state->Set(static_cast<double>(report.alert.state));
 
-  if (report.histogram) {
-    const std::vector<BinContribution>& top = report.histogram->top_bins;
+  if (IsHistogramKind(stream.kind)) {
+    // A window without data has no contributing bins: drop the last ones rather than export them
+    // as if they were current.
+    static const std::vector<BinContribution> kNoBins;
+    const std::vector<BinContribution>& top =
+        report.histogram ? report.histogram->top_bins : kNoBins;
     const size_t ranks = std::min(top.size(), options_.top_bins);
     for (size_t rank = ranks; rank < w.top_bins.size(); ++rank) {
       top_bin_contribution_.Remove(w.top_bins[rank].gauge);

@@ -29,6 +29,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "prometheus/collectable.h"
@@ -37,6 +38,7 @@
 #include "prometheus/gauge.h"
 #include "prometheus/histogram.h"
 #include "prometheus/registry.h"
+#include "server/core/alert_policy.h"
 #include "server/core/drift_engine.h"
 #include "server/core/engine_observer.h"
 #include "server/core/mutex.h"
@@ -54,9 +56,22 @@ struct ServerState {
   uint64_t watch_reports_dropped = 0;
 };
 
+// Which measure families are exported per window: a bit per Measure (MeasureBit) and one for the
+// G-test p-value. The policy's own measure is always in kldrift_alert_measure_value.
+inline constexpr uint32_t MeasureBit(Measure measure) { return 1u << static_cast<int>(measure); }
+inline constexpr uint32_t kGTestPValueBit = 1u << 16;
+inline constexpr uint32_t kAllMeasureFamilies = 0xffffffffu;
+
+// Parses --metrics-measures: "all", "none", or a comma-separated list of measure names
+// (kl_current_reference, psi, js_bits, ..., as in alert policies) and g_test_p_value.
+// INVALID_ARGUMENT naming the valid names otherwise.
+absl::StatusOr<uint32_t> ParseMetricsMeasures(absl::string_view text);
+
 struct MetricsOptions {
   // Top contributing bins exported per histogram window (kldrift_top_bin_kl_contribution_nats).
   size_t top_bins = 3;
+  // Measure families exported per window (see MeasureBit); fewer means fewer series per stream.
+  uint32_t measures = kAllMeasureFamilies;
   // kldrift_build_info's version label.
   std::string version;
   // kldrift_start_time_seconds.

@@ -34,11 +34,13 @@ constexpr size_t kBins = 64;
 // An engine with `streams` pre-binned streams, each with one batch of drifted counts in its
 // windows.
 struct Fixture {
-  // metrics: 0 none, 1 DriftMetrics with default options, 2 without top bins.
+  // metrics: 0 none, 1 DriftMetrics with default options, 2 without top bins, 3 alerting series
+  // only (--metrics-measures=none --metrics-top-bins=0).
   Fixture(size_t streams, int with_metrics) {
     if (with_metrics != 0) {
       MetricsOptions metrics_options;
-      if (with_metrics == 2) metrics_options.top_bins = 0;
+      if (with_metrics >= 2) metrics_options.top_bins = 0;
+      if (with_metrics == 3) metrics_options.measures = 0;
       metrics = std::make_unique<DriftMetrics>(metrics_options);
     }
     EngineOptions options;
@@ -82,15 +84,16 @@ void BM_Evaluate(benchmark::State& state) {
   state.counters["windows"] = static_cast<double>(windows);
   state.SetLabel(state.range(1) == 0   ? "no metrics (baseline)"
                  : state.range(1) == 1 ? "with metrics"
-                                       : "with metrics, --metrics-top-bins=0");
+                 : state.range(1) == 2 ? "with metrics, --metrics-top-bins=0"
+                                       : "alerting series only");
 }
 BENCHMARK(BM_Evaluate)
-    ->ArgsProduct({{1000, 10000}, {0, 1, 2}})
+    ->ArgsProduct({{1000, 10000}, {0, 1, 2, 3}})
     ->ArgNames({"streams", "metrics"})
     ->Unit(benchmark::kMillisecond);
 
 void BM_Scrape(benchmark::State& state) {
-  Fixture fixture(static_cast<size_t>(state.range(0)), 1);
+  Fixture fixture(static_cast<size_t>(state.range(0)), static_cast<int>(state.range(1)));
   fixture.engine->Evaluate();
   size_t bytes = 0;
   for (auto _ : state) {
@@ -101,8 +104,12 @@ void BM_Scrape(benchmark::State& state) {
   }
   state.counters["series"] = static_cast<double>(fixture.metrics->stream_series());
   state.counters["bytes"] = static_cast<double>(bytes);
+  state.SetLabel(state.range(1) == 1 ? "defaults" : "--metrics-measures=none --metrics-top-bins=0");
 }
-BENCHMARK(BM_Scrape)->Arg(1000)->Arg(10000)->ArgName("streams")->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_Scrape)
+    ->ArgsProduct({{1000, 10000}, {1, 3}})
+    ->ArgNames({"streams", "metrics"})
+    ->Unit(benchmark::kMillisecond);
 
 }  // namespace
 }  // namespace kldrift
