@@ -59,6 +59,8 @@ class ServerCliTest(unittest.TestCase):
                 "--port-file",
                 port_file,
                 "--storage=memory",
+                "--metrics-listen",
+                "127.0.0.1:0",
                 "--eval-interval",
                 "200ms",
             ],

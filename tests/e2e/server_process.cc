@@ -1,7 +1,10 @@
 #include "tests/e2e/server_process.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <stdlib.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -22,6 +25,36 @@ std::string BinaryPath(const char* env_var, const std::string& fallback) {
   return value != nullptr && *value != '\0' ? value : fallback;
 }
 
+absl::StatusOr<std::string> HttpGet(int port, const std::string& path) {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return absl::InternalError("socket failed");
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_port = htons(static_cast<uint16_t>(port));
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  timeval timeout{10, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
+  if (connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) != 0) {
+    close(fd);
+    return absl::UnavailableError(absl::StrCat("cannot connect to 127.0.0.1:", port));
+  }
+  const std::string request =
+      absl::StrCat("GET ", path, " HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+  if (send(fd, request.data(), request.size(), 0) != static_cast<ssize_t>(request.size())) {
+    close(fd);
+    return absl::UnavailableError("send failed");
+  }
+  std::string response;
+  char buffer[65536];
+  for (ssize_t n; (n = recv(fd, buffer, sizeof(buffer), 0)) > 0;) response.append(buffer, n);
+  close(fd);
+  const size_t body = response.find("\r\n\r\n");
+  if (response.rfind("HTTP/1.1 200", 0) != 0 && response.rfind("HTTP/1.0 200", 0) != 0) {
+    return absl::UnavailableError(absl::StrCat("GET ", path, ": ", response.substr(0, 80)));
+  }
+  return body == std::string::npos ? "" : response.substr(body + 4);
+}
+
 absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::Start(
     const std::string& binary, const std::vector<std::string>& extra_flags,
     absl::Duration startup) {
@@ -30,6 +63,7 @@ absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::Start(
   if (mkdtemp(dir_template) == nullptr) return absl::InternalError("mkdtemp failed");
   process->work_dir_ = dir_template;
   const std::string port_file = process->work_dir_ + "/port";
+  const std::string metrics_port_file = process->work_dir_ + "/metrics-port";
   const std::string log_file = process->work_dir_ + "/kldriftd.log";
 
   std::vector<std::string> args = {binary, "--listen", "127.0.0.1:0", "--port-file", port_file};
@@ -41,6 +75,14 @@ absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::Start(
   if (!names_storage) {
     args.push_back("--data-dir");
     args.push_back(process->work_dir_ + "/data");
+  }
+  // Metrics on a free port too, so servers can run side by side (unless the test chooses).
+  const bool names_metrics =
+      std::any_of(extra_flags.begin(), extra_flags.end(),
+                  [](const std::string& f) { return f.rfind("--metrics-listen", 0) == 0; });
+  if (!names_metrics) {
+    args.insert(args.end(),
+                {"--metrics-listen", "127.0.0.1:0", "--metrics-port-file", metrics_port_file});
   }
   args.insert(args.end(), extra_flags.begin(), extra_flags.end());
   const pid_t pid = fork();
@@ -65,6 +107,10 @@ absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::Start(
     int port = 0;
     if (in >> port && port > 0) {
       process->port_ = port;
+      // Written before the gRPC port (kldriftd starts its metrics endpoint first).
+      std::ifstream metrics_in(metrics_port_file);
+      int metrics_port = 0;
+      if (metrics_in >> metrics_port) process->metrics_port_ = metrics_port;
       return process;
     }
     int status = 0;

@@ -1,6 +1,7 @@
 // ServerProcess: a real kldriftd child process for end-to-end tests.
 //
-// Starts the binary with --listen 127.0.0.1:0 and a port file in a fresh temporary folder, waits
+// Starts the binary with --listen 127.0.0.1:0 (and --metrics-listen 127.0.0.1:0) and port files
+// in a fresh temporary folder, waits
 // (bounded) until the port file appears, and stops the process with SIGTERM (then SIGKILL after a
 // grace period) when destroyed. Loopback only.
 //
@@ -20,6 +21,9 @@
 
 namespace kldrift::testing {
 
+// GET http://127.0.0.1:`port``path` (HTTP/1.0, 10 s receive timeout); the body of a 200 response.
+absl::StatusOr<std::string> HttpGet(int port, const std::string& path);
+
 class ServerProcess {
  public:
   // Starts `binary` with the given extra flags. Fails if it does not serve within `startup`.
@@ -29,6 +33,8 @@ class ServerProcess {
   ~ServerProcess();
 
   int port() const { return port_; }
+  // The metrics endpoint's port (0 if the test passed its own --metrics-listen).
+  int metrics_port() const { return metrics_port_; }
   std::string address() const;
   std::shared_ptr<grpc::Channel> Channel() const;
   const std::string& work_dir() const { return work_dir_; }
@@ -45,6 +51,7 @@ class ServerProcess {
   pid_t pid_ = -1;
   int exit_status_ = 0;  // From waitpid, once the process has been reaped; -1 if killed.
   int port_ = 0;
+  int metrics_port_ = 0;
   std::string work_dir_;
 };
 

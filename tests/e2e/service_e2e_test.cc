@@ -308,6 +308,55 @@ TEST_F(ServiceE2eTest, ResendAfterReconnectIsAppliedOnce) {
   EXPECT_EQ(Drift(stream).reports(0).samples(), 7 * 2);
 }
 
+// The value of one series in a Prometheus text exposition ("name" or "name{labels}" exactly as
+// kldriftd writes them), or NaN if absent.
+double MetricValue(const std::string& exposition, const std::string& series) {
+  const std::string key = "\n" + series + " ";
+  const size_t at = ("\n" + exposition).find(key);
+  if (at == std::string::npos) return std::nan("");
+  return std::strtod(exposition.c_str() + at + key.size() - 1, nullptr);
+}
+
+TEST_F(ServiceE2eTest, MetricsCountBatchesRejectionsDuplicatesAndReconnects) {
+  const v1::StreamId stream = Stream("m", "s");
+  PutNumeric(stream, {5, 5});
+  std::vector<v1::IngestRequest> first;
+  for (uint64_t s = 1; s <= 4; ++s)
+    first.push_back(HistogramBatch("svc-m", s, "m", "s", {0, 1, 2, 0, 0}));
+  // No reference for this signal: FAILED_PRECONDITION, reported in the acks.
+  first.push_back(HistogramBatch("svc-m", 5, "m", "unknown", {1}));
+  const auto responses = IngestAll(first, 5);
+  ASSERT_FALSE(responses.empty());
+  // The client reconnects and resends 3..5, then sends 6: three duplicates, one new batch.
+  std::vector<v1::IngestRequest> second;
+  for (uint64_t s = 3; s <= 4; ++s)
+    second.push_back(HistogramBatch("svc-m", s, "m", "s", {0, 1, 2, 0, 0}));
+  second.push_back(HistogramBatch("svc-m", 6, "m", "s", {0, 1, 2, 0, 0}));
+  IngestAll(second, 6);
+
+  ASSERT_GT(server_->metrics_port(), 0);
+  absl::StatusOr<std::string> text = testing::HttpGet(server_->metrics_port(), "/metrics");
+  ASSERT_TRUE(text.ok()) << text.status();
+  EXPECT_EQ(MetricValue(*text, "kldrift_ingested_batches_total"), 5);
+  EXPECT_EQ(MetricValue(*text, "kldrift_ingested_observations_total"), 5 * 3);
+  EXPECT_EQ(
+      MetricValue(
+          *text,
+          R"(kldrift_stream_ingested_observations_total{model="m",model_version="",signal="s"})"),
+      5 * 3);
+  EXPECT_EQ(MetricValue(*text, R"(kldrift_rejected_batches_total{reason="failed_precondition"})"),
+            1);
+  EXPECT_EQ(MetricValue(*text, R"(kldrift_rejected_batches_total{reason="invalid_argument"})"), 0);
+  EXPECT_EQ(MetricValue(*text, "kldrift_duplicate_batches_total"), 2);
+  EXPECT_EQ(MetricValue(*text, "kldrift_ingest_streams_opened_total"), 2);
+  EXPECT_EQ(MetricValue(*text, "kldrift_ingest_reconnects_total"), 1);
+  EXPECT_GE(MetricValue(*text, "kldrift_ingest_acks_total"), 2);
+  EXPECT_EQ(MetricValue(*text, "kldrift_streams"), 1);
+  EXPECT_GT(MetricValue(*text, "kldrift_storage_bytes"), 0);
+  EXPECT_EQ(
+      MetricValue(*text, R"(kldrift_reference_version{model="m",model_version="",signal="s"})"), 1);
+}
+
 TEST_F(ServiceE2eTest, WatchDriftSeesPendingFiringAndOk) {
   const v1::StreamId stream = Stream("watched", "score");
   v1::AlertPolicy policy;

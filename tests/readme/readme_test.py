@@ -42,7 +42,8 @@ def main():
         port_file = os.path.join(work, "port")
         log = open(os.path.join(work, "kldriftd.log"), "w")
         server = subprocess.Popen(
-            [kldriftd, "--listen", "127.0.0.1:0", "--port-file", port_file, "--eval-interval",
+            [kldriftd, "--listen", "127.0.0.1:0", "--port-file", port_file,
+             "--metrics-listen", "127.0.0.1:0", "--eval-interval",
              "200ms", "--shutdown-grace", "1s", "--data-dir", os.path.join(work, "data")],
             stdout=log, stderr=log)
         try:
