@@ -672,8 +672,8 @@ TEST(RestartTest, ThousandsOfStreamsRestoreEveryWindowExactly) {
   });
   ASSERT_FALSE(HasFailure());
 
-  // Let the evaluator move (and persist) the alert states, then take the snapshot.
-  absl::SleepFor(absl::Milliseconds(1000));
+  // Let the evaluator move (and persist) the alert states of every stream, then take the snapshot.
+  ASSERT_TRUE(server->WaitForEvaluations().ok());
   std::vector<v1::GetDriftResponse> before(kStreams);
   std::atomic<int> drift_failures{0};
   auto snapshot = [&](KlDrift::Stub* from, std::vector<v1::GetDriftResponse>* out) {

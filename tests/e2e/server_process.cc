@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -53,6 +54,32 @@ absl::StatusOr<std::string> HttpGet(int port, const std::string& path) {
     return absl::UnavailableError(absl::StrCat("GET ", path, ": ", response.substr(0, 80)));
   }
   return body == std::string::npos ? "" : response.substr(body + 4);
+}
+
+double MetricValue(const std::string& exposition, const std::string& series) {
+  const std::string key = "\n" + series + " ";
+  const std::string text = "\n" + exposition;
+  const size_t at = text.find(key);
+  if (at == std::string::npos) return std::nan("");
+  return std::strtod(text.c_str() + at + key.size(), nullptr);
+}
+
+absl::Status ServerProcess::WaitForEvaluations(int ticks, absl::Duration timeout) const {
+  if (metrics_port_ == 0) return absl::FailedPreconditionError("no metrics port");
+  const std::string series = "kldrift_evaluation_duration_seconds_count";
+  double start = -1;
+  const absl::Time deadline = absl::Now() + timeout;
+  while (absl::Now() < deadline) {
+    absl::StatusOr<std::string> text = HttpGet(metrics_port_, "/metrics");
+    if (text.ok()) {
+      const double count = MetricValue(*text, series);
+      if (start < 0 && count >= 0) start = count;
+      if (start >= 0 && count >= start + ticks) return absl::OkStatus();
+    }
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  return absl::DeadlineExceededError(absl::StrCat(
+      "the server did not finish ", ticks, " evaluations in ", absl::FormatDuration(timeout)));
 }
 
 absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::Start(

@@ -24,6 +24,10 @@ namespace kldrift::testing {
 // GET http://127.0.0.1:`port``path` (HTTP/1.0, 10 s receive timeout); the body of a 200 response.
 absl::StatusOr<std::string> HttpGet(int port, const std::string& path);
 
+// The value of one series in a Prometheus text exposition ("name" or "name{labels}" exactly as
+// kldriftd writes them), or NaN if absent.
+double MetricValue(const std::string& exposition, const std::string& series);
+
 class ServerProcess {
  public:
   // Starts `binary` with the given extra flags. Fails if it does not serve within `startup`.
@@ -35,6 +39,11 @@ class ServerProcess {
   int port() const { return port_; }
   // The metrics endpoint's port (0 if the test passed its own --metrics-listen).
   int metrics_port() const { return metrics_port_; }
+
+  // Waits (bounded by `timeout`) until the server has finished `ticks` more evaluations than when
+  // called, read from kldrift_evaluation_duration_seconds_count. Two ticks guarantee that one whole
+  // evaluation started after the call: everything applied before it has been evaluated.
+  absl::Status WaitForEvaluations(int ticks = 2, absl::Duration timeout = absl::Seconds(60)) const;
   std::string address() const;
   std::shared_ptr<grpc::Channel> Channel() const;
   const std::string& work_dir() const { return work_dir_; }

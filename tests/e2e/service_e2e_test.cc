@@ -308,15 +308,6 @@ TEST_F(ServiceE2eTest, ResendAfterReconnectIsAppliedOnce) {
   EXPECT_EQ(Drift(stream).reports(0).samples(), 7 * 2);
 }
 
-// The value of one series in a Prometheus text exposition ("name" or "name{labels}" exactly as
-// kldriftd writes them), or NaN if absent.
-double MetricValue(const std::string& exposition, const std::string& series) {
-  const std::string key = "\n" + series + " ";
-  const size_t at = ("\n" + exposition).find(key);
-  if (at == std::string::npos) return std::nan("");
-  return std::strtod(exposition.c_str() + at + key.size() - 1, nullptr);
-}
-
 TEST_F(ServiceE2eTest, MetricsCountBatchesRejectionsDuplicatesAndReconnects) {
   const v1::StreamId stream = Stream("m", "s");
   PutNumeric(stream, {5, 5});
@@ -337,24 +328,28 @@ TEST_F(ServiceE2eTest, MetricsCountBatchesRejectionsDuplicatesAndReconnects) {
   ASSERT_GT(server_->metrics_port(), 0);
   absl::StatusOr<std::string> text = testing::HttpGet(server_->metrics_port(), "/metrics");
   ASSERT_TRUE(text.ok()) << text.status();
-  EXPECT_EQ(MetricValue(*text, "kldrift_ingested_batches_total"), 5);
-  EXPECT_EQ(MetricValue(*text, "kldrift_ingested_observations_total"), 5 * 3);
+  EXPECT_EQ(testing::MetricValue(*text, "kldrift_ingested_batches_total"), 5);
+  EXPECT_EQ(testing::MetricValue(*text, "kldrift_ingested_observations_total"), 5 * 3);
   EXPECT_EQ(
-      MetricValue(
+      testing::MetricValue(
           *text,
           R"(kldrift_stream_ingested_observations_total{model="m",model_version="",signal="s"})"),
       5 * 3);
-  EXPECT_EQ(MetricValue(*text, R"(kldrift_rejected_batches_total{reason="failed_precondition"})"),
+  EXPECT_EQ(testing::MetricValue(*text,
+                                 R"(kldrift_rejected_batches_total{reason="failed_precondition"})"),
             1);
-  EXPECT_EQ(MetricValue(*text, R"(kldrift_rejected_batches_total{reason="invalid_argument"})"), 0);
-  EXPECT_EQ(MetricValue(*text, "kldrift_duplicate_batches_total"), 2);
-  EXPECT_EQ(MetricValue(*text, "kldrift_ingest_streams_opened_total"), 2);
-  EXPECT_EQ(MetricValue(*text, "kldrift_ingest_reconnects_total"), 1);
-  EXPECT_GE(MetricValue(*text, "kldrift_ingest_acks_total"), 2);
-  EXPECT_EQ(MetricValue(*text, "kldrift_streams"), 1);
-  EXPECT_GT(MetricValue(*text, "kldrift_storage_bytes"), 0);
   EXPECT_EQ(
-      MetricValue(*text, R"(kldrift_reference_version{model="m",model_version="",signal="s"})"), 1);
+      testing::MetricValue(*text, R"(kldrift_rejected_batches_total{reason="invalid_argument"})"),
+      0);
+  EXPECT_EQ(testing::MetricValue(*text, "kldrift_duplicate_batches_total"), 2);
+  EXPECT_EQ(testing::MetricValue(*text, "kldrift_ingest_streams_opened_total"), 2);
+  EXPECT_EQ(testing::MetricValue(*text, "kldrift_ingest_reconnects_total"), 1);
+  EXPECT_GE(testing::MetricValue(*text, "kldrift_ingest_acks_total"), 2);
+  EXPECT_EQ(testing::MetricValue(*text, "kldrift_streams"), 1);
+  EXPECT_GT(testing::MetricValue(*text, "kldrift_storage_bytes"), 0);
+  EXPECT_EQ(testing::MetricValue(
+                *text, R"(kldrift_reference_version{model="m",model_version="",signal="s"})"),
+            1);
 }
 
 TEST_F(ServiceE2eTest, WatchDriftSeesPendingFiringAndOk) {
