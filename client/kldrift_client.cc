@@ -5,6 +5,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "grpcpp/create_channel.h"
+#include "grpcpp/security/credentials.h"
+#include "grpcpp/support/client_interceptor.h"
 #include "server/core/stream_key.h"
 
 namespace kldrift {
@@ -29,6 +32,35 @@ std::string StatusText(const absl::Status& status) {
   return absl::StrCat(absl::StatusCodeToString(status.code()), ": ", status.message());
 }
 
+// Adds `authorization: Bearer <token>` to every call's initial metadata.
+class TokenInterceptor : public grpc::experimental::Interceptor {
+ public:
+  explicit TokenInterceptor(const std::string* authorization) : authorization_(authorization) {}
+  void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
+    if (methods->QueryInterceptionHookPoint(
+            grpc::experimental::InterceptionHookPoints::PRE_SEND_INITIAL_METADATA)) {
+      methods->GetSendInitialMetadata()->insert({"authorization", *authorization_});
+    }
+    methods->Proceed();
+  }
+
+ private:
+  const std::string* const authorization_;  // Owned by the factory, which outlives the channel.
+};
+
+class TokenInterceptorFactory : public grpc::experimental::ClientInterceptorFactoryInterface {
+ public:
+  explicit TokenInterceptorFactory(const std::string& token)
+      : authorization_(absl::StrCat("Bearer ", token)) {}
+  grpc::experimental::Interceptor* CreateClientInterceptor(
+      grpc::experimental::ClientRpcInfo* /*info*/) override {
+    return new TokenInterceptor(&authorization_);
+  }
+
+ private:
+  const std::string authorization_;
+};
+
 }  // namespace
 
 std::shared_ptr<grpc::Channel> CreateChannel(const ChannelOptions& options) {
@@ -39,7 +71,21 @@ std::shared_ptr<grpc::Channel> CreateChannel(const ChannelOptions& options) {
               static_cast<int>(absl::ToInt64Milliseconds(kChannelInitialReconnectBackoff)));
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS,
               static_cast<int>(absl::ToInt64Milliseconds(kChannelMaxReconnectBackoff)));
-  return grpc::CreateCustomChannel(options.target, grpc::InsecureChannelCredentials(), args);
+  std::shared_ptr<grpc::ChannelCredentials> credentials = grpc::InsecureChannelCredentials();
+  if (options.use_tls) {
+    grpc::SslCredentialsOptions tls;
+    tls.pem_root_certs = options.tls_root_certs;
+    tls.pem_cert_chain = options.tls_client_cert;
+    tls.pem_private_key = options.tls_client_key;
+    credentials = grpc::SslCredentials(tls);
+  }
+  if (options.token.empty()) return grpc::CreateCustomChannel(options.target, credentials, args);
+  // An interceptor rather than call credentials: those are refused on plaintext channels, and a
+  // token over a loopback plaintext port is legitimate.
+  std::vector<std::unique_ptr<grpc::experimental::ClientInterceptorFactoryInterface>> interceptors;
+  interceptors.push_back(std::make_unique<TokenInterceptorFactory>(options.token));
+  return grpc::experimental::CreateCustomChannelWithInterceptors(options.target, credentials, args,
+                                                                 std::move(interceptors));
 }
 
 void SetDeadline(grpc::ClientContext* context, absl::Duration timeout) {

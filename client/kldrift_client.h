@@ -56,9 +56,18 @@ struct ChannelOptions {
   std::string target = std::string(kDefaultServerAddress);
   // How long each unary call may take.
   absl::Duration deadline = kDefaultRpcDeadline;
+  // TLS: verify the server against tls_root_certs (PEM contents; empty: the system's roots).
+  bool use_tls = false;
+  std::string tls_root_certs;
+  // Mutual TLS: this client's PEM certificate chain and private key (contents).
+  std::string tls_client_cert;
+  std::string tls_client_key;
+  // Sent with every call as `authorization: Bearer <token>` (kldriftd --auth-tokens). Empty: none.
+  std::string token;
 };
 
-// An insecure channel to options.target. Connects lazily, on the first call.
+// A channel to options.target, over TLS if options.use_tls, adding the token to every call.
+// Connects lazily, on the first call.
 std::shared_ptr<grpc::Channel> CreateChannel(const ChannelOptions& options);
 
 // Sets `context`'s deadline to now + `timeout`.

@@ -45,6 +45,22 @@ absl::Status ValidateConfig(const ServerConfig& c) {
   if (c.metrics_listen == "none" && !c.metrics_port_file.empty()) {
     return absl::InvalidArgumentError("--metrics-port-file needs --metrics-listen");
   }
+  if (c.tls_cert.empty() != c.tls_key.empty()) {
+    return absl::InvalidArgumentError("--tls-cert and --tls-key go together: give both or neither");
+  }
+  if (!c.tls_client_ca.empty() && c.tls_cert.empty()) {
+    return absl::InvalidArgumentError(
+        "--tls-client-ca (mutual TLS) needs the server's own --tls-cert and --tls-key");
+  }
+  if (!c.metrics_basic_auth.empty() && c.metrics_listen == "none") {
+    return absl::InvalidArgumentError("--metrics-basic-auth needs --metrics-listen");
+  }
+  if (c.max_concurrent_streams_per_connection < 1) {
+    return absl::InvalidArgumentError("--max-concurrent-streams-per-connection must be > 0");
+  }
+  if (c.grpc_memory_limit < (size_t{16} << 20)) {
+    return absl::InvalidArgumentError("--grpc-memory-limit must be at least 16 MiB");
+  }
   if (c.metrics_top_bins > 20) {
     return absl::InvalidArgumentError(
         absl::StrCat("--metrics-top-bins=", c.metrics_top_bins,

@@ -40,6 +40,22 @@ struct ServerConfig {
   size_t metrics_top_bins = 3;
   // Measure families exported per window: all, none, or a list (see ParseMetricsMeasures).
   std::string metrics_measures = "all";
+  // TLS on the gRPC port: PEM certificate chain and private key (both or neither).
+  std::string tls_cert;
+  std::string tls_key;
+  // Mutual TLS: clients must present a certificate signed by this PEM CA bundle.
+  std::string tls_client_ca;
+  // Token → role and models (server/service/auth.h); reloaded on SIGHUP. Empty: no token checks.
+  std::string auth_tokens;
+  // Basic auth on /metrics: a file with one "user:password" line. Empty: none.
+  std::string metrics_basic_auth;
+  // Streams per model (RESOURCE_EXHAUSTED beyond); 0: only max_streams applies.
+  size_t max_streams_per_model = 10000;
+  // Concurrent gRPC streams (calls) per client connection.
+  size_t max_concurrent_streams_per_connection = 100;
+  // Memory gRPC may use for its buffers, bytes (slow readers are throttled, not buffered without
+  // bound).
+  size_t grpc_memory_limit = size_t{1} << 30;
 };
 
 // INVALID_ARGUMENT naming the flag and the accepted values.

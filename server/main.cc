@@ -8,11 +8,13 @@
 #include <pthread.h>
 #include <signal.h>
 
+#include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <iterator>
 #include <memory>
 #include <string>
 #include <thread>
@@ -20,6 +22,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
@@ -30,6 +33,7 @@
 #include "server/core/clock.h"
 #include "server/core/drift_engine.h"
 #include "server/metrics/drift_metrics.h"
+#include "server/service/auth.h"
 #include "server/service/kldrift_service.h"
 #include "server/storage/rocksdb_store.h"
 
@@ -71,6 +75,22 @@ ABSL_FLAG(std::string, metrics_port_file, "",
           "if set, write the bound metrics port to this file once serving");
 ABSL_FLAG(uint64_t, metrics_top_bins, kDefaults.metrics_top_bins,
           "bins exported per histogram window in kldrift_top_bin_kl_contribution_nats (0-20)");
+ABSL_FLAG(std::string, tls_cert, "", "PEM certificate chain: serve gRPC over TLS (with --tls_key)");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert");
+ABSL_FLAG(std::string, tls_client_ca, "",
+          "PEM CA bundle: require and verify client certificates (mutual TLS)");
+ABSL_FLAG(std::string, auth_tokens, "",
+          "file of '<token> <reader|writer|admin> <model-pattern>[,...]' lines: every call needs "
+          "'authorization: Bearer <token>'; re-read on SIGHUP");
+ABSL_FLAG(std::string, metrics_basic_auth, "",
+          "file with one 'user:password' line: /metrics requires HTTP basic auth");
+ABSL_FLAG(uint64_t, max_streams_per_model, kDefaults.max_streams_per_model,
+          "most streams of one model; RESOURCE_EXHAUSTED beyond (0: only --max_streams)");
+ABSL_FLAG(uint64_t, max_concurrent_streams_per_connection,
+          kDefaults.max_concurrent_streams_per_connection,
+          "most concurrent calls on one client connection (further calls wait)");
+ABSL_FLAG(uint64_t, grpc_memory_limit, kDefaults.grpc_memory_limit,
+          "bytes gRPC may use for buffers; slow clients are throttled within it");
 ABSL_FLAG(std::string, metrics_measures, kDefaults.metrics_measures,
           "measure families exported per window: all, none, or a list such as "
           "kl_current_reference,psi,g_test_p_value (fewer series per stream; the alerting "
@@ -117,7 +137,47 @@ ServerConfig ConfigFromFlags() {
   c.metrics_port_file = absl::GetFlag(FLAGS_metrics_port_file);
   c.metrics_top_bins = absl::GetFlag(FLAGS_metrics_top_bins);
   c.metrics_measures = absl::GetFlag(FLAGS_metrics_measures);
+  c.tls_cert = absl::GetFlag(FLAGS_tls_cert);
+  c.tls_key = absl::GetFlag(FLAGS_tls_key);
+  c.tls_client_ca = absl::GetFlag(FLAGS_tls_client_ca);
+  c.auth_tokens = absl::GetFlag(FLAGS_auth_tokens);
+  c.metrics_basic_auth = absl::GetFlag(FLAGS_metrics_basic_auth);
+  c.max_streams_per_model = absl::GetFlag(FLAGS_max_streams_per_model);
+  c.max_concurrent_streams_per_connection =
+      absl::GetFlag(FLAGS_max_concurrent_streams_per_connection);
+  c.grpc_memory_limit = absl::GetFlag(FLAGS_grpc_memory_limit);
   return c;
+}
+
+// The whole of a small file (certificates, keys, passwords); NOT_FOUND etc. naming the flag.
+absl::StatusOr<std::string> ReadSmallFile(const std::string& flag, const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    return absl::NotFoundError(
+        absl::StrCat("cannot read ", flag, " ", path, ": ", std::strerror(errno)));
+  }
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (text.empty()) return absl::InvalidArgumentError(absl::StrCat(flag, " ", path, " is empty"));
+  return text;
+}
+
+// The gRPC port's credentials: TLS (mutual with a client CA) or insecure.
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> ServerCredentials(
+    const ServerConfig& config) {
+  if (config.tls_cert.empty()) return grpc::InsecureServerCredentials();
+  absl::StatusOr<std::string> cert = ReadSmallFile("--tls-cert", config.tls_cert);
+  if (!cert.ok()) return cert.status();
+  absl::StatusOr<std::string> key = ReadSmallFile("--tls-key", config.tls_key);
+  if (!key.ok()) return key.status();
+  grpc::SslServerCredentialsOptions options;
+  options.pem_key_cert_pairs.push_back({*key, *cert});
+  if (!config.tls_client_ca.empty()) {
+    absl::StatusOr<std::string> ca = ReadSmallFile("--tls-client-ca", config.tls_client_ca);
+    if (!ca.ok()) return ca.status();
+    options.pem_root_certs = *ca;
+    options.client_certificate_request = GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
+  }
+  return grpc::SslServerCredentials(options);
 }
 
 // Writes the port next to the final name and renames, so readers never see a partial file.
@@ -137,7 +197,24 @@ int Run(const ServerConfig& config) {
   sigemptyset(&stop_signals);
   sigaddset(&stop_signals, SIGINT);
   sigaddset(&stop_signals, SIGTERM);
+  sigaddset(&stop_signals, SIGHUP);  // Reloads --auth-tokens.
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+
+  std::unique_ptr<TokenAuthorizer> authorizer;
+  if (!config.auth_tokens.empty()) {
+    absl::StatusOr<std::unique_ptr<TokenAuthorizer>> created =
+        TokenAuthorizer::Create(config.auth_tokens);
+    if (!created.ok()) {
+      std::cerr << "kldriftd: " << created.status().message() << "\n";
+      return 1;
+    }
+    authorizer = *std::move(created);
+  }
+  absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials = ServerCredentials(config);
+  if (!credentials.ok()) {
+    std::cerr << "kldriftd: " << credentials.status().message() << "\n";
+    return 1;
+  }
 
   RealClock clock;
   std::unique_ptr<RocksDbStore> store;
@@ -164,6 +241,7 @@ int Run(const ServerConfig& config) {
   options.store = store.get();
   options.observer = metrics.get();
   options.max_streams = config.max_streams;
+  options.max_streams_per_model = config.max_streams_per_model;
   options.reference_limits.max_bins = config.max_bins;
   options.reference_limits.max_dimensions = config.max_dimensions;
   options.max_observations_per_batch = config.max_batch_observations;
@@ -181,6 +259,7 @@ int Run(const ServerConfig& config) {
   }
   ServiceOptions service_options;
   service_options.metrics = metrics.get();
+  service_options.authorizer = authorizer.get();
   KlDriftService service(&engine, service_options);
   metrics->SetServerStateSource([&engine, &service, &config] {
     ServerState state;
@@ -194,8 +273,27 @@ int Run(const ServerConfig& config) {
   });
   std::unique_ptr<MetricsEndpoint> metrics_endpoint;
   if (config.metrics_listen != "none") {
+    MetricsEndpointOptions endpoint_options;
+    endpoint_options.address = config.metrics_listen;
+    if (!config.metrics_basic_auth.empty()) {
+      absl::StatusOr<std::string> line =
+          ReadSmallFile("--metrics-basic-auth", config.metrics_basic_auth);
+      if (!line.ok()) {
+        std::cerr << "kldriftd: " << line.status().message() << "\n";
+        return 1;
+      }
+      const std::string credentials_line(absl::StripAsciiWhitespace(*line));
+      const size_t colon = credentials_line.find(':');
+      if (colon == std::string::npos || colon == 0) {
+        std::cerr << "kldriftd: --metrics-basic-auth " << config.metrics_basic_auth
+                  << " must hold one line user:password\n";
+        return 1;
+      }
+      endpoint_options.basic_auth_user = credentials_line.substr(0, colon);
+      endpoint_options.basic_auth_password = credentials_line.substr(colon + 1);
+    }
     absl::StatusOr<std::unique_ptr<MetricsEndpoint>> started =
-        MetricsEndpoint::Start(config.metrics_listen, metrics);
+        MetricsEndpoint::Start(endpoint_options, metrics);
     if (!started.ok()) {
       std::cerr << "kldriftd: " << started.status().message() << "\n";
       return 1;
@@ -213,8 +311,13 @@ int Run(const ServerConfig& config) {
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   int port = 0;
-  builder.AddListeningPort(config.listen, grpc::InsecureServerCredentials(), &port);
+  builder.AddListeningPort(config.listen, *credentials, &port);
   builder.SetMaxReceiveMessageSize(static_cast<int>(config.max_receive_message_bytes));
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS,
+                             static_cast<int>(config.max_concurrent_streams_per_connection));
+  grpc::ResourceQuota quota("kldriftd");
+  quota.Resize(config.grpc_memory_limit);
+  builder.SetResourceQuota(quota);
   builder.RegisterService(&service);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || port == 0) {
@@ -229,7 +332,13 @@ int Run(const ServerConfig& config) {
   const std::string host = config.listen.substr(0, config.listen.rfind(':'));
   std::cerr << "kldriftd: serving on " << host << ":" << port << " (storage=" << config.storage
             << (config.sync ? ", sync" : "")
-            << ", eval-interval=" << absl::FormatDuration(config.eval_interval) << ")";
+            << ", eval-interval=" << absl::FormatDuration(config.eval_interval)
+            << (config.tls_cert.empty()        ? ", plaintext"
+                : config.tls_client_ca.empty() ? ", TLS"
+                                               : ", mutual TLS")
+            << (authorizer != nullptr ? absl::StrCat(", ", authorizer->token_count(), " tokens")
+                                      : std::string(", no auth"))
+            << ")";
   if (metrics_endpoint != nullptr) {
     const std::string metrics_host =
         config.metrics_listen.substr(0, config.metrics_listen.rfind(':'));
@@ -246,7 +355,19 @@ int Run(const ServerConfig& config) {
   });
 
   int signal_number = 0;
-  sigwait(&stop_signals, &signal_number);
+  while (sigwait(&stop_signals, &signal_number) == 0 && signal_number == SIGHUP) {
+    if (authorizer == nullptr) {
+      std::cerr << "kldriftd: SIGHUP: no --auth-tokens to reload" << std::endl;
+      continue;
+    }
+    // Open streams keep going; each call and batch is checked against the table in force.
+    if (absl::Status s = authorizer->Reload(); s.ok()) {
+      std::cerr << "kldriftd: SIGHUP: reloaded " << authorizer->token_count() << " tokens from "
+                << config.auth_tokens << std::endl;
+    } else {
+      std::cerr << "kldriftd: SIGHUP: kept the previous tokens: " << s.message() << std::endl;
+    }
+  }
   std::cerr << "kldriftd: " << strsignal(signal_number) << ", shutting down" << std::endl;
   server->GetHealthCheckService()->SetServingStatus(false);
   service.BeginShutdown();

@@ -17,7 +17,8 @@ using kldrift::cli::kExitOk;
 using kldrift::cli::kExitUsage;
 
 void PrintUsage(std::ostream& out) {
-  out << "usage: kldrift [--server host:port] [--timeout D] <command> [flags]\n\n"
+  out << "usage: kldrift [--server host:port] [--timeout D] [--tls] [--tls-ca F] [--tls-cert F "
+         "--tls-key F]\n               [--token-file F] <command> [flags]\n\n"
          "commands:\n"
          "  compare    divergences between two histogram (or Gaussian) files, computed locally\n"
          "  reference  put, get, list or delete a stream's reference distribution\n"

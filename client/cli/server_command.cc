@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <fstream>
+#include <iterator>
 #include <utility>
 
 #include "absl/strings/ascii.h"
@@ -33,13 +34,40 @@ absl::StatusOr<std::string> TakeValue(const std::vector<std::string>& args, size
   return args[++i];
 }
 
+// The contents of the file a global flag names (certificates, keys, tokens).
+absl::StatusOr<std::string> ReadFlagFile(absl::string_view flag, const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    return absl::InvalidArgumentError(absl::StrCat("--", flag, ": cannot read ", path));
+  }
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (text.empty())
+    return absl::InvalidArgumentError(absl::StrCat("--", flag, ": ", path, " is empty"));
+  return text;
+}
+
 }  // namespace
+
+ChannelOptions GlobalOptions::Channel() const {
+  ChannelOptions channel;
+  channel.target = server;
+  channel.deadline = timeout;
+  channel.use_tls = use_tls;
+  channel.tls_root_certs = tls_root_certs;
+  channel.tls_client_cert = tls_client_cert;
+  channel.tls_client_key = tls_client_key;
+  channel.token = token;
+  return channel;
+}
 
 absl::StatusOr<GlobalOptions> ParseGlobalFlags(std::vector<std::string>& args) {
   GlobalOptions options;
   // The environment sets the default address; --server overrides it.
   if (const char* env = std::getenv(kServerEnvironmentVariable); env != nullptr && *env != '\0') {
     options.server = env;
+  }
+  if (const char* env = std::getenv(kTokenEnvironmentVariable); env != nullptr && *env != '\0') {
+    options.token = env;
   }
   size_t i = 0;
   for (; i < args.size() && absl::StartsWith(args[i], "-"); ++i) {
@@ -62,13 +90,34 @@ absl::StatusOr<GlobalOptions> ParseGlobalFlags(std::vector<std::string>& args) {
             "--timeout=", *value, " is not a positive duration such as 500ms, 10s or 1m"));
       }
       options.timeout = timeout;
+    } else if (name == "--tls") {
+      options.use_tls = true;
+    } else if (name == "--tls-ca" || name == "--tls-cert" || name == "--tls-key" ||
+               name == "--token-file") {
+      const std::string flag = name.substr(2);
+      absl::StatusOr<std::string> path = TakeValue(args, i, flag);
+      if (!path.ok()) return path.status();
+      absl::StatusOr<std::string> contents = ReadFlagFile(flag, *path);
+      if (!contents.ok()) return contents.status();
+      if (flag == "token-file") {
+        options.token = std::string(absl::StripAsciiWhitespace(*contents));
+      } else {
+        options.use_tls = true;  // Any certificate flag means TLS.
+        (flag == "tls-ca"     ? options.tls_root_certs
+         : flag == "tls-cert" ? options.tls_client_cert
+                              : options.tls_client_key) = *contents;
+      }
     } else {
       return absl::InvalidArgumentError(
           absl::StrCat("unknown global flag ", name,
-                       "; global flags are --server and --timeout, and go before the command"));
+                       "; global flags are --server, --timeout, --tls, --tls-ca, --tls-cert, "
+                       "--tls-key and --token-file, and go before the command"));
     }
   }
   args.erase(args.begin(), args.begin() + static_cast<std::ptrdiff_t>(i));
+  if (options.tls_client_cert.empty() != options.tls_client_key.empty()) {
+    return absl::InvalidArgumentError("--tls-cert and --tls-key go together (mutual TLS)");
+  }
   return options;
 }
 
@@ -80,14 +129,18 @@ std::string GlobalFlagHelp() {
       {"timeout", false,
        absl::StrCat("deadline of every call, e.g. 500ms, 30s (default ",
                     absl::FormatDuration(kDefaultRpcDeadline), ")")},
+      {"tls", true, "connect over TLS, verifying the server with the system's roots"},
+      {"tls-ca", false, "PEM CA bundle to verify the server with (implies --tls)"},
+      {"tls-cert", false, "PEM client certificate chain for mutual TLS (with --tls-key)"},
+      {"tls-key", false, "PEM private key of --tls-cert"},
+      {"token-file", false,
+       absl::StrCat("file holding the token sent as 'authorization: Bearer' (default $",
+                    kTokenEnvironmentVariable, ")")},
   });
 }
 
 KlDriftClient MakeClient(const GlobalOptions& options) {
-  ChannelOptions channel;
-  channel.target = options.server;
-  channel.deadline = options.timeout;
-  return KlDriftClient(CreateChannel(channel), options.timeout);
+  return KlDriftClient(CreateChannel(options.Channel()), options.timeout);
 }
 
 int ReportServerError(const absl::Status& status, std::ostream& err) {

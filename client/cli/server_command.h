@@ -39,7 +39,18 @@ struct GlobalOptions {
   // The deadline of every call.
   absl::Duration timeout = kDefaultRpcDeadline;
   bool help = false;
+  // TLS, certificates and token, read from the flags' files (ChannelOptions fields).
+  bool use_tls = false;
+  std::string tls_root_certs;
+  std::string tls_client_cert;
+  std::string tls_client_key;
+  std::string token;
+
+  ChannelOptions Channel() const;
 };
+
+// The environment variable holding a token when --token-file is not given.
+inline constexpr char kTokenEnvironmentVariable[] = "KLDRIFT_TOKEN";
 
 // Parses and removes the global flags at the front of `args` (--server ADDR, --timeout D, --help),
 // leaving the command and its own flags. INVALID_ARGUMENT for an unknown or malformed global flag.

@@ -150,9 +150,7 @@ int RunSimulate(const std::vector<std::string>& args, const GlobalOptions& optio
   absl::StatusOr<SimulateOptions> simulate = ParseSimulateOptions(*flags);
   if (!simulate.ok()) return ReportUsageError(kCommand, simulate.status(), err);
 
-  ChannelOptions channel_options;
-  channel_options.target = options.server;
-  channel_options.deadline = options.timeout;
+  const ChannelOptions channel_options = options.Channel();
   std::shared_ptr<grpc::Channel> channel = CreateChannel(channel_options);
   KlDriftClient client(channel, options.timeout);
   const std::string name = StreamName(simulate->stream);

@@ -398,6 +398,20 @@ absl::StatusOr<std::shared_ptr<const Reference>> DriftEngine::PutReference(
             absl::StrCat("the server holds its maximum of ", options_.max_streams,
                          " streams (--max-streams); delete unused references or raise the limit"));
       }
+      if (options_.max_streams_per_model > 0) {
+        // Streams are ordered by model first: this model's are one range of the map.
+        size_t of_model = 0;
+        for (auto m = streams_.lower_bound(StreamKey{spec.stream.model, "", ""});
+             m != streams_.end() && m->first.model == spec.stream.model; ++m) {
+          ++of_model;
+        }
+        if (of_model >= options_.max_streams_per_model) {
+          return absl::ResourceExhaustedError(absl::StrCat(
+              "model \"", spec.stream.model, "\" has its maximum of ",
+              options_.max_streams_per_model,
+              " streams (--max-streams-per-model); delete unused references or raise the limit"));
+        }
+      }
       it = streams_.emplace(spec.stream, std::make_shared<StreamState>(spec.stream)).first;
     }
     stream = it->second;

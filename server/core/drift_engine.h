@@ -55,6 +55,9 @@ struct EngineOptions {
   ReferenceLimits reference_limits;
   // Streams in total (RESOURCE_EXHAUSTED beyond; keeps memory and metric cardinality bounded).
   size_t max_streams = 100000;
+  // Streams of one model (RESOURCE_EXHAUSTED beyond, so one tenant cannot take every slot); 0: no
+  // limit but max_streams.
+  size_t max_streams_per_model = 0;
   // Observations (values, labels, probability vectors, log-prob pairs) per ingest batch.
   size_t max_observations_per_batch = 1 << 20;
   // Event times may be this far in the future (clock skew); later ones are rejected.

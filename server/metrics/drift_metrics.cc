@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <exception>
+#include <fstream>
 #include <limits>
 #include <utility>
 
@@ -10,6 +11,7 @@
 #include "absl/strings/str_split.h"
 #include "prometheus/exposer.h"
 #include "server/core/alert_policy.h"
+#include "server/core/constant_time.h"
 
 namespace kldrift {
 namespace {
@@ -528,22 +530,37 @@ struct MetricsEndpoint::Impl {
 };
 
 absl::StatusOr<std::unique_ptr<MetricsEndpoint>> MetricsEndpoint::Start(
-    const std::string& address, std::shared_ptr<DriftMetrics> metrics) {
+    const MetricsEndpointOptions& options, std::shared_ptr<DriftMetrics> metrics) {
+  const std::string& address = options.address;
   const size_t colon = address.rfind(':');
   if (colon == std::string::npos || colon == 0 || colon + 1 == address.size()) {
     return absl::InvalidArgumentError(absl::StrCat(
         "--metrics-listen \"", address, "\" is not HOST:PORT (e.g. 127.0.0.1:9464 or [::1]:0)"));
   }
+  const std::vector<std::string> civetweb_options = {"listening_ports", address, "num_threads",
+                                                     "2"};
   std::unique_ptr<MetricsEndpoint> endpoint(new MetricsEndpoint);
   endpoint->impl_ = std::make_unique<Impl>();
   try {
-    endpoint->impl_->exposer = std::make_unique<prometheus::Exposer>(address, /*num_threads=*/2);
+    endpoint->impl_->exposer = std::make_unique<prometheus::Exposer>(civetweb_options);
   } catch (const std::exception& e) {
     return absl::UnavailableError(
         absl::StrCat("cannot serve metrics on ", address, " (", e.what(),
                      "); is the port in use? choose another with --metrics-listen"));
   }
   endpoint->impl_->metrics = std::move(metrics);
+  if (!options.basic_auth_user.empty()) {
+    // Registered before the collectable, so no scrape is ever served without it.
+    endpoint->impl_->exposer->RegisterAuth(
+        [user = options.basic_auth_user, password = options.basic_auth_password](
+            const std::string& given_user, const std::string& given_password) {
+          // Both compared in full, whatever the first says.
+          const bool user_ok = ConstantTimeEquals(user, given_user);
+          const bool password_ok = ConstantTimeEquals(password, given_password);
+          return user_ok && password_ok;
+        },
+        "kldriftd metrics");
+  }
   endpoint->impl_->exposer->RegisterCollectable(endpoint->impl_->metrics);
   const std::vector<int> ports = endpoint->impl_->exposer->GetListeningPorts();
   if (ports.empty()) {

@@ -188,13 +188,27 @@ class DriftMetrics final : public EngineObserver, public prometheus::Collectable
       ABSL_GUARDED_BY(mutex_);
 };
 
-// Serves `metrics` on http://`address`/metrics (prometheus-cpp's exposer, civetweb).
+struct MetricsEndpointOptions {
+  // HOST:PORT; port 0 picks a free one.
+  std::string address;
+  // HTTP basic auth, when the user is not empty.
+  std::string basic_auth_user;
+  std::string basic_auth_password;
+};
+
+// Serves `metrics` on http://`address`/metrics (prometheus-cpp's exposer, civetweb). No HTTPS:
+// Debian 12's civetweb crashes on the first TLS connection (its OpenSSL loader does not match
+// OpenSSL 3); put a TLS-terminating proxy in front (README, "Security").
 class MetricsEndpoint {
  public:
-  // `address` is HOST:PORT; port 0 picks a free one. INVALID_ARGUMENT or UNAVAILABLE (in use) if
-  // it cannot listen.
+  // INVALID_ARGUMENT for an address that is not HOST:PORT; UNAVAILABLE if it cannot listen (port
+  // in use, unreadable certificate).
   static absl::StatusOr<std::unique_ptr<MetricsEndpoint>> Start(
-      const std::string& address, std::shared_ptr<DriftMetrics> metrics);
+      const MetricsEndpointOptions& options, std::shared_ptr<DriftMetrics> metrics);
+  static absl::StatusOr<std::unique_ptr<MetricsEndpoint>> Start(
+      const std::string& address, std::shared_ptr<DriftMetrics> metrics) {
+    return Start(MetricsEndpointOptions{address, "", ""}, std::move(metrics));
+  }
   ~MetricsEndpoint();
 
   // The port bound.

@@ -19,15 +19,37 @@ grpc::ServerUnaryReactor* Unary(grpc::CallbackServerContext* context, Body body)
   return reactor;
 }
 
+// The `authorization` metadata of a call ("" if absent).
+std::string AuthorizationOf(const grpc::CallbackServerContext* context) {
+  const auto& metadata = context->client_metadata();
+  auto it = metadata.find("authorization");
+  return it == metadata.end() ? std::string() : std::string(it->second.data(), it->second.size());
+}
+
 }  // namespace
+
+absl::Status KlDriftService::Authorize(const grpc::CallbackServerContext* context, Role role,
+                                       const std::string& model) const {
+  if (options_.authorizer == nullptr) return absl::OkStatus();
+  return options_.authorizer->Authorize(AuthorizationOf(context), AccessRequest{role, model});
+}
 
 // One Ingest stream. See the class comment of KlDriftService for the flow control.
 class KlDriftService::IngestReactor
     : public grpc::ServerBidiReactor<v1::IngestRequest, v1::IngestResponse> {
  public:
-  explicit IngestReactor(KlDriftService* service)
-      : service_(service), metrics_(service->metrics()) {
+  IngestReactor(KlDriftService* service, grpc::CallbackServerContext* context)
+      : service_(service), metrics_(service->metrics()), context_(context) {
     if (metrics_ != nullptr) metrics_->RecordIngestStreamOpened();
+    // A stream without a valid token ends at once: its batches stay with the client, which keeps
+    // them until it reconnects with a token that works.
+    if (absl::Status s = service_->Authorize(context_, Role::kWriter, ""); !s.ok()) {
+      MutexLock lock(&mutex_);
+      end_status_ = ToGrpcStatus(s);
+      reads_done_ = true;
+      MaybeFinishLocked();
+      return;
+    }
     StartRead(&request_);
   }
 
@@ -49,6 +71,18 @@ class KlDriftService::IngestReactor
       status = absl::InvalidArgumentError(absl::StrCat(
           "sequence ", sequence, " after ", last_sequence_,
           " on the same stream; sequence numbers must increase (resend only after reconnecting)"));
+    } else if (absl::Status auth = service_->Authorize(context_, Role::kWriter, request_.model());
+               !auth.ok()) {
+      if (absl::IsUnauthenticated(auth)) {
+        // The token was revoked (tokens file reloaded): end the stream, the batch unacknowledged.
+        MutexLock lock(&mutex_);
+        end_status_ = ToGrpcStatus(auth);
+        reads_done_ = true;
+        MaybeFinishLocked();
+        return;
+      }
+      status = auth;  // PERMISSION_DENIED for this batch's model.
+      acked = sequence;
     } else {
       if (client_id_.empty() && metrics_ != nullptr &&
           service_->engine_->KnowsClient(request_.client_id())) {
@@ -67,7 +101,7 @@ class KlDriftService::IngestReactor
           // The store failed: the batch was neither applied nor acknowledged. End the stream so
           // the client reconnects and resends it (a batch error would read as a rejection).
           MutexLock lock(&mutex_);
-          store_failure_ = ToGrpcStatus(status);
+          end_status_ = ToGrpcStatus(status);
           reads_done_ = true;
           MaybeFinishLocked();
           return;
@@ -128,12 +162,13 @@ class KlDriftService::IngestReactor
     if (finished_ || writing_) return;
     if (reads_done_ && (!has_pending_ || write_failed_)) {
       finished_ = true;
-      Finish(store_failure_);
+      Finish(end_status_);
     }
   }
 
   KlDriftService* const service_;
   DriftMetrics* const metrics_;  // May be null.
+  grpc::CallbackServerContext* const context_;
   // Touched only by OnReadDone, which gRPC never runs concurrently with itself.
   v1::IngestRequest request_;
   std::string client_id_;
@@ -149,20 +184,24 @@ class KlDriftService::IngestReactor
   bool reads_done_ ABSL_GUARDED_BY(mutex_) = false;
   bool write_failed_ ABSL_GUARDED_BY(mutex_) = false;
   bool finished_ ABSL_GUARDED_BY(mutex_) = false;
-  grpc::Status store_failure_ ABSL_GUARDED_BY(mutex_);  // OK unless the store failed.
+  // The stream's final status: OK unless the store failed or the token was refused.
+  grpc::Status end_status_ ABSL_GUARDED_BY(mutex_);
 };
 
 // One WatchDrift stream: engine reports are queued and written one at a time.
 class KlDriftService::WatchReactor : public grpc::ServerWriteReactor<v1::DriftReport> {
  public:
-  WatchReactor(KlDriftService* service, const v1::WatchDriftRequest& request) : service_(service) {
+  WatchReactor(KlDriftService* service, grpc::CallbackServerContext* context,
+               const v1::WatchDriftRequest& request)
+      : service_(service) {
     if (service_->metrics() != nullptr) service_->metrics()->RecordWatchStreamOpened();
     WatchFilter filter;
     filter.model = request.stream().model();
     filter.model_version = request.stream().model_version();
     filter.signal = request.stream().signal();
     filter.state_changes_only = request.state_changes_only();
-    absl::Status status = ValidateName("model", filter.model, false);
+    absl::Status status = service_->Authorize(context, Role::kReader, filter.model);
+    if (status.ok()) status = ValidateName("model", filter.model, false);
     if (status.ok() && !filter.signal.empty()) {
       status = ValidateStreamKey(StreamKey{filter.model, filter.model_version, filter.signal});
     } else if (status.ok() && !filter.model_version.empty()) {
@@ -292,6 +331,9 @@ grpc::ServerUnaryReactor* KlDriftService::PutReference(grpc::CallbackServerConte
                                                        const v1::PutReferenceRequest* request,
                                                        v1::PutReferenceResponse* response) {
   return Unary(context, [&]() -> absl::Status {
+    if (absl::Status s = Authorize(context, Role::kWriter, request->stream().model()); !s.ok()) {
+      return s;
+    }
     absl::StatusOr<ReferenceSpec> spec = FromProto(*request);
     if (!spec.ok()) return spec.status();
     absl::StatusOr<std::shared_ptr<const Reference>> ref = engine_->PutReference(*spec);
@@ -306,6 +348,9 @@ grpc::ServerUnaryReactor* KlDriftService::GetReference(grpc::CallbackServerConte
                                                        const v1::GetReferenceRequest* request,
                                                        v1::Reference* response) {
   return Unary(context, [&]() -> absl::Status {
+    if (absl::Status s = Authorize(context, Role::kReader, request->stream().model()); !s.ok()) {
+      return s;
+    }
     absl::StatusOr<std::shared_ptr<const Reference>> ref =
         engine_->GetReference(FromProto(request->stream()), request->version());
     if (!ref.ok()) return ref.status();
@@ -318,10 +363,19 @@ grpc::ServerUnaryReactor* KlDriftService::ListReferences(grpc::CallbackServerCon
                                                          const v1::ListReferencesRequest* request,
                                                          v1::ListReferencesResponse* response) {
   return Unary(context, [&]() -> absl::Status {
+    if (absl::Status s = Authorize(context, Role::kReader, request->model()); !s.ok()) return s;
     absl::StatusOr<DriftEngine::ReferencePage> page =
         engine_->ListReferences(request->model(), request->page_size(), request->page_token());
     if (!page.ok()) return page.status();
-    for (const auto& ref : page->references) ToProto(*ref, response->add_references());
+    const std::string authorization = AuthorizationOf(context);
+    for (const auto& ref : page->references) {
+      // A token scoped to some models lists only those (a page may then hold fewer entries).
+      if (options_.authorizer != nullptr &&
+          !options_.authorizer->MayRead(authorization, ref->stream.model)) {
+        continue;
+      }
+      ToProto(*ref, response->add_references());
+    }
     response->set_next_page_token(page->next_page_token);
     return absl::OkStatus();
   });
@@ -331,6 +385,9 @@ grpc::ServerUnaryReactor* KlDriftService::DeleteReference(grpc::CallbackServerCo
                                                           const v1::DeleteReferenceRequest* request,
                                                           v1::DeleteReferenceResponse* response) {
   return Unary(context, [&]() -> absl::Status {
+    if (absl::Status s = Authorize(context, Role::kWriter, request->stream().model()); !s.ok()) {
+      return s;
+    }
     absl::StatusOr<uint64_t> deleted = engine_->DeleteReference(FromProto(request->stream()));
     if (!deleted.ok()) return deleted.status();
     response->set_versions_deleted(*deleted);
@@ -340,13 +397,16 @@ grpc::ServerUnaryReactor* KlDriftService::DeleteReference(grpc::CallbackServerCo
 
 grpc::ServerBidiReactor<v1::IngestRequest, v1::IngestResponse>* KlDriftService::Ingest(
     grpc::CallbackServerContext* context) {
-  return new IngestReactor(this);
+  return new IngestReactor(this, context);
 }
 
 grpc::ServerUnaryReactor* KlDriftService::GetDrift(grpc::CallbackServerContext* context,
                                                    const v1::GetDriftRequest* request,
                                                    v1::GetDriftResponse* response) {
   return Unary(context, [&]() -> absl::Status {
+    if (absl::Status s = Authorize(context, Role::kReader, request->stream().model()); !s.ok()) {
+      return s;
+    }
     std::optional<absl::Duration> window;
     if (request->has_window()) {
       absl::StatusOr<absl::Duration> w = FromProto(request->window(), "window");
@@ -370,6 +430,7 @@ grpc::ServerUnaryReactor* KlDriftService::Backup(grpc::CallbackServerContext* co
                                                  const v1::BackupRequest* request,
                                                  v1::BackupResponse* response) {
   return Unary(context, [&]() -> absl::Status {
+    if (absl::Status s = Authorize(context, Role::kAdmin, ""); !s.ok()) return s;
     absl::StatusOr<uint64_t> bytes = engine_->Backup(request->directory());
     if (!bytes.ok()) return bytes.status();
     response->set_directory(request->directory());
@@ -380,7 +441,7 @@ grpc::ServerUnaryReactor* KlDriftService::Backup(grpc::CallbackServerContext* co
 
 grpc::ServerWriteReactor<v1::DriftReport>* KlDriftService::WatchDrift(
     grpc::CallbackServerContext* context, const v1::WatchDriftRequest* request) {
-  return new WatchReactor(this, *request);
+  return new WatchReactor(this, context, *request);
 }
 
 }  // namespace kldrift

@@ -24,6 +24,7 @@
 #include "server/core/drift_engine.h"
 #include "server/core/mutex.h"
 #include "server/metrics/drift_metrics.h"
+#include "server/service/auth.h"
 
 namespace kldrift {
 
@@ -37,6 +38,8 @@ struct ServiceOptions {
   uint32_t max_top_bins = 100;
   // Ingest and watch stream events are counted here (not owned; may be null).
   DriftMetrics* metrics = nullptr;
+  // Checks every call's token (not owned; null: no authentication, e.g. on a loopback port).
+  const TokenAuthorizer* authorizer = nullptr;
 };
 
 class KlDriftService final : public v1::KlDrift::CallbackService {
@@ -79,6 +82,10 @@ class KlDriftService final : public v1::KlDrift::CallbackService {
  private:
   class IngestReactor;
   class WatchReactor;
+
+  // OK without an authorizer; else the authorizer's verdict on the call's token (see auth.h).
+  absl::Status Authorize(const grpc::CallbackServerContext* context, Role role,
+                         const std::string& model) const;
 
   // False once shutting down.
   bool AddWatcher(WatchReactor* reactor);
