@@ -647,6 +647,8 @@ absl::Status DriftEngine::ApplyBatch(const IngestBatch& batch, absl::Time now, b
   deltas.reserve(targets.size());
   std::vector<double> samples;  // Observations each delta adds.
   samples.reserve(targets.size());
+  std::vector<double> nan_samples;  // Of them, NaN values.
+  nan_samples.reserve(targets.size());
   for (const Target& t : targets) {
     if (t.state->deleted || t.state->versions.empty()) {
       status = absl::FailedPreconditionError(
@@ -680,6 +682,9 @@ absl::Status DriftEngine::ApplyBatch(const IngestBatch& batch, absl::Time now, b
       break;
     }
     samples.push_back(ref.is_histogram() ? Sum(*delta) : (*delta)[0]);
+    // Numeric layouts end with the NaN bucket.
+    nan_samples.push_back(
+        ref.is_histogram() && ref.layout->kind() == BinLayout::Kind::kNumeric ? delta->back() : 0);
     deltas.push_back(*std::move(delta));
   }
   uint64_t lsn = 0;
@@ -722,7 +727,7 @@ absl::Status DriftEngine::ApplyBatch(const IngestBatch& batch, absl::Time now, b
     std::vector<StreamKey> keys;
     keys.reserve(targets.size());
     for (Target& t : targets) keys.push_back(std::move(t.key));
-    options_.observer->OnBatchApplied(keys, samples);
+    options_.observer->OnBatchApplied(keys, samples, nan_samples);
   }
   return status;
 }

@@ -33,10 +33,11 @@ class EngineObserver {
   // The stream and all its versions were deleted.
   virtual void OnStreamDeleted(const StreamKey& stream) = 0;
   // An ingest batch was applied; `samples[i]` observations were added to `streams[i]` (histogram
-  // counts, values, labels, probability rows, Gaussian samples or log-prob pairs). Runs on the
-  // ingesting thread with no engine lock held.
-  virtual void OnBatchApplied(absl::Span<const StreamKey> streams,
-                              absl::Span<const double> samples) = 0;
+  // counts, values, labels, probability rows, Gaussian samples or log-prob pairs), `nan_samples[i]`
+  // of them NaN (the NaN bucket of numeric streams: a model emitting NaN is itself a signal). Runs
+  // on the ingesting thread with no engine lock held.
+  virtual void OnBatchApplied(absl::Span<const StreamKey> streams, absl::Span<const double> samples,
+                              absl::Span<const double> nan_samples) = 0;
   // Reports of every window of one stream, from one evaluation.
   virtual void OnStreamEvaluated(absl::Span<const WindowReport> reports) = 0;
   // One evaluation of every stream ended; it took `duration` (monotonic) over `windows` windows.

@@ -122,6 +122,7 @@ struct DriftMetrics::StreamSeries {
   std::vector<absl::Duration> windows;  // The current version's.
   Gauge* reference_version = nullptr;
   Counter* observations = nullptr;
+  Counter* nan_observations = nullptr;
   std::vector<std::unique_ptr<WindowSeries>> window_series;
 };
 
@@ -179,6 +180,9 @@ DriftMetrics::DriftMetrics(MetricsOptions options)
                                      "Version of the stream's current reference")),
       stream_observations_(CounterFamily(*registry_, "kldrift_stream_ingested_observations_total",
                                          "Observations applied to the stream")),
+      stream_nan_observations_(
+          CounterFamily(*registry_, "kldrift_stream_nan_observations_total",
+                        "NaN values applied to a numeric stream (counted in its NaN bucket)")),
       batches_(CounterFamily(*registry_, "kldrift_ingested_batches_total", "Ingest batches applied")
                    .Add({})),
       observations_(CounterFamily(*registry_, "kldrift_ingested_observations_total",
@@ -257,6 +261,7 @@ void DriftMetrics::OnReferenceInstalled(const Reference& reference) {
                     {"signal", reference.stream.signal}};
     slot->reference_version = &reference_version_.Add(slot->labels);
     slot->observations = &stream_observations_.Add(slot->labels);
+    slot->nan_observations = &stream_nan_observations_.Add(slot->labels);
   }
   StreamSeries& stream = *slot;
   const std::string measure(MeasureName(reference.policy.measure));
@@ -280,18 +285,24 @@ void DriftMetrics::OnStreamDeleted(const StreamKey& key) {
   for (auto& window : stream.window_series) RemoveWindowLocked(stream, *window);
   reference_version_.Remove(stream.reference_version);
   stream_observations_.Remove(stream.observations);
+  stream_nan_observations_.Remove(stream.nan_observations);
   streams_series_.erase(it);
 }
 
 void DriftMetrics::OnBatchApplied(absl::Span<const StreamKey> streams,
-                                  absl::Span<const double> samples) {
+                                  absl::Span<const double> samples,
+                                  absl::Span<const double> nan_samples) {
   double total = 0;
   {
     MutexLock lock(&mutex_);
     for (size_t i = 0; i < streams.size() && i < samples.size(); ++i) {
       total += samples[i];
       auto it = streams_series_.find(streams[i]);
-      if (it != streams_series_.end()) it->second->observations->Increment(samples[i]);
+      if (it == streams_series_.end()) continue;
+      it->second->observations->Increment(samples[i]);
+      if (i < nan_samples.size() && nan_samples[i] > 0) {
+        it->second->nan_observations->Increment(nan_samples[i]);
+      }
     }
   }
   batches_.Increment();
@@ -516,7 +527,7 @@ size_t DriftMetrics::stream_series() const {
   MutexLock lock(&mutex_);
   size_t series = 0;
   for (const auto& [key, stream] : streams_series_) {
-    series += 2;  // Reference version, observations.
+    series += 3;  // Reference version, observations, NaN observations.
     for (const auto& w : stream->window_series) {
       series += w->gauges.size() + (w->alert_state != nullptr ? 1 : 0) + w->top_bins.size();
     }

@@ -89,8 +89,8 @@ class DriftMetrics final : public EngineObserver, public prometheus::Collectable
   // EngineObserver.
   void OnReferenceInstalled(const Reference& reference) override;
   void OnStreamDeleted(const StreamKey& stream) override;
-  void OnBatchApplied(absl::Span<const StreamKey> streams,
-                      absl::Span<const double> samples) override;
+  void OnBatchApplied(absl::Span<const StreamKey> streams, absl::Span<const double> samples,
+                      absl::Span<const double> nan_samples) override;
   void OnStreamEvaluated(absl::Span<const WindowReport> reports) override;
   void OnEvaluationFinished(size_t windows, absl::Duration duration) override;
   size_t top_bins() const override { return options_.top_bins; }
@@ -155,6 +155,7 @@ class DriftMetrics final : public EngineObserver, public prometheus::Collectable
   // Per stream.
   prometheus::Family<prometheus::Gauge>& reference_version_;
   prometheus::Family<prometheus::Counter>& stream_observations_;
+  prometheus::Family<prometheus::Counter>& stream_nan_observations_;
   // Server.
   prometheus::Counter& batches_;
   prometheus::Counter& observations_;

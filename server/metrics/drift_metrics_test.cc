@@ -616,7 +616,7 @@ TEST(DriftMetricsTest, WindowSeriesCountIsExact) {
   Harness h(TopBins(2));
   const StreamKey key{"m", "v1", "s"};
   ASSERT_NE(h.Put(Categorical(key, FastPolicy())), nullptr);
-  EXPECT_EQ(h.metrics->stream_series(), 2u);  // Reference version and observations.
+  EXPECT_EQ(h.metrics->stream_series(), 3u);  // Reference version, observations, NaN observations.
   h.SendOk("m", {Hist(key, {500, 100, 100, 100, 0})});
   h.engine.Evaluate();
   const Families f = h.Collect();
@@ -624,7 +624,7 @@ TEST(DriftMetricsTest, WindowSeriesCountIsExact) {
   // Per window: 10 measures, samples, enough, measure value, 3 thresholds, eligible, state, and 2
   // top bins.
   EXPECT_EQ(CountSeriesEverywhere(f, WindowLabels(key, "1m")), 10u + 2 + 1 + 3 + 1 + 1 + 2);
-  EXPECT_EQ(h.metrics->stream_series(), 2u + 2 * 20);
+  EXPECT_EQ(h.metrics->stream_series(), 3u + 2 * 20);
 }
 
 TEST(DriftMetricsTest, TopBinsFollowTheRankingAndStaleBinsAreRemoved) {
@@ -803,7 +803,8 @@ TEST(DriftMetricsTest, DeletingAStreamRemovesEverySeriesAndStaleReportsAreIgnore
   // An evaluation of the deleted stream that was already under way reports late: ignored. So is a
   // batch applied to it just before the deletion.
   h.metrics->OnStreamEvaluated(*stale);
-  h.metrics->OnBatchApplied(std::vector<StreamKey>{doomed}, std::vector<double>{5});
+  h.metrics->OnBatchApplied(std::vector<StreamKey>{doomed}, std::vector<double>{5},
+                            std::vector<double>{0});
   f = h.Collect();
   EXPECT_EQ(CountSeriesEverywhere(f, {{"model", "doomed"}}), 0u);
   EXPECT_EQ(h.metrics->stream_series(), per_stream);
@@ -826,7 +827,7 @@ TEST(DriftMetricsTest, DeletingAStreamRemovesEverySeriesAndStaleReportsAreIgnore
   EXPECT_THAT(Sample(f, "kldrift_reference_version", StreamLabels(doomed)), Optional(Eq(1.0)));
   EXPECT_THAT(Sample(f, "kldrift_stream_ingested_observations_total", StreamLabels(doomed)),
               Optional(Eq(0.0)));
-  EXPECT_EQ(h.metrics->stream_series(), 2u);
+  EXPECT_EQ(h.metrics->stream_series(), 3u);
 }
 
 TEST(DriftMetricsTest, NewVersionWithOtherWindowsDropsTheOldWindowsSeries) {
@@ -851,14 +852,14 @@ TEST(DriftMetricsTest, NewVersionWithOtherWindowsDropsTheOldWindowsSeries) {
   EXPECT_EQ(CountSeriesEverywhere(f, WindowLabels(key, "1h")), 0u);
   EXPECT_EQ(CountSeriesEverywhere(f, WindowLabels(key, "5m")), 0u);  // Until evaluated.
   EXPECT_THAT(Sample(f, "kldrift_reference_version", StreamLabels(key)), Optional(Eq(2.0)));
-  EXPECT_EQ(h.metrics->stream_series(), 2u);
+  EXPECT_EQ(h.metrics->stream_series(), 3u);
 
   // A report of version 1's windows arriving late does not bring them back.
   h.metrics->OnStreamEvaluated(*stale);
   f = h.Collect();
   EXPECT_EQ(CountSeriesEverywhere(f, WindowLabels(key, "1m")), 0u);
   EXPECT_EQ(CountSeriesEverywhere(f, WindowLabels(key, "1h")), 0u);
-  EXPECT_EQ(h.metrics->stream_series(), 2u);
+  EXPECT_EQ(h.metrics->stream_series(), 3u);
 
   h.SendOk("m", {Hist(key, {700, 300, 0, 0, 0})});
   EXPECT_EQ(h.engine.Evaluate(), 1u);
@@ -921,10 +922,10 @@ TEST(DriftMetricsTest, NewVersionWithAnotherMeasureOrKindRebuildsTheSeries) {
   // taken for the new kind.
   ASSERT_NE(h.Put(Gaussian(key, {0}, {1})), nullptr);
   f = h.Collect();
-  EXPECT_EQ(h.metrics->stream_series(), 2u);
+  EXPECT_EQ(h.metrics->stream_series(), 3u);
   h.metrics->OnStreamEvaluated(*histogram_report);
   f = h.Collect();
-  EXPECT_EQ(h.metrics->stream_series(), 2u);
+  EXPECT_EQ(h.metrics->stream_series(), 3u);
   for (const char* name : kHistogramOnlyFamilies) {
     EXPECT_EQ(CountSeries(f, name, StreamLabels(key)), 0u) << name;
   }
