@@ -1,5 +1,7 @@
 #include "server/kernels/gaussian.h"
 
+#include <cmath>
+
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "server/kernels/gaussian.cc"
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
@@ -15,12 +17,25 @@ namespace hn = hwy::HWY_NAMESPACE;
 using D = hn::ScalableTag<double>;
 using V = hn::Vec<D>;
 
+// Below this, r - 1 = (v1 - v2) / v2 has lost the digits of a small ratio r (and rounds to -1
+// once r < 2^-53), so log1p(r - 1) is no longer log r.
+constexpr double kSmallRatioMinusOne = 1e-3 - 1;
+
 // 2 * KL(N(m1, v1) || N(m2, v2)) per lane: (r - 1 - log r) + (m1 - m2)^2 / v2, r = v1 / v2.
+// Divides by v2 rather than multiplying by 1 / v2, which overflows for a subnormal v2 (0 * inf is
+// NaN). Where r is tiny or overflows, log r is taken as log v1 - log v2: the result is then right,
+// or +inf when it is past the double range, never NaN.
 HWY_INLINE V TwiceKl(D d, V m1, V v1, V m2, V v2) {
-  const V inv_v2 = hn::Div(hn::Set(d, 1.0), v2);
-  const V rel_var_change = hn::Mul(hn::Sub(v1, v2), inv_v2);
+  const V rel_var_change = hn::Div(hn::Sub(v1, v2), v2);
   const V mean_diff = hn::Sub(m1, m2);
-  return hn::MulAdd(hn::Mul(mean_diff, mean_diff), inv_v2, XMinusLog1p(d, rel_var_change));
+  V var_term = XMinusLog1p(d, rel_var_change);
+  const auto far = hn::Or(hn::Lt(rel_var_change, hn::Set(d, kSmallRatioMinusOne)),
+                          hn::Eq(rel_var_change, hn::Set(d, HUGE_VAL)));
+  if (HWY_UNLIKELY(!hn::AllFalse(d, far))) {
+    const V log_ratio = hn::Sub(hn::Log(d, v1), hn::Log(d, v2));
+    var_term = hn::IfThenElse(far, hn::Sub(rel_var_change, log_ratio), var_term);
+  }
+  return hn::Add(hn::Div(hn::Mul(mean_diff, mean_diff), v2), var_term);
 }
 
 template <bool kStandardNormal>

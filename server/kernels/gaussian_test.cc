@@ -1,6 +1,7 @@
 #include "server/kernels/gaussian.h"
 
 #include <cmath>
+#include <limits>
 #include <random>
 #include <vector>
 
@@ -76,6 +77,49 @@ TEST_P(GaussianTest, StandardNormalIsTheVaeRegulariser) {
     ExpectNear(got.forward, -vae / 2, 1e-12);
     ExpectNear(got.reverse, oracle::GaussianKl(zeros, ones, a.mean, a.var), 1e-12);
   }
+}
+
+// KL(N(m1, v1) || N(m2, v2)) in one dimension with log r = log v1 - log v2, valid however far r
+// is from 1 (the oracle's log1p(r - 1) is not once r - 1 rounds to -1, even in long double).
+long double FarKl(double m1, double v1, double m2, double v2) {
+  const long double r = (long double)v1 / v2;
+  const long double mean_diff = (long double)m1 - m2;
+  return ((r - 1 - (std::log((long double)v1) - std::log((long double)v2))) +
+          mean_diff * mean_diff / v2) /
+         2;
+}
+
+void ExpectKl(double got, long double want) {
+  if (want > std::numeric_limits<double>::max()) {
+    EXPECT_EQ(got, std::numeric_limits<double>::infinity()) << (double)want;
+  } else {
+    ExpectNear(got, want, 1e-12);
+  }
+}
+
+// Variances whose ratio leaves the double range, or is too small for r - 1 to keep its digits,
+// or that are subnormal (1 / var overflows): the right value, or +inf past the double range, never
+// NaN (found by tests/fuzz/ingest_fuzzer).
+TEST_P(GaussianTest, ExtremeVarianceRatios) {
+  const std::vector<double> var1 = {1e-20, 1.0, 1e-310, 3.3e-312, 1e-3, 1e-300, 1e300, 1e-17};
+  const std::vector<double> var2 = {1.0, 1e-20, 1e-310, 1.0, 1.0, 1e300, 1e-300, 1.0};
+  const std::vector<double> mean = {0.0, 0.5, 0.0, -1.0, 2.0, 0.0, 0.0, 1.0};
+  const size_t d = var1.size();
+  for (size_t i = 0; i < d; ++i) {
+    const double m1 = mean[i], v1 = var1[i], m2 = 0.0, v2 = var2[i];
+    const GaussianKlPair got = DiagonalGaussianKl(&m1, &v1, &m2, &v2, 1);
+    ExpectKl(got.forward, FarKl(m1, v1, m2, v2));
+    ExpectKl(got.reverse, FarKl(m2, v2, m1, v1));
+    const GaussianKlPair standard = DiagonalGaussianKlStandardNormal(&m1, &v1, 1);
+    ExpectKl(standard.forward, FarKl(m1, v1, 0.0, 1.0));
+    ExpectKl(standard.reverse, FarKl(0.0, 1.0, m1, v1));
+  }
+  // Through the vector loop and the tail: a ratio past the double range makes the sum +inf.
+  const std::vector<double> zeros(d, 0.0);
+  const GaussianKlPair all =
+      DiagonalGaussianKl(zeros.data(), var1.data(), zeros.data(), var2.data(), d);
+  EXPECT_EQ(all.forward, std::numeric_limits<double>::infinity());
+  EXPECT_EQ(all.reverse, std::numeric_limits<double>::infinity());
 }
 
 TEST_P(GaussianTest, IdenticalDistributionsGiveZero) {
