@@ -54,11 +54,15 @@ class KlDriftService::IngestReactor
   }
 
   void OnReadDone(bool ok) override {
-    if (!ok) {
+    {
       MutexLock lock(&mutex_);
-      reads_done_ = true;
-      MaybeFinishLocked();
-      return;
+      if (!ok || taken_over_) {
+        // After a takeover the batch just read is dropped unacknowledged: the client resends it
+        // on its newer stream.
+        reads_done_ = true;
+        MaybeFinishLocked();
+        return;
+      }
     }
     const uint64_t sequence = request_.sequence();
     absl::Status status;
@@ -88,6 +92,7 @@ class KlDriftService::IngestReactor
           service_->engine_->KnowsClient(request_.client_id())) {
         metrics_->RecordIngestReconnect();
       }
+      if (client_id_.empty()) service_->ClaimClientId(request_.client_id(), this);
       client_id_ = request_.client_id();
       last_sequence_ = sequence;
       absl::StatusOr<IngestBatch> batch = FromProto(request_);
@@ -144,8 +149,23 @@ class KlDriftService::IngestReactor
   }
 
   void OnDone() override {
+    if (!client_id_.empty()) service_->ReleaseClientId(client_id_, this);
     if (metrics_ != nullptr) metrics_->RecordIngestStreamClosed();
     delete this;
+  }
+
+  // A newer stream of the same client id took over: end this one with ABORTED. Its unacknowledged
+  // batches are the client's to resend on the newer stream (de-duplication makes that safe).
+  void TakeOver() {
+    MutexLock lock(&mutex_);
+    taken_over_ = true;
+    if (end_status_.ok()) {
+      end_status_ = grpc::Status(
+          grpc::StatusCode::ABORTED,
+          "a newer Ingest stream with this client id took over; one live stream per client id");
+    }
+    reads_done_ = true;
+    MaybeFinishLocked();
   }
 
  private:
@@ -184,6 +204,7 @@ class KlDriftService::IngestReactor
   bool reads_done_ ABSL_GUARDED_BY(mutex_) = false;
   bool write_failed_ ABSL_GUARDED_BY(mutex_) = false;
   bool finished_ ABSL_GUARDED_BY(mutex_) = false;
+  bool taken_over_ ABSL_GUARDED_BY(mutex_) = false;
   // The stream's final status: OK unless the store failed or the token was refused.
   grpc::Status end_status_ ABSL_GUARDED_BY(mutex_);
 };
@@ -316,6 +337,20 @@ bool KlDriftService::AddWatcher(WatchReactor* reactor) {
 void KlDriftService::RemoveWatcher(WatchReactor* reactor) {
   MutexLock lock(&watchers_mutex_);
   watchers_.erase(reactor);
+}
+
+void KlDriftService::ClaimClientId(const std::string& client_id, IngestReactor* reactor) {
+  MutexLock lock(&clients_mutex_);
+  IngestReactor*& holder = live_clients_[client_id];
+  // The previous holder is alive while it is in the map: it leaves in OnDone, under this lock.
+  if (holder != nullptr && holder != reactor) holder->TakeOver();
+  holder = reactor;
+}
+
+void KlDriftService::ReleaseClientId(const std::string& client_id, IngestReactor* reactor) {
+  MutexLock lock(&clients_mutex_);
+  auto it = live_clients_.find(client_id);
+  if (it != live_clients_.end() && it->second == reactor) live_clients_.erase(it);
 }
 
 void KlDriftService::BeginShutdown() {

@@ -7,6 +7,9 @@
 //     pile up while a write is in flight are merged into one (acks are cumulative), so a client
 //     that stops reading acks costs one pending response, and reading pauses once too many batch
 //     errors are waiting to be written.
+//     A client id has one live Ingest stream: a newer one takes over (the older ends ABORTED, its
+//     unacknowledged batches left for the client to resend), so a reconnecting client is never
+//     locked out by a half-open old stream and two streams never interleave one id's sequences.
 //   - WatchDrift registers an engine watcher whose reports are queued (bounded; the oldest are
 //     dropped and counted if the client cannot keep up) and written one at a time.
 // BeginShutdown() finishes every open watch stream so Server::Shutdown() can drain quickly.
@@ -20,6 +23,7 @@
 #include <set>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
 #include "kldrift/v1/kldrift.grpc.pb.h"
 #include "server/core/drift_engine.h"
 #include "server/core/mutex.h"
@@ -87,6 +91,11 @@ class KlDriftService final : public v1::KlDrift::CallbackService {
   absl::Status Authorize(const grpc::CallbackServerContext* context, Role role,
                          const std::string& model) const;
 
+  // Makes `reactor` the live Ingest stream of `client_id`; a previous one is taken over (ended
+  // with ABORTED), since a client that reconnects may leave a stream the server still thinks open.
+  void ClaimClientId(const std::string& client_id, IngestReactor* reactor);
+  void ReleaseClientId(const std::string& client_id, IngestReactor* reactor);
+
   // False once shutting down.
   bool AddWatcher(WatchReactor* reactor);
   void RemoveWatcher(WatchReactor* reactor);
@@ -94,6 +103,9 @@ class KlDriftService final : public v1::KlDrift::CallbackService {
   DriftEngine* const engine_;
   const ServiceOptions options_;
   std::atomic<uint64_t> dropped_watch_reports_{0};
+
+  Mutex clients_mutex_;
+  absl::flat_hash_map<std::string, IngestReactor*> live_clients_ ABSL_GUARDED_BY(clients_mutex_);
 
   Mutex watchers_mutex_;
   std::set<WatchReactor*> watchers_ ABSL_GUARDED_BY(watchers_mutex_);
