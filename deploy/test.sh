@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: installs missing packages, builds Release and runs every test with CTest,
 # then builds again with AddressSanitizer + UndefinedBehaviorSanitizer and runs the suite again,
-# and runs the engine's tests once more under ThreadSanitizer.
+# runs the engine's tests once more under ThreadSanitizer, and fuzzes the request and file parsers.
 # .ci/run calls exactly this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,3 +24,9 @@ CC=clang CXX=clang++ cmake -S . -B build/tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWit
 cmake --build build/tsan -j "$jobs" --target tsan_tests
 TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
   ctest --test-dir build/tsan --output-on-failure -j "$jobs" -L tsan
+
+echo "== Fuzzing (libFuzzer + ASan/UBSan, ~1 minute per fuzzer; see tests/fuzz/CMakeLists.txt)"
+CC=clang CXX=clang++ cmake -S . -B build/fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+  -DKLDRIFT_FUZZ=ON -DKLDRIFT_BUILD_BENCHMARKS=OFF
+cmake --build build/fuzz -j "$jobs" --target fuzz_tests
+ctest --test-dir build/fuzz --output-on-failure -j "$jobs" -L fuzz

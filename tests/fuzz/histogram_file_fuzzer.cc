@@ -59,16 +59,15 @@ std::filesystem::path* temp_dir = nullptr;
   std::abort();
 }
 
-#define FUZZ_CHECK(condition, ...)                                                   \
-  do {                                                                               \
+#define FUZZ_CHECK(condition, ...)                                                  \
+  do {                                                                              \
     if (!(condition)) ::kldrift::Fail(absl::StrCat(#condition, ": ", __VA_ARGS__)); \
   } while (0)
 
 bool SameDouble(double a, double b) { return a == b || (std::isnan(a) && std::isnan(b)); }
 
 void CheckError(const absl::Status& status, absl::string_view where) {
-  FUZZ_CHECK(status.code() == absl::StatusCode::kInvalidArgument, where, ": ",
-             status.ToString());
+  FUZZ_CHECK(status.code() == absl::StatusCode::kInvalidArgument, where, ": ", status.ToString());
   FUZZ_CHECK(!status.message().empty(), where, ": an error without a message");
 }
 
@@ -186,11 +185,11 @@ bool GaussianPipeline(const absl::StatusOr<GaussianData>& reference,
   }
   const size_t dims = current->mean.size();
   const kernels::GaussianKlPair kl =
-      with_reference ? kernels::DiagonalGaussianKl(current->mean.data(), current->var.data(),
-                                                   reference->mean.data(), reference->var.data(),
-                                                   dims)
-                     : kernels::DiagonalGaussianKlStandardNormal(current->mean.data(),
-                                                                 current->var.data(), dims);
+      with_reference
+          ? kernels::DiagonalGaussianKl(current->mean.data(), current->var.data(),
+                                        reference->mean.data(), reference->var.data(), dims)
+          : kernels::DiagonalGaussianKlStandardNormal(current->mean.data(), current->var.data(),
+                                                      dims);
   CheckDivergence(kl.forward, "gaussian kl_current_reference");
   CheckDivergence(kl.reverse, "gaussian kl_reference_current");
   return true;
@@ -292,9 +291,9 @@ void FuzzOne(absl::string_view input) {
   const std::string current_path = (*temp_dir / "current").string();
   WriteFile(reference_path, reference_text);
   WriteFile(current_path, current_text);
-  std::vector<std::string> args = {"--reference", reference_path, "--current", current_path,
-                                   "--alpha",     alpha == 0 ? "0" : "0.5", "--top",
-                                   absl::StrCat(top)};
+  std::vector<std::string> args = {"--reference", reference_path,   "--current",
+                                   current_path,  "--alpha",        alpha == 0 ? "0" : "0.5",
+                                   "--top",       absl::StrCat(top)};
   if (json) args.push_back("--json");
   RunCompare(args, ok, json);
 
@@ -321,8 +320,8 @@ void RemoveTempDir() {
 extern "C" int LLVMFuzzerInitialize(int* argc, char*** argv) {
   google::protobuf::SetLogHandler(nullptr);
   const char* tmp = std::getenv("TMPDIR");
-  std::string pattern = absl::StrCat(tmp != nullptr && *tmp != '\0' ? tmp : "/tmp",
-                                     "/histogram_file_fuzzer.XXXXXX");
+  std::string pattern =
+      absl::StrCat(tmp != nullptr && *tmp != '\0' ? tmp : "/tmp", "/histogram_file_fuzzer.XXXXXX");
   if (mkdtemp(pattern.data()) == nullptr) {
     std::perror("histogram_file_fuzzer: mkdtemp");
     std::abort();

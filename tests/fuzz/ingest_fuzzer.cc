@@ -76,8 +76,8 @@ EngineOptions FuzzEngineOptions() {
   std::abort();
 }
 
-#define FUZZ_CHECK(condition, ...)                                                   \
-  do {                                                                               \
+#define FUZZ_CHECK(condition, ...)                                                  \
+  do {                                                                              \
     if (!(condition)) ::kldrift::Fail(absl::StrCat(#condition, ": ", __VA_ARGS__)); \
   } while (0)
 
@@ -85,8 +85,9 @@ EngineOptions FuzzEngineOptions() {
 bool trace = false;
 
 void Trace(absl::string_view call, const absl::Status& status, absl::string_view detail = "") {
-  if (trace) std::fprintf(stderr, "  %s -> %s %s\n", std::string(call).c_str(),
-                          status.ToString().c_str(), std::string(detail).c_str());
+  if (trace)
+    std::fprintf(stderr, "  %s -> %s %s\n", std::string(call).c_str(), status.ToString().c_str(),
+                 std::string(detail).c_str());
 }
 
 bool SameDouble(double a, double b) { return a == b || (std::isnan(a) && std::isnan(b)); }
@@ -138,8 +139,8 @@ bool IsHistogramKind(ReferenceKind kind) {
 
 void CheckReport(const WindowReport& report, size_t top_bins, absl::Time now,
                  absl::string_view where) {
-  const std::string at = absl::StrCat(where, " ", report.stream.ToString(), " window ",
-                                      FormatWindow(report.window));
+  const std::string at =
+      absl::StrCat(where, " ", report.stream.ToString(), " window ", FormatWindow(report.window));
   FUZZ_CHECK(report.window > absl::ZeroDuration(), at);
   FUZZ_CHECK(report.samples >= 0, at, ": samples = ", report.samples);
   FUZZ_CHECK(!report.eligible || report.enough_samples, at, ": eligible without enough samples");
@@ -154,8 +155,8 @@ void CheckReport(const WindowReport& report, size_t top_bins, absl::Time now,
              ": state ", AlertStateName(alert.state), " with severity ",
              SeverityName(alert.severity));
 
-  const int kinds = report.histogram.has_value() + report.gaussian.has_value() +
-                    report.policy.has_value();
+  const int kinds =
+      report.histogram.has_value() + report.gaussian.has_value() + report.policy.has_value();
   FUZZ_CHECK(kinds <= 1, at, ": several kinds of drift data");
   if (IsHistogramKind(report.kind)) {
     FUZZ_CHECK(!report.gaussian && !report.policy, at);
@@ -219,8 +220,8 @@ void CheckReport(const WindowReport& report, size_t top_bins, absl::Time now,
 void CheckReference(const Reference& ref, absl::string_view where) {
   const std::string at = absl::StrCat(where, " ", ref.stream.ToString(), " v", ref.version);
   FUZZ_CHECK(ValidateStreamKey(ref.stream).ok(), at);
-  FUZZ_CHECK(ValidatePolicy(ref.policy).ok(), at, ": installed with an invalid policy: ",
-             ValidatePolicy(ref.policy).ToString());
+  FUZZ_CHECK(ValidatePolicy(ref.policy).ok(), at,
+             ": installed with an invalid policy: ", ValidatePolicy(ref.policy).ToString());
   FUZZ_CHECK(ref.is_histogram() == IsHistogramKind(ref.kind), at);
   if (ref.is_histogram()) {
     FUZZ_CHECK(ref.counts.size() == ref.layout->size(), at);
@@ -271,14 +272,14 @@ class Harness {
         break;
       case fuzz::Operation::kAdvanceSeconds: {
         Trace("AdvanceSeconds", absl::OkStatus(), absl::StrCat(op.advance_seconds()));
-        const absl::Duration step = std::clamp(absl::Seconds(op.advance_seconds()), -kMaxClockStep,
-                                               kMaxClockStep);
+        const absl::Duration step =
+            std::clamp(absl::Seconds(op.advance_seconds()), -kMaxClockStep, kMaxClockStep);
         clock_.Advance(step);
         break;
       }
       case fuzz::Operation::kAdvanceNanos:
-        clock_.Advance(
-            absl::Nanoseconds(std::clamp<int64_t>(op.advance_nanos(), -kMaxNanosStep, kMaxNanosStep)));
+        clock_.Advance(absl::Nanoseconds(
+            std::clamp<int64_t>(op.advance_nanos(), -kMaxNanosStep, kMaxNanosStep)));
         break;
       case fuzz::Operation::OP_NOT_SET:
         break;
@@ -546,8 +547,7 @@ class Harness {
     auto it = latest_.find(key);
     if (!deleted.ok()) {
       CheckError(deleted.status(), "DeleteReference");
-      FUZZ_CHECK(it == latest_.end(), key.ToString(), " exists but: ",
-                 deleted.status().ToString());
+      FUZZ_CHECK(it == latest_.end(), key.ToString(), " exists but: ", deleted.status().ToString());
       return;
     }
     FUZZ_CHECK(it != latest_.end(), "deleted ", key.ToString(), ", which did not exist");
@@ -567,7 +567,8 @@ class Harness {
       windows += (*ref)->policy.windows.size();
     }
     const size_t evaluated = engine_.Evaluate();
-    Trace("Evaluate", absl::OkStatus(), absl::StrCat(evaluated, " windows; ", watched_reports_, " reports watched so far"));
+    Trace("Evaluate", absl::OkStatus(),
+          absl::StrCat(evaluated, " windows; ", watched_reports_, " reports watched so far"));
     FUZZ_CHECK(evaluated == windows, "Evaluate evaluated ", evaluated, " windows, expected ",
                windows);
   }
