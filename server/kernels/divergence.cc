@@ -208,9 +208,12 @@ HWY_INLINE void AccumulateSums(D d, M valid, V c, V q, V log_q, V r, V log_r, V 
   const V abs_diff = hn::IfThenElseZero(valid, hn::Abs(diff));
   acc.abs_diff = hn::Add(acc.abs_diff, abs_diff);
   acc.max_abs_diff = hn::Max(acc.max_abs_diff, abs_diff);
-  // (p - q)^2 / q: 0 when p == q (including both 0), +inf when p > 0 == q.
+  // (p - q)^2 / q: 0 when p == q (including both 0), +inf when p > 0 == q, set explicitly since
+  // (p - q)^2 underflows to 0 for p < 1e-162 (a huge window, or a tiny alpha) and 0 / 0 is NaN.
   const M differs = hn::And(valid, hn::Ne(diff, zero));
-  acc.chi2 = hn::Add(acc.chi2, hn::IfThenElseZero(differs, hn::Div(hn::Mul(diff, diff), q)));
+  const V chi2_term = hn::IfThenElse(q_pos, hn::Div(hn::Mul(diff, diff), q),
+                                     hn::Set(d, std::numeric_limits<double>::infinity()));
+  acc.chi2 = hn::Add(acc.chi2, hn::IfThenElseZero(differs, chi2_term));
 
   // Two-sample G-test on the raw counts: c log((c + r) / c) + r log((c + r) / r).
   const V cr = hn::Add(c, r);

@@ -170,6 +170,27 @@ TEST_P(DivergenceTest, ZeroReferenceBinWithoutSmoothingIsInfinityNeverNaN) {
   EXPECT_EQ(same.chi2, 0.0);
 }
 
+// A share so small that (p - q)^2 underflows, in a bin the reference does not have: chi2 is +inf
+// as for any such bin, not 0 / 0 (found by tests/fuzz/ingest_fuzzer, with alpha = 5e-321).
+TEST_P(DivergenceTest, TinyShareInAnEmptyReferenceBinIsInfinityNeverNaN) {
+  const std::vector<double> reference = {5, 5, 0};
+  const Profile ref = MakeProfile(reference, 0.0);
+  const std::vector<double> current = {1e200, 1e200, 1};  // p[2] = 5e-201.
+  const DivergenceSums sums = ComputeDivergenceSums(current.data(), 3, 0.0, 2e200, ref.View());
+  EXPECT_EQ(sums.chi2, kInf);
+  EXPECT_EQ(sums.kl_pq, kInf);
+  // A subnormal alpha: q underflows to 0 in the reference's empty bin while p does not.
+  const double alpha = 5e-321;
+  const std::vector<double> big_reference = {100, 100, 0, 3.4e40};
+  const Profile big = MakeProfile(big_reference, alpha);
+  const std::vector<double> one = {0, 0, 0, 1};
+  const DivergenceSums tiny = ComputeDivergenceSums(one.data(), 4, alpha, 1.0, big.View());
+  EXPECT_FALSE(std::isnan(tiny.chi2));
+  EXPECT_FALSE(std::isnan(tiny.kl_pq));
+  EXPECT_FALSE(std::isnan(tiny.kl_qp));
+  EXPECT_FALSE(std::isnan(tiny.js_nats));
+}
+
 TEST_P(DivergenceTest, IdenticalHistogramsGiveExactlyZero) {
   for (size_t k : {1, 3, 8, 13, 1000}) {
     std::mt19937_64 rng(k);
