@@ -71,10 +71,17 @@ class KlDriftService::IngestReactor
       status = absl::InvalidArgumentError(
           absl::StrCat("client_id changed from \"", client_id_, "\" to \"", request_.client_id(),
                        "\" within one Ingest stream; open a stream per client id"));
+    } else if (sequence == 0) {
+      status = absl::InvalidArgumentError("sequence numbers start at 1");
     } else if (sequence <= last_sequence_) {
       status = absl::InvalidArgumentError(absl::StrCat(
           "sequence ", sequence, " after ", last_sequence_,
           " on the same stream; sequence numbers must increase (resend only after reconnecting)"));
+    } else if (absl::Status id = ValidateName("client_id", request_.client_id(), false);
+               !id.ok()) {
+      // Checked before the id claims its live-stream slot and names this stream: a refused id
+      // holds neither (an empty one would never be released).
+      status = id;
     } else if (absl::Status auth = service_->Authorize(context_, Role::kWriter, request_.model());
                !auth.ok()) {
       if (absl::IsUnauthenticated(auth)) {
