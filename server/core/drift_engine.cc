@@ -20,6 +20,9 @@ constexpr size_t kMaxPageSize = 1000;
 constexpr size_t kEvaluationTopBins = 5;
 // Probability vectors must sum to 1 within this.
 constexpr double kProbabilitySumTolerance = 1e-6;
+// Gaussian statistics must satisfy sum^2 <= count * sum_squares (Cauchy-Schwarz) within this
+// relative slack, which covers the client's rounding.
+constexpr double kGaussianStatsTolerance = 1e-6;
 constexpr double kDefaultMinSamplesNonHistogram = 100;
 // How often the ingest client table is swept for clients idle past EngineOptions::client_retention.
 constexpr absl::Duration kClientSweepInterval = absl::Minutes(1);
@@ -141,6 +144,13 @@ absl::StatusOr<std::vector<double>> ComputeDelta(const StreamKey& key, const Ref
           return absl::InvalidArgumentError(
               absl::StrCat("stream ", key.ToString(), ": dimension ", i, " has sum ", s,
                            " and sum of squares ", ss, "; both must be finite, squares >= 0"));
+        }
+        if (s * s > data.gaussian_count * ss * (1 + kGaussianStatsTolerance)) {
+          // No real values have these statistics: the window's variance would go negative.
+          return absl::InvalidArgumentError(
+              absl::StrCat("stream ", key.ToString(), ": dimension ", i, " has sum ", s,
+                           " and sum of squares ", ss, " over count ", data.gaussian_count,
+                           ", which no real values have (sum^2 <= count * sum of squares)"));
         }
         delta[1 + i] = s;
         delta[1 + dims + i] = ss;

@@ -577,6 +577,10 @@ TEST_F(DriftEngineTest, InvalidDataIsRejected) {
       {GaussianStats(gauss, 3, {0}, {1}),
        absl::StatusCode::kFailedPrecondition,
        {"2 dimensions", "1 sums"}},
+      // sum^2 > count * sum_squares: a negative variance, which no real values have.
+      {GaussianStats(gauss, 2, {0, 10}, {1, 1}),
+       absl::StatusCode::kInvalidArgument,
+       {"dimension 1", "which no real values have"}},
   };
   for (const Case& c : cases) {
     const IngestResult r = Send("m", {c.data});
