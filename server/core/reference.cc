@@ -99,14 +99,17 @@ absl::StatusOr<BinLayout> LayoutForSpec(const ReferenceSpec& spec, const Referen
     case ReferenceKind::kNumeric:
       if (spec.edges.size() + 2 > limits.max_bins) {
         return absl::ResourceExhaustedError(
-            absl::StrCat(spec.edges.size(), " edges exceed the server's limit of ", limits.max_bins,
-                         " bins per reference (--max-bins)"));
+            absl::StrCat(spec.edges.size(), " edges make ", spec.edges.size() + 2,
+                         " bins (with the underflow, overflow and NaN buckets), over the server's "
+                         "limit of ",
+                         limits.max_bins, " bins per reference (--max-bins)"));
       }
       return BinLayout::Numeric(spec.edges);
     case ReferenceKind::kCategorical:
       if (spec.categories.size() + 1 > limits.max_bins) {
         return absl::ResourceExhaustedError(
-            absl::StrCat(spec.categories.size(), " categories exceed the server's limit of ",
+            absl::StrCat(spec.categories.size(), " categories make ", spec.categories.size() + 1,
+                         " bins (with the unseen bucket), over the server's limit of ",
                          limits.max_bins, " bins per reference (--max-bins)"));
       }
       return BinLayout::Categorical(spec.categories);
