@@ -19,6 +19,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -314,7 +315,12 @@ class SharedServer : public ::testing::Environment {
     }
     return server_;
   }
+  // A server that crashed or reported a sanitizer error at exit fails the run.
   void TearDown() override {
+    if (server_ == nullptr) return;
+    const int status = server_->Stop();
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0)
+        << "the shared kldriftd did not exit cleanly (status " << status << ")";
     delete server_;
     server_ = nullptr;
   }
@@ -1096,6 +1102,15 @@ class CatalogueTest : public ::testing::Test {
       ASSERT_NO_FATAL_FAILURE(PlantCanary(*server_));
     }
     stub_ = KlDrift::NewStub(server_->Channel());
+  }
+
+  void TearDown() override {
+    stub_.reset();
+    if (own_server_ != nullptr) {
+      const int status = own_server_->Stop();
+      EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0)
+          << "kldriftd did not exit cleanly (status " << status << ")";
+    }
   }
 
   // The target stream of the running test: the model is the test's name.
