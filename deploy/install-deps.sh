@@ -12,7 +12,7 @@ build_packages=(
   protobuf-compiler libprotobuf-dev protobuf-compiler-grpc libgrpc++-dev
   libabsl-dev prometheus-cpp-dev libhwy-dev librocksdb-dev
   libgtest-dev libgmock-dev libbenchmark-dev
-  clang libclang-rt-14-dev clang-format
+  clang libclang-rt-14-dev clang-format openssl
   python3 python3-numpy python3-scipy python3-yaml
   prometheus prometheus-alertmanager yamllint
 )

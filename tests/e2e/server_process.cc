@@ -16,6 +16,7 @@
 #include <fstream>
 
 #include "absl/status/status.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 
@@ -26,7 +27,8 @@ std::string BinaryPath(const char* env_var, const std::string& fallback) {
   return value != nullptr && *value != '\0' ? value : fallback;
 }
 
-absl::StatusOr<std::string> HttpGet(int port, const std::string& path) {
+absl::StatusOr<HttpResponse> HttpFetch(int port, const std::string& path,
+                                       const std::vector<std::string>& headers) {
   const int fd = socket(AF_INET, SOCK_STREAM, 0);
   if (fd < 0) return absl::InternalError("socket failed");
   sockaddr_in address{};
@@ -39,8 +41,9 @@ absl::StatusOr<std::string> HttpGet(int port, const std::string& path) {
     close(fd);
     return absl::UnavailableError(absl::StrCat("cannot connect to 127.0.0.1:", port));
   }
-  const std::string request =
-      absl::StrCat("GET ", path, " HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+  std::string request = absl::StrCat("GET ", path, " HTTP/1.0\r\nHost: 127.0.0.1\r\n");
+  for (const std::string& header : headers) absl::StrAppend(&request, header, "\r\n");
+  absl::StrAppend(&request, "Connection: close\r\n\r\n");
   if (send(fd, request.data(), request.size(), 0) != static_cast<ssize_t>(request.size())) {
     close(fd);
     return absl::UnavailableError("send failed");
@@ -49,11 +52,24 @@ absl::StatusOr<std::string> HttpGet(int port, const std::string& path) {
   char buffer[65536];
   for (ssize_t n; (n = recv(fd, buffer, sizeof(buffer), 0)) > 0;) response.append(buffer, n);
   close(fd);
-  const size_t body = response.find("\r\n\r\n");
-  if (response.rfind("HTTP/1.1 200", 0) != 0 && response.rfind("HTTP/1.0 200", 0) != 0) {
+  // "HTTP/1.x NNN reason"
+  HttpResponse result;
+  if (response.rfind("HTTP/1.", 0) != 0 || response.size() < 12 ||
+      !absl::SimpleAtoi(response.substr(9, 3), &result.status_code)) {
     return absl::UnavailableError(absl::StrCat("GET ", path, ": ", response.substr(0, 80)));
   }
-  return body == std::string::npos ? "" : response.substr(body + 4);
+  const size_t body = response.find("\r\n\r\n");
+  if (body != std::string::npos) result.body = response.substr(body + 4);
+  return result;
+}
+
+absl::StatusOr<std::string> HttpGet(int port, const std::string& path) {
+  absl::StatusOr<HttpResponse> response = HttpFetch(port, path);
+  if (!response.ok()) return response.status();
+  if (response->status_code != 200) {
+    return absl::UnavailableError(absl::StrCat("GET ", path, ": HTTP ", response->status_code));
+  }
+  return std::move(response->body);
 }
 
 double MetricValue(const std::string& exposition, const std::string& series) {
@@ -164,6 +180,11 @@ ServerProcess::~ServerProcess() {
   }
   std::error_code ignored;
   std::filesystem::remove_all(work_dir_, ignored);
+}
+
+std::string ServerProcess::ReadLog() const {
+  std::ifstream log(work_dir_ + "/kldriftd.log");
+  return std::string((std::istreambuf_iterator<char>(log)), std::istreambuf_iterator<char>());
 }
 
 std::string ServerProcess::address() const { return absl::StrCat("127.0.0.1:", port_); }

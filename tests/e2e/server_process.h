@@ -24,6 +24,14 @@ namespace kldrift::testing {
 // GET http://127.0.0.1:`port``path` (HTTP/1.0, 10 s receive timeout); the body of a 200 response.
 absl::StatusOr<std::string> HttpGet(int port, const std::string& path);
 
+struct HttpResponse {
+  int status_code = 0;
+  std::string body;
+};
+// The same GET with extra header lines (e.g. "Authorization: Basic ..."), whatever the status.
+absl::StatusOr<HttpResponse> HttpFetch(int port, const std::string& path,
+                                       const std::vector<std::string>& headers = {});
+
 // The value of one series in a Prometheus text exposition ("name" or "name{labels}" exactly as
 // kldriftd writes them), or NaN if absent.
 double MetricValue(const std::string& exposition, const std::string& series);
@@ -47,6 +55,10 @@ class ServerProcess {
   std::string address() const;
   std::shared_ptr<grpc::Channel> Channel() const;
   const std::string& work_dir() const { return work_dir_; }
+  // The child's pid (e.g. to send it SIGHUP); -1 once stopped.
+  pid_t pid() const { return pid_; }
+  // Everything the server has written to stdout and stderr so far.
+  std::string ReadLog() const;
 
   // Sends SIGTERM and waits (bounded) for exit; returns the exit status as from waitpid, or -1
   // if it had to be killed. Later calls return the same status.
