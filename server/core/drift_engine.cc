@@ -15,6 +15,9 @@
 namespace kldrift {
 namespace {
 
+// The largest count a batch may carry: 2^53, the last double with all integers below it exact.
+constexpr double kMaxExactCount = 9007199254740992.0;
+
 constexpr size_t kDefaultPageSize = 100;
 constexpr size_t kMaxPageSize = 1000;
 constexpr size_t kEvaluationTopBins = 5;
@@ -74,10 +77,12 @@ absl::StatusOr<std::vector<double>> ComputeDelta(const StreamKey& key, const Ref
       }
       for (size_t i = 0; i < delta.size(); ++i) {
         const double c = data.numbers[i];
-        if (!std::isfinite(c) || c < 0 || c != std::floor(c)) {
-          return absl::InvalidArgumentError(absl::StrCat("stream ", key.ToString(), ": bin ", i,
-                                                         " has count ", c,
-                                                         "; histogram counts are integers >= 0"));
+        // Past 2^53 doubles are no longer exact integers, and a few such counts would make the
+        // window's total infinite (no measures until they expire).
+        if (!std::isfinite(c) || c < 0 || c != std::floor(c) || c > kMaxExactCount) {
+          return absl::InvalidArgumentError(
+              absl::StrCat("stream ", key.ToString(), ": bin ", i, " has count ", c,
+                           "; histogram counts are integers >= 0 and at most 2^53"));
         }
         delta[i] = c;
       }

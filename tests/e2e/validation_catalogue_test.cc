@@ -1000,6 +1000,12 @@ std::vector<Row> CatalogueRows() {
           },
           kInvalid, "histogram counts are integers >= 0"),
       Batch(
+          "HistogramCountBeyondExactIntegers", Kind::kNumeric,
+          [](Req& r) {
+            SetHistogram(r, {0, 1, 2, 1e308, 0, 0});
+          },
+          kInvalid, "at most 2^53"),
+      Batch(
           "RawValuesForCategoricalStream", Kind::kCategorical, [](Req& r) { SetValues(r, {1.0}); },
           kPrecondition, "takes a histogram, labels or probability vectors, not raw values"),
       Batch(
