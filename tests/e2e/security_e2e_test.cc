@@ -428,7 +428,7 @@ std::string* const SecurityE2eTest::pki_error_ = new std::string;
 // --- TLS -----------------------------------------------------------------------------------------
 
 TEST_F(SecurityE2eTest, TlsServerAcceptsOnlyClientsThatTrustItsCa) {
-  StartServer(TlsFlags());
+  ASSERT_NO_FATAL_FAILURE(StartServer(TlsFlags()));
   EXPECT_THAT(server_->ReadLog(), HasSubstr(", TLS,"));
 
   // The right CA: calls work, and data round-trips.
@@ -458,14 +458,15 @@ TEST_F(SecurityE2eTest, TlsServerAcceptsOnlyClientsThatTrustItsCa) {
 TEST_F(SecurityE2eTest, TlsClientRefusesAServerWithACertificateFromAnotherCa) {
   // A server presenting a certificate of the rogue CA (valid for 127.0.0.1): the client that
   // trusts only the real CA must not talk to it.
-  StartServer({"--tls-cert", Path("rogue-server.pem"), "--tls-key", Path("rogue-server.key")});
+  ASSERT_NO_FATAL_FAILURE(
+      StartServer({"--tls-cert", Path("rogue-server.pem"), "--tls-key", Path("rogue-server.key")}));
   grpc::Status status = List(TlsChannel("ca.pem"));
   EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAVAILABLE) << status.error_message();
   EXPECT_TRUE(List(TlsChannel("rogue-ca.pem")).ok());
 }
 
 TEST_F(SecurityE2eTest, MutualTlsRequiresAClientCertificateFromTheCa) {
-  StartServer(MutualTlsFlags());
+  ASSERT_NO_FATAL_FAILURE(StartServer(MutualTlsFlags()));
   EXPECT_THAT(server_->ReadLog(), HasSubstr("mutual TLS"));
 
   // A certificate signed by the CA: works.
@@ -544,7 +545,7 @@ const char* RpcName(Rpc rpc) {
 TEST_F(SecurityE2eTest, EveryRpcChecksTheTokenRoleAndModel) {
   std::vector<std::string> flags = TlsFlags();
   flags.insert(flags.end(), {"--auth-tokens", WriteStandardTokens()});
-  StartServer(flags);
+  ASSERT_NO_FATAL_FAILURE(StartServer(flags));
   EXPECT_THAT(server_->ReadLog(), HasSubstr("6 tokens"));
   auto stub = KlDrift::NewStub(TlsChannel());
   const std::string model = "fraud-scorer";
@@ -728,7 +729,7 @@ TEST_F(SecurityE2eTest, EveryRpcChecksTheTokenRoleAndModel) {
 TEST_F(SecurityE2eTest, TheClientLibrarySendsItsToken) {
   std::vector<std::string> flags = TlsFlags();
   flags.insert(flags.end(), {"--auth-tokens", WriteStandardTokens()});
-  StartServer(flags);
+  ASSERT_NO_FATAL_FAILURE(StartServer(flags));
   // ChannelOptions::token, not per-call metadata.
   EXPECT_TRUE(List(TlsChannel("ca.pem", "", "", kReaderToken)).ok());
   EXPECT_EQ(List(TlsChannel("ca.pem", "", "", kUnknownToken)).error_code(),
@@ -750,7 +751,7 @@ TEST_F(SecurityE2eTest, TheClientLibrarySendsItsToken) {
 TEST_F(SecurityE2eTest, ListReferencesShowsOnlyTheModelsOfTheTokensScope) {
   std::vector<std::string> flags = TlsFlags();
   flags.insert(flags.end(), {"--auth-tokens", WriteStandardTokens()});
-  StartServer(flags);
+  ASSERT_NO_FATAL_FAILURE(StartServer(flags));
   auto stub = KlDrift::NewStub(TlsChannel());
   for (const std::string model : {"fraud-scorer", "fraud-ranker", "payments", "other-x"}) {
     for (const std::string signal : {"a", "b"}) {
@@ -810,7 +811,7 @@ TEST_F(SecurityE2eTest, ListReferencesShowsOnlyTheModelsOfTheTokensScope) {
 TEST_F(SecurityE2eTest, IngestWithoutATokenEndsAtOnceAndAppliesNothing) {
   std::vector<std::string> flags = TlsFlags();
   flags.insert(flags.end(), {"--auth-tokens", WriteStandardTokens()});
-  StartServer(flags);
+  ASSERT_NO_FATAL_FAILURE(StartServer(flags));
   auto stub = KlDrift::NewStub(TlsChannel());
   const v1::StreamId stream = Stream("fraud-scorer", "score");
   v1::PutReferenceResponse put;
@@ -843,7 +844,7 @@ TEST_F(SecurityE2eTest, IngestWithoutATokenEndsAtOnceAndAppliesNothing) {
 TEST_F(SecurityE2eTest, IngestBatchOutsideTheTokensScopeIsRefusedAndTheOthersApplied) {
   std::vector<std::string> flags = TlsFlags();
   flags.insert(flags.end(), {"--auth-tokens", WriteStandardTokens()});
-  StartServer(flags);
+  ASSERT_NO_FATAL_FAILURE(StartServer(flags));
   auto stub = KlDrift::NewStub(TlsChannel());
   for (const std::string model : {"fraud-scorer", "payments"}) {
     v1::PutReferenceResponse put;
@@ -878,7 +879,7 @@ TEST_F(SecurityE2eTest, SighupReloadsTokensWithoutDroppingStreams) {
   WriteFile(tokens, absl::StrCat(kAdminToken, " admin *\n", kTokenA, " writer *\n"));
   std::vector<std::string> flags = TlsFlags();
   flags.insert(flags.end(), {"--auth-tokens", tokens});
-  StartServer(flags);
+  ASSERT_NO_FATAL_FAILURE(StartServer(flags));
   auto stub = KlDrift::NewStub(TlsChannel());
   const v1::StreamId stream = Stream("reloaded", "score");
   v1::PutReferenceResponse put;
@@ -977,7 +978,7 @@ TEST_F(SecurityE2eTest, SighupReloadsTokensWithoutDroppingStreams) {
 TEST_F(SecurityE2eTest, MetricsRequireBasicAuth) {
   const std::string password_file = test_dir_ + "/metrics-auth";
   WriteFile(password_file, "prometheus:Corr3ct-horse-battery\n");
-  StartServer({"--metrics-basic-auth", password_file});
+  ASSERT_NO_FATAL_FAILURE(StartServer({"--metrics-basic-auth", password_file}));
   ASSERT_GT(server_->metrics_port(), 0);
   auto basic = [](const std::string& credentials) {
     return absl::StrCat("Authorization: Basic ", absl::Base64Escape(credentials));
@@ -1009,7 +1010,7 @@ TEST_F(SecurityE2eTest, MetricsRequireBasicAuth) {
 // --- Limits --------------------------------------------------------------------------------------
 
 TEST_F(SecurityE2eTest, MaxStreamsPerModel) {
-  StartServer({"--max-streams-per-model", "2"});
+  ASSERT_NO_FATAL_FAILURE(StartServer({"--max-streams-per-model", "2"}));
   auto stub = KlDrift::NewStub(server_->Channel());
   auto put = [&](const std::string& model, const std::string& signal) {
     v1::PutReferenceResponse response;
@@ -1044,7 +1045,7 @@ TEST_F(SecurityE2eTest, MaxStreamsPerModel) {
 TEST_F(SecurityE2eTest, CliOverMutualTlsWithAToken) {
   std::vector<std::string> flags = MutualTlsFlags();
   flags.insert(flags.end(), {"--auth-tokens", WriteStandardTokens()});
-  StartServer(flags);
+  ASSERT_NO_FATAL_FAILURE(StartServer(flags));
   const std::string cli = testing::BinaryPath("KLDRIFT_CLI", "client/cli/kldrift");
   const std::string writer_token_file = test_dir_ + "/writer.token";
   const std::string reader_token_file = test_dir_ + "/reader.token";
@@ -1114,7 +1115,7 @@ TEST_F(SecurityE2eTest, CliOverMutualTlsWithAToken) {
 TEST_F(SecurityE2eTest, DISABLED_ClientIdsOfAnotherTenantCannotBeHijacked) {
   std::vector<std::string> flags = TlsFlags();
   flags.insert(flags.end(), {"--auth-tokens", WriteStandardTokens()});
-  StartServer(flags);
+  ASSERT_NO_FATAL_FAILURE(StartServer(flags));
   auto stub = KlDrift::NewStub(TlsChannel());
   for (const std::string model : {"fraud-scorer", "other-a"}) {
     v1::PutReferenceResponse put;
@@ -1143,7 +1144,7 @@ TEST_F(SecurityE2eTest, DISABLED_ClientIdsOfAnotherTenantCannotBeHijacked) {
 TEST_F(SecurityE2eTest, DISABLED_PageTokensDoNotNameModelsOutsideTheScope) {
   std::vector<std::string> flags = TlsFlags();
   flags.insert(flags.end(), {"--auth-tokens", WriteStandardTokens()});
-  StartServer(flags);
+  ASSERT_NO_FATAL_FAILURE(StartServer(flags));
   auto stub = KlDrift::NewStub(TlsChannel());
   for (const std::string model : {"fraud-scorer", "secret-model", "zzz-last"}) {
     v1::PutReferenceResponse put;
