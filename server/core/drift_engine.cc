@@ -494,7 +494,8 @@ absl::StatusOr<std::shared_ptr<const Reference>> DriftEngine::GetReference(const
 }
 
 absl::StatusOr<DriftEngine::ReferencePage> DriftEngine::ListReferences(
-    const std::string& model, size_t page_size, const std::string& page_token) const {
+    const std::string& model, size_t page_size, const std::string& page_token,
+    const std::function<bool(const std::string& model)>& visible) const {
   if (!model.empty()) {
     if (absl::Status s = ValidateName("model", model, false); !s.ok()) return s;
   }
@@ -514,6 +515,9 @@ absl::StatusOr<DriftEngine::ReferencePage> DriftEngine::ListReferences(
               : (model.empty() ? streams_.begin() : streams_.lower_bound(StreamKey{model, "", ""}));
     for (; it != streams_.end() && candidates.size() <= page_size; ++it) {
       if (!model.empty() && it->first.model != model) break;
+      // Hidden streams are skipped before the page is cut, so the page token (the last key
+      // returned) never names one.
+      if (visible && !visible(it->first.model)) continue;
       candidates.push_back(it->second);
     }
   }
@@ -556,7 +560,7 @@ absl::StatusOr<uint64_t> DriftEngine::DeleteReference(const StreamKey& key) {
 
 IngestResult DriftEngine::Ingest(const IngestBatch& batch) {
   IngestResult result;
-  if (absl::Status s = ValidateName("client_id", batch.client_id, false); !s.ok()) {
+  if (absl::Status s = ValidateClientId(batch.client_id); !s.ok()) {
     result.status = s;
     return result;
   }

@@ -160,9 +160,11 @@ class DriftEngine {
     std::vector<std::shared_ptr<const Reference>> references;
     std::string next_page_token;  // Empty on the last page.
   };
-  // Latest references in stream order, optionally of one model. page_size 0 means 100.
-  absl::StatusOr<ReferencePage> ListReferences(const std::string& model, size_t page_size,
-                                               const std::string& page_token) const;
+  // Latest references in stream order, optionally of one model, and only of models `visible`
+  // accepts when given (a caller's scope). page_size 0 means 100.
+  absl::StatusOr<ReferencePage> ListReferences(
+      const std::string& model, size_t page_size, const std::string& page_token,
+      const std::function<bool(const std::string& model)>& visible = nullptr) const;
 
   // Drops a stream: all reference versions, windows, alert state. Returns the versions deleted.
   absl::StatusOr<uint64_t> DeleteReference(const StreamKey& stream);

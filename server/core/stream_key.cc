@@ -17,15 +17,18 @@ std::string StreamKey::ToString() const {
   return absl::StrCat(model, "/", model_version, "/", signal);
 }
 
-absl::Status ValidateName(absl::string_view what, absl::string_view name, bool may_be_empty) {
+namespace {
+
+absl::Status ValidateNameUpTo(absl::string_view what, absl::string_view name, bool may_be_empty,
+                              size_t max_length) {
   if (name.empty()) {
     if (may_be_empty) return absl::OkStatus();
     return absl::InvalidArgumentError(
-        absl::StrCat(what, " is empty; give 1-128 characters of ", "[A-Za-z0-9._:/-]"));
+        absl::StrCat(what, " is empty; give 1-", max_length, " characters of [A-Za-z0-9._:/-]"));
   }
-  if (name.size() > kMaxNameLength) {
+  if (name.size() > max_length) {
     return absl::InvalidArgumentError(
-        absl::StrCat(what, " is ", name.size(), " characters long; the limit is ", kMaxNameLength));
+        absl::StrCat(what, " is ", name.size(), " characters long; the limit is ", max_length));
   }
   for (size_t i = 0; i < name.size(); ++i) {
     if (!IsNameChar(name[i])) {
@@ -38,6 +41,16 @@ absl::Status ValidateName(absl::string_view what, absl::string_view name, bool m
     }
   }
   return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status ValidateName(absl::string_view what, absl::string_view name, bool may_be_empty) {
+  return ValidateNameUpTo(what, name, may_be_empty, kMaxNameLength);
+}
+
+absl::Status ValidateClientId(absl::string_view client_id) {
+  return ValidateNameUpTo("client_id", client_id, false, kMaxClientIdLength);
 }
 
 absl::Status ValidateStreamKey(const StreamKey& key) {

@@ -41,6 +41,11 @@ absl::Status ValidateName(absl::string_view what, absl::string_view name, bool m
 // Checks all three parts of a key.
 absl::Status ValidateStreamKey(const StreamKey& key);
 
+// Ingest client ids as the engine keeps them: a name's characters, up to kMaxClientIdLength (room
+// for the tenant prefix the service adds to a client's own id of up to kMaxNameLength).
+inline constexpr size_t kMaxClientIdLength = 160;
+absl::Status ValidateClientId(absl::string_view client_id);
+
 }  // namespace kldrift
 
 #endif  // KLDRIFT_SERVER_CORE_STREAM_KEY_H_

@@ -196,6 +196,17 @@ absl::Status TokenAuthorizer::Authorize(absl::string_view authorization,
   return absl::OkStatus();
 }
 
+std::string TokenAuthorizer::TenantOf(absl::string_view authorization) const {
+  absl::string_view token = authorization;
+  if (!absl::ConsumePrefix(&token, "Bearer ") || table()->Find(token) == nullptr) return "";
+  uint64_t hash = 14695981039346656037ull;  // FNV-1a 64.
+  for (char c : token) {
+    hash ^= static_cast<unsigned char>(c);
+    hash *= 1099511628211ull;
+  }
+  return absl::StrCat("t", absl::Hex(hash >> 16, absl::kZeroPad12));
+}
+
 bool TokenAuthorizer::MayRead(absl::string_view authorization, absl::string_view model) const {
   return Authorize(authorization, AccessRequest{Role::kReader, std::string(model)}).ok();
 }

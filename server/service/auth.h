@@ -91,6 +91,12 @@ class TokenAuthorizer {
   // authorized for reading.
   bool MayRead(absl::string_view authorization, absl::string_view model) const;
 
+  // A short, stable name of the caller's token ("t" and 12 hex digits of a 64-bit FNV-1a hash of
+  // the token; "" for an unknown one), to keep tenants' ingest client ids apart: two tokens using
+  // the same client id get separate sequence numbers and live streams. Not secret-revealing in
+  // practice for tokens of 16+ random characters, and never the token itself.
+  std::string TenantOf(absl::string_view authorization) const;
+
   size_t token_count() const;
 
  private:

@@ -50,6 +50,13 @@ class KlDriftService::IngestReactor
       MaybeFinishLocked();
       return;
     }
+    // With tokens, each token's client ids are its own: the engine and the live-stream table see
+    // "<tenant>:<client id>", so another tenant can neither take over this client's stream nor
+    // make its batches look like duplicates.
+    if (service_->options_.authorizer != nullptr) {
+      tenant_prefix_ =
+          absl::StrCat(service_->options_.authorizer->TenantOf(AuthorizationOf(context_)), ":");
+    }
     StartRead(&request_);
   }
 
@@ -77,8 +84,7 @@ class KlDriftService::IngestReactor
       status = absl::InvalidArgumentError(absl::StrCat(
           "sequence ", sequence, " after ", last_sequence_,
           " on the same stream; sequence numbers must increase (resend only after reconnecting)"));
-    } else if (absl::Status id = ValidateName("client_id", request_.client_id(), false);
-               !id.ok()) {
+    } else if (absl::Status id = ValidateName("client_id", request_.client_id(), false); !id.ok()) {
       // Checked before the id claims its live-stream slot and names this stream: a refused id
       // holds neither (an empty one would never be released).
       status = id;
@@ -95,14 +101,17 @@ class KlDriftService::IngestReactor
       status = auth;  // PERMISSION_DENIED for this batch's model.
       acked = sequence;
     } else {
+      const std::string engine_client_id = tenant_prefix_ + request_.client_id();
       if (client_id_.empty() && metrics_ != nullptr &&
-          service_->engine_->KnowsClient(request_.client_id())) {
+          service_->engine_->KnowsClient(engine_client_id)) {
         metrics_->RecordIngestReconnect();
       }
-      if (client_id_.empty()) service_->ClaimClientId(request_.client_id(), this);
+      if (client_id_.empty()) service_->ClaimClientId(engine_client_id, this);
       client_id_ = request_.client_id();
+      engine_client_id_ = engine_client_id;
       last_sequence_ = sequence;
       absl::StatusOr<IngestBatch> batch = FromProto(request_);
+      if (batch.ok()) batch->client_id = engine_client_id;
       if (batch.ok()) {
         const IngestResult result = service_->engine_->Ingest(*batch);
         status = result.status;
@@ -156,7 +165,7 @@ class KlDriftService::IngestReactor
   }
 
   void OnDone() override {
-    if (!client_id_.empty()) service_->ReleaseClientId(client_id_, this);
+    if (!engine_client_id_.empty()) service_->ReleaseClientId(engine_client_id_, this);
     if (metrics_ != nullptr) metrics_->RecordIngestStreamClosed();
     delete this;
   }
@@ -198,7 +207,9 @@ class KlDriftService::IngestReactor
   grpc::CallbackServerContext* const context_;
   // Touched only by OnReadDone, which gRPC never runs concurrently with itself.
   v1::IngestRequest request_;
-  std::string client_id_;
+  std::string client_id_;         // As the client sent it.
+  std::string engine_client_id_;  // With the tenant prefix: the engine's and live table's key.
+  std::string tenant_prefix_;     // "<tenant>:" with tokens, else empty.
   uint64_t last_sequence_ = 0;
 
   Mutex mutex_;
@@ -406,18 +417,19 @@ grpc::ServerUnaryReactor* KlDriftService::ListReferences(grpc::CallbackServerCon
                                                          v1::ListReferencesResponse* response) {
   return Unary(context, [&]() -> absl::Status {
     if (absl::Status s = Authorize(context, Role::kReader, request->model()); !s.ok()) return s;
-    absl::StatusOr<DriftEngine::ReferencePage> page =
-        engine_->ListReferences(request->model(), request->page_size(), request->page_token());
-    if (!page.ok()) return page.status();
+    // A token scoped to some models lists only those; the engine skips the others before it
+    // cuts the page, so the page token never names a hidden stream.
     const std::string authorization = AuthorizationOf(context);
-    for (const auto& ref : page->references) {
-      // A token scoped to some models lists only those (a page may then hold fewer entries).
-      if (options_.authorizer != nullptr &&
-          !options_.authorizer->MayRead(authorization, ref->stream.model)) {
-        continue;
-      }
-      ToProto(*ref, response->add_references());
+    std::function<bool(const std::string&)> visible;
+    if (options_.authorizer != nullptr) {
+      visible = [this, &authorization](const std::string& model) {
+        return options_.authorizer->MayRead(authorization, model);
+      };
     }
+    absl::StatusOr<DriftEngine::ReferencePage> page = engine_->ListReferences(
+        request->model(), request->page_size(), request->page_token(), visible);
+    if (!page.ok()) return page.status();
+    for (const auto& ref : page->references) ToProto(*ref, response->add_references());
     response->set_next_page_token(page->next_page_token);
     return absl::OkStatus();
   });

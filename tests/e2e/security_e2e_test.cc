@@ -1107,12 +1107,11 @@ TEST_F(SecurityE2eTest, CliOverMutualTlsWithAToken) {
   ExpectNoToken(server_->ReadLog(), "server log");
 }
 
-// KNOWN ISSUE, disabled until fixed: ingest client ids (and their de-duplication sequence numbers)
-// are global, not bound to a token or a model. A writer scoped to other-* can send a batch for its
-// own model under another tenant's client id with a huge sequence number; the victim's later
-// batches are then acknowledged as duplicates and silently not applied. (The same reuse also
-// ends the victim's live stream with ABORTED, by the one-live-stream-per-client-id takeover.)
-TEST_F(SecurityE2eTest, DISABLED_ClientIdsOfAnotherTenantCannotBeHijacked) {
+// Ingest client ids (and their de-duplication sequence numbers) belong to the token: a writer
+// scoped to other-* that sends a batch under another tenant's client id with a huge sequence
+// number must not make the victim's later batches look like duplicates (they would be acknowledged
+// and silently not applied), nor take over the victim's live stream.
+TEST_F(SecurityE2eTest, ClientIdsOfAnotherTenantCannotBeHijacked) {
   std::vector<std::string> flags = TlsFlags();
   flags.insert(flags.end(), {"--auth-tokens", WriteStandardTokens()});
   ASSERT_NO_FATAL_FAILURE(StartServer(flags));
@@ -1137,11 +1136,10 @@ TEST_F(SecurityE2eTest, DISABLED_ClientIdsOfAnotherTenantCannotBeHijacked) {
   EXPECT_EQ(Samples(stub.get(), Stream("fraud-scorer", "score")), TotalCount({counts, counts}));
 }
 
-// KNOWN ISSUE, disabled until fixed: ListReferences filters a page by the token's scope after the
-// engine cut it, and next_page_token is the engine's: the web-safe base64 of the last stream key
-// of the unfiltered page. When that stream is one the token may not read, the token hands its
-// model, version and signal names to the caller.
-TEST_F(SecurityE2eTest, DISABLED_PageTokensDoNotNameModelsOutsideTheScope) {
+// ListReferences with a scoped token: the page token is the last key of the page the caller may
+// see, never a stream of a model outside the scope (it would hand over its model, version and
+// signal names).
+TEST_F(SecurityE2eTest, PageTokensDoNotNameModelsOutsideTheScope) {
   std::vector<std::string> flags = TlsFlags();
   flags.insert(flags.end(), {"--auth-tokens", WriteStandardTokens()});
   ASSERT_NO_FATAL_FAILURE(StartServer(flags));
