@@ -1040,6 +1040,51 @@ TEST_F(SecurityE2eTest, MaxStreamsPerModel) {
   EXPECT_EQ(put("capped", "d").error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
 }
 
+// Two open calls fill a connection at --max-concurrent-streams-per-connection 2: a third call on
+// it waits (here until its deadline), while another connection is served; once one call ends, the
+// waiting connection is served again.
+TEST_F(SecurityE2eTest, ConcurrentCallsPerConnectionAreCapped) {
+  ASSERT_NO_FATAL_FAILURE(
+      StartServer({"--max-concurrent-streams-per-connection", "2", "--eval-interval", "100ms"}));
+  auto stub = KlDrift::NewStub(server_->Channel());
+  v1::PutReferenceResponse put;
+  ASSERT_TRUE(stub->PutReference(Context().get(), NumericReference("capped", "s"), &put).ok());
+  // Two long-lived WatchDrift calls on this connection.
+  std::vector<std::unique_ptr<grpc::ClientContext>> watch_contexts;
+  std::vector<std::unique_ptr<grpc::ClientReader<v1::DriftReport>>> watches;
+  for (int i = 0; i < 2; ++i) {
+    watch_contexts.push_back(Context("", absl::Seconds(60)));
+    v1::WatchDriftRequest request;
+    request.mutable_stream()->set_model("capped");
+    watches.push_back(stub->WatchDrift(watch_contexts.back().get(), request));
+    v1::DriftReport report;
+    ASSERT_TRUE(watches.back()->Read(&report));  // Open and served.
+  }
+  v1::GetReferenceRequest get;
+  *get.mutable_stream() = Stream("capped", "s");
+  v1::Reference reference;
+  grpc::Status third =
+      stub->GetReference(Context("", absl::Milliseconds(1500)).get(), get, &reference);
+  EXPECT_EQ(third.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED) << third.error_message();
+  // Another connection is not held up.
+  grpc::ChannelArguments separate;
+  separate.SetInt("kldrift.test.separate-connection", 1);
+  auto other = KlDrift::NewStub(
+      grpc::CreateCustomChannel(server_->address(), grpc::InsecureChannelCredentials(), separate));
+  EXPECT_TRUE(other->GetReference(Context("", absl::Seconds(5)).get(), get, &reference).ok());
+  // One watch ends: the first connection has room again.
+  watch_contexts[0]->TryCancel();
+  v1::DriftReport report;
+  while (watches[0]->Read(&report)) {
+  }
+  watches[0]->Finish();
+  EXPECT_TRUE(stub->GetReference(Context("", absl::Seconds(5)).get(), get, &reference).ok());
+  watch_contexts[1]->TryCancel();
+  while (watches[1]->Read(&report)) {
+  }
+  watches[1]->Finish();
+}
+
 // --- CLI -----------------------------------------------------------------------------------------
 
 TEST_F(SecurityE2eTest, CliOverMutualTlsWithAToken) {
