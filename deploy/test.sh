@@ -24,6 +24,9 @@ CC=clang CXX=clang++ cmake -S . -B build/tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWit
 cmake --build build/tsan -j "$jobs" --target tsan_tests
 TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
   ctest --test-dir build/tsan --output-on-failure -j "$jobs" -L tsan
+echo "== End-to-end suites against a ThreadSanitizer kldriftd (tests/tsan/run_e2e_under_tsan.sh)"
+cmake --build build/tsan -j "$jobs" --target kldriftd
+bash tests/tsan/run_e2e_under_tsan.sh build/release build/tsan
 
 echo "== Fuzzing (libFuzzer + ASan/UBSan, ~1 minute per fuzzer; see tests/fuzz/CMakeLists.txt)"
 CC=clang CXX=clang++ cmake -S . -B build/fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \

@@ -1058,7 +1058,9 @@ absl::Status DriftEngine::Recover() {
                        ABSL_NO_THREAD_SAFETY_ANALYSIS {
                          auto state = std::make_shared<ClientState>();
                          state->last_seen = seen;
-                         MutexLock lock(&state->mutex);
+                         // Not locked: no other thread can see the new state yet, and its lock
+                         // taken under streams_mutex_ would invert Ingest's order (client, then
+                         // streams), which ThreadSanitizer reports.
                          state->last_sequence = sequence;
                          clients_[client_id] = std::move(state);
                        };
