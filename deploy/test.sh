@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: installs missing packages, builds Release and runs every test with CTest,
 # then builds again with AddressSanitizer + UndefinedBehaviorSanitizer and runs the suite again,
-# runs the engine's tests once more under ThreadSanitizer, and fuzzes the request and file parsers.
+# runs the engine's tests once more under ThreadSanitizer, runs the end-to-end suites against a
+# ThreadSanitizer kldriftd, and fuzzes the request and file parsers.
 # .ci/run calls exactly this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
