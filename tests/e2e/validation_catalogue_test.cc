@@ -2,7 +2,8 @@
 // sent, and what it answers. One test per README row, named as in the README's "test" column;
 // tests/e2e/catalogue_readme_check.py checks that the two lists match.
 //
-// Each row runs against a real kldriftd (tests/e2e/server_process.h) and asserts
+// Each row runs against a real kldriftd (tests/e2e/server_process.h) over TLS, with certificates
+// generated for the run (tests/e2e/test_certificates.h), and asserts
 //   1. the exact status code (the unary status, the stream's final status, or the batch error in
 //      the Ingest acks),
 //   2. that the message names what to fix (a substring),
@@ -15,9 +16,17 @@
 //
 // Most rows share one server started with small limits, each on streams of its own (the model is
 // the row's name) next to a "canary" stream holding data; rows that need other flags start a server
-// of their own. Loopback only; every wait is bounded by a deadline.
+// of their own. The raw-bytes rows send their bytes twice: straight onto the TLS port (the TLS
+// layer must refuse them) and inside a TLS session (the HTTP/2 layer must). Loopback only; every
+// wait is bounded by a deadline.
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
+#include <openssl/x509v3.h>
+#include <signal.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -28,6 +37,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <functional>
 #include <limits>
 #include <map>
@@ -48,6 +58,7 @@
 #include "kldrift/v1/kldrift.grpc.pb.h"
 #include "tests/e2e/health.grpc.pb.h"
 #include "tests/e2e/server_process.h"
+#include "tests/e2e/test_certificates.h"
 
 namespace kldrift {
 namespace {
@@ -85,11 +96,48 @@ google::protobuf::Duration Seconds(int64_t s) {
   return d;
 }
 
+// The run's certificates: generated before the first test, removed after the last.
+class TestPki : public ::testing::Environment {
+ public:
+  // Null if generation failed (the failure is reported once, in SetUp).
+  static const testing::TestCertificates* Get() { return pki_; }
+
+  void SetUp() override {
+    char dir_template[] = "/tmp/kldrift-catalogue-pki-XXXXXX";
+    ASSERT_NE(mkdtemp(dir_template), nullptr);
+    absl::StatusOr<testing::TestCertificates> pki =
+        testing::TestCertificates::Generate(dir_template);
+    ASSERT_TRUE(pki.ok()) << pki.status();
+    pki_ = new testing::TestCertificates(*std::move(pki));
+  }
+  void TearDown() override {
+    if (pki_ == nullptr) return;
+    std::error_code ignored;
+    std::filesystem::remove_all(pki_->dir, ignored);
+    delete pki_;
+    pki_ = nullptr;
+  }
+
+ private:
+  static testing::TestCertificates* pki_;
+};
+testing::TestCertificates* TestPki::pki_ = nullptr;
+::testing::Environment* const kTestPkiEnvironment =
+    ::testing::AddGlobalTestEnvironment(new TestPki);
+
+// Every server of the catalogue serves TLS with the run's server certificate.
 absl::StatusOr<std::unique_ptr<testing::ServerProcess>> StartServer(
     const std::vector<std::string>& extra_flags) {
-  std::vector<std::string> flags = {"--eval-interval", "100ms", "--shutdown-grace", "1s"};
+  if (TestPki::Get() == nullptr) return absl::FailedPreconditionError("no test certificates");
+  std::vector<std::string> flags = TestPki::Get()->ServerFlags();
+  flags.insert(flags.end(), {"--eval-interval", "100ms", "--shutdown-grace", "1s"});
   flags.insert(flags.end(), extra_flags.begin(), extra_flags.end());
   return testing::ServerProcess::Start(testing::BinaryPath("KLDRIFTD", "server/kldriftd"), flags);
+}
+
+// A TLS channel to `server` that trusts only the run's CA.
+std::shared_ptr<grpc::Channel> Channel(const testing::ServerProcess& server) {
+  return testing::TlsChannel(server.address(), TestPki::Get()->ca.cert_pem);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -268,13 +316,13 @@ std::string StateOf(KlDrift::Stub& stub) {
 
 // Health says SERVING, and reads of the canary work.
 void ExpectHealthy(const testing::ServerProcess& server) {
-  auto health = grpc::health::v1::Health::NewStub(server.Channel());
+  auto health = grpc::health::v1::Health::NewStub(Channel(server));
   grpc::health::v1::HealthCheckRequest request;
   grpc::health::v1::HealthCheckResponse response;
   grpc::Status status = health->Check(Context().get(), request, &response);
   ASSERT_TRUE(status.ok()) << status.error_message();
   EXPECT_EQ(response.status(), grpc::health::v1::HealthCheckResponse::SERVING);
-  auto stub = KlDrift::NewStub(server.Channel());
+  auto stub = KlDrift::NewStub(Channel(server));
   v1::GetReferenceRequest get;
   *get.mutable_stream() = Canary();
   v1::Reference ref;
@@ -285,7 +333,7 @@ void ExpectHealthy(const testing::ServerProcess& server) {
 
 // A fresh server gets the canary: a numeric stream with one batch in its windows.
 void PlantCanary(const testing::ServerProcess& server) {
-  auto stub = KlDrift::NewStub(server.Channel());
+  auto stub = KlDrift::NewStub(Channel(server));
   ASSERT_NO_FATAL_FAILURE(PutValid(*stub, Canary(), Kind::kNumeric));
   ASSERT_NO_FATAL_FAILURE(
       IngestOk(*stub, {ValidBatch(Canary(), Kind::kNumeric, "canary-loader", 1)}, 1));
@@ -1107,7 +1155,7 @@ class CatalogueTest : public ::testing::Test {
       server_ = own_server_.get();
       ASSERT_NO_FATAL_FAILURE(PlantCanary(*server_));
     }
-    stub_ = KlDrift::NewStub(server_->Channel());
+    stub_ = KlDrift::NewStub(Channel(*server_));
   }
 
   void TearDown() override {
@@ -1431,55 +1479,189 @@ TEST_F(CatalogueTest, OversizedIngestMessage) {
   ExpectHealthy(*server_);
 }
 
-// Writes `bytes` to a raw TCP connection to the gRPC port. If `wait_for_close`, reads until the
-// server closes the connection (bounded by a 10 s receive timeout) and returns what it sent;
-// otherwise runs `while_open` and closes.
-absl::StatusOr<std::string> SendRaw(int port, const std::string& bytes, bool wait_for_close,
-                                    const std::function<void()>& while_open = nullptr) {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) return absl::InternalError("socket failed");
-  sockaddr_in address{};
-  address.sin_family = AF_INET;
-  address.sin_port = htons(static_cast<uint16_t>(port));
-  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  timeval timeout{10, 0};
-  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
-  if (connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) != 0) {
-    close(fd);
-    return absl::UnavailableError("cannot connect");
-  }
-  size_t sent = 0;
-  while (sent < bytes.size()) {
-    const ssize_t n = send(fd, bytes.data() + sent, bytes.size() - sent, MSG_NOSIGNAL);
-    if (n <= 0) break;  // The server may close before reading everything.
-    sent += static_cast<size_t>(n);
-  }
-  std::string reply;
-  if (wait_for_close) {
-    char buffer[4096];
-    for (;;) {
-      const ssize_t n = recv(fd, buffer, sizeof(buffer), 0);
-      if (n == 0 || (n < 0 && errno == ECONNRESET)) break;  // Closed by the server.
-      if (n < 0) {
-        close(fd);
-        return absl::DeadlineExceededError("the server kept the connection open");
-      }
-      reply.append(buffer, static_cast<size_t>(n));
-    }
-  } else if (while_open) {
-    while_open();
-  }
-  close(fd);
-  return reply;
+// ---------------------------------------------------------------------------------------------
+// Raw bytes on the gRPC port, at two layers.
+
+// Where a raw-bytes row puts its bytes: straight onto the TCP connection to the TLS port (the TLS
+// layer sees them), or inside a TLS session that negotiated HTTP/2 (the HTTP/2 layer sees them,
+// as on a plaintext port).
+enum class Layer { kTcp, kTls };
+
+std::string LayerName(Layer layer) {
+  return layer == Layer::kTcp ? "on the TCP connection" : "inside TLS";
 }
 
+// The first error on OpenSSL's queue, as text.
+std::string OpensslError() {
+  const unsigned long code = ERR_get_error();
+  if (code == 0) return "no OpenSSL error";
+  char text[256];
+  ERR_error_string_n(code, text, sizeof(text));
+  ERR_clear_error();
+  return text;
+}
+
+// A client connection to 127.0.0.1:`port` that writes bytes as they are, at `layer`. Reads time
+// out after 10 s. For kTls the handshake verifies the server against the run's CA and must select
+// ALPN "h2". Thread-compatible.
+class RawConnection {
+ public:
+  static absl::StatusOr<std::unique_ptr<RawConnection>> Open(int port, Layer layer) {
+    // A write after the server hung up must fail, not kill the test (OpenSSL writes with write()).
+    static const bool sigpipe_ignored = [] { return signal(SIGPIPE, SIG_IGN) != SIG_ERR; }();
+    if (!sigpipe_ignored) return absl::InternalError("cannot ignore SIGPIPE");
+    std::unique_ptr<RawConnection> c(new RawConnection());
+    c->fd_ = socket(AF_INET, SOCK_STREAM, 0);
+    if (c->fd_ < 0) return absl::InternalError("socket failed");
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_port = htons(static_cast<uint16_t>(port));
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    timeval timeout{10, 0};
+    setsockopt(c->fd_, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
+    setsockopt(c->fd_, SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof(timeout));
+    if (connect(c->fd_, reinterpret_cast<sockaddr*>(&address), sizeof(address)) != 0) {
+      return absl::UnavailableError("cannot connect");
+    }
+    if (layer == Layer::kTls) {
+      if (absl::Status s = c->Handshake(); !s.ok()) return s;
+    }
+    return c;
+  }
+
+  ~RawConnection() {
+    if (ssl_ != nullptr) SSL_free(ssl_);
+    if (ctx_ != nullptr) SSL_CTX_free(ctx_);
+    if (fd_ >= 0) close(fd_);
+  }
+
+  // Writes `bytes`; stops early if the server has closed the connection (it may, before reading
+  // everything).
+  void Send(const std::string& bytes) {
+    size_t sent = 0;
+    while (sent < bytes.size()) {
+      const size_t chunk = std::min<size_t>(bytes.size() - sent, 16384);
+      const ssize_t n = ssl_ != nullptr
+                            ? SSL_write(ssl_, bytes.data() + sent, static_cast<int>(chunk))
+                            : send(fd_, bytes.data() + sent, chunk, MSG_NOSIGNAL);
+      if (n <= 0) break;
+      sent += static_cast<size_t>(n);
+    }
+    ERR_clear_error();
+  }
+
+  // Reads until the server closes the connection (or resets it); what it sent. DEADLINE_EXCEEDED
+  // if it kept the connection open for 10 s.
+  absl::StatusOr<std::string> ReadUntilClosed() {
+    std::string reply;
+    char buffer[4096];
+    for (;;) {
+      if (ssl_ == nullptr) {
+        const ssize_t n = recv(fd_, buffer, sizeof(buffer), 0);
+        if (n == 0 || (n < 0 && errno == ECONNRESET)) return reply;
+        if (n < 0) return absl::DeadlineExceededError("the server kept the connection open");
+        reply.append(buffer, static_cast<size_t>(n));
+        continue;
+      }
+      errno = 0;
+      const int n = SSL_read(ssl_, buffer, sizeof(buffer));
+      if (n > 0) {
+        reply.append(buffer, static_cast<size_t>(n));
+        continue;
+      }
+      const int error = SSL_get_error(ssl_, n);
+      const bool timed_out =
+          error == SSL_ERROR_WANT_READ ||
+          (error == SSL_ERROR_SYSCALL && (errno == EAGAIN || errno == EWOULDBLOCK));
+      ERR_clear_error();
+      if (timed_out) return absl::DeadlineExceededError("the server kept the TLS session open");
+      return reply;  // close_notify, end of file, a reset or a fatal alert: closed.
+    }
+  }
+
+ private:
+  RawConnection() = default;
+
+  absl::Status Handshake() {
+    ctx_ = SSL_CTX_new(TLS_client_method());
+    if (ctx_ == nullptr) return absl::InternalError(OpensslError());
+    // The server may end the session without close_notify: that is a close, not an error.
+    SSL_CTX_set_options(ctx_, SSL_OP_IGNORE_UNEXPECTED_EOF);
+    const std::string& ca = TestPki::Get()->ca.cert_pem;
+    BIO* bio = BIO_new_mem_buf(ca.data(), static_cast<int>(ca.size()));
+    X509* ca_cert = PEM_read_bio_X509(bio, nullptr, nullptr, nullptr);
+    BIO_free(bio);
+    if (ca_cert == nullptr) return absl::InternalError("cannot parse the test CA");
+    const int added = X509_STORE_add_cert(SSL_CTX_get_cert_store(ctx_), ca_cert);
+    X509_free(ca_cert);
+    if (added != 1) return absl::InternalError(OpensslError());
+    SSL_CTX_set_verify(ctx_, SSL_VERIFY_PEER, nullptr);
+    ssl_ = SSL_new(ctx_);
+    if (ssl_ == nullptr) return absl::InternalError(OpensslError());
+    X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl_), "127.0.0.1");
+    static constexpr unsigned char kAlpn[] = {2, 'h', '2'};
+    SSL_set_alpn_protos(ssl_, kAlpn, sizeof(kAlpn));
+    SSL_set_fd(ssl_, fd_);
+    if (SSL_connect(ssl_) != 1) {
+      return absl::UnavailableError(absl::StrCat("TLS handshake failed: ", OpensslError()));
+    }
+    const unsigned char* protocol = nullptr;
+    unsigned int length = 0;
+    SSL_get0_alpn_selected(ssl_, &protocol, &length);
+    if (std::string(reinterpret_cast<const char*>(protocol), length) != "h2") {
+      return absl::FailedPreconditionError("the server did not select ALPN h2");
+    }
+    return absl::OkStatus();
+  }
+
+  int fd_ = -1;
+  SSL_CTX* ctx_ = nullptr;
+  SSL* ssl_ = nullptr;
+};
+
+// Writes `bytes` at `layer` of a new connection to the gRPC port. If `wait_for_close`, reads until
+// the server closes the connection (bounded by a 10 s receive timeout) and returns what it sent;
+// otherwise runs `while_open` and closes.
+absl::StatusOr<std::string> SendRaw(int port, Layer layer, const std::string& bytes,
+                                    bool wait_for_close,
+                                    const std::function<void()>& while_open = nullptr) {
+  absl::StatusOr<std::unique_ptr<RawConnection>> connection = RawConnection::Open(port, layer);
+  if (!connection.ok()) return connection.status();
+  (*connection)->Send(bytes);
+  if (wait_for_close) return (*connection)->ReadUntilClosed();
+  if (while_open) while_open();
+  return std::string();
+}
+
+// What the server sent before closing, as the row expects: on the TCP connection, at most a TLS
+// alert record (content type 21); inside TLS, HTTP/2 frames that begin with the server's SETTINGS
+// (frame type 4 in the fourth byte of the first frame header), as on a plaintext port.
+void ExpectReplyOfLayer(Layer layer, const std::string& reply) {
+  if (layer == Layer::kTcp) {
+    if (!reply.empty()) {
+      EXPECT_EQ(static_cast<unsigned char>(reply[0]), 21)
+          << "not a TLS alert: " << reply.size() << " bytes";
+    }
+  } else {
+    ASSERT_GE(reply.size(), 9u) << "no HTTP/2 frame from the server";
+    EXPECT_EQ(static_cast<unsigned char>(reply[3]), 4) << "the first frame is not SETTINGS";
+  }
+}
+
+// `bytes` at both layers: the server closes the connection, nothing changed, and it stays
+// healthy.
 void ExpectGarbageIgnored(KlDrift::Stub& stub, const testing::ServerProcess& server,
-                          const std::string& bytes, bool server_closes) {
-  const std::string before = StateOf(stub);
-  absl::StatusOr<std::string> reply = SendRaw(server.port(), bytes, server_closes);
-  EXPECT_TRUE(reply.ok()) << reply.status();
-  EXPECT_EQ(StateOf(stub), before);
-  ExpectHealthy(server);
+                          const std::string& bytes) {
+  for (Layer layer : {Layer::kTcp, Layer::kTls}) {
+    SCOPED_TRACE(LayerName(layer));
+    const std::string before = StateOf(stub);
+    absl::StatusOr<std::string> reply =
+        SendRaw(server.port(), layer, bytes, /*wait_for_close=*/true);
+    ASSERT_TRUE(reply.ok()) << reply.status();
+    ExpectReplyOfLayer(layer, *reply);
+    EXPECT_EQ(StateOf(stub), before);
+    ExpectHealthy(server);
+  }
 }
 
 TEST_F(CatalogueTest, RandomBytesOnThePort) {
@@ -1487,37 +1669,44 @@ TEST_F(CatalogueTest, RandomBytesOnThePort) {
   std::mt19937 random(6);
   std::string bytes(16384, '\0');
   for (char& c : bytes) c = static_cast<char>(random());
-  ExpectGarbageIgnored(*stub_, *server_, bytes, /*server_closes=*/true);
+  ExpectGarbageIgnored(*stub_, *server_, bytes);
 }
 
 TEST_F(CatalogueTest, Http1RequestOnThePort) {
   ASSERT_NO_FATAL_FAILURE(UseServer({}));
   ExpectGarbageIgnored(*stub_, *server_,
-                       "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
-                       /*server_closes=*/true);
+                       "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
 }
 
 // Half a preface: the server waits for the rest without holding up anyone else, and forgets the
-// connection when the client hangs up.
+// connection when the client hangs up. On the TCP connection the TLS layer gets the same
+// treatment: half a ClientHello (a handshake record announcing 512 bytes), then silence.
 TEST_F(CatalogueTest, TruncatedHttp2Preface) {
   ASSERT_NO_FATAL_FAILURE(UseServer({}));
-  const std::string before = StateOf(*stub_);
-  absl::StatusOr<std::string> reply =
-      SendRaw(server_->port(), "PRI * HTTP/2.0\r\n\r\nSM", /*wait_for_close=*/false, [&] {
-        EXPECT_EQ(StateOf(*stub_), before);
-        ExpectHealthy(*server_);
-      });
-  EXPECT_TRUE(reply.ok()) << reply.status();
-  EXPECT_EQ(StateOf(*stub_), before);
-  ExpectHealthy(*server_);
+  const std::string half_client_hello("\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", 11);
+  for (Layer layer : {Layer::kTcp, Layer::kTls}) {
+    SCOPED_TRACE(LayerName(layer));
+    const std::string before = StateOf(*stub_);
+    absl::StatusOr<std::string> reply =
+        SendRaw(server_->port(), layer,
+                layer == Layer::kTcp ? half_client_hello : "PRI * HTTP/2.0\r\n\r\nSM",
+                /*wait_for_close=*/false, [&] {
+                  EXPECT_EQ(StateOf(*stub_), before);
+                  ExpectHealthy(*server_);
+                });
+    EXPECT_TRUE(reply.ok()) << reply.status();
+    EXPECT_EQ(StateOf(*stub_), before);
+    ExpectHealthy(*server_);
+  }
 }
 
-// A valid preface followed by bytes that are not HTTP/2 frames.
+// A valid preface followed by bytes that are not HTTP/2 frames (on the TCP connection, all of it
+// is just bytes that are not TLS).
 TEST_F(CatalogueTest, Http2PrefaceThenGarbage) {
   ASSERT_NO_FATAL_FAILURE(UseServer({}));
   std::string bytes = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
   bytes += std::string("\xff\xff\xff\x09\x00\x00\x00\x00\x01garbage-garbage-garbage", 32);
-  ExpectGarbageIgnored(*stub_, *server_, bytes, /*server_closes=*/true);
+  ExpectGarbageIgnored(*stub_, *server_, bytes);
 }
 
 }  // namespace
