@@ -1,7 +1,9 @@
-// End-to-end tests of kldriftd's access control against a real server process: TLS and mutual
-// TLS with certificates generated here by the openssl tool, bearer tokens on every RPC (and their
-// reload on SIGHUP), basic auth on /metrics, the per-model stream limit, and the kldrift CLI over
-// TLS with a token. Loopback only; every wait is bounded.
+// End-to-end tests of kldriftd's access control and limits against a real server process over
+// TLS: TLS and mutual TLS with certificates generated here by the openssl tool
+// (tests/e2e/test_certificates.h), bearer tokens on every RPC (and their reload on SIGHUP), basic
+// auth on /metrics, the per-model stream and per-connection call limits, deadlines, clients that
+// stall an Ingest or WatchDrift stream, --grpc-memory-limit, and the kldrift CLI over TLS with a
+// token. Loopback only; every wait is bounded.
 #include <fcntl.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -9,16 +11,23 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <memory>
+#include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_join.h"
+#include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "client/kldrift_client.h"
 #include "gmock/gmock.h"
@@ -27,12 +36,15 @@
 #include "kldrift/v1/kldrift.grpc.pb.h"
 #include "tests/e2e/health.grpc.pb.h"
 #include "tests/e2e/server_process.h"
+#include "tests/e2e/test_certificates.h"
 
 extern char** environ;
 
 namespace kldrift {
 namespace {
 
+using ::testing::AnyOf;
+using ::testing::Eq;
 using ::testing::HasSubstr;
 using ::testing::Not;
 using ::testing::UnorderedElementsAre;
@@ -234,10 +246,48 @@ double TotalCount(const std::vector<std::vector<double>>& batches) {
   return total;
 }
 
+// The resident set of process `pid` in bytes (VmRSS in /proc/<pid>/status), or -1.
+int64_t ResidentBytes(pid_t pid) {
+  std::ifstream in(absl::StrCat("/proc/", pid, "/status"));
+  std::string line;
+  while (std::getline(in, line)) {
+    if (!absl::StartsWith(line, "VmRSS:")) continue;
+    absl::string_view value = absl::StripAsciiWhitespace(absl::string_view(line).substr(6));
+    int64_t kib = 0;
+    if (absl::ConsumeSuffix(&value, "kB") &&
+        absl::SimpleAtoi(absl::StripAsciiWhitespace(value), &kib)) {
+      return kib * 1024;
+    }
+  }
+  return -1;
+}
+
+constexpr int64_t kMiB = int64_t{1} << 20;
+
+// Built with a sanitizer (kldriftd is built with the same flags as the tests)?
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+constexpr bool kSanitized = true;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+constexpr bool kSanitized = true;
+#else
+constexpr bool kSanitized = false;
+#endif
+#else
+constexpr bool kSanitized = false;
+#endif
+
+// How much a server's resident memory may grow while a test pushes it: generous, far below what
+// buffering everything a stalled client is sent would take. A sanitized server keeps freed memory
+// aside (ASan's quarantine holds up to 256 MiB) and maps shadow memory for it, so its resident
+// memory grows with allocation churn: it gets another 512 MiB.
+constexpr int64_t kMaxRssGrowth = (300 + (kSanitized ? 512 : 0)) * kMiB;
+
 class SecurityE2eTest : public ::testing::Test {
  protected:
   // A CA, a server certificate for 127.0.0.1 and localhost, a client certificate, and a rogue
-  // CA with its own client certificate: generated once for the whole suite.
+  // CA with its own client and server certificates (tests/e2e/test_certificates.h): generated once
+  // for the whole suite.
   static void SetUpTestSuite() {
     char dir_template[] = "/tmp/kldrift-security-e2e-XXXXXX";
     if (mkdtemp(dir_template) == nullptr) {
@@ -245,64 +295,12 @@ class SecurityE2eTest : public ::testing::Test {
       return;
     }
     *dir_ = dir_template;
-    std::ofstream config(Path("openssl.cnf"));
-    config << "[req]\n"
-              "distinguished_name = dn\n"
-              "prompt = no\n"
-              "[dn]\n"
-              "CN = unused\n"
-              "[ca_ext]\n"
-              "basicConstraints = critical,CA:TRUE\n"
-              "keyUsage = critical,keyCertSign,cRLSign\n"
-              "subjectKeyIdentifier = hash\n"
-              "[server_ext]\n"
-              "basicConstraints = CA:FALSE\n"
-              "keyUsage = critical,digitalSignature\n"
-              "extendedKeyUsage = serverAuth\n"
-              "subjectAltName = IP:127.0.0.1,DNS:localhost\n"
-              "authorityKeyIdentifier = keyid\n"
-              "[client_ext]\n"
-              "basicConstraints = CA:FALSE\n"
-              "keyUsage = critical,digitalSignature\n"
-              "extendedKeyUsage = clientAuth\n"
-              "authorityKeyIdentifier = keyid\n";
-    config.close();
-    int serial = 1000;
-    auto run = [](const std::vector<std::string>& argv) {
-      ProcessResult r = RunProcess(argv, *dir_);
-      if (r.exit_code != 0 && pki_error_->empty()) {
-        *pki_error_ = absl::StrCat(absl::StrJoin(argv, " "), " failed: ", r.err);
-      }
-    };
-    const std::vector<std::string> new_key = {"-newkey", "ec", "-pkeyopt",
-                                              "ec_paramgen_curve:prime256v1", "-nodes"};
-    auto make_ca = [&](const std::string& name, const std::string& subject) {
-      std::vector<std::string> argv = {"openssl",           "req",         "-x509", "-config",
-                                       Path("openssl.cnf"), "-extensions", "ca_ext"};
-      argv.insert(argv.end(), new_key.begin(), new_key.end());
-      argv.insert(argv.end(), {"-keyout", Path(name + ".key"), "-out", Path(name + ".pem"), "-days",
-                               "2", "-subj", subject});
-      run(argv);
-    };
-    auto make_leaf = [&](const std::string& name, const std::string& ca, const std::string& subject,
-                         const std::string& extensions) {
-      std::vector<std::string> argv = {"openssl", "req", "-new", "-config", Path("openssl.cnf")};
-      argv.insert(argv.end(), new_key.begin(), new_key.end());
-      argv.insert(argv.end(),
-                  {"-keyout", Path(name + ".key"), "-out", Path(name + ".csr"), "-subj", subject});
-      run(argv);
-      run({"openssl", "x509", "-req", "-in", Path(name + ".csr"), "-CA", Path(ca + ".pem"),
-           "-CAkey", Path(ca + ".key"), "-set_serial", std::to_string(++serial), "-days", "2",
-           "-out", Path(name + ".pem"), "-extfile", Path("openssl.cnf"), "-extensions",
-           extensions});
-    };
-    make_ca("ca", "/CN=kldrift e2e test CA");
-    make_leaf("server", "ca", "/CN=localhost", "server_ext");
-    make_leaf("client", "ca", "/CN=kldrift e2e client", "client_ext");
-    make_ca("rogue-ca", "/CN=kldrift e2e rogue CA");
-    make_leaf("rogue-client", "rogue-ca", "/CN=kldrift e2e rogue client", "client_ext");
-    // The rogue CA also signs a server certificate for 127.0.0.1 (a man in the middle).
-    make_leaf("rogue-server", "rogue-ca", "/CN=localhost", "server_ext");
+    absl::StatusOr<testing::TestCertificates> pki = testing::TestCertificates::Generate(*dir_);
+    if (!pki.ok()) {
+      *pki_error_ = std::string(pki.status().message());
+      return;
+    }
+    *pki_ = *std::move(pki);
   }
 
   static void TearDownTestSuite() {
@@ -332,16 +330,22 @@ class SecurityE2eTest : public ::testing::Test {
     }
   }
 
-  void StartServer(std::vector<std::string> flags) {
-    flags.insert(flags.end(), {"--eval-interval", "100ms", "--shutdown-grace", "1s"});
+  // Starts kldriftd with `flags` after the suite's defaults (a flag given twice: the last wins).
+  void StartServer(const std::vector<std::string>& extra_flags) {
+    std::vector<std::string> flags = {"--eval-interval", "100ms", "--shutdown-grace", "1s"};
+    flags.insert(flags.end(), extra_flags.begin(), extra_flags.end());
     absl::StatusOr<std::unique_ptr<testing::ServerProcess>> server =
         testing::ServerProcess::Start(testing::BinaryPath("KLDRIFTD", "server/kldriftd"), flags);
     ASSERT_TRUE(server.ok()) << server.status();
     server_ = *std::move(server);
   }
 
-  static std::vector<std::string> TlsFlags() {
-    return {"--tls-cert", Path("server.pem"), "--tls-key", Path("server.key")};
+  static std::vector<std::string> TlsFlags() { return pki_->ServerFlags(); }
+  // TlsFlags() and `extra`.
+  static std::vector<std::string> TlsFlags(const std::vector<std::string>& extra) {
+    std::vector<std::string> flags = TlsFlags();
+    flags.insert(flags.end(), extra.begin(), extra.end());
+    return flags;
   }
   static std::vector<std::string> MutualTlsFlags() {
     std::vector<std::string> flags = TlsFlags();
@@ -401,6 +405,41 @@ class SecurityE2eTest : public ::testing::Test {
     return samples;
   }
 
+  // A TLS channel of gRPC's own credentials on a connection of its own (`n` tells them apart):
+  // another client.
+  std::shared_ptr<grpc::Channel> SeparateTlsChannel(int n) const {
+    grpc::ChannelArguments args;
+    args.SetInt("kldrift.test.connection", n);
+    return testing::TlsChannel(server_->address(), pki_->ca.cert_pem, args);
+  }
+
+  // One series of the server's /metrics, or NaN if absent or unreadable.
+  double Metric(const std::string& series) const {
+    absl::StatusOr<std::string> text = testing::HttpGet(server_->metrics_port(), "/metrics");
+    return text.ok() ? testing::MetricValue(*text, series) : std::nan("");
+  }
+
+  // Waits (bounded) until `series` equals `value`.
+  bool WaitForMetric(const std::string& series, double value,
+                     absl::Duration timeout = absl::Seconds(15)) const {
+    const absl::Time deadline = absl::Now() + timeout;
+    while (absl::Now() < deadline) {
+      if (Metric(series) == value) return true;
+      absl::SleepFor(absl::Milliseconds(20));
+    }
+    return false;
+  }
+
+  // grpc.health.v1 says SERVING to a new client (a connection of its own).
+  void ExpectServing() const {
+    grpc::health::v1::HealthCheckRequest request;
+    grpc::health::v1::HealthCheckResponse response;
+    const grpc::Status status = grpc::health::v1::Health::NewStub(SeparateTlsChannel(-1))
+                                    ->Check(Context().get(), request, &response);
+    ASSERT_TRUE(status.ok()) << status.error_message();
+    EXPECT_EQ(response.status(), grpc::health::v1::HealthCheckResponse::SERVING);
+  }
+
   // Waits (bounded) until the server's log holds `count` lines containing `text`.
   bool WaitForLog(const std::string& text, int count, absl::Duration timeout = absl::Seconds(15)) {
     const absl::Time deadline = absl::Now() + timeout;
@@ -418,12 +457,14 @@ class SecurityE2eTest : public ::testing::Test {
 
   static std::string* const dir_;
   static std::string* const pki_error_;
+  static testing::TestCertificates* const pki_;
   std::string test_dir_;
   std::unique_ptr<testing::ServerProcess> server_;
 };
 
 std::string* const SecurityE2eTest::dir_ = new std::string;
 std::string* const SecurityE2eTest::pki_error_ = new std::string;
+testing::TestCertificates* const SecurityE2eTest::pki_ = new testing::TestCertificates;
 
 // --- TLS -----------------------------------------------------------------------------------------
 
@@ -1010,8 +1051,8 @@ TEST_F(SecurityE2eTest, MetricsRequireBasicAuth) {
 // --- Limits --------------------------------------------------------------------------------------
 
 TEST_F(SecurityE2eTest, MaxStreamsPerModel) {
-  ASSERT_NO_FATAL_FAILURE(StartServer({"--max-streams-per-model", "2"}));
-  auto stub = KlDrift::NewStub(server_->Channel());
+  ASSERT_NO_FATAL_FAILURE(StartServer(TlsFlags({"--max-streams-per-model", "2"})));
+  auto stub = KlDrift::NewStub(TlsChannel());
   auto put = [&](const std::string& model, const std::string& signal) {
     v1::PutReferenceResponse response;
     return stub->PutReference(Context().get(), NumericReference(model, signal), &response);
@@ -1044,9 +1085,8 @@ TEST_F(SecurityE2eTest, MaxStreamsPerModel) {
 // it waits (here until its deadline), while another connection is served; once one call ends, the
 // waiting connection is served again.
 TEST_F(SecurityE2eTest, ConcurrentCallsPerConnectionAreCapped) {
-  ASSERT_NO_FATAL_FAILURE(
-      StartServer({"--max-concurrent-streams-per-connection", "2", "--eval-interval", "100ms"}));
-  auto stub = KlDrift::NewStub(server_->Channel());
+  ASSERT_NO_FATAL_FAILURE(StartServer(TlsFlags({"--max-concurrent-streams-per-connection", "2"})));
+  auto stub = KlDrift::NewStub(TlsChannel());
   v1::PutReferenceResponse put;
   ASSERT_TRUE(stub->PutReference(Context().get(), NumericReference("capped", "s"), &put).ok());
   // Two long-lived WatchDrift calls on this connection.
@@ -1069,8 +1109,8 @@ TEST_F(SecurityE2eTest, ConcurrentCallsPerConnectionAreCapped) {
   // Another connection is not held up.
   grpc::ChannelArguments separate;
   separate.SetInt("kldrift.test.separate-connection", 1);
-  auto other = KlDrift::NewStub(
-      grpc::CreateCustomChannel(server_->address(), grpc::InsecureChannelCredentials(), separate));
+  auto other =
+      KlDrift::NewStub(testing::TlsChannel(server_->address(), pki_->ca.cert_pem, separate));
   EXPECT_TRUE(other->GetReference(Context("", absl::Seconds(5)).get(), get, &reference).ok());
   // One watch ends: the first connection has room again.
   watch_contexts[0]->TryCancel();
@@ -1083,6 +1123,454 @@ TEST_F(SecurityE2eTest, ConcurrentCallsPerConnectionAreCapped) {
   while (watches[1]->Read(&report)) {
   }
   watches[1]->Finish();
+}
+
+// --- Deadlines and slow clients ------------------------------------------------------------------
+
+// A call whose deadline has passed before it starts gets DEADLINE_EXCEEDED and changes nothing;
+// calls with deadlines of a few milliseconds end OK or DEADLINE_EXCEEDED, never otherwise; a
+// stream whose deadline passes while it is open on the server ends with DEADLINE_EXCEEDED on time,
+// keeps what it had applied, and the server lets go of it.
+TEST_F(SecurityE2eTest, DeadlinesAreHonoured) {
+  ASSERT_NO_FATAL_FAILURE(StartServer(TlsFlags()));
+  auto stub = KlDrift::NewStub(TlsChannel());
+  const v1::StreamId stream = Stream("deadlines", "score");
+  v1::PutReferenceResponse put;
+  ASSERT_TRUE(
+      stub->PutReference(Context().get(), NumericReference("deadlines", "score"), &put).ok());
+  const std::vector<double> counts = {0, 1, 2, 3, 0, 0};
+  using grpc::StatusCode;
+
+  // Already expired: every RPC, unary or streaming.
+  const absl::Duration expired = -absl::Seconds(1);
+  EXPECT_EQ(
+      stub->PutReference(Context("", expired).get(), NumericReference("deadlines", "late"), &put)
+          .error_code(),
+      StatusCode::DEADLINE_EXCEEDED);
+  v1::GetReferenceRequest get;
+  *get.mutable_stream() = stream;
+  v1::Reference reference;
+  EXPECT_EQ(stub->GetReference(Context("", expired).get(), get, &reference).error_code(),
+            StatusCode::DEADLINE_EXCEEDED);
+  v1::ListReferencesResponse list;
+  EXPECT_EQ(stub->ListReferences(Context("", expired).get(), {}, &list).error_code(),
+            StatusCode::DEADLINE_EXCEEDED);
+  v1::GetDriftRequest drift;
+  *drift.mutable_stream() = stream;
+  v1::GetDriftResponse reports;
+  EXPECT_EQ(stub->GetDrift(Context("", expired).get(), drift, &reports).error_code(),
+            StatusCode::DEADLINE_EXCEEDED);
+  {
+    auto context = Context("", expired);
+    auto ingest = stub->Ingest(context.get());
+    ingest->Write(Batch("deadline-client", 1, "deadlines", "score", counts));  // May fail.
+    v1::IngestResponse response;
+    EXPECT_FALSE(ingest->Read(&response));
+    EXPECT_EQ(ingest->Finish().error_code(), StatusCode::DEADLINE_EXCEEDED);
+  }
+  {
+    auto context = Context("", expired);
+    v1::WatchDriftRequest request;
+    *request.mutable_stream() = stream;
+    auto watch = stub->WatchDrift(context.get(), request);
+    v1::DriftReport report;
+    EXPECT_FALSE(watch->Read(&report));
+    EXPECT_EQ(watch->Finish().error_code(), StatusCode::DEADLINE_EXCEEDED);
+  }
+  // Nothing was applied: no "late" stream, no samples.
+  v1::GetReferenceRequest get_late;
+  *get_late.mutable_stream() = Stream("deadlines", "late");
+  EXPECT_EQ(stub->GetReference(Context().get(), get_late, &reference).error_code(),
+            StatusCode::NOT_FOUND);
+  EXPECT_EQ(Samples(stub.get(), stream), 0);
+
+  // Deadlines from 5 ms ago to 20 ms from now: OK or DEADLINE_EXCEEDED, nothing else (a loopback
+  // call may well finish within a millisecond); those already past always expire.
+  int expired_calls = 0;
+  for (absl::Duration deadline :
+       {absl::Milliseconds(-5), absl::ZeroDuration(), absl::Microseconds(1),
+        absl::Microseconds(100), absl::Milliseconds(1), absl::Milliseconds(5),
+        absl::Milliseconds(20)}) {
+    for (int i = 0; i < 10; ++i) {
+      const grpc::Status status = stub->GetDrift(Context("", deadline).get(), drift, &reports);
+      EXPECT_THAT(status.error_code(), AnyOf(Eq(StatusCode::OK), Eq(StatusCode::DEADLINE_EXCEEDED)))
+          << absl::FormatDuration(deadline) << ": " << status.error_message();
+      if (status.error_code() == StatusCode::DEADLINE_EXCEEDED) ++expired_calls;
+    }
+  }
+  EXPECT_GE(expired_calls, 10);
+
+  // Open on the server when the deadline passes: an Ingest stream gone idle after one
+  // acknowledged batch, and a WatchDrift (which never ends on its own).
+  const absl::Duration short_deadline = absl::Milliseconds(1500);
+  {
+    const absl::Time started = absl::Now();
+    auto context = Context("", short_deadline);
+    auto ingest = stub->Ingest(context.get());
+    ASSERT_TRUE(ingest->Write(Batch("deadline-client", 1, "deadlines", "score", counts)));
+    v1::IngestResponse response;
+    ASSERT_TRUE(ingest->Read(&response));
+    EXPECT_EQ(response.acked_sequence(), 1u);
+    EXPECT_TRUE(WaitForMetric("kldrift_ingest_streams_active", 1));  // Open on the server.
+    while (ingest->Read(&response)) {
+    }
+    EXPECT_EQ(ingest->Finish().error_code(), StatusCode::DEADLINE_EXCEEDED);
+    EXPECT_GE(absl::Now() - started, absl::Seconds(1));
+    EXPECT_LT(absl::Now() - started, short_deadline + absl::Seconds(5));
+  }
+  {
+    const absl::Time started = absl::Now();
+    auto context = Context("", short_deadline);
+    v1::WatchDriftRequest request;
+    *request.mutable_stream() = stream;
+    auto watch = stub->WatchDrift(context.get(), request);
+    v1::DriftReport report;
+    ASSERT_TRUE(watch->Read(&report));
+    EXPECT_EQ(report.stream().model(), "deadlines");
+    EXPECT_TRUE(WaitForMetric("kldrift_watch_streams_active", 1));
+    while (watch->Read(&report)) {
+    }
+    EXPECT_EQ(watch->Finish().error_code(), StatusCode::DEADLINE_EXCEEDED);
+    EXPECT_GE(absl::Now() - started, absl::Seconds(1));
+    EXPECT_LT(absl::Now() - started, short_deadline + absl::Seconds(5));
+  }
+  // The server let go of both calls.
+  EXPECT_TRUE(WaitForMetric("kldrift_ingest_streams_active", 0));
+  EXPECT_TRUE(WaitForMetric("kldrift_watch_streams_active", 0));
+  // The batch applied before the deadline is there once; the client resends it (a duplicate,
+  // acknowledged and not applied again) and carries on.
+  EXPECT_EQ(Samples(stub.get(), stream), TotalCount({counts}));
+  IngestOutcome next = IngestAll(stub.get(), "",
+                                 {Batch("deadline-client", 1, "deadlines", "score", counts),
+                                  Batch("deadline-client", 2, "deadlines", "score", counts)});
+  EXPECT_TRUE(next.finish.ok()) << next.finish.error_message();
+  EXPECT_EQ(next.acked, 2u);
+  EXPECT_TRUE(next.errors.empty());
+  EXPECT_EQ(Samples(stub.get(), stream), TotalCount({counts, counts}));
+  ExpectServing();
+}
+
+// A client that writes Ingest batches and never reads the acks cannot make the server buffer
+// without bound: the server holds one merged ack (and stops reading once 256 batch errors wait to
+// be written), so its memory stays flat while the client stalls, and it serves everyone else
+// meanwhile. (gRPC's client transport takes several MB of acks before it pushes back, so at this
+// size the server never has to pause.) When the client reads at last, the acks are cumulative,
+// each rejected batch is reported once, and every valid batch was applied exactly once.
+TEST_F(SecurityE2eTest, StalledIngestClientCannotMakeTheServerBuffer) {
+  ASSERT_NO_FATAL_FAILURE(StartServer(TlsFlags()));
+  auto stub = KlDrift::NewStub(TlsChannel());
+  for (const std::string model : {"stalled", "other"}) {
+    v1::PutReferenceResponse put;
+    ASSERT_TRUE(stub->PutReference(Context().get(), NumericReference(model, "score"), &put).ok());
+  }
+  const int64_t rss_start = ResidentBytes(server_->pid());
+  ASSERT_GT(rss_start, 0);
+
+  // 2,000 valid batches, and 1,000 (every third) with five counts for the six-bin layout: each of
+  // those gets FAILED_PRECONDITION in the acks.
+  constexpr uint64_t kBatches = 3000;
+  const std::vector<double> good = {0, 1, 1, 1, 0, 0};
+  const std::vector<double> bad = {1, 1, 1, 1, 1};
+  std::vector<v1::IngestRequest> batches;
+  std::set<uint64_t> bad_sequences;
+  for (uint64_t sequence = 1; sequence <= kBatches; ++sequence) {
+    const bool is_bad = sequence % 3 == 0;
+    batches.push_back(Batch("stalled-client", sequence, "stalled", "score", is_bad ? bad : good));
+    if (is_bad) bad_sequences.insert(sequence);
+  }
+  auto context = Context("", absl::Seconds(120));
+  auto ingest = stub->Ingest(context.get());
+  std::atomic<uint64_t> written{0};
+  std::atomic<bool> writer_done{false};
+  std::thread writer([&] {
+    for (const v1::IngestRequest& batch : batches) {
+      if (!ingest->Write(batch)) break;
+      written.fetch_add(1);
+    }
+    ingest->WritesDone();
+    writer_done.store(true);
+  });
+
+  // Not reading: wait (bounded) until the writer is done or has made no progress for 2 s.
+  int64_t rss_peak = rss_start;
+  uint64_t last_written = 0;
+  absl::Time last_progress = absl::Now();
+  const absl::Time stall_deadline = absl::Now() + absl::Seconds(20);
+  while (!writer_done.load() && absl::Now() < stall_deadline &&
+         absl::Now() - last_progress < absl::Seconds(2)) {
+    absl::SleepFor(absl::Milliseconds(100));
+    rss_peak = std::max(rss_peak, ResidentBytes(server_->pid()));
+    if (written.load() != last_written) {
+      last_written = written.load();
+      last_progress = absl::Now();
+    }
+  }
+  const uint64_t written_while_stalled = written.load();
+  // Other clients are served meanwhile.
+  auto other = KlDrift::NewStub(SeparateTlsChannel(1));
+  IngestOutcome outcome =
+      IngestAll(other.get(), "", {Batch("other-client", 1, "other", "score", good)});
+  EXPECT_TRUE(outcome.finish.ok()) << outcome.finish.error_message();
+  EXPECT_EQ(outcome.acked, 1u);
+  EXPECT_EQ(Samples(other.get(), Stream("other", "score")), TotalCount({good}));
+  ExpectServing();
+  rss_peak = std::max(rss_peak, ResidentBytes(server_->pid()));
+  EXPECT_LT(rss_peak - rss_start, kMaxRssGrowth);
+  std::fprintf(stderr,
+               "stalled Ingest: %llu of %llu batches written before the client read; RSS "
+               "%lld MiB at start, %lld MiB at most\n",
+               static_cast<unsigned long long>(written_while_stalled),
+               static_cast<unsigned long long>(kBatches), static_cast<long long>(rss_start / kMiB),
+               static_cast<long long>(rss_peak / kMiB));
+
+  // The client reads at last: cumulative acks, each bad batch's error once.
+  uint64_t acked = 0;
+  std::map<uint64_t, int> errors;
+  v1::IngestResponse response;
+  auto take = [&] {
+    EXPECT_GE(response.acked_sequence(), acked);  // Cumulative: never goes back.
+    acked = std::max(acked, response.acked_sequence());
+    for (const v1::BatchError& error : response.errors()) {
+      ++errors[error.sequence()];
+      EXPECT_LE(error.sequence(), response.acked_sequence());
+      EXPECT_EQ(error.code(), static_cast<int>(grpc::StatusCode::FAILED_PRECONDITION));
+    }
+  };
+  while (acked < kBatches && ingest->Read(&response)) take();
+  // The writer got through once the server read again (else the call is cancelled: bounded).
+  for (const absl::Time deadline = absl::Now() + absl::Seconds(60);
+       !writer_done.load() && absl::Now() < deadline;) {
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  if (!writer_done.load()) context->TryCancel();
+  writer.join();
+  while (ingest->Read(&response)) take();
+  const grpc::Status finish = ingest->Finish();
+  EXPECT_TRUE(finish.ok()) << finish.error_message();
+  EXPECT_EQ(written.load(), kBatches);
+  EXPECT_EQ(acked, kBatches);
+  EXPECT_EQ(errors.size(), bad_sequences.size());
+  for (const auto& [sequence, count] : errors) {
+    EXPECT_TRUE(bad_sequences.contains(sequence)) << sequence;
+    EXPECT_EQ(count, 1) << sequence;
+  }
+  EXPECT_EQ(Samples(stub.get(), Stream("stalled", "score")),
+            static_cast<double>(kBatches - bad_sequences.size()) * TotalCount({good}));
+  EXPECT_EQ(Metric("kldrift_duplicate_batches_total"), 0);
+  EXPECT_LT(ResidentBytes(server_->pid()) - rss_start, kMaxRssGrowth);
+  ExpectServing();
+}
+
+// A WatchDrift client that stops reading while the server produces reports far faster than the
+// connection takes them (200 streams, three windows each, every 20 ms, to four watchers): the
+// server drops reports (kldrift_watch_reports_dropped_total), its memory stays bounded, and the
+// watchers are still served once they read again.
+TEST_F(SecurityE2eTest, StalledWatchClientHasReportsDroppedNotBuffered) {
+  ASSERT_NO_FATAL_FAILURE(StartServer(TlsFlags({"--eval-interval", "20ms"})));
+  auto stub = KlDrift::NewStub(TlsChannel());
+  constexpr int kStreams = 200;
+  for (int i = 0; i < kStreams; ++i) {
+    v1::PutReferenceResponse put;
+    ASSERT_TRUE(
+        stub->PutReference(Context().get(), NumericReference("watched", absl::StrCat("s", i)), &put)
+            .ok());
+  }
+  const int64_t rss_start = ResidentBytes(server_->pid());
+  ASSERT_GT(rss_start, 0);
+  EXPECT_EQ(Metric("kldrift_watch_reports_dropped_total"), 0);
+
+  constexpr int kWatchers = 4;
+  std::vector<std::unique_ptr<grpc::ClientContext>> contexts;
+  std::vector<std::unique_ptr<grpc::ClientReader<v1::DriftReport>>> watchers;
+  for (int i = 0; i < kWatchers; ++i) {
+    contexts.push_back(Context("", absl::Seconds(60)));
+    v1::WatchDriftRequest request;
+    request.mutable_stream()->set_model("watched");
+    watchers.push_back(stub->WatchDrift(contexts.back().get(), request));
+  }
+  // Never reading: the server drops reports (bounded wait, at least 3 s of stall).
+  const absl::Time started = absl::Now();
+  int64_t rss_peak = rss_start;
+  double dropped = 0;
+  while (absl::Now() < started + absl::Seconds(30)) {
+    absl::SleepFor(absl::Milliseconds(200));
+    rss_peak = std::max(rss_peak, ResidentBytes(server_->pid()));
+    dropped = Metric("kldrift_watch_reports_dropped_total");
+    if (dropped > 0 && absl::Now() >= started + absl::Seconds(3)) break;
+  }
+  EXPECT_GT(dropped, 0);
+  // ... and goes on dropping rather than queueing.
+  double dropped_later = dropped;
+  for (const absl::Time deadline = absl::Now() + absl::Seconds(10);
+       dropped_later <= dropped && absl::Now() < deadline;) {
+    absl::SleepFor(absl::Milliseconds(100));
+    rss_peak = std::max(rss_peak, ResidentBytes(server_->pid()));
+    dropped_later = Metric("kldrift_watch_reports_dropped_total");
+  }
+  EXPECT_GT(dropped_later, dropped);
+  EXPECT_LT(rss_peak - rss_start, kMaxRssGrowth);
+  std::fprintf(stderr,
+               "stalled WatchDrift: %.0f reports dropped; RSS %lld MiB at start, %lld MiB "
+               "at most\n",
+               dropped_later, static_cast<long long>(rss_start / kMiB),
+               static_cast<long long>(rss_peak / kMiB));
+  EXPECT_EQ(Metric("kldrift_watch_streams_active"), kWatchers);
+  // Everyone else is served.
+  ExpectServing();
+  auto other = KlDrift::NewStub(SeparateTlsChannel(1));
+  v1::GetDriftRequest drift;
+  *drift.mutable_stream() = Stream("watched", "s0");
+  v1::GetDriftResponse reports;
+  EXPECT_TRUE(other->GetDrift(Context().get(), drift, &reports).ok());
+  // The watchers were not dropped: reading, they get reports; then they hang up.
+  for (int i = 0; i < kWatchers; ++i) {
+    v1::DriftReport report;
+    ASSERT_TRUE(watchers[i]->Read(&report)) << "watcher " << i;
+    EXPECT_EQ(report.stream().model(), "watched");
+    contexts[i]->TryCancel();
+    while (watchers[i]->Read(&report)) {
+    }
+    EXPECT_EQ(watchers[i]->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  }
+  EXPECT_TRUE(WaitForMetric("kldrift_watch_streams_active", 0));
+  ExpectServing();
+}
+
+// --grpc-memory-limit at its minimum (16 MiB) against a burst of 4 MB messages from eight clients
+// at once, far more than 16 MiB in all: a call may be refused with RESOURCE_EXHAUSTED (gRPC
+// cancels calls to free memory), the server stays up and healthy, and serves normally afterwards.
+// The messages carry raw values, so they are large on the wire while the state they leave is small.
+//
+// gRPC also frees memory by closing connections with no call open (GOAWAY "Buffers full"); a call
+// that starts on one at that moment fails UNAVAILABLE ("GOAWAY received", "Broken pipe") before the
+// server has seen it, and is too large for gRPC to retry by itself. Clients retry UNAVAILABLE: such
+// calls are retried after the burst and must succeed. No call ends any other way.
+TEST_F(SecurityE2eTest, GrpcMemoryLimitHoldsAgainstABurstOfLargeMessages) {
+  ASSERT_NO_FATAL_FAILURE(StartServer(
+      TlsFlags({"--grpc-memory-limit", "16777216", "--max-receive-message-bytes", "8388608"})));
+  auto stub = KlDrift::NewStub(TlsChannel());
+  constexpr int kValues = 500000;  // 4 MB of doubles.
+  auto big_reference = [&](const std::string& signal) {
+    v1::PutReferenceRequest request = NumericReference("burst", signal);
+    request.mutable_values()->mutable_values()->Resize(kValues, 1.5);  // Replaces the counts.
+    return request;
+  };
+  auto big_batch = [&](const std::string& client) {
+    v1::IngestRequest request = Batch(client, 1, "burst", "ingest", {});
+    request.mutable_streams(0)->mutable_values()->mutable_values()->Resize(kValues, 2.5);
+    return request;
+  };
+  ASSERT_GT(big_reference("x").ByteSizeLong(), 4000000u);
+  ASSERT_GT(big_batch("x").ByteSizeLong(), 4000000u);
+  v1::PutReferenceResponse put;
+  grpc::Status status =
+      stub->PutReference(Context().get(), NumericReference("burst", "ingest"), &put);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  const int64_t rss_start = ResidentBytes(server_->pid());
+  ASSERT_GT(rss_start, 0);
+
+  // Eight clients at once, each on a connection of its own: even ones put references, odd ones
+  // ingest; three calls each.
+  constexpr int kClients = 8;
+  constexpr int kRounds = 3;
+  struct Call {
+    grpc::Status status;
+    bool ingest = false;
+    uint64_t acked = 0;
+  };
+  auto run_call = [&](KlDrift::Stub* client, int c, int round) {
+    Call call;
+    if (c % 2 == 0) {
+      v1::PutReferenceResponse response;
+      call.status = client->PutReference(Context("", absl::Seconds(60)).get(),
+                                         big_reference(absl::StrCat("put-", c)), &response);
+    } else {
+      call.ingest = true;
+      IngestOutcome outcome =
+          IngestAll(client, "", {big_batch(absl::StrCat("burst-", c, "-", round))});
+      call.status = outcome.finish;
+      call.acked = outcome.acked;
+      if (call.status.ok() && !outcome.errors.empty()) {
+        call.status = grpc::Status(static_cast<grpc::StatusCode>(outcome.errors[0].code()),
+                                   outcome.errors[0].message());
+      }
+    }
+    return call;
+  };
+  std::vector<std::vector<Call>> calls(kClients);
+  std::vector<std::thread> clients;
+  for (int c = 0; c < kClients; ++c) {
+    clients.emplace_back([&, c] {
+      auto client = KlDrift::NewStub(SeparateTlsChannel(100 + c));
+      for (int round = 0; round < kRounds; ++round) {
+        calls[c].push_back(run_call(client.get(), c, round));
+      }
+    });
+  }
+  for (std::thread& client : clients) client.join();
+  const int64_t rss_after = ResidentBytes(server_->pid());
+
+  int ok = 0;
+  int exhausted = 0;
+  int retried = 0;
+  uint64_t ingested = 0;  // Batches acknowledged.
+  int ingest_calls = 0;
+  for (int c = 0; c < kClients; ++c) {
+    for (int round = 0; round < kRounds; ++round) {
+      Call call = calls[c][round];
+      if (call.status.error_code() == grpc::StatusCode::UNAVAILABLE) {
+        // The connection was closed under it: nothing acknowledged. Retried, it goes through.
+        EXPECT_EQ(call.acked, 0u) << call.status.error_message();
+        ++retried;
+        call = run_call(KlDrift::NewStub(SeparateTlsChannel(1000 + c)).get(), c, round);
+        EXPECT_TRUE(call.status.ok()) << "retry: " << call.status.error_message();
+      }
+      EXPECT_THAT(call.status.error_code(),
+                  AnyOf(Eq(grpc::StatusCode::OK), Eq(grpc::StatusCode::RESOURCE_EXHAUSTED)))
+          << (call.ingest ? "Ingest: " : "PutReference: ") << call.status.error_message();
+      if (call.status.ok()) ++ok;
+      if (call.status.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED) ++exhausted;
+      if (call.ingest) {
+        ++ingest_calls;
+        ingested += call.acked;
+      }
+    }
+  }
+  std::fprintf(
+      stderr,
+      "memory-limit burst: %d OK, %d RESOURCE_EXHAUSTED, %d retried after UNAVAILABLE; RSS "
+      "%lld MiB, then %lld MiB\n",
+      ok, exhausted, retried, static_cast<long long>(rss_start / kMiB),
+      static_cast<long long>(rss_after / kMiB));
+  EXPECT_EQ(ok + exhausted, kClients * kRounds);
+  EXPECT_LT(rss_after - rss_start, kMaxRssGrowth);
+  // The same process is up and healthy, and every acknowledged batch is in the window (one not
+  // acknowledged may or may not have been applied).
+  ASSERT_EQ(kill(server_->pid(), 0), 0);
+  ExpectServing();
+  const double samples = Samples(stub.get(), Stream("burst", "ingest"));
+  EXPECT_GE(samples, static_cast<double>(ingested) * kValues);
+  EXPECT_LE(samples, static_cast<double>(ingest_calls) * kValues);
+  // A normal call works after the burst.
+  status = stub->PutReference(Context().get(), NumericReference("after-burst", "score"), &put);
+  EXPECT_TRUE(status.ok()) << status.error_message();
+  IngestOutcome after = IngestAll(
+      stub.get(), "", {Batch("after-burst", 1, "after-burst", "score", {0, 1, 2, 3, 0, 0})});
+  EXPECT_TRUE(after.finish.ok()) << after.finish.error_message();
+  EXPECT_EQ(after.acked, 1u);
+  EXPECT_EQ(Samples(stub.get(), Stream("after-burst", "score")), 6);
+}
+
+TEST_F(SecurityE2eTest, GrpcMemoryLimitBelow16MiBIsRefusedAtStartUp) {
+  absl::StatusOr<std::unique_ptr<testing::ServerProcess>> refused =
+      testing::ServerProcess::Start(testing::BinaryPath("KLDRIFTD", "server/kldriftd"),
+                                    TlsFlags({"--grpc-memory-limit", "16777215"}));
+  ASSERT_FALSE(refused.ok());
+  EXPECT_THAT(refused.status().message(), HasSubstr("--grpc-memory-limit"));
+  EXPECT_THAT(refused.status().message(), HasSubstr("16 MiB"));
+  // 16 MiB itself is accepted.
+  ASSERT_NO_FATAL_FAILURE(StartServer(TlsFlags({"--grpc-memory-limit", "16777216"})));
+  EXPECT_TRUE(List(TlsChannel()).ok());
 }
 
 // --- CLI -----------------------------------------------------------------------------------------
