@@ -23,6 +23,7 @@
 #include "gtest/gtest.h"
 #include "server/core/clock.h"
 #include "server/core/mutex.h"
+#include "server/core/testing/engine_inputs.h"
 #include "server/kernels/gaussian.h"
 #include "server/kernels/paired_logprob.h"
 #include "server/kernels/testing/scalar_oracle.h"
@@ -42,110 +43,19 @@ const absl::Time kStart = absl::FromUnixSeconds(1'800'000'000);
 const std::vector<absl::Duration> kDefaultWindows = {absl::Minutes(5), absl::Hours(1),
                                                      absl::Hours(24)};
 
-ReferenceSpec PreBinned(const StreamKey& key, std::vector<double> counts, AlertPolicy policy = {}) {
-  ReferenceSpec spec;
-  spec.stream = key;
-  spec.kind = ReferenceKind::kPreBinned;
-  spec.bins = counts.size();
-  spec.counts = std::move(counts);
-  spec.policy = std::move(policy);
-  return spec;
-}
-
-ReferenceSpec Numeric(const StreamKey& key, std::vector<double> edges, std::vector<double> counts) {
-  ReferenceSpec spec;
-  spec.stream = key;
-  spec.kind = ReferenceKind::kNumeric;
-  spec.edges = std::move(edges);
-  spec.counts = std::move(counts);
-  return spec;
-}
-
-ReferenceSpec Categorical(const StreamKey& key, std::vector<std::string> categories,
-                          std::vector<double> counts) {
-  ReferenceSpec spec;
-  spec.stream = key;
-  spec.kind = ReferenceKind::kCategorical;
-  spec.categories = std::move(categories);
-  spec.counts = std::move(counts);
-  return spec;
-}
-
-ReferenceSpec Gaussian(const StreamKey& key, std::vector<double> mean, std::vector<double> var) {
-  ReferenceSpec spec;
-  spec.stream = key;
-  spec.kind = ReferenceKind::kGaussian;
-  spec.gaussian = {std::move(mean), std::move(var)};
-  return spec;
-}
-
-ReferenceSpec PolicyRef(const StreamKey& key) {
-  ReferenceSpec spec;
-  spec.stream = key;
-  spec.kind = ReferenceKind::kPairedLogProbs;
-  return spec;
-}
-
-StreamData Data(const StreamKey& key, Type type) {
-  StreamData d;
-  d.model_version = key.model_version;
-  d.signal = key.signal;
-  d.type = type;
-  return d;
-}
-
-StreamData Hist(const StreamKey& key, std::vector<double> counts) {
-  StreamData d = Data(key, Type::kHistogram);
-  d.numbers = std::move(counts);
-  return d;
-}
-
-StreamData Values(const StreamKey& key, std::vector<double> values) {
-  StreamData d = Data(key, Type::kValues);
-  d.numbers = std::move(values);
-  return d;
-}
-
-StreamData Labels(const StreamKey& key, std::vector<std::string> labels) {
-  StreamData d = Data(key, Type::kLabels);
-  d.labels = std::move(labels);
-  return d;
-}
-
-StreamData Probabilities(const StreamKey& key, std::vector<double> flat) {
-  StreamData d = Data(key, Type::kProbabilities);
-  d.numbers = std::move(flat);
-  return d;
-}
-
-StreamData GaussianStats(const StreamKey& key, double count, std::vector<double> sum,
-                         std::vector<double> sum_squares) {
-  StreamData d = Data(key, Type::kGaussian);
-  d.gaussian_count = count;
-  d.gaussian_sum = std::move(sum);
-  d.gaussian_sum_squares = std::move(sum_squares);
-  return d;
-}
-
-StreamData LogProbs(const StreamKey& key, std::vector<double> current,
-                    std::vector<double> reference) {
-  StreamData d = Data(key, Type::kLogProbs);
-  d.log_p_current = std::move(current);
-  d.log_p_reference = std::move(reference);
-  return d;
-}
-
-IngestBatch MakeBatch(std::string client, uint64_t sequence, std::string model,
-                      std::vector<StreamData> streams,
-                      std::optional<absl::Time> event_time = std::nullopt) {
-  IngestBatch b;
-  b.client_id = std::move(client);
-  b.sequence = sequence;
-  b.model = std::move(model);
-  b.streams = std::move(streams);
-  b.event_time = event_time;
-  return b;
-}
+using test_inputs::Categorical;
+using test_inputs::Data;
+using test_inputs::Gaussian;
+using test_inputs::GaussianStats;
+using test_inputs::Hist;
+using test_inputs::Labels;
+using test_inputs::LogProbs;
+using test_inputs::MakeBatch;
+using test_inputs::Numeric;
+using test_inputs::PolicyRef;
+using test_inputs::PreBinned;
+using test_inputs::Probabilities;
+using test_inputs::Values;
 
 double Sum(const std::vector<double>& v) {
   double s = 0;

@@ -37,6 +37,7 @@
 #include "server/core/drift_measures.h"
 #include "server/core/reference.h"
 #include "server/core/stream_key.h"
+#include "server/core/testing/engine_inputs.h"
 
 namespace kldrift {
 namespace {
@@ -215,17 +216,16 @@ AlertPolicy FastPolicy(std::vector<absl::Duration> windows = {absl::Minutes(1), 
   return policy;
 }
 
-ReferenceSpec PreBinned(const StreamKey& key, std::vector<double> counts, AlertPolicy policy = {}) {
-  ReferenceSpec spec;
-  spec.stream = key;
-  spec.kind = ReferenceKind::kPreBinned;
-  spec.bins = counts.size();
-  spec.counts = std::move(counts);
-  spec.policy = std::move(policy);
-  return spec;
-}
-
 // Categories a, b, c, d (the layout adds an "<unseen>" bin: 5 bins).
+using test_inputs::Categorical;
+using test_inputs::Gaussian;
+using test_inputs::GaussianStats;
+using test_inputs::Hist;
+using test_inputs::LogProbs;
+using test_inputs::MakeBatch;
+using test_inputs::PolicyRef;
+using test_inputs::PreBinned;
+
 ReferenceSpec Categorical(const StreamKey& key, AlertPolicy policy) {
   ReferenceSpec spec;
   spec.stream = key;
@@ -234,62 +234,6 @@ ReferenceSpec Categorical(const StreamKey& key, AlertPolicy policy) {
   spec.counts = std::vector<double>{250, 250, 250, 250};
   spec.policy = std::move(policy);
   return spec;
-}
-
-ReferenceSpec Gaussian(const StreamKey& key, std::vector<double> mean, std::vector<double> var) {
-  ReferenceSpec spec;
-  spec.stream = key;
-  spec.kind = ReferenceKind::kGaussian;
-  spec.gaussian = {std::move(mean), std::move(var)};
-  return spec;
-}
-
-ReferenceSpec PolicyRef(const StreamKey& key) {
-  ReferenceSpec spec;
-  spec.stream = key;
-  spec.kind = ReferenceKind::kPairedLogProbs;
-  return spec;
-}
-
-StreamData Data(const StreamKey& key, StreamData::Type type) {
-  StreamData d;
-  d.model_version = key.model_version;
-  d.signal = key.signal;
-  d.type = type;
-  return d;
-}
-
-StreamData Hist(const StreamKey& key, std::vector<double> counts) {
-  StreamData d = Data(key, StreamData::Type::kHistogram);
-  d.numbers = std::move(counts);
-  return d;
-}
-
-StreamData GaussianStats(const StreamKey& key, double count, std::vector<double> sum,
-                         std::vector<double> sum_squares) {
-  StreamData d = Data(key, StreamData::Type::kGaussian);
-  d.gaussian_count = count;
-  d.gaussian_sum = std::move(sum);
-  d.gaussian_sum_squares = std::move(sum_squares);
-  return d;
-}
-
-StreamData LogProbs(const StreamKey& key, std::vector<double> current,
-                    std::vector<double> reference) {
-  StreamData d = Data(key, StreamData::Type::kLogProbs);
-  d.log_p_current = std::move(current);
-  d.log_p_reference = std::move(reference);
-  return d;
-}
-
-IngestBatch MakeBatch(std::string client, uint64_t sequence, std::string model,
-                      std::vector<StreamData> streams) {
-  IngestBatch b;
-  b.client_id = std::move(client);
-  b.sequence = sequence;
-  b.model = std::move(model);
-  b.streams = std::move(streams);
-  return b;
 }
 
 MetricsOptions TopBins(size_t top_bins) {
