@@ -31,6 +31,13 @@ absl::StatusOr<Role> ParseRole(absl::string_view name) {
       absl::StrCat("role \"", name, "\" is not one of reader, writer, admin"));
 }
 
+bool MatchesAnyPattern(const std::vector<std::string>& patterns, absl::string_view model) {
+  for (const std::string& pattern : patterns) {
+    if (ModelPatternMatches(pattern, model)) return true;
+  }
+  return false;
+}
+
 }  // namespace
 
 absl::string_view RoleName(Role role) {
@@ -183,11 +190,7 @@ absl::Status TokenAuthorizer::Authorize(absl::string_view authorization,
                      entry->line, " of the tokens file) has ", RoleName(entry->role)));
   }
   if (!request.model.empty()) {
-    bool allowed = false;
-    for (const std::string& pattern : entry->model_patterns) {
-      allowed |= ModelPatternMatches(pattern, request.model);
-    }
-    if (!allowed) {
+    if (!MatchesAnyPattern(entry->model_patterns, request.model)) {
       return absl::PermissionDeniedError(
           absl::StrCat("the token (line ", entry->line,
                        " of the tokens file) may not access model \"", request.model, "\""));
@@ -207,8 +210,16 @@ std::string TokenAuthorizer::TenantOf(absl::string_view authorization) const {
   return absl::StrCat("t", absl::Hex(hash >> 16, absl::kZeroPad12));
 }
 
-bool TokenAuthorizer::MayRead(absl::string_view authorization, absl::string_view model) const {
-  return Authorize(authorization, AccessRequest{Role::kReader, std::string(model)}).ok();
+std::function<bool(absl::string_view)> TokenAuthorizer::ReadableModels(
+    absl::string_view authorization) const {
+  absl::string_view token = authorization;
+  const TokenTable::Entry* entry = nullptr;
+  std::shared_ptr<const TokenTable> current = table();
+  if (absl::ConsumePrefix(&token, "Bearer ")) entry = current->Find(token);
+  if (entry == nullptr) return [](absl::string_view) { return false; };
+  return [patterns = entry->model_patterns](absl::string_view model) {
+    return MatchesAnyPattern(patterns, model);
+  };
 }
 
 }  // namespace kldrift

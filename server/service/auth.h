@@ -24,6 +24,7 @@
 #ifndef KLDRIFT_SERVER_SERVICE_AUTH_H_
 #define KLDRIFT_SERVER_SERVICE_AUTH_H_
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -87,9 +88,14 @@ class TokenAuthorizer {
   // UNAUTHENTICATED or PERMISSION_DENIED with a message that names no token.
   absl::Status Authorize(absl::string_view authorization, const AccessRequest& request) const;
 
-  // Whether the caller may read `model` (for filtering ListReferences). The metadata was already
-  // authorized for reading.
-  bool MayRead(absl::string_view authorization, absl::string_view model) const;
+  // The models the caller may read, as a predicate: the token is looked up once, so filtering a
+  // whole listing costs one pattern match per stream. Always false for an unknown token.
+  std::function<bool(absl::string_view model)> ReadableModels(
+      absl::string_view authorization) const;
+  // Whether the caller may read `model`.
+  bool MayRead(absl::string_view authorization, absl::string_view model) const {
+    return ReadableModels(authorization)(model);
+  }
 
   // A short, stable name of the caller's token ("t" and 12 hex digits of a 64-bit FNV-1a hash of
   // the token; "" for an unknown one), to keep tenants' ingest client ids apart: two tokens using

@@ -419,12 +419,10 @@ grpc::ServerUnaryReactor* KlDriftService::ListReferences(grpc::CallbackServerCon
     if (absl::Status s = Authorize(context, Role::kReader, request->model()); !s.ok()) return s;
     // A token scoped to some models lists only those; the engine skips the others before it
     // cuts the page, so the page token never names a hidden stream.
-    const std::string authorization = AuthorizationOf(context);
     std::function<bool(const std::string&)> visible;
     if (options_.authorizer != nullptr) {
-      visible = [this, &authorization](const std::string& model) {
-        return options_.authorizer->MayRead(authorization, model);
-      };
+      visible = [readable = options_.authorizer->ReadableModels(AuthorizationOf(context))](
+                    const std::string& model) { return readable(model); };
     }
     absl::StatusOr<DriftEngine::ReferencePage> page = engine_->ListReferences(
         request->model(), request->page_size(), request->page_token(), visible);
