@@ -71,6 +71,7 @@ std::shared_ptr<grpc::Channel> CreateChannel(const ChannelOptions& options) {
               static_cast<int>(absl::ToInt64Milliseconds(kChannelInitialReconnectBackoff)));
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS,
               static_cast<int>(absl::ToInt64Milliseconds(kChannelMaxReconnectBackoff)));
+  args.SetMaxReceiveMessageSize(options.max_receive_message_bytes);
   std::shared_ptr<grpc::ChannelCredentials> credentials = grpc::InsecureChannelCredentials();
   if (options.use_tls) {
     grpc::SslCredentialsOptions tls;

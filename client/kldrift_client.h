@@ -64,6 +64,9 @@ struct ChannelOptions {
   std::string tls_client_key;
   // Sent with every call as `authorization: Bearer <token>` (kldriftd --auth-tokens). Empty: none.
   std::string token;
+  // Largest response accepted. gRPC's default (4 MiB) is below a large reference's FULL view
+  // (~40 bytes per bin: a 1M-bin reference is tens of MB), so the default is higher.
+  int max_receive_message_bytes = 256 << 20;
 };
 
 // A channel to options.target, over TLS if options.use_tls, adding the token to every call.

@@ -15,7 +15,8 @@ namespace {
 
 using ::testing::HasSubstr;
 
-constexpr absl::Duration kTimeout = absl::Seconds(20);
+// Scaled for runs against a ThreadSanitizer-built server (see testing::TimeScaled).
+const absl::Duration kTimeout = testing::TimeScaled(absl::Seconds(20));
 
 class RecorderE2eTest : public ::testing::Test {
  protected:

@@ -534,6 +534,8 @@ absl::StatusOr<DriftEngine::ReferencePage> DriftEngine::ListReferences(
   return page;
 }
 
+std::string DriftEngine::PageTokenAfter(const StreamKey& stream) { return EncodePageToken(stream); }
+
 absl::StatusOr<uint64_t> DriftEngine::DeleteReference(const StreamKey& key) {
   if (absl::Status s = ValidateStreamKey(key); !s.ok()) return s;
   MutexLock store_lock(&store_mutex_);

@@ -166,6 +166,9 @@ class DriftEngine {
       const std::string& model, size_t page_size, const std::string& page_token,
       const std::function<bool(const std::string& model)>& visible = nullptr) const;
 
+  // The page token that continues a listing after `stream` (for callers that cut a page short).
+  static std::string PageTokenAfter(const StreamKey& stream);
+
   // Drops a stream: all reference versions, windows, alert state. Returns the versions deleted.
   absl::StatusOr<uint64_t> DeleteReference(const StreamKey& stream);
 

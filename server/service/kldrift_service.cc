@@ -26,6 +26,10 @@ std::string AuthorizationOf(const grpc::CallbackServerContext* context) {
   return it == metadata.end() ? std::string() : std::string(it->second.data(), it->second.size());
 }
 
+// A ListReferences page holds at most this much (or one reference larger than it), so a page of
+// large references fits a client's default 4 MiB receive limit.
+constexpr size_t kListPageByteBudget = (size_t{4} << 20) - (size_t{64} << 10);
+
 }  // namespace
 
 absl::Status KlDriftService::Authorize(const grpc::CallbackServerContext* context, Role role,
@@ -392,7 +396,11 @@ grpc::ServerUnaryReactor* KlDriftService::PutReference(grpc::CallbackServerConte
     absl::StatusOr<std::shared_ptr<const Reference>> ref = engine_->PutReference(*spec);
     if (!ref.ok()) return ref.status();
     response->set_version((*ref)->version);
-    ToProto(**ref, response->mutable_reference());
+    // BASIC unless asked: echoing a large reference's bins could exceed the caller's receive
+    // limit and turn a stored put into an error the caller would retry as a new version.
+    ToProto(**ref, response->mutable_reference(),
+            request->view() == v1::REFERENCE_VIEW_FULL ? v1::REFERENCE_VIEW_FULL
+                                                       : v1::REFERENCE_VIEW_BASIC);
     return absl::OkStatus();
   });
 }
@@ -407,7 +415,9 @@ grpc::ServerUnaryReactor* KlDriftService::GetReference(grpc::CallbackServerConte
     absl::StatusOr<std::shared_ptr<const Reference>> ref =
         engine_->GetReference(FromProto(request->stream()), request->version());
     if (!ref.ok()) return ref.status();
-    ToProto(**ref, response);
+    ToProto(**ref, response,
+            request->view() == v1::REFERENCE_VIEW_BASIC ? v1::REFERENCE_VIEW_BASIC
+                                                        : v1::REFERENCE_VIEW_FULL);
     return absl::OkStatus();
   });
 }
@@ -427,8 +437,22 @@ grpc::ServerUnaryReactor* KlDriftService::ListReferences(grpc::CallbackServerCon
     absl::StatusOr<DriftEngine::ReferencePage> page = engine_->ListReferences(
         request->model(), request->page_size(), request->page_token(), visible);
     if (!page.ok()) return page.status();
-    for (const auto& ref : page->references) ToProto(*ref, response->add_references());
+    const v1::ReferenceView view = request->view() == v1::REFERENCE_VIEW_BASIC
+                                       ? v1::REFERENCE_VIEW_BASIC
+                                       : v1::REFERENCE_VIEW_FULL;
     response->set_next_page_token(page->next_page_token);
+    size_t bytes = 0;
+    for (size_t i = 0; i < page->references.size(); ++i) {
+      v1::Reference* out = response->add_references();
+      ToProto(*page->references[i], out, view);
+      bytes += out->ByteSizeLong() + 8;  // + field tag and length
+      if (bytes > kListPageByteBudget && i > 0) {
+        // Cut before this one; the next page starts after the last reference sent.
+        response->mutable_references()->RemoveLast();
+        response->set_next_page_token(DriftEngine::PageTokenAfter(page->references[i - 1]->stream));
+        break;
+      }
+    }
     return absl::OkStatus();
   });
 }

@@ -208,10 +208,18 @@ absl::StatusOr<ReferenceSpec> FromProto(const v1::PutReferenceRequest& request) 
   return spec;
 }
 
-void ToProto(const Reference& ref, v1::Reference* out) {
+void ToProto(const Reference& ref, v1::Reference* out, v1::ReferenceView view) {
   ToProto(ref.stream, out->mutable_stream());
   out->set_version(ref.version);
   out->set_kind(ToProto(ref.kind));
+  if (ref.is_histogram()) {
+    out->set_size(static_cast<uint32_t>(ref.layout->size()));
+  } else if (ref.kind == ReferenceKind::kGaussian) {
+    out->set_size(static_cast<uint32_t>(ref.gaussian.mean.size()));
+  }
+  ToProto(ref.policy, out->mutable_policy());
+  ToProto(ref.created_at, out->mutable_created_at());
+  if (view == v1::REFERENCE_VIEW_BASIC) return;
   switch (ref.kind) {
     case ReferenceKind::kNumeric:
       for (double e : ref.layout->edges()) out->mutable_numeric()->add_edges(e);
@@ -235,8 +243,6 @@ void ToProto(const Reference& ref, v1::Reference* out) {
     for (size_t bin = 0; bin < ref.layout->size(); ++bin)
       out->add_bin_labels(ref.layout->BinLabel(bin));
   }
-  ToProto(ref.policy, out->mutable_policy());
-  ToProto(ref.created_at, out->mutable_created_at());
 }
 
 absl::StatusOr<IngestBatch> FromProto(const v1::IngestRequest& request) {

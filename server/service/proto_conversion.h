@@ -22,7 +22,9 @@ absl::StatusOr<AlertPolicy> FromProto(const v1::AlertPolicy& policy);
 void ToProto(const AlertPolicy& policy, v1::AlertPolicy* out);
 
 absl::StatusOr<ReferenceSpec> FromProto(const v1::PutReferenceRequest& request);
-void ToProto(const Reference& reference, v1::Reference* out);
+// `view` BASIC leaves out the per-bin data (layout, counts, labels, moments); UNSPECIFIED is FULL.
+void ToProto(const Reference& reference, v1::Reference* out,
+             v1::ReferenceView view = v1::REFERENCE_VIEW_FULL);
 
 absl::StatusOr<IngestBatch> FromProto(const v1::IngestRequest& request);
 

@@ -45,7 +45,8 @@ constexpr absl::Duration kRpcDeadline = absl::Seconds(10);
 
 std::string Kldriftd() { return testing::BinaryPath("KLDRIFTD", "server/kldriftd"); }
 
-std::unique_ptr<grpc::ClientContext> Context(absl::Duration deadline = kRpcDeadline) {
+std::unique_ptr<grpc::ClientContext> Context(
+    absl::Duration deadline = testing::TimeScaled(kRpcDeadline)) {
   auto context = std::make_unique<grpc::ClientContext>();
   context->set_deadline(absl::ToChronoTime(absl::Now() + deadline));
   return context;
@@ -204,7 +205,7 @@ struct CrashWriter {
 // deadline passes. Acks are read on a second thread.
 void RunCrashWriter(KlDrift::Stub* stub, CrashWriter* w, uint32_t seed) {
   grpc::ClientContext context;
-  context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(30)));
+  context.set_deadline(absl::ToChronoTime(absl::Now() + testing::TimeScaled(absl::Seconds(30))));
   std::unique_ptr<grpc::ClientReaderWriter<v1::IngestRequest, v1::IngestResponse>> stream =
       stub->Ingest(&context);
   absl::Mutex mutex;
@@ -242,7 +243,7 @@ void RunCrashWriter(KlDrift::Stub* stub, CrashWriter* w, uint32_t seed) {
 // fresh stream and waits for them to be acknowledged.
 void ResendUnacknowledged(KlDrift::Stub* stub, CrashWriter* w) {
   if (w->acked >= w->written) return;
-  auto context = Context(absl::Seconds(20));
+  auto context = Context(testing::TimeScaled(absl::Seconds(20)));
   auto stream = stub->Ingest(context.get());
   for (uint64_t s = w->acked + 1; s <= w->written; ++s) {
     ASSERT_TRUE(stream->Write(CrashBatch(w->model, s))) << "resending sequence " << s;
@@ -449,7 +450,7 @@ TEST(CrashTest, KillNineAtRandomMomentsLosesNothingAcknowledged) {
 
     // The alert states must have been reached and persisted (on an evaluation tick) before the
     // kill: wait for them, then give the evaluator a few ticks if anything moved just now.
-    const absl::Time states_deadline = absl::Now() + absl::Seconds(10);
+    const absl::Time states_deadline = absl::Now() + testing::TimeScaled(absl::Seconds(10));
     while (true) {
       bool expected = true;
       for (const CrashStream& s : streams) {
@@ -643,7 +644,7 @@ TEST(RestartTest, ThousandsOfStreamsRestoreEveryWindowExactly) {
 
   // A few batches per model, each with every signal of the model, over one stream per model.
   ParallelFor(kRestartModels, [&](int m) {
-    auto context = Context(absl::Seconds(60));
+    auto context = Context(testing::TimeScaled(absl::Seconds(60)));
     auto stream = stub->Ingest(context.get());
     for (int b = 1; b <= kRestartBatches; ++b) {
       v1::IngestRequest request;

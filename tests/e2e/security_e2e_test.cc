@@ -107,7 +107,7 @@ struct ProcessResult {
 // ("NAME=value"), stdin from /dev/null; kills it after `timeout`.
 ProcessResult RunProcess(const std::vector<std::string>& argv, const std::string& scratch_dir,
                          const std::vector<std::string>& env = {},
-                         absl::Duration timeout = absl::Seconds(60)) {
+                         absl::Duration timeout = testing::TimeScaled(absl::Seconds(60))) {
   ProcessResult result;
   static int counter = 0;
   const std::string out_path = absl::StrCat(scratch_dir, "/process-", ++counter, ".out");
@@ -169,8 +169,9 @@ ProcessResult RunProcess(const std::vector<std::string>& argv, const std::string
   return result;
 }
 
-std::unique_ptr<grpc::ClientContext> Context(const std::string& authorization = "",
-                                             absl::Duration deadline = kRpcDeadline) {
+std::unique_ptr<grpc::ClientContext> Context(
+    const std::string& authorization = "",
+    absl::Duration deadline = testing::TimeScaled(kRpcDeadline)) {
   auto context = std::make_unique<grpc::ClientContext>();
   context->set_deadline(absl::ToChronoTime(absl::Now() + deadline));
   if (!authorization.empty()) context->AddMetadata("authorization", authorization);
@@ -217,7 +218,7 @@ struct IngestOutcome {
 IngestOutcome IngestAll(KlDrift::Stub* stub, const std::string& authorization,
                         const std::vector<v1::IngestRequest>& batches) {
   IngestOutcome outcome;
-  auto context = Context(authorization, absl::Seconds(30));
+  auto context = Context(authorization, testing::TimeScaled(absl::Seconds(30)));
   auto stream = stub->Ingest(context.get());
   for (const v1::IngestRequest& batch : batches) {
     if (!stream->Write(batch)) break;  // The server has ended the stream.
@@ -377,7 +378,8 @@ class SecurityE2eTest : public ::testing::Test {
     auto stub = KlDrift::NewStub(channel);
     v1::ListReferencesRequest request;
     v1::ListReferencesResponse response;
-    return stub->ListReferences(Context(authorization, absl::Seconds(5)).get(), request, &response);
+    return stub->ListReferences(Context(authorization, testing::TimeScaled(absl::Seconds(5))).get(),
+                                request, &response);
   }
 
   // The standard token file of this suite.
@@ -421,7 +423,7 @@ class SecurityE2eTest : public ::testing::Test {
 
   // Waits (bounded) until `series` equals `value`.
   bool WaitForMetric(const std::string& series, double value,
-                     absl::Duration timeout = absl::Seconds(15)) const {
+                     absl::Duration timeout = testing::TimeScaled(absl::Seconds(15))) const {
     const absl::Time deadline = absl::Now() + timeout;
     while (absl::Now() < deadline) {
       if (Metric(series) == value) return true;
@@ -441,7 +443,8 @@ class SecurityE2eTest : public ::testing::Test {
   }
 
   // Waits (bounded) until the server's log holds `count` lines containing `text`.
-  bool WaitForLog(const std::string& text, int count, absl::Duration timeout = absl::Seconds(15)) {
+  bool WaitForLog(const std::string& text, int count,
+                  absl::Duration timeout = testing::TimeScaled(absl::Seconds(15))) {
     const absl::Time deadline = absl::Now() + timeout;
     while (absl::Now() < deadline) {
       const std::string log = server_->ReadLog();
@@ -537,8 +540,9 @@ TEST_F(SecurityE2eTest, MutualTlsRequiresAClientCertificateFromTheCa) {
   status = grpc::health::v1::Health::NewStub(good)->Check(Context().get(), request, &response);
   ASSERT_TRUE(status.ok()) << status.error_message();
   EXPECT_EQ(response.status(), grpc::health::v1::HealthCheckResponse::SERVING);
-  status = grpc::health::v1::Health::NewStub(TlsChannel("ca.pem"))
-               ->Check(Context("", absl::Seconds(5)).get(), request, &response);
+  status =
+      grpc::health::v1::Health::NewStub(TlsChannel("ca.pem"))
+          ->Check(Context("", testing::TimeScaled(absl::Seconds(5))).get(), request, &response);
   EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAVAILABLE) << status.error_message();
 
   // The accepted client's data is there.
@@ -938,7 +942,7 @@ TEST_F(SecurityE2eTest, SighupReloadsTokensWithoutDroppingStreams) {
   // An Ingest stream with token A; batch 1 acknowledged.
   const std::vector<std::vector<double>> counts = {
       {0, 1, 2, 3, 0, 0}, {0, 4, 5, 6, 0, 0}, {0, 100, 100, 100, 0, 0}};
-  auto context = Context(Bearer(kTokenA), absl::Seconds(60));
+  auto context = Context(Bearer(kTokenA), testing::TimeScaled(absl::Seconds(60)));
   auto ingest = stub->Ingest(context.get());
   v1::IngestResponse response;
   auto send_and_wait_ack = [&](uint64_t sequence) {
@@ -1093,7 +1097,7 @@ TEST_F(SecurityE2eTest, ConcurrentCallsPerConnectionAreCapped) {
   std::vector<std::unique_ptr<grpc::ClientContext>> watch_contexts;
   std::vector<std::unique_ptr<grpc::ClientReader<v1::DriftReport>>> watches;
   for (int i = 0; i < 2; ++i) {
-    watch_contexts.push_back(Context("", absl::Seconds(60)));
+    watch_contexts.push_back(Context("", testing::TimeScaled(absl::Seconds(60))));
     v1::WatchDriftRequest request;
     request.mutable_stream()->set_model("capped");
     watches.push_back(stub->WatchDrift(watch_contexts.back().get(), request));
@@ -1111,14 +1115,18 @@ TEST_F(SecurityE2eTest, ConcurrentCallsPerConnectionAreCapped) {
   separate.SetInt("kldrift.test.separate-connection", 1);
   auto other =
       KlDrift::NewStub(testing::TlsChannel(server_->address(), pki_->ca.cert_pem, separate));
-  EXPECT_TRUE(other->GetReference(Context("", absl::Seconds(5)).get(), get, &reference).ok());
+  EXPECT_TRUE(
+      other->GetReference(Context("", testing::TimeScaled(absl::Seconds(5))).get(), get, &reference)
+          .ok());
   // One watch ends: the first connection has room again.
   watch_contexts[0]->TryCancel();
   v1::DriftReport report;
   while (watches[0]->Read(&report)) {
   }
   watches[0]->Finish();
-  EXPECT_TRUE(stub->GetReference(Context("", absl::Seconds(5)).get(), get, &reference).ok());
+  EXPECT_TRUE(
+      stub->GetReference(Context("", testing::TimeScaled(absl::Seconds(5))).get(), get, &reference)
+          .ok());
   watch_contexts[1]->TryCancel();
   while (watches[1]->Read(&report)) {
   }
@@ -1278,7 +1286,7 @@ TEST_F(SecurityE2eTest, StalledIngestClientCannotMakeTheServerBuffer) {
     batches.push_back(Batch("stalled-client", sequence, "stalled", "score", is_bad ? bad : good));
     if (is_bad) bad_sequences.insert(sequence);
   }
-  auto context = Context("", absl::Seconds(120));
+  auto context = Context("", testing::TimeScaled(absl::Seconds(120)));
   auto ingest = stub->Ingest(context.get());
   std::atomic<uint64_t> written{0};
   std::atomic<bool> writer_done{false};
@@ -1295,7 +1303,7 @@ TEST_F(SecurityE2eTest, StalledIngestClientCannotMakeTheServerBuffer) {
   int64_t rss_peak = rss_start;
   uint64_t last_written = 0;
   absl::Time last_progress = absl::Now();
-  const absl::Time stall_deadline = absl::Now() + absl::Seconds(20);
+  const absl::Time stall_deadline = absl::Now() + testing::TimeScaled(absl::Seconds(20));
   while (!writer_done.load() && absl::Now() < stall_deadline &&
          absl::Now() - last_progress < absl::Seconds(2)) {
     absl::SleepFor(absl::Milliseconds(100));
@@ -1338,7 +1346,7 @@ TEST_F(SecurityE2eTest, StalledIngestClientCannotMakeTheServerBuffer) {
   };
   while (acked < kBatches && ingest->Read(&response)) take();
   // The writer got through once the server read again (else the call is cancelled: bounded).
-  for (const absl::Time deadline = absl::Now() + absl::Seconds(60);
+  for (const absl::Time deadline = absl::Now() + testing::TimeScaled(absl::Seconds(60));
        !writer_done.load() && absl::Now() < deadline;) {
     absl::SleepFor(absl::Milliseconds(20));
   }
@@ -1383,7 +1391,7 @@ TEST_F(SecurityE2eTest, StalledWatchClientHasReportsDroppedNotBuffered) {
   std::vector<std::unique_ptr<grpc::ClientContext>> contexts;
   std::vector<std::unique_ptr<grpc::ClientReader<v1::DriftReport>>> watchers;
   for (int i = 0; i < kWatchers; ++i) {
-    contexts.push_back(Context("", absl::Seconds(60)));
+    contexts.push_back(Context("", testing::TimeScaled(absl::Seconds(60))));
     v1::WatchDriftRequest request;
     request.mutable_stream()->set_model("watched");
     watchers.push_back(stub->WatchDrift(contexts.back().get(), request));
@@ -1392,7 +1400,7 @@ TEST_F(SecurityE2eTest, StalledWatchClientHasReportsDroppedNotBuffered) {
   const absl::Time started = absl::Now();
   int64_t rss_peak = rss_start;
   double dropped = 0;
-  while (absl::Now() < started + absl::Seconds(30)) {
+  while (absl::Now() < started + testing::TimeScaled(absl::Seconds(30))) {
     absl::SleepFor(absl::Milliseconds(200));
     rss_peak = std::max(rss_peak, ResidentBytes(server_->pid()));
     dropped = Metric("kldrift_watch_reports_dropped_total");
@@ -1401,7 +1409,7 @@ TEST_F(SecurityE2eTest, StalledWatchClientHasReportsDroppedNotBuffered) {
   EXPECT_GT(dropped, 0);
   // ... and goes on dropping rather than queueing.
   double dropped_later = dropped;
-  for (const absl::Time deadline = absl::Now() + absl::Seconds(10);
+  for (const absl::Time deadline = absl::Now() + testing::TimeScaled(absl::Seconds(10));
        dropped_later <= dropped && absl::Now() < deadline;) {
     absl::SleepFor(absl::Milliseconds(100));
     rss_peak = std::max(rss_peak, ResidentBytes(server_->pid()));
@@ -1482,7 +1490,7 @@ TEST_F(SecurityE2eTest, GrpcMemoryLimitHoldsAgainstABurstOfLargeMessages) {
     Call call;
     if (c % 2 == 0) {
       v1::PutReferenceResponse response;
-      call.status = client->PutReference(Context("", absl::Seconds(60)).get(),
+      call.status = client->PutReference(Context("", testing::TimeScaled(absl::Seconds(60))).get(),
                                          big_reference(absl::StrCat("put-", c)), &response);
     } else {
       call.ingest = true;

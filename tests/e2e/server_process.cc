@@ -22,6 +22,16 @@
 
 namespace kldrift::testing {
 
+absl::Duration TimeScaled(absl::Duration d) {
+  static const double scale = [] {
+    const char* value = std::getenv("KLDRIFT_TEST_TIME_SCALE");
+    double parsed = 1;
+    if (value != nullptr && absl::SimpleAtod(value, &parsed) && parsed >= 1) return parsed;
+    return 1.0;
+  }();
+  return d * scale;
+}
+
 std::string BinaryPath(const char* env_var, const std::string& fallback) {
   const char* value = std::getenv(env_var);
   return value != nullptr && *value != '\0' ? value : fallback;
@@ -84,7 +94,7 @@ absl::Status ServerProcess::WaitForEvaluations(int ticks, absl::Duration timeout
   if (metrics_port_ == 0) return absl::FailedPreconditionError("no metrics port");
   const std::string series = "kldrift_evaluation_duration_seconds_count";
   double start = -1;
-  const absl::Time deadline = absl::Now() + timeout;
+  const absl::Time deadline = absl::Now() + TimeScaled(timeout);
   while (absl::Now() < deadline) {
     absl::StatusOr<std::string> text = HttpGet(metrics_port_, "/metrics");
     if (text.ok()) {
@@ -144,7 +154,7 @@ absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::Start(
     _exit(127);
   }
   process->pid_ = pid;
-  const absl::Time deadline = absl::Now() + startup;
+  const absl::Time deadline = absl::Now() + TimeScaled(startup);
   while (absl::Now() < deadline) {
     std::ifstream in(port_file);
     int port = 0;
@@ -196,7 +206,7 @@ std::shared_ptr<grpc::Channel> ServerProcess::Channel() const {
 int ServerProcess::Stop(absl::Duration grace) {
   if (pid_ <= 0) return exit_status_;
   kill(pid_, SIGTERM);
-  const absl::Time deadline = absl::Now() + grace;
+  const absl::Time deadline = absl::Now() + TimeScaled(grace);
   int status = 0;
   while (absl::Now() < deadline) {
     if (waitpid(pid_, &status, WNOHANG) == pid_) {

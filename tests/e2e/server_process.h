@@ -21,6 +21,12 @@
 
 namespace kldrift::testing {
 
+// `d` times $KLDRIFT_TEST_TIME_SCALE (default 1): the deadlines and waits of end-to-end tests go
+// through this, so the same tests run against a server slowed down 5-15x by ThreadSanitizer
+// (tests/tsan/run_e2e_under_tsan.sh sets the scale). Durations a test asserts an upper bound on
+// (a deadline must expire quickly) stay as they are.
+absl::Duration TimeScaled(absl::Duration d);
+
 // GET http://127.0.0.1:`port``path` (HTTP/1.0, 10 s receive timeout); the body of a 200 response.
 absl::StatusOr<std::string> HttpGet(int port, const std::string& path);
 

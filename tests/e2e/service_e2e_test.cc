@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
+#include "client/kldrift_client.h"
 #include "gmock/gmock.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
@@ -26,7 +27,8 @@ using v1::KlDrift;
 
 constexpr absl::Duration kRpcDeadline = absl::Seconds(10);
 
-std::unique_ptr<grpc::ClientContext> Context(absl::Duration deadline = kRpcDeadline) {
+std::unique_ptr<grpc::ClientContext> Context(
+    absl::Duration deadline = testing::TimeScaled(kRpcDeadline)) {
   auto context = std::make_unique<grpc::ClientContext>();
   context->set_deadline(absl::ToChronoTime(absl::Now() + deadline));
   return context;
@@ -77,7 +79,7 @@ class ServiceE2eTest : public ::testing::Test {
   // One Ingest stream: sends each request and reads the acks until `expect_acked` is acked.
   std::vector<v1::IngestResponse> IngestAll(const std::vector<v1::IngestRequest>& requests,
                                             uint64_t expect_acked) {
-    auto context = Context(absl::Seconds(30));
+    auto context = Context(testing::TimeScaled(absl::Seconds(30)));
     auto stream = stub_->Ingest(context.get());
     for (const v1::IngestRequest& r : requests) EXPECT_TRUE(stream->Write(r));
     std::vector<v1::IngestResponse> responses;
@@ -152,6 +154,7 @@ TEST_F(ServiceE2eTest, ReferencesOfEveryKindAreVersionedAndListed) {
   *values.mutable_stream() = Stream("fraud-scorer", "amount");
   for (double e : {0.0, 10.0, 100.0}) values.mutable_numeric()->add_edges(e);
   for (double v : {-1.0, 5.0, 50.0, 500.0, std::nan("")}) values.mutable_values()->add_values(v);
+  values.set_view(v1::REFERENCE_VIEW_FULL);
   v1::PutReferenceResponse put;
   ASSERT_TRUE(stub_->PutReference(Context().get(), values, &put).ok());
   EXPECT_THAT(put.reference().counts(), ::testing::ElementsAre(1, 1, 1, 1, 1));
@@ -163,6 +166,7 @@ TEST_F(ServiceE2eTest, ReferencesOfEveryKindAreVersionedAndListed) {
     labels.mutable_categorical()->add_categories(c);
   for (const char* l : {"approve", "approve", "review", "other"})
     labels.mutable_labels()->add_labels(l);
+  labels.set_view(v1::REFERENCE_VIEW_FULL);
   ASSERT_TRUE(stub_->PutReference(Context().get(), labels, &put).ok());
   EXPECT_THAT(put.reference().counts(), ::testing::ElementsAre(2, 1, 0, 1));
   EXPECT_EQ(put.reference().bin_labels(3), "<unseen>");
@@ -209,6 +213,83 @@ TEST_F(ServiceE2eTest, ReferencesOfEveryKindAreVersionedAndListed) {
   ASSERT_TRUE(stub_->ListReferences(Context().get(), by_model, &only).ok());
   ASSERT_EQ(only.references_size(), 1);
   EXPECT_EQ(only.references(0).stream().signal(), "bucket");
+}
+
+// A reference's per-bin data can be tens of MB. PutReference echoes only its metadata unless
+// asked (so a stored put never fails on the caller's receive limit and gets retried as a new
+// version), listing pages end at ~4 MiB, and the client library accepts large FULL answers.
+TEST_F(ServiceE2eTest, LargeReferencesAnswerWithinReceiveLimits) {
+  // FULL views of ~5.9 MB ("huge") and ~2.9 MB ("wide"): past gRPC's default 4 MiB, and two
+  // past it together.
+  auto put_pre_binned = [&](const v1::StreamId& stream, int bins) {
+    v1::PutReferenceRequest request;
+    *request.mutable_stream() = stream;
+    request.mutable_pre_binned()->set_bins(bins);
+    for (int i = 0; i < bins; ++i) request.mutable_counts()->add_counts(1 + i % 7);
+    v1::PutReferenceResponse put;
+    grpc::Status status = stub_->PutReference(Context().get(), request, &put);
+    ASSERT_TRUE(status.ok()) << status.error_message();
+    EXPECT_EQ(put.version(), 1u);
+    EXPECT_EQ(put.reference().size(), static_cast<uint32_t>(bins));
+    EXPECT_EQ(put.reference().counts_size(), 0);
+    EXPECT_EQ(put.reference().bin_labels_size(), 0);
+    EXPECT_EQ(put.reference().policy().windows_size(), 3);
+    EXPECT_LT(put.ByteSizeLong(), 1024u);
+  };
+  constexpr int kHugeBins = 300000;
+  constexpr int kWideBins = 150000;
+  ASSERT_NO_FATAL_FAILURE(put_pre_binned(Stream("huge", "a"), kHugeBins));
+  const std::vector<std::string> signals = {"a", "b", "c"};
+  for (const std::string& signal : signals) {
+    ASSERT_NO_FATAL_FAILURE(put_pre_binned(Stream("wide", signal), kWideBins));
+  }
+
+  // A plain stub keeps gRPC's 4 MiB receive limit: FULL is refused on the client side, BASIC is
+  // not; the client library takes FULL.
+  v1::GetReferenceRequest get;
+  *get.mutable_stream() = Stream("huge", "a");
+  v1::Reference reference;
+  EXPECT_EQ(stub_->GetReference(Context().get(), get, &reference).error_code(),
+            grpc::StatusCode::RESOURCE_EXHAUSTED);
+  get.set_view(v1::REFERENCE_VIEW_BASIC);
+  ASSERT_TRUE(stub_->GetReference(Context().get(), get, &reference).ok());
+  EXPECT_EQ(reference.size(), static_cast<uint32_t>(kHugeBins));
+  EXPECT_EQ(reference.counts_size(), 0);
+  ChannelOptions options;
+  options.target = server_->address();
+  KlDriftClient client(CreateChannel(options), kRpcDeadline);
+  absl::StatusOr<v1::Reference> full = client.GetReference(Stream("huge", "a"));
+  ASSERT_TRUE(full.ok()) << full.status();
+  ASSERT_EQ(full->counts_size(), kHugeBins);
+  EXPECT_EQ(full->counts(kHugeBins - 1), 1 + (kHugeBins - 1) % 7);
+  EXPECT_EQ(full->bin_labels_size(), kHugeBins);
+
+  // Listing: BASIC fits one page; FULL pages stop before 4 MiB, so each holds one "wide"
+  // reference and fits the plain stub's limit; paging returns every reference once.
+  v1::ListReferencesRequest list;
+  list.set_model("wide");
+  list.set_view(v1::REFERENCE_VIEW_BASIC);
+  v1::ListReferencesResponse page;
+  ASSERT_TRUE(stub_->ListReferences(Context().get(), list, &page).ok());
+  EXPECT_EQ(page.references_size(), 3);
+  EXPECT_TRUE(page.next_page_token().empty());
+  std::vector<std::string> listed;
+  list.set_view(v1::REFERENCE_VIEW_FULL);
+  do {
+    page.Clear();
+    grpc::Status status = stub_->ListReferences(Context().get(), list, &page);
+    ASSERT_TRUE(status.ok()) << status.error_message();
+    ASSERT_EQ(page.references_size(), 1);
+    EXPECT_EQ(page.references(0).counts_size(), kWideBins);
+    listed.push_back(page.references(0).stream().signal());
+    list.set_page_token(page.next_page_token());
+  } while (!page.next_page_token().empty() && listed.size() < 10);
+  EXPECT_EQ(listed, signals);
+  // The client library pages through everything, the one larger than 4 MiB included.
+  absl::StatusOr<std::vector<v1::Reference>> all = client.ListReferences("");
+  ASSERT_TRUE(all.ok()) << all.status();
+  ASSERT_EQ(all->size(), 4u);
+  EXPECT_EQ((*all)[0].counts_size(), kHugeBins);
 }
 
 TEST_F(ServiceE2eTest, BadInputGetsPreciseStatusAndLeavesStateAlone) {
@@ -372,7 +453,7 @@ TEST_F(ServiceE2eTest, WatchDriftSeesPendingFiringAndOk) {
   v1::WatchDriftRequest watch;
   *watch.mutable_stream() = stream;
   watch.set_state_changes_only(true);
-  auto context = Context(absl::Seconds(30));
+  auto context = Context(testing::TimeScaled(absl::Seconds(30)));
   auto reader = stub_->WatchDrift(context.get(), watch);
 
   uint64_t sequence = 0;
@@ -384,7 +465,7 @@ TEST_F(ServiceE2eTest, WatchDriftSeesPendingFiringAndOk) {
   send({0, 0, 500, 0, 0});
   std::vector<v1::AlertState> seen;
   v1::DriftReport report;
-  const absl::Time deadline = absl::Now() + absl::Seconds(20);
+  const absl::Time deadline = absl::Now() + testing::TimeScaled(absl::Seconds(20));
   bool sent_recovery = false;
   while (absl::Now() < deadline && reader->Read(&report)) {
     seen.push_back(report.alert_state());
@@ -434,7 +515,7 @@ TEST_F(ServiceE2eTest, SigtermEndsWatchStreamsAndExitsCleanly) {
   PutNumeric(stream, {1, 1});
   v1::WatchDriftRequest watch;
   *watch.mutable_stream() = stream;
-  auto context = Context(absl::Seconds(30));
+  auto context = Context(testing::TimeScaled(absl::Seconds(30)));
   auto reader = stub_->WatchDrift(context.get(), watch);
   v1::DriftReport report;
   ASSERT_TRUE(reader->Read(&report));  // Every evaluation is reported (not changes only).

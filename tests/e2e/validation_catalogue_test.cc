@@ -1381,6 +1381,7 @@ TEST_F(CatalogueTest, NanInReferenceValuesCounted) {
   v1::PutReferenceRequest request = ValidReference(Target(), Kind::kNumeric);
   request.clear_counts();
   for (double v : {kNaN, -kInf, 0.5, 1.5, 2.5, kInf, kNaN}) request.mutable_values()->add_values(v);
+  request.set_view(v1::REFERENCE_VIEW_FULL);
   v1::PutReferenceResponse response;
   grpc::Status status = stub_->PutReference(Context().get(), request, &response);
   ASSERT_TRUE(status.ok()) << status.error_message();
