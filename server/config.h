@@ -25,6 +25,8 @@ struct ServerConfig {
   // fsync every acknowledged batch (survives power loss; see server/storage/rocksdb_store.h).
   bool sync = false;
   absl::Duration eval_interval = absl::Seconds(10);
+  // Threads an evaluation tick spreads the streams over; 0: one per hardware thread.
+  int eval_threads = 0;
   absl::Duration shutdown_grace = absl::Seconds(5);
   size_t max_streams = 100000;
   size_t max_bins = size_t{1} << 20;

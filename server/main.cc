@@ -56,6 +56,8 @@ ABSL_FLAG(std::string, check_data_dir, "",
           "kldriftd can serve it, 1 otherwise");
 ABSL_FLAG(absl::Duration, eval_interval, kDefaults.eval_interval,
           "how often every window is evaluated and alert states move (10ms-1h)");
+ABSL_FLAG(int32_t, eval_threads, kDefaults.eval_threads,
+          "threads an evaluation tick spreads the streams over (0: one per hardware thread)");
 ABSL_FLAG(absl::Duration, shutdown_grace, kDefaults.shutdown_grace,
           "on SIGTERM, how long in-flight calls may take before they are cancelled");
 ABSL_FLAG(uint64_t, max_streams, kDefaults.max_streams,
@@ -127,6 +129,7 @@ ServerConfig ConfigFromFlags() {
   c.data_dir = absl::GetFlag(FLAGS_data_dir);
   c.sync = absl::GetFlag(FLAGS_sync);
   c.eval_interval = absl::GetFlag(FLAGS_eval_interval);
+  c.eval_threads = absl::GetFlag(FLAGS_eval_threads);
   c.shutdown_grace = absl::GetFlag(FLAGS_shutdown_grace);
   c.max_streams = absl::GetFlag(FLAGS_max_streams);
   c.max_bins = absl::GetFlag(FLAGS_max_bins);
@@ -245,6 +248,7 @@ int Run(const ServerConfig& config) {
   options.reference_limits.max_bins = config.max_bins;
   options.reference_limits.max_dimensions = config.max_dimensions;
   options.max_observations_per_batch = config.max_batch_observations;
+  options.eval_threads = config.eval_threads;
   DriftEngine engine(options, &clock);
   const absl::Time recovery_started = absl::Now();
   if (absl::Status recovered = engine.Recover(); !recovered.ok()) {

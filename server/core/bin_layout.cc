@@ -42,8 +42,10 @@ absl::StatusOr<BinLayout> BinLayout::Numeric(std::vector<double> edges) {
     }
   }
   BinLayout layout(Kind::kNumeric, edges.size() + 2);
-  layout.search_edges_.resize(kernels::SearchEdgesSize(edges.size()));
-  kernels::PadEdgesForSearch(edges.data(), edges.size(), layout.search_edges_.data());
+  if (edges.size() > kPadOnEachCallEdges) {
+    layout.search_edges_.resize(kernels::SearchEdgesSize(edges.size()));
+    kernels::PadEdgesForSearch(edges.data(), edges.size(), layout.search_edges_.data());
+  }
   layout.edges_ = std::move(edges);
   return layout;
 }
@@ -97,9 +99,16 @@ void BinLayout::AddValues(absl::Span<const double> values, absl::Span<double> co
   // Bin in fixed-size chunks so the index buffer stays on the stack and in L1.
   constexpr size_t kChunk = 512;
   uint32_t bins[kChunk];
+  const double* search_edges = search_edges_.data();
+  if (search_edges_.empty()) {
+    thread_local std::vector<double> padded;
+    padded.resize(kernels::SearchEdgesSize(edges_.size()));
+    kernels::PadEdgesForSearch(edges_.data(), edges_.size(), padded.data());
+    search_edges = padded.data();
+  }
   for (size_t begin = 0; begin < values.size(); begin += kChunk) {
     const size_t n = std::min(kChunk, values.size() - begin);
-    kernels::BinIndices(values.data() + begin, n, search_edges_.data(), edges_.size(), bins);
+    kernels::BinIndices(values.data() + begin, n, search_edges, edges_.size(), bins);
     for (size_t j = 0; j < n; ++j) {
       counts[bins[j]] += 1;
     }

@@ -71,7 +71,11 @@ class BinLayout {
   Kind kind_;
   size_t size_;
   std::vector<double> edges_;
-  std::vector<double> search_edges_;  // edges_ padded with NaN for kernels::BinIndices.
+  // Layouts of up to this many edges pad them for kernels::BinIndices on each AddValues call (a
+  // few dozen nanoseconds) rather than keep a padded copy of up to twice their size per stream.
+  static constexpr size_t kPadOnEachCallEdges = 4096;
+  // edges_ padded with NaN for kernels::BinIndices; empty up to kPadOnEachCallEdges edges.
+  std::vector<double> search_edges_;
   std::vector<std::string> categories_;
   absl::flat_hash_map<std::string, size_t> category_bins_;
 };

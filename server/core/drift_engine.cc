@@ -3,13 +3,16 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <iterator>
 #include <limits>
+#include <thread>
 #include <utility>
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "server/kernels/divergence.h"
 #include "server/kernels/gaussian.h"
 
 namespace kldrift {
@@ -21,6 +24,8 @@ constexpr double kMaxExactCount = 9007199254740992.0;
 constexpr size_t kDefaultPageSize = 100;
 constexpr size_t kMaxPageSize = 1000;
 constexpr size_t kEvaluationTopBins = 5;
+// Streams an evaluation thread claims at a time.
+constexpr size_t kStreamsPerRun = 256;
 // Probability vectors must sum to 1 within this.
 constexpr double kProbabilitySumTolerance = 1e-6;
 // Gaussian statistics must satisfy sum^2 <= count * sum_squares (Cauchy-Schwarz) within this
@@ -236,30 +241,37 @@ kernels::EstimatorSummary Estimator(double n, double sum, double sum_squares) {
   return e;
 }
 
+// A window's totals in this thread's scratch buffer, valid until the next call on this thread.
+absl::Span<const double> TotalsOf(const SlidingWindow& ring) {
+  thread_local std::vector<double> scratch;
+  scratch.resize(ring.width());
+  ring.ReadTotals(absl::MakeSpan(scratch));
+  return scratch;
+}
+
+size_t EvalThreads(int configured) {
+  if (configured > 0) return static_cast<size_t>(configured);
+  return std::max(1u, std::thread::hardware_concurrency());
+}
+
 }  // namespace
 
 struct DriftEngine::WindowState {
   WindowState(absl::Duration length, int sub_buckets, size_t width)
       : ring(length, sub_buckets, width) {}
 
-  // Adds `delta` at time `t` (REQUIRES: ring.Covers(t)), keeping the incremental KL in step.
-  void Add(absl::Time t, absl::Span<const double> delta) {
-    ring.Add(t, delta);
-    AddToKl(delta, 1.0);
-  }
-  // kl += sign * delta, bin by bin (the ring is updated by the caller).
-  void AddToKl(absl::Span<const double> delta, double sign) {
-    if (!kl) return;
-    for (size_t bin = 0; bin < delta.size(); ++bin) {
-      if (delta[bin] != 0) kl->Add(bin, sign * delta[bin]);
-    }
-  }
-
   SlidingWindow ring;
-  std::optional<IncrementalKl> kl;  // Histogram kinds.
   AlertStateMachine alert;
   // Starts of the sub-buckets changed since the last snapshot (storage).
   std::vector<absl::Time> dirty;
+  // What the alert needs, derived from the totals of ring.generation() == inputs_generation under
+  // the current reference (StreamState::FastAlertInputs); kNoInputs when not derived yet.
+  static constexpr uint64_t kNoInputs = ~uint64_t{0};
+  uint64_t inputs_generation = kNoInputs;
+  double inputs_value = 0;
+  bool inputs_enough_samples = false;
+  // Whether the G-test p-value is at most the policy's max_p_value: 1, 0, or -1 not computed yet.
+  int8_t inputs_evidence = -1;
 };
 
 struct DriftEngine::StreamState {
@@ -270,6 +282,16 @@ struct DriftEngine::StreamState {
   void AdvanceWindows(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex);
   // A fresh report for one of this stream's windows.
   WindowReport Report(const WindowState& window, size_t top_bins, absl::Time now) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex);
+  // What AlertStateMachine::Observe needs for `window`, as a Report would give it, computing no
+  // more than the decision needs: the policy's measure (KL(current||reference) alone by default),
+  // the G-test only when it can raise an alert, and nothing when the totals have not changed since
+  // the last call.
+  struct AlertInputs {
+    double value = 0;
+    bool eligible = false;
+  };
+  AlertInputs FastAlertInputs(WindowState& window, absl::Time now) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex);
   // Whether the windows kept for the current version can serve `next` (same bins and windows).
   bool KeepsWindows(const Reference& next) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex) {
@@ -330,25 +352,14 @@ void DriftEngine::StreamState::Install(std::shared_ptr<const Reference> ref, boo
   }
   for (WindowState& w : windows) {
     w.alert = AlertStateMachine();
-    if (ref->is_histogram()) {
-      // A new profile (alpha or counts may have changed): rebuild the incremental sums.
-      w.kl.emplace(ref->profile);
-      w.AddToKl(w.ring.totals(), 1.0);
-    }
+    w.inputs_generation = WindowState::kNoInputs;  // Derived under the previous reference.
   }
   versions.push_back(std::move(ref));
   AdvanceWindows(now);
 }
 
 void DriftEngine::StreamState::AdvanceWindows(absl::Time now) {
-  for (WindowState& window : windows) {
-    if (window.kl) {
-      window.ring.Advance(
-          now, [&window](absl::Span<const double> expired) { window.AddToKl(expired, -1.0); });
-    } else {
-      window.ring.Advance(now);
-    }
-  }
+  for (WindowState& window : windows) window.ring.Advance(now);
 }
 
 absl::StatusOr<std::shared_ptr<const Reference>> DriftEngine::PutReference(
@@ -395,7 +406,7 @@ absl::StatusOr<std::shared_ptr<const Reference>> DriftEngine::PutReference(
           "stream ", source.ToString(), " has no ", FormatWindow(spec.from_window->window),
           " window; its windows are ", WindowList(src->current())));
     }
-    window_counts.assign(found->ring.totals().begin(), found->ring.totals().end());
+    window_counts = found->ring.totals();
     if (Sum(window_counts) == 0) {
       return absl::FailedPreconditionError(
           absl::StrCat("the ", FormatWindow(spec.from_window->window), " window of ",
@@ -735,7 +746,7 @@ absl::Status DriftEngine::ApplyBatch(const IngestBatch& batch, absl::Time now, b
       if (lsn != 0) stream.applied_lsn = lsn;
       for (WindowState& w : stream.windows) {
         if (!w.ring.Covers(event_time)) continue;
-        w.Add(event_time, delta);
+        w.ring.Add(event_time, delta);
         if (options_.store != nullptr) {
           const absl::Time start = w.ring.SubBucketStart(event_time);
           if (w.dirty.empty() || w.dirty.back() != start) w.dirty.push_back(start);
@@ -766,7 +777,7 @@ WindowReport DriftEngine::StreamState::Report(const WindowState& window, size_t 
   report.warn_threshold = ref.policy.warn_threshold;
   report.critical_threshold = ref.policy.critical_threshold;
   report.clear_threshold = ref.policy.EffectiveClearThreshold();
-  absl::Span<const double> totals = window.ring.totals();
+  const absl::Span<const double> totals = TotalsOf(window.ring);
   if (ref.is_histogram()) {
     report.samples = Sum(totals);
     report.measure = std::string(MeasureName(ref.policy.measure));
@@ -835,6 +846,72 @@ WindowReport DriftEngine::StreamState::Report(const WindowState& window, size_t 
   return report;
 }
 
+DriftEngine::StreamState::AlertInputs DriftEngine::StreamState::FastAlertInputs(
+    WindowState& window, absl::Time now) const {
+  const Reference& ref = current();
+  const bool firing = window.alert.status().state == AlertState::kFiring;
+  if (!ref.is_histogram()) {  // A handful of sums: the report itself is cheap.
+    const WindowReport report = Report(window, 0, now);
+    return {report.measure_value, report.eligible || (report.enough_samples && firing)};
+  }
+  // Decoded only when something must be computed: a tick with nothing new reads no bins.
+  absl::Span<const double> totals;
+  auto read_totals = [&] {
+    if (totals.empty()) totals = TotalsOf(window.ring);
+  };
+  // Full measures without top bins: the value and the evidence exactly as Report gives them.
+  auto measure_fully = [&] {
+    read_totals();
+    absl::StatusOr<DriftMeasures> measures =
+        ComputeDriftMeasures(*ref.profile, totals, 0, &*ref.layout);
+    window.inputs_value = measures.ok() ? MeasureValue(*measures, ref.policy.measure) : 0;
+    window.inputs_evidence = measures.ok() && measures->g_test_p_value <= ref.policy.max_p_value;
+  };
+  if (window.inputs_generation != window.ring.generation()) {
+    window.inputs_generation = window.ring.generation();
+    read_totals();
+    const kernels::CountSummary summary = kernels::SummarizeCounts(totals.data(), totals.size());
+    // Integer totals below 2^32 add up exactly in any order: the vector sum is Report's Sum().
+    const double samples = window.ring.totals_are_integers() ? summary.total : Sum(totals);
+    window.inputs_enough_samples = samples >= ref.policy.EffectiveMinSamples(ref.layout->size());
+    window.inputs_value = 0;
+    window.inputs_evidence = 0;
+    if (samples > 0) {
+      window.inputs_evidence = -1;
+      if (ref.policy.measure == Measure::kKlCurrentReference && summary.all_finite_non_negative &&
+          summary.total > 0 && std::isfinite(summary.total)) {
+        // One vector log per bin instead of every measure's.
+        const double alpha = ref.profile->alpha();
+        const double p_scale = 1.0 / (summary.total + static_cast<double>(totals.size()) * alpha);
+        window.inputs_value =
+            std::max(kernels::KlCurrentReference(totals.data(), totals.size(), alpha, p_scale,
+                                                 ref.profile->log_shares().data()),
+                     0.0);
+      } else {
+        measure_fully();
+      }
+    }
+  }
+  if (!window.inputs_enough_samples) return {window.inputs_value, false};
+  // A firing alert needs only enough samples (see Evaluate); otherwise the evidence matters only
+  // when the measure reaches warn.
+  if (firing) return {window.inputs_value, true};
+  if (window.inputs_value < ref.policy.warn_threshold) return {window.inputs_value, false};
+  if (window.inputs_evidence < 0) {
+    // Only the KL path leaves it unknown, with totals that passed SummarizeCounts: the G-test's
+    // sums alone, as ComputeDriftMeasures computes them.
+    read_totals();
+    const kernels::CountSummary summary = kernels::SummarizeCounts(totals.data(), totals.size());
+    const kernels::HomogeneityTerms terms =
+        kernels::HomogeneitySums(totals.data(), totals.size(), ref.profile->View());
+    const double p_value = GTestPValue(
+        HomogeneityGStatistic(summary.total, ref.profile->samples(), terms.homogeneity_terms),
+        terms.occupied_bins - 1);
+    window.inputs_evidence = p_value <= ref.policy.max_p_value;
+  }
+  return {window.inputs_value, window.inputs_evidence == 1};
+}
+
 absl::StatusOr<std::vector<WindowReport>> DriftEngine::GetDrift(
     const StreamKey& key, std::optional<absl::Duration> window, size_t top_bins) const {
   if (absl::Status s = ValidateStreamKey(key); !s.ok()) return s;
@@ -874,8 +951,16 @@ absl::StatusOr<double> DriftEngine::IncrementalKlCurrentReference(const StreamKe
   stream->AdvanceWindows(clock_->Now());
   for (const WindowState& w : stream->windows) {
     if (w.ring.length() != window) continue;
-    if (!w.kl) return absl::FailedPreconditionError("not a histogram stream");
-    return w.kl->KlCurrentReference();
+    const Reference& ref = stream->current();
+    if (!ref.is_histogram()) return absl::FailedPreconditionError("not a histogram stream");
+    // Built from the totals and resynced: what the running sums give right after a tick.
+    IncrementalKl kl(ref.profile);
+    const std::vector<double> totals = w.ring.totals();
+    for (size_t bin = 0; bin < totals.size(); ++bin) {
+      if (totals[bin] != 0) kl.Add(bin, totals[bin]);
+    }
+    kl.Resync();
+    return kl.KlCurrentReference();
   }
   return absl::NotFoundError(
       absl::StrCat("stream ", key.ToString(), " has no ", FormatWindow(window), " window"));
@@ -889,8 +974,6 @@ size_t DriftEngine::Evaluate() {
   // until it is applied, and its streams are in the map (read after this): each one is snapshotted
   // below with the batch included, so the log can be truncated to this point afterwards.
   const uint64_t truncate_up_to = next_lsn_.load() - 1;
-  std::vector<StreamSnapshot> snapshots;
-  std::vector<std::shared_ptr<StreamState>> snapshotted;
   std::vector<std::shared_ptr<StreamState>> streams;
   {
     ReaderMutexLock lock(&streams_mutex_);
@@ -906,15 +989,24 @@ size_t DriftEngine::Evaluate() {
   const absl::Time started = absl::Now();
   const size_t top_bins =
       std::max(have_watchers ? kEvaluationTopBins : 0, observer ? observer->top_bins() : 0);
-  std::vector<std::pair<WindowReport, bool>> reports;
-  std::vector<WindowReport> stream_reports;  // One stream's, for the observer.
-  std::vector<StateStore::AlertUpdate> alert_updates;
-  size_t evaluated = 0;
-  for (const auto& stream : streams) {
+  // Without watchers or an observer nobody reads the reports: only the alert's inputs are needed.
+  const bool need_reports = have_watchers || observer != nullptr;
+
+  // What evaluating a run of streams produces; merged in stream order afterwards. Cache-line
+  // aligned: neighbouring runs are written by different threads.
+  struct alignas(64) TickOutput {
+    std::vector<StreamSnapshot> snapshots;
+    std::vector<std::shared_ptr<StreamState>> snapshotted;
+    std::vector<std::pair<WindowReport, bool>> reports;  // For the watchers.
+    std::vector<StateStore::AlertUpdate> alert_updates;
+    size_t evaluated = 0;
+  };
+  auto evaluate_stream = [&](const std::shared_ptr<StreamState>& stream, TickOutput& out,
+                             std::vector<WindowReport>& stream_reports) {
     stream_reports.clear();
     {  // The stream's lock; the observer is called without it.
       MutexLock lock(&stream->mutex);
-      if (stream->deleted || stream->versions.empty()) continue;
+      if (stream->deleted || stream->versions.empty()) return;
       stream->AdvanceWindows(now);
       const Reference& ref = stream->current();
       if (options_.store != nullptr &&
@@ -922,49 +1014,88 @@ size_t DriftEngine::Evaluate() {
         StreamSnapshot snapshot{stream->key, stream->applied_lsn, {}};
         for (WindowState& w : stream->windows) {
           if (stream->needs_full_snapshot) {
-            for (const SlidingWindow::SubBucket& b : w.ring.LiveSubBuckets()) {
-              snapshot.sub_buckets.push_back(SubBucketDelta{
-                  stream->key, w.ring.length(), b.start, {b.values.begin(), b.values.end()}});
+            for (SlidingWindow::SubBucket& b : w.ring.LiveSubBuckets()) {
+              snapshot.sub_buckets.push_back(
+                  SubBucketDelta{stream->key, w.ring.length(), b.start, std::move(b.values)});
             }
           } else {
             for (absl::Time start : w.dirty) {
               if (!w.ring.Covers(start)) continue;  // Expired since: the filter drops it.
-              absl::Span<const double> values = w.ring.SubBucketValues(start);
-              snapshot.sub_buckets.push_back(SubBucketDelta{
-                  stream->key, w.ring.length(), start, {values.begin(), values.end()}});
+              snapshot.sub_buckets.push_back(SubBucketDelta{stream->key, w.ring.length(), start,
+                                                            w.ring.SubBucketValues(start)});
             }
           }
           w.dirty.clear();
         }
         stream->snapshot_lsn = stream->applied_lsn;
         stream->needs_full_snapshot = false;
-        snapshots.push_back(std::move(snapshot));
-        snapshotted.push_back(stream);
+        out.snapshots.push_back(std::move(snapshot));
+        out.snapshotted.push_back(stream);
       }
       for (WindowState& w : stream->windows) {
+        const AlertStatus before = w.alert.status();
+        ++out.evaluated;
+        if (!need_reports) {
+          const StreamState::AlertInputs inputs = stream->FastAlertInputs(w, now);
+          w.alert.Observe(inputs.value, inputs.eligible, now, ref.policy);
+          if (options_.store != nullptr && !(w.alert.status() == before)) {
+            out.alert_updates.push_back({stream->key, w.ring.length(), w.alert.status()});
+          }
+          continue;
+        }
         WindowReport report = stream->Report(w, top_bins, now);
         // Evidence (the G-test) is needed to raise an alert, not to keep or clear a firing one:
         // data back in the reference's shape has none, and must still clear it.
-        const bool eligible = report.eligible || (report.enough_samples &&
-                                                  w.alert.status().state == AlertState::kFiring);
-        const AlertStatus before = w.alert.status();
+        const bool eligible =
+            report.eligible || (report.enough_samples && before.state == AlertState::kFiring);
         const bool changed = w.alert.Observe(report.measure_value, eligible, now, ref.policy);
         report.alert = w.alert.status();
         if (options_.store != nullptr && !(report.alert == before)) {
-          alert_updates.push_back({stream->key, w.ring.length(), report.alert});
+          out.alert_updates.push_back({stream->key, w.ring.length(), report.alert});
         }
-        // Bound the rounding drift of the incremental sums.
-        if (w.kl) w.kl->Resync();
-        ++evaluated;
         if (have_watchers) {
           if (observer != nullptr) stream_reports.push_back(report);
-          reports.emplace_back(std::move(report), changed);
+          out.reports.emplace_back(std::move(report), changed);
         } else if (observer != nullptr) {
           stream_reports.push_back(std::move(report));
         }
       }
     }
     if (observer != nullptr && !stream_reports.empty()) observer->OnStreamEvaluated(stream_reports);
+  };
+
+  // Streams are evaluated in runs of kStreamsPerRun, claimed by up to eval_threads threads (this
+  // one included); each run's output has its own slot, so the merge below keeps stream order.
+  const size_t runs = (streams.size() + kStreamsPerRun - 1) / kStreamsPerRun;
+  std::vector<TickOutput> outputs(runs);
+  std::atomic<size_t> next_run{0};
+  auto work = [&] {
+    std::vector<WindowReport> stream_reports;  // One stream's, for the observer.
+    for (size_t run = next_run.fetch_add(1); run < runs; run = next_run.fetch_add(1)) {
+      const size_t end = std::min(streams.size(), (run + 1) * kStreamsPerRun);
+      for (size_t i = run * kStreamsPerRun; i < end; ++i) {
+        evaluate_stream(streams[i], outputs[run], stream_reports);
+      }
+    }
+  };
+  const size_t threads = std::min(EvalThreads(options_.eval_threads), runs);
+  std::vector<std::thread> workers;
+  for (size_t t = 1; t < threads; ++t) workers.emplace_back(work);
+  work();
+  for (std::thread& worker : workers) worker.join();
+
+  std::vector<StreamSnapshot> snapshots;
+  std::vector<std::shared_ptr<StreamState>> snapshotted;
+  std::vector<std::pair<WindowReport, bool>> reports;
+  std::vector<StateStore::AlertUpdate> alert_updates;
+  size_t evaluated = 0;
+  for (TickOutput& out : outputs) {
+    std::move(out.snapshots.begin(), out.snapshots.end(), std::back_inserter(snapshots));
+    std::move(out.snapshotted.begin(), out.snapshotted.end(), std::back_inserter(snapshotted));
+    std::move(out.reports.begin(), out.reports.end(), std::back_inserter(reports));
+    std::move(out.alert_updates.begin(), out.alert_updates.end(),
+              std::back_inserter(alert_updates));
+    evaluated += out.evaluated;
   }
   if (options_.store != nullptr && (!snapshots.empty() || truncate_up_to > truncated_lsn_.load())) {
     if (options_.store->WriteSnapshots(snapshots, truncate_up_to).ok()) {
@@ -1030,7 +1161,7 @@ absl::Status DriftEngine::Recover() {
         delta.values.size() != w->ring.width()) {
       return;  // Expired, or from a window the policy no longer has.
     }
-    w->Add(delta.sub_bucket_start, delta.values);
+    w->ring.Add(delta.sub_bucket_start, delta.values);
   };
   uint64_t max_lsn = 0;
   visitor.stream_lsn = [&](const StreamKey& key, uint64_t lsn) ABSL_NO_THREAD_SAFETY_ANALYSIS {
@@ -1050,7 +1181,7 @@ absl::Status DriftEngine::Recover() {
       if (record.lsn <= stream.applied_lsn) continue;  // In the snapshot, or before a reset.
       for (WindowState& w : stream.windows) {
         if (!w.ring.Covers(record.event_time) || delta.values.size() != w.ring.width()) continue;
-        w.Add(record.event_time, delta.values);
+        w.ring.Add(record.event_time, delta.values);
       }
       stream.applied_lsn = record.lsn;
       stream.needs_full_snapshot = true;  // Replayed data is not in a snapshot yet.

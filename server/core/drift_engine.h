@@ -5,17 +5,20 @@
 //   - keeps versioned references per stream (PutReference / GetReference / List / Delete);
 //   - applies ingest batches atomically (all streams of a batch or none), de-duplicating resent
 //     batches by (client id, sequence number);
-//   - keeps each stream's windows as rings of sub-buckets (SlidingWindow), with KL(current||ref)
-//     of histogram windows maintained incrementally (IncrementalKl) so it is O(1) to read;
-//   - evaluates every window on Evaluate() (the server's tick) with the vector kernels, drives the
-//     alert state machines and pushes reports to watchers;
+//   - keeps each stream's windows as rings of compactly stored sub-buckets (SlidingWindow);
+//   - evaluates every window on Evaluate() (the server's tick) with the vector kernels, spread over
+//     EngineOptions::eval_threads threads, drives the alert state machines and pushes reports to
+//     watchers; with no watcher and no observer to read reports, a tick computes only what the
+//     alert state machines need, and nothing for windows whose totals have not changed;
 //   - answers GetDrift on demand with freshly computed measures.
 //
 // Thread safety: all methods are safe to call concurrently. Locks: one mutex for the stream map,
 // one per stream (windows, references), one per ingest client (sequence numbers), one for the
 // watchers. A batch locks its streams in key order, so concurrent batches cannot deadlock. Watch
 // callbacks run on the thread calling Evaluate() with no stream lock held (but under the watcher
-// lock); they must not block and must not call Watch() or Unwatch().
+// lock); they must not block and must not call Watch() or Unwatch(). The observer's
+// OnStreamEvaluated runs on Evaluate()'s threads (the calling one and up to eval_threads - 1
+// workers, concurrently), with no engine lock held.
 #ifndef KLDRIFT_SERVER_CORE_DRIFT_ENGINE_H_
 #define KLDRIFT_SERVER_CORE_DRIFT_ENGINE_H_
 
@@ -66,6 +69,9 @@ struct EngineOptions {
   // Resends within it are de-duplicated; it exceeds the default longest window (24h), beyond which
   // a resent batch's event time is too old to be applied anyway. Keeps the client table bounded.
   absl::Duration client_retention = absl::Hours(48);
+  // Threads Evaluate() spreads the streams over (the calling thread is one of them, the others
+  // live for one tick); 0: one per hardware thread.
+  int eval_threads = 1;
   // Told of references, deletions and evaluations (not owned; must outlive the engine). Optional.
   EngineObserver* observer = nullptr;
 };
@@ -180,7 +186,7 @@ class DriftEngine {
                                                      std::optional<absl::Duration> window,
                                                      size_t top_bins) const;
 
-  // KL(current || reference) of a histogram window, read in O(1) from its incremental sums.
+  // KL(current || reference) of a histogram window, from its totals (IncrementalKl, resynced).
   absl::StatusOr<double> IncrementalKlCurrentReference(const StreamKey& stream,
                                                        absl::Duration window) const;
 

@@ -6,9 +6,12 @@
 //   S_cc = sum c'_i log c'_i,   S_cq = sum c'_i log q_i.
 // Each Add() updates both sums in O(1) (one log), with Neumaier-compensated
 // accumulation so that long runs of updates do not drift; Resync() recomputes
-// them exactly from the counts with the vector kernels (the service does so on
-// each evaluation tick). Bins with current mass but no reference mass (possible
-// only with alpha = 0) are counted apart and make the result +inf.
+// them exactly from the counts with the vector kernels. (DriftEngine no longer
+// keeps one per window: K doubles and two logs per changed bin bought an O(1)
+// read nothing needed, since a tick computes the measures from the totals anyway;
+// it builds one on demand for IncrementalKlCurrentReference.) Bins with current
+// mass but no reference mass (possible only with alpha = 0) are counted apart and
+// make the result +inf.
 //
 // Thread safety: thread-compatible. Callers serialise access (the service holds
 // a per-stream lock).

@@ -9,10 +9,30 @@ SlidingWindow::SlidingWindow(absl::Duration length, int sub_buckets, size_t widt
     : length_(length),
       step_(length / sub_buckets),
       sub_buckets_(sub_buckets),
-      ring_(static_cast<size_t>(sub_buckets) * width, 0.0),
-      totals_(width, 0.0) {}
+      step_nanos_(absl::Nanoseconds(absl::ToInt64Nanoseconds(step_)) == step_
+                      ? absl::ToInt64Nanoseconds(step_)
+                      : 0),
+      ring_(sub_buckets, width),
+      totals_(1, width) {}
+
+std::vector<double> SlidingWindow::totals() const {
+  std::vector<double> totals(width());
+  ReadTotals(absl::MakeSpan(totals));
+  return totals;
+}
 
 int64_t SlidingWindow::SubBucketIndex(absl::Time t) const {
+  const absl::Duration since = t - absl::UnixEpoch();
+  // Whole nanoseconds within ~200 years of the epoch (every real time): integer division, which
+  // costs a fraction of IDivDuration's and gives the same floor.
+  constexpr absl::Duration kIntegerRange = absl::Hours(24 * 365 * 200);
+  if (step_nanos_ > 0 && since > -kIntegerRange && since < kIntegerRange) {
+    const int64_t nanos = absl::ToInt64Nanoseconds(since);
+    if (absl::Nanoseconds(nanos) == since) {
+      const int64_t index = nanos / step_nanos_;
+      return nanos % step_nanos_ < 0 ? index - 1 : index;
+    }
+  }
   absl::Duration remainder;
   int64_t index = absl::IDivDuration(t - absl::UnixEpoch(), step_, &remainder);
   // IDivDuration truncates toward zero; floor it so times before the epoch bucket consistently.
@@ -21,17 +41,18 @@ int64_t SlidingWindow::SubBucketIndex(absl::Time t) const {
   return index;
 }
 
-absl::Span<double> SlidingWindow::Slot(int64_t index) {
-  const int64_t slot = ((index % sub_buckets_) + sub_buckets_) % sub_buckets_;
-  return absl::MakeSpan(ring_).subspan(static_cast<size_t>(slot) * width(), width());
+std::vector<double> SlidingWindow::SubBucketValues(absl::Time t) const {
+  std::vector<double> values(width());
+  ring_.Read(Slot(SubBucketIndex(t)), absl::MakeSpan(values));
+  return values;
 }
 
 void SlidingWindow::RecomputeTotals() {
-  std::fill(totals_.begin(), totals_.end(), 0.0);
-  for (int s = 0; s < sub_buckets_; ++s) {
-    const double* slot = ring_.data() + static_cast<size_t>(s) * width();
-    for (size_t i = 0; i < width(); ++i) totals_[i] += slot[i];
-  }
+  // Slot order, as a ring of doubles summed it (empty slots add nothing).
+  std::vector<double> totals(width(), 0.0);
+  for (int s = 0; s < sub_buckets_; ++s) ring_.AddTo(s, absl::MakeSpan(totals));
+  totals_.Clear(0);
+  totals_.Add(0, totals);  // 0 + x == x: the sums exactly.
 }
 
 void SlidingWindow::Advance(absl::Time now, const ExpireCallback& on_expire) {
@@ -45,16 +66,27 @@ void SlidingWindow::Advance(absl::Time now, const ExpireCallback& on_expire) {
   const int64_t first_expired = head_ - sub_buckets_ + 1;
   const int64_t last_expired = std::min(new_head - sub_buckets_, head_);
   bool expired_any = false;
+  std::vector<double> expired;
   for (int64_t index = std::max(first_expired, last_expired - sub_buckets_ + 1);
        index <= last_expired; ++index) {
-    absl::Span<double> slot = Slot(index);
-    if (std::all_of(slot.begin(), slot.end(), [](double v) { return v == 0; })) continue;
-    if (on_expire) on_expire(slot);
-    std::fill(slot.begin(), slot.end(), 0.0);
+    const int slot = Slot(index);
+    if (ring_.AllZero(slot)) {
+      ring_.Clear(slot);
+      continue;
+    }
+    if (on_expire) {
+      expired.resize(width());
+      ring_.Read(slot, absl::MakeSpan(expired));
+      on_expire(expired);
+    }
+    ring_.Clear(slot);
     expired_any = true;
   }
   head_ = new_head;
-  if (expired_any) RecomputeTotals();
+  if (expired_any) {
+    RecomputeTotals();
+    ++generation_;
+  }
 }
 
 bool SlidingWindow::Covers(absl::Time event_time) const {
@@ -64,21 +96,18 @@ bool SlidingWindow::Covers(absl::Time event_time) const {
 }
 
 void SlidingWindow::Add(absl::Time event_time, absl::Span<const double> delta) {
-  absl::Span<double> slot = Slot(SubBucketIndex(event_time));
-  for (size_t i = 0; i < delta.size(); ++i) {
-    slot[i] += delta[i];
-    totals_[i] += delta[i];
-  }
+  ring_.Add(Slot(SubBucketIndex(event_time)), delta);
+  totals_.Add(0, delta);
+  ++generation_;
 }
 
 std::vector<SlidingWindow::SubBucket> SlidingWindow::LiveSubBuckets() const {
   std::vector<SubBucket> live;
   if (head_ == INT64_MIN) return live;
   for (int64_t index = head_ - sub_buckets_ + 1; index <= head_; ++index) {
-    const int64_t slot = ((index % sub_buckets_) + sub_buckets_) % sub_buckets_;
-    live.push_back(SubBucket{
-        absl::UnixEpoch() + step_ * index,
-        absl::MakeConstSpan(ring_).subspan(static_cast<size_t>(slot) * width(), width())});
+    SubBucket bucket{absl::UnixEpoch() + step_ * index, std::vector<double>(width())};
+    ring_.Read(Slot(index), absl::MakeSpan(bucket.values));
+    live.push_back(std::move(bucket));
   }
   return live;
 }

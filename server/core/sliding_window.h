@@ -1,5 +1,5 @@
 // SlidingWindow: the last `length` of a stream's data, as a ring of sub-buckets of fixed-width
-// vectors of doubles.
+// vectors of doubles, each stored compactly (CompactSubBuckets).
 //
 // One class serves every stream kind because each keeps additive sufficient statistics:
 // histogram counts (width K), Gaussian statistics (count, sums, sums of squares: width 1 + 2D) and
@@ -9,7 +9,9 @@
 // Totals are kept up to date on every Add and recomputed from the ring when sub-buckets expire,
 // so integer counts stay exact however long the window runs.
 //
-// Memory: (sub_buckets + 1) * width doubles, e.g. 13 * 64 * 8 B = 6.5 KiB for K = 64.
+// Memory: the totals and each sub-bucket at their encodings' widths (nothing for an empty one, a
+// byte a bin for counts below 256), e.g. 67 * 4 + 67 * 12 * 2 B = 1.8 KiB for K = 67, totals below
+// 2^32 and sub-buckets below 65536, where doubles took 13 * 67 * 8 B = 6.8 KiB.
 //
 // Thread safety: thread-compatible; the engine holds the stream's lock.
 #ifndef KLDRIFT_SERVER_CORE_SLIDING_WINDOW_H_
@@ -22,6 +24,7 @@
 
 #include "absl/time/time.h"
 #include "absl/types/span.h"
+#include "server/core/compact_sub_buckets.h"
 
 namespace kldrift {
 
@@ -45,8 +48,17 @@ class SlidingWindow {
   void Add(absl::Time event_time, absl::Span<const double> delta);
 
   // Sum of every live sub-bucket.
-  absl::Span<const double> totals() const { return totals_; }
-  size_t width() const { return totals_.size(); }
+  std::vector<double> totals() const;
+  // Writes totals() to `out` without allocating. REQUIRES: out.size() == width().
+  void ReadTotals(absl::Span<double> out) const { totals_.Read(0, out); }
+  // Whether every total is an integer below 2^32 (so any summation order gives the exact sum).
+  bool totals_are_integers() const {
+    return totals_.encoding(0) != CompactSubBuckets::Encoding::kDouble;
+  }
+  // Changes whenever totals() may have changed (an Add, or a sub-bucket with data expiring), so a
+  // caller can tell that what it derived from the totals is still current.
+  uint64_t generation() const { return generation_; }
+  size_t width() const { return totals_.width(); }
   absl::Duration length() const { return length_; }
   absl::Duration sub_bucket_length() const { return step_; }
   int sub_buckets() const { return sub_buckets_; }
@@ -54,32 +66,33 @@ class SlidingWindow {
   // The live sub-buckets, oldest first, with their start times (for persistence and tests).
   struct SubBucket {
     absl::Time start;
-    absl::Span<const double> values;
+    std::vector<double> values;
   };
   std::vector<SubBucket> LiveSubBuckets() const;
 
   // Index of the sub-bucket containing `t` (floor(t / sub_bucket_length) since the Unix epoch).
   int64_t SubBucketIndex(absl::Time t) const;
   // The values of the sub-bucket containing `t`. REQUIRES: Covers(t).
-  absl::Span<const double> SubBucketValues(absl::Time t) const {
-    const int64_t slot = ((SubBucketIndex(t) % sub_buckets_) + sub_buckets_) % sub_buckets_;
-    return absl::MakeConstSpan(ring_).subspan(static_cast<size_t>(slot) * width(), width());
-  }
+  std::vector<double> SubBucketValues(absl::Time t) const;
   // Start time of the sub-bucket containing `t` (how storage names sub-buckets).
   absl::Time SubBucketStart(absl::Time t) const {
     return absl::UnixEpoch() + step_ * SubBucketIndex(t);
   }
 
  private:
-  absl::Span<double> Slot(int64_t index);
+  int Slot(int64_t index) const {
+    return static_cast<int>(((index % sub_buckets_) + sub_buckets_) % sub_buckets_);
+  }
   void RecomputeTotals();
 
   absl::Duration length_;
   absl::Duration step_;
   int sub_buckets_;
+  int64_t step_nanos_;        // step_ in nanoseconds; 0 if not whole.
   int64_t head_ = INT64_MIN;  // Sub-bucket index of "now"; INT64_MIN before the first Advance().
-  std::vector<double> ring_;  // sub_buckets_ * width, slot = index mod sub_buckets_.
-  std::vector<double> totals_;
+  CompactSubBuckets ring_;    // Slot = index mod sub_buckets_.
+  CompactSubBuckets totals_;  // One "sub-bucket": the totals, as compact as the counts allow.
+  uint64_t generation_ = 0;
 };
 
 }  // namespace kldrift

@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <random>
 #include <vector>
 
@@ -273,6 +274,35 @@ TEST(SlidingWindowTest, MatchesABruteForceModelAndConservesMass) {
     // The first component is integer-valued: exact.
     ASSERT_EQ(w.totals()[0], live_sum[0]);
   }
+}
+
+// SubBucketIndex floors (t - epoch) / sub_bucket_length for every time: the integer fast path near
+// the epoch and the Duration path beyond it, sub-nanosecond times and infinities agree.
+TEST(SlidingWindowTest, SubBucketIndexIsTheFloorEverywhere) {
+  SlidingWindow w(absl::Minutes(5), 12, 1);  // 25 s sub-buckets.
+  auto floor_index = [](absl::Time t) {
+    absl::Duration remainder;
+    int64_t index = absl::IDivDuration(t - absl::UnixEpoch(), absl::Seconds(25), &remainder);
+    if (remainder < absl::ZeroDuration() && index > std::numeric_limits<int64_t>::min()) --index;
+    return index;
+  };
+  std::mt19937_64 rng(5);
+  std::uniform_int_distribution<int64_t> nanos(-(int64_t{1} << 62), int64_t{1} << 62);
+  std::vector<absl::Time> times = {absl::UnixEpoch(),
+                                   absl::UnixEpoch() - absl::Nanoseconds(1),
+                                   absl::UnixEpoch() - absl::Seconds(25),
+                                   absl::UnixEpoch() - absl::Seconds(25) - absl::Nanoseconds(1),
+                                   kT0 - absl::Nanoseconds(1) / 4,
+                                   kT0 + absl::Nanoseconds(1) / 4,
+                                   absl::UnixEpoch() - absl::Nanoseconds(1) / 4,
+                                   absl::UnixEpoch() + absl::Hours(24 * 365 * 250),
+                                   absl::UnixEpoch() - absl::Hours(24 * 365 * 250),
+                                   absl::InfinitePast(),
+                                   absl::InfiniteFuture()};
+  for (int i = 0; i < 10000; ++i) {
+    times.push_back(absl::UnixEpoch() + absl::Nanoseconds(nanos(rng) >> (i % 40)));
+  }
+  for (absl::Time t : times) EXPECT_EQ(w.SubBucketIndex(t), floor_index(t)) << t;
 }
 
 }  // namespace

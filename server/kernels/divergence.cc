@@ -177,6 +177,24 @@ struct SumVectors {
   }
 };
 
+// Two-sample G-test on the raw counts: c log((c + r) / c) + r log((c + r) / r), and the bins
+// where c + r > 0. Shared by ComputeDivergenceSums and HomogeneitySums, so both give the same bits.
+HWY_INLINE void AccumulateHomogeneity(D d, M valid, V c, V r, V log_r, V& homogeneity,
+                                      V& occupied) {
+  const V zero = hn::Zero(d);
+  const V cr = hn::Add(c, r);
+  const M c_pos = hn::And(valid, hn::Gt(c, zero));
+  const M r_pos = hn::And(valid, hn::Gt(r, zero));
+  const M cr_pos = hn::And(valid, hn::Gt(cr, zero));
+  const V one = hn::Set(d, 1.0);
+  const V log_cr = hn::Log(d, hn::IfThenElse(cr_pos, cr, one));
+  const V log_c = hn::Log(d, hn::IfThenElse(c_pos, c, one));
+  const V g_c = hn::IfThenElseZero(c_pos, hn::Mul(c, hn::Sub(log_cr, log_c)));
+  const V g_r = hn::IfThenElseZero(r_pos, hn::Mul(r, hn::Sub(log_cr, log_r)));
+  homogeneity = hn::Add(homogeneity, hn::Add(g_c, g_r));
+  occupied = hn::Add(occupied, hn::IfThenElseZero(cr_pos, one));
+}
+
 // Accumulates every drift sum for one vector of bins; lanes outside `valid` contribute nothing.
 // kSharesAreNormal: every p (and so every m = (p + q) / 2) is a normal number, see SharesAreNormal.
 template <bool kSharesAreNormal>
@@ -215,18 +233,7 @@ HWY_INLINE void AccumulateSums(D d, M valid, V c, V q, V log_q, V r, V log_r, V 
                                      hn::Set(d, std::numeric_limits<double>::infinity()));
   acc.chi2 = hn::Add(acc.chi2, hn::IfThenElseZero(differs, chi2_term));
 
-  // Two-sample G-test on the raw counts: c log((c + r) / c) + r log((c + r) / r).
-  const V cr = hn::Add(c, r);
-  const M c_pos = hn::And(valid, hn::Gt(c, zero));
-  const M r_pos = hn::And(valid, hn::Gt(r, zero));
-  const M cr_pos = hn::And(valid, hn::Gt(cr, zero));
-  const V one = hn::Set(d, 1.0);
-  const V log_cr = hn::Log(d, hn::IfThenElse(cr_pos, cr, one));
-  const V log_c = hn::Log(d, hn::IfThenElse(c_pos, c, one));
-  const V g_c = hn::IfThenElseZero(c_pos, hn::Mul(c, hn::Sub(log_cr, log_c)));
-  const V g_r = hn::IfThenElseZero(r_pos, hn::Mul(r, hn::Sub(log_cr, log_r)));
-  acc.homogeneity = hn::Add(acc.homogeneity, hn::Add(g_c, g_r));
-  acc.occupied = hn::Add(acc.occupied, hn::IfThenElseZero(cr_pos, one));
+  AccumulateHomogeneity(d, valid, c, r, log_r, acc.homogeneity, acc.occupied);
 }
 
 template <bool kSharesAreNormal>
@@ -256,6 +263,35 @@ SumVectors DivergenceSumsLoop(const double* HWY_RESTRICT current, size_t k, V a,
                           p_scale, acc);
   }
   return acc;
+}
+
+// The G-test's part of DivergenceSumsLoop alone, blocked the same way (so the same bits).
+HomogeneityTerms HomogeneitySumsImpl(const double* HWY_RESTRICT current, size_t k,
+                                     const ReferenceView& ref) {
+  const D d;
+  const size_t lanes = hn::Lanes(d);
+  V homogeneity = hn::Zero(d);
+  V occupied = hn::Zero(d);
+  const M all = hn::FirstN(d, lanes);
+  size_t i = 0;
+  while (i + lanes <= k) {
+    V block_homogeneity = hn::Zero(d);
+    V block_occupied = hn::Zero(d);
+    const size_t block_end = BlockEnd(i, k, lanes);
+    for (; i < block_end; i += lanes) {
+      AccumulateHomogeneity(d, all, hn::LoadU(d, current + i), hn::LoadU(d, ref.counts + i),
+                            hn::LoadU(d, ref.log_counts + i), block_homogeneity, block_occupied);
+    }
+    homogeneity = hn::Add(homogeneity, block_homogeneity);
+    occupied = hn::Add(occupied, block_occupied);
+  }
+  if (i < k) {
+    const size_t n = k - i;
+    AccumulateHomogeneity(d, hn::FirstN(d, n), LoadTail(d, current + i, n),
+                          LoadTail(d, ref.counts + i, n), LoadTail(d, ref.log_counts + i, n),
+                          homogeneity, occupied);
+  }
+  return HomogeneityTerms{SumLanes(d, homogeneity), SumLanes(d, occupied)};
 }
 
 DivergenceSums ComputeDivergenceSumsImpl(const double* HWY_RESTRICT current, size_t k, double alpha,
@@ -292,6 +328,7 @@ HWY_EXPORT(SmoothedSharesImpl);
 HWY_EXPORT(KlCurrentReferenceImpl);
 HWY_EXPORT(KlContributionsImpl);
 HWY_EXPORT(ComputeDivergenceSumsImpl);
+HWY_EXPORT(HomogeneitySumsImpl);
 
 CountSummary SummarizeCounts(const double* counts, size_t k) {
   return HWY_DYNAMIC_DISPATCH(SummarizeCountsImpl)(counts, k);
@@ -316,6 +353,10 @@ DivergenceSums ComputeDivergenceSums(const double* current, size_t k, double alp
                                      double current_total, const ReferenceView& reference) {
   return HWY_DYNAMIC_DISPATCH(ComputeDivergenceSumsImpl)(current, k, alpha, current_total,
                                                          reference);
+}
+
+HomogeneityTerms HomogeneitySums(const double* current, size_t k, const ReferenceView& reference) {
+  return HWY_DYNAMIC_DISPATCH(HomogeneitySumsImpl)(current, k, reference);
 }
 
 }  // namespace kldrift::kernels

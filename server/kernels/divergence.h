@@ -76,6 +76,15 @@ struct ReferenceView {
 DivergenceSums ComputeDivergenceSums(const double* current, size_t k, double alpha,
                                      double current_total, const ReferenceView& reference);
 
+// The G-test's sums alone (DivergenceSums::homogeneity_terms and occupied_bins, bit for bit), for
+// callers that need the evidence but not the divergences: two logs per bin instead of four.
+struct HomogeneityTerms {
+  double homogeneity_terms = 0;
+  double occupied_bins = 0;
+};
+// REQUIRES: current finite and >= 0.
+HomogeneityTerms HomogeneitySums(const double* current, size_t k, const ReferenceView& reference);
+
 }  // namespace kldrift::kernels
 
 #endif  // KLDRIFT_SERVER_KERNELS_DIVERGENCE_H_

@@ -1,0 +1,178 @@
+// Evaluate()'s shortcuts give what a full evaluation gives: the alert-only tick (no watcher, no
+// observer), which skips windows whose totals did not change and computes only what the alert
+// needs, and the tick spread over several threads.
+#include <cstdint>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "gtest/gtest.h"
+#include "server/core/clock.h"
+#include "server/core/drift_engine.h"
+#include "server/core/testing/engine_inputs.h"
+
+namespace kldrift {
+namespace {
+
+using test_inputs::GaussianStats;
+using test_inputs::Hist;
+using test_inputs::LogProbs;
+using test_inputs::MakeBatch;
+
+constexpr size_t kStreams = 40;
+constexpr size_t kBins = 8;
+
+StreamKey Key(size_t s) { return {"m", "v1", absl::StrCat("s", s)}; }
+
+// One engine fed a scripted scenario; `watch` registers a watcher (which forces full reports).
+struct Subject {
+  Subject(const FakeClock* clock, int eval_threads, bool watch) {
+    EngineOptions options;
+    options.eval_threads = eval_threads;
+    engine = std::make_unique<DriftEngine>(options, clock);
+    if (watch) {
+      engine->Watch({"m", "", "", false}, [this](const WindowReport& r) { seen.push_back(r); });
+    }
+  }
+  std::unique_ptr<DriftEngine> engine;
+  std::vector<WindowReport> seen;
+  uint64_t sequence = 0;
+};
+
+// Histogram streams with every alerting measure, some with a zero `for`, plus a Gaussian and a
+// policy stream; data whose drift wanders across the thresholds, sent to a random subset of
+// streams per tick (sometimes none), with time crossing sub-bucket boundaries and `for` durations.
+class TickScenario {
+ public:
+  explicit TickScenario(std::vector<Subject*> subjects) : subjects_(std::move(subjects)) {
+    const Measure measures[] = {Measure::kKlCurrentReference, Measure::kPsi, Measure::kJsBits,
+                                Measure::kHellinger, Measure::kChi2};
+    for (size_t s = 0; s < kStreams; ++s) {
+      AlertPolicy policy;
+      policy.measure = measures[s % 5];
+      policy.warn_threshold = policy.measure == Measure::kChi2 ? 0.1 : 0.02;
+      policy.critical_threshold = 2 * policy.warn_threshold;
+      policy.min_samples = 50;
+      if (s % 3 == 0) policy.for_duration = absl::ZeroDuration();
+      std::vector<double> counts(kBins);
+      for (size_t b = 0; b < kBins; ++b) counts[b] = 100 + 10 * static_cast<double>((b + s) % 5);
+      ForEach([&](DriftEngine& e) {
+        ASSERT_TRUE(e.PutReference(test_inputs::PreBinned(Key(s), counts, policy)).ok());
+      });
+    }
+    ForEach([&](DriftEngine& e) {
+      ASSERT_TRUE(e.PutReference(test_inputs::Gaussian(Key(kStreams), {0, 1}, {1, 2})).ok());
+      ASSERT_TRUE(e.PutReference(test_inputs::PolicyRef(Key(kStreams + 1))).ok());
+    });
+  }
+
+  // Sends this tick's data and moves the clock.
+  void Step(FakeClock& clock) {
+    std::uniform_int_distribution<int> coin(0, 3);
+    std::uniform_real_distribution<double> unit(0, 1);
+    std::vector<StreamData> data;
+    if (coin(rng_) != 0) {
+      for (size_t s = 0; s < kStreams; ++s) {
+        if (coin(rng_) == 0) continue;
+        const double tilt = unit(rng_) < 0.5 ? 0 : unit(rng_);
+        std::vector<double> counts(kBins);
+        for (size_t b = 0; b < kBins; ++b) {
+          counts[b] = std::floor(10 * (1 + tilt * static_cast<double>(b)) * unit(rng_));
+        }
+        data.push_back(Hist(Key(s), counts));
+      }
+      data.push_back(GaussianStats(Key(kStreams), 10, {unit(rng_) * 10, 10}, {40, 60}));
+      data.push_back(LogProbs(Key(kStreams + 1), {-0.1 - unit(rng_), -2}, {-0.3, -1.5}));
+    }
+    if (!data.empty()) {
+      for (Subject* subject : subjects_) {
+        const IngestResult r =
+            subject->engine->Ingest(MakeBatch("c", ++subject->sequence, "m", data, std::nullopt));
+        ASSERT_TRUE(r.status.ok()) << r.status;
+      }
+    }
+    clock.Advance(absl::Seconds(coin(rng_) == 0 ? 90 : 7));
+  }
+
+  void ForEach(const std::function<void(DriftEngine&)>& f) {
+    for (Subject* subject : subjects_) f(*subject->engine);
+  }
+
+ private:
+  std::vector<Subject*> subjects_;
+  std::mt19937_64 rng_{11};
+};
+
+std::vector<AlertStatus> Alerts(DriftEngine& engine) {
+  std::vector<AlertStatus> alerts;
+  for (size_t s = 0; s < kStreams + 2; ++s) {
+    absl::StatusOr<std::vector<WindowReport>> reports = engine.GetDrift(Key(s), std::nullopt, 0);
+    EXPECT_TRUE(reports.ok()) << reports.status();
+    if (!reports.ok()) continue;
+    for (const WindowReport& r : *reports) alerts.push_back(r.alert);
+  }
+  return alerts;
+}
+
+size_t CountNotOk(const std::vector<AlertStatus>& alerts) {
+  size_t n = 0;
+  for (const AlertStatus& a : alerts) n += a.state != AlertState::kOk;
+  return n;
+}
+
+TEST(DriftEngineTickTest, AlertOnlyTickMovesAlertsLikeAFullEvaluation) {
+  FakeClock clock;
+  Subject full(&clock, 1, /*watch=*/true);
+  Subject alert_only(&clock, 1, /*watch=*/false);
+  TickScenario scenario({&full, &alert_only});
+  size_t ever_not_ok = 0;
+  for (int tick = 0; tick < 300; ++tick) {
+    scenario.Step(clock);
+    EXPECT_EQ(full.engine->Evaluate(), alert_only.engine->Evaluate());
+    if (tick % 5 == 0) alert_only.engine->Evaluate();  // Nothing new: the cached inputs again.
+    const std::vector<AlertStatus> expected = Alerts(*full.engine);
+    ASSERT_EQ(Alerts(*alert_only.engine), expected) << "tick " << tick;
+    ever_not_ok += CountNotOk(expected);
+  }
+  EXPECT_GT(ever_not_ok, 0u);  // The scenario does raise alerts.
+}
+
+TEST(DriftEngineTickTest, ThreadsGiveTheSameReportsInTheSameOrder) {
+  FakeClock clock;
+  Subject one(&clock, 1, /*watch=*/true);
+  Subject three(&clock, 3, /*watch=*/true);
+  Subject alert_only(&clock, 3, /*watch=*/false);
+  TickScenario scenario({&one, &three, &alert_only});
+  for (int tick = 0; tick < 100; ++tick) {
+    scenario.Step(clock);
+    EXPECT_EQ(one.engine->Evaluate(), three.engine->Evaluate());
+    alert_only.engine->Evaluate();
+    ASSERT_EQ(one.seen.size(), three.seen.size());
+    for (size_t i = 0; i < one.seen.size(); ++i) {
+      const WindowReport& a = one.seen[i];
+      const WindowReport& b = three.seen[i];
+      ASSERT_EQ(a.stream, b.stream);
+      ASSERT_EQ(a.window, b.window);
+      EXPECT_EQ(a.samples, b.samples);
+      EXPECT_EQ(a.measure_value, b.measure_value);
+      EXPECT_EQ(a.eligible, b.eligible);
+      EXPECT_EQ(a.alert, b.alert);
+      EXPECT_EQ(a.histogram.has_value(), b.histogram.has_value());
+      if (a.histogram && b.histogram) {
+        EXPECT_EQ(a.histogram->g_test_p_value, b.histogram->g_test_p_value);
+        ASSERT_EQ(a.histogram->top_bins.size(), b.histogram->top_bins.size());
+        for (size_t j = 0; j < a.histogram->top_bins.size(); ++j) {
+          EXPECT_EQ(a.histogram->top_bins[j].bin, b.histogram->top_bins[j].bin);
+        }
+      }
+    }
+    one.seen.clear();
+    three.seen.clear();
+    ASSERT_EQ(Alerts(*alert_only.engine), Alerts(*one.engine)) << "tick " << tick;
+  }
+}
+
+}  // namespace
+}  // namespace kldrift
