@@ -1,7 +1,10 @@
 #include "server/metrics/drift_metrics.h"
 
+#include <algorithm>
+#include <array>
+#include <cassert>
+#include <charconv>
 #include <cmath>
-#include <exception>
 #include <fstream>
 #include <limits>
 #include <utility>
@@ -9,9 +12,13 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
-#include "prometheus/exposer.h"
+#include "absl/types/span.h"
+#include "prometheus/client_metric.h"
+#include "prometheus/metric_family.h"
+#include "prometheus/metric_type.h"
+#include "prometheus/text_serializer.h"
 #include "server/core/alert_policy.h"
-#include "server/core/constant_time.h"
+#include "server/metrics/process_metrics.h"
 
 namespace kldrift {
 namespace {
@@ -19,7 +26,6 @@ namespace {
 using prometheus::Counter;
 using prometheus::Family;
 using prometheus::Gauge;
-using prometheus::Labels;
 
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 
@@ -76,113 +82,325 @@ absl::StatusOr<uint32_t> ParseMetricsMeasures(absl::string_view text) {
   return bits;
 }
 
-struct DriftMetrics::WindowSeries {
-  absl::Duration window;
-  Labels labels;  // model, model_version, signal, window.
-  // Every series of this window but the alert state and top bins, for removal.
-  std::vector<std::pair<Family<Gauge>*, Gauge*>> gauges;
-  // Histogram kinds.
-  Gauge* kl_current_reference = nullptr;
-  Gauge* kl_reference_current = nullptr;
-  Gauge* jeffreys = nullptr;
-  Gauge* js_divergence = nullptr;
-  Gauge* psi = nullptr;
-  Gauge* hellinger = nullptr;
-  Gauge* total_variation = nullptr;
-  Gauge* linf = nullptr;
-  Gauge* chi_squared = nullptr;
-  Gauge* g_test_p_value = nullptr;
-  // Paired log-probs.
-  Gauge* k1 = nullptr;
-  Gauge* k2 = nullptr;
-  Gauge* k3 = nullptr;
-  // Every kind.
-  Gauge* samples = nullptr;
-  Gauge* enough_samples = nullptr;
-  Gauge* measure_value = nullptr;
-  Gauge* warn_threshold = nullptr;
-  Gauge* critical_threshold = nullptr;
-  Gauge* clear_threshold = nullptr;
-  Gauge* eligible = nullptr;
-  // The state series carries the severity label, so it is replaced when the severity changes.
-  Gauge* alert_state = nullptr;
-  Severity alert_severity = Severity::kNone;
-  struct TopBin {
-    std::string bin;
-    Gauge* gauge = nullptr;
-  };
-  std::vector<TopBin> top_bins;  // By rank.
+namespace {
+
+// What a per-stream family is called and says.
+struct FamilyInfo {
+  const char* name;
+  const char* help;
+  prometheus::MetricType type;
 };
 
-struct DriftMetrics::StreamSeries {
-  StreamKey key;
-  Labels labels;  // model, model_version, signal.
+constexpr prometheus::MetricType kGaugeType = prometheus::MetricType::Gauge;
+
+// The measure slots of a window: histogram kinds use all ten; Gaussian streams the first three
+// (both KL directions and Jeffreys); paired log-prob streams the first three for k1, k2, k3.
+constexpr size_t kMeasureSlots = 10;
+constexpr size_t kGaussianSlots = 3;
+struct MeasureFamily {
+  FamilyInfo info;
+  uint32_t bit;  // In MetricsOptions::measures.
+};
+constexpr MeasureFamily kMeasureFamilies[kMeasureSlots] = {
+    {{"kldrift_drift_kl_current_reference_nats",
+      "KL(current || reference) of the window, nats (histogram and Gaussian streams)", kGaugeType},
+     MeasureBit(Measure::kKlCurrentReference)},
+    {{"kldrift_drift_kl_reference_current_nats", "KL(reference || current) of the window, nats",
+      kGaugeType},
+     MeasureBit(Measure::kKlReferenceCurrent)},
+    {{"kldrift_drift_jeffreys_nats", "Jeffreys divergence (KL in both directions, summed), nats",
+      kGaugeType},
+     MeasureBit(Measure::kJeffreys)},
+    {{"kldrift_drift_js_divergence",
+      "Jensen-Shannon divergence of the window, base-2 logarithm, in [0, 1]", kGaugeType},
+     MeasureBit(Measure::kJsBits)},
+    {{"kldrift_drift_psi", "Population stability index of the window", kGaugeType},
+     MeasureBit(Measure::kPsi)},
+    {{"kldrift_drift_hellinger_distance", "Hellinger distance of the window, in [0, 1]",
+      kGaugeType},
+     MeasureBit(Measure::kHellinger)},
+    {{"kldrift_drift_total_variation_distance", "Total variation distance of the window, in [0, 1]",
+      kGaugeType},
+     MeasureBit(Measure::kTotalVariation)},
+    {{"kldrift_drift_linf_distance", "Largest absolute difference of a bin's share, in [0, 1]",
+      kGaugeType},
+     MeasureBit(Measure::kLInf)},
+    {{"kldrift_drift_chi_squared_divergence", "Pearson chi-squared divergence of the window",
+      kGaugeType},
+     MeasureBit(Measure::kChi2)},
+    {{"kldrift_drift_g_test_p_value",
+      "G-test p-value that the window and the reference share a distribution (small: "
+      "significant drift)",
+      kGaugeType},
+     kGTestPValueBit},
+};
+constexpr FamilyInfo kPolicyKlEstimate = {
+    "kldrift_policy_kl_estimate_nats",
+    "Paired log-prob KL(current || reference) estimate (Schulman k1, k2, k3), nats", kGaugeType};
+constexpr const char* kEstimators[kGaussianSlots] = {"k1", "k2", "k3"};
+// Families every window exports besides the measures, the alert state and the top bins (samples,
+// enough samples, measure value, three thresholds, eligible), and families per stream.
+constexpr size_t kCommonWindowFamilies = 7;
+constexpr size_t kPerStreamFamilies = 3;
+// Every per-stream family: the measures, the policy estimators, the common window families, the
+// alert state, the top bins, the per-stream families.
+constexpr size_t kStreamFamilies =
+    kMeasureSlots + 1 + kCommonWindowFamilies + 2 + kPerStreamFamilies;
+// WriteExposition hands out text once it holds this much (and at the end), so a scrape's text
+// buffer stays near this size whatever the number of streams.
+constexpr size_t kExpositionPieceBytes = 1 << 20;
+constexpr FamilyInfo kWindowSamples = {"kldrift_window_samples", "Observations in the window",
+                                       kGaugeType};
+constexpr FamilyInfo kWindowEnoughSamples = {"kldrift_window_enough_samples",
+                                             "1 when the window holds the policy's min_samples",
+                                             kGaugeType};
+constexpr FamilyInfo kAlertMeasureValue = {"kldrift_alert_measure_value",
+                                           "Value of the measure the stream's alert policy watches",
+                                           kGaugeType};
+constexpr FamilyInfo kAlertWarnThreshold = {"kldrift_alert_warn_threshold",
+                                            "The alert policy's warn threshold for the measure",
+                                            kGaugeType};
+constexpr FamilyInfo kAlertCriticalThreshold = {
+    "kldrift_alert_critical_threshold", "The alert policy's critical threshold", kGaugeType};
+constexpr FamilyInfo kAlertClearThreshold = {
+    "kldrift_alert_clear_threshold",
+    "The alert policy's clear threshold (a firing warning clears below it)", kGaugeType};
+constexpr FamilyInfo kAlertEligible = {"kldrift_alert_eligible",
+                                       "1 when the window may raise an alert: enough samples and "
+                                       "a G-test p-value at most the policy's max_p_value",
+                                       kGaugeType};
+constexpr FamilyInfo kAlertState = {
+    "kldrift_alert_state", "kldriftd's alert state of the window: 0 ok, 1 pending, 2 firing",
+    kGaugeType};
+constexpr FamilyInfo kTopBinContribution = {
+    "kldrift_top_bin_kl_contribution_nats",
+    "Contribution of the bins contributing most to KL(current || reference), by rank", kGaugeType};
+constexpr FamilyInfo kReferenceVersion = {"kldrift_reference_version",
+                                          "Version of the stream's current reference", kGaugeType};
+constexpr FamilyInfo kStreamObservations = {"kldrift_stream_ingested_observations_total",
+                                            "Observations applied to the stream",
+                                            prometheus::MetricType::Counter};
+constexpr FamilyInfo kStreamNanObservations = {
+    "kldrift_stream_nan_observations_total",
+    "NaN values applied to a numeric stream (counted in its NaN bucket)",
+    prometheus::MetricType::Counter};
+
+// Every per-stream family, in the order they are written: the measures, the policy estimators,
+// the common window families (samples, enough samples, measure value, warn, critical and clear
+// thresholds, eligible), the alert state, the top bins, the per-stream families.
+constexpr const FamilyInfo* kStreamFamilyInfos[] = {
+    &kMeasureFamilies[0].info,
+    &kMeasureFamilies[1].info,
+    &kMeasureFamilies[2].info,
+    &kMeasureFamilies[3].info,
+    &kMeasureFamilies[4].info,
+    &kMeasureFamilies[5].info,
+    &kMeasureFamilies[6].info,
+    &kMeasureFamilies[7].info,
+    &kMeasureFamilies[8].info,
+    &kMeasureFamilies[9].info,
+    &kPolicyKlEstimate,
+    &kWindowSamples,
+    &kWindowEnoughSamples,
+    &kAlertMeasureValue,
+    &kAlertWarnThreshold,
+    &kAlertCriticalThreshold,
+    &kAlertClearThreshold,
+    &kAlertEligible,
+    &kAlertState,
+    &kTopBinContribution,
+    &kReferenceVersion,
+    &kStreamObservations,
+    &kStreamNanObservations,
+};
+static_assert(std::size(kStreamFamilyInfos) == kStreamFamilies);
+
+// One label of a series being handed to a sink; the strings belong to the caller.
+struct LabelRef {
+  absl::string_view name;
+  absl::string_view value;
+};
+
+// A series' labels, kept sorted by name as prometheus-cpp's Labels (a std::map) were: a stream's
+// three, then window and at most two more (a top bin's rank and bin).
+class LabelList {
+ public:
+  explicit LabelList(const StreamKey& key) {
+    Add("model", key.model);
+    Add("model_version", key.model_version);
+    Add("signal", key.signal);
+  }
+  // REQUIRES: fewer than six labels so far.
+  LabelList& Add(absl::string_view name, absl::string_view value) {
+    assert(size_ < labels_.size());
+    size_t i = size_;
+    for (; i > 0 && labels_[i - 1].name > name; --i) labels_[i] = labels_[i - 1];
+    labels_[i] = {name, value};
+    ++size_;
+    return *this;
+  }
+  absl::Span<const LabelRef> span() const { return {labels_.data(), size_}; }
+
+ private:
+  std::array<LabelRef, 6> labels_;
+  size_t size_ = 0;
+};
+
+}  // namespace
+
+// Receives the per-stream series, family by family; a family without series is never started
+// (prometheus-cpp does not export empty families either).
+class DriftMetrics::SeriesSink {
+ public:
+  virtual ~SeriesSink() = default;
+  void StartFamily(const FamilyInfo& info) {
+    info_ = &info;
+    started_ = false;
+  }
+  void Add(absl::Span<const LabelRef> labels, double value) {
+    if (!started_) {
+      Start(*info_);
+      started_ = true;
+    }
+    Series(*info_, labels, value);
+  }
+
+ protected:
+  // The family's first series is coming.
+  virtual void Start(const FamilyInfo& info) = 0;
+  virtual void Series(const FamilyInfo& info, absl::Span<const LabelRef> labels, double value) = 0;
+
+ private:
+  const FamilyInfo* info_ = nullptr;
+  bool started_ = false;
+};
+
+namespace {
+
+// Builds prometheus-cpp's MetricFamily objects, for Collect().
+class FamilySink final : public DriftMetrics::SeriesSink {
+ public:
+  explicit FamilySink(std::vector<prometheus::MetricFamily>& families) : families_(families) {}
+
+ private:
+  void Start(const FamilyInfo& info) override {
+    prometheus::MetricFamily& family = families_.emplace_back();
+    family.name = info.name;
+    family.help = info.help;
+    family.type = info.type;
+  }
+  void Series(const FamilyInfo& info, absl::Span<const LabelRef> labels, double value) override {
+    prometheus::ClientMetric& metric = families_.back().metric.emplace_back();
+    metric.label.reserve(labels.size());
+    for (const LabelRef& label : labels) {
+      metric.label.push_back({std::string(label.name), std::string(label.value)});
+    }
+    if (info.type == prometheus::MetricType::Counter) {
+      metric.counter.value = value;
+    } else {
+      metric.gauge.value = value;
+    }
+  }
+
+  std::vector<prometheus::MetricFamily>& families_;
+};
+
+// Appends the text format, exactly as prometheus::TextSerializer writes it (label values escaped,
+// NaN as "Nan", 16 significant digits), without a MetricFamily in between.
+class TextSink final : public DriftMetrics::SeriesSink {
+ public:
+  explicit TextSink(std::string& out) : out_(out) {}
+
+ private:
+  void Start(const FamilyInfo& info) override {
+    absl::StrAppend(&out_, "# HELP ", info.name, " ", info.help, "\n# TYPE ", info.name,
+                    info.type == prometheus::MetricType::Counter ? " counter\n" : " gauge\n");
+  }
+  void Series(const FamilyInfo& info, absl::Span<const LabelRef> labels, double value) override {
+    out_.append(info.name);
+    if (!labels.empty()) {
+      char separator = '{';
+      for (const LabelRef& label : labels) {
+        out_.push_back(separator);
+        out_.append(label.name.data(), label.name.size());
+        out_.append("=\"");
+        AppendEscaped(label.value);
+        out_.push_back('"');
+        separator = ',';
+      }
+      out_.push_back('}');
+    }
+    out_.push_back(' ');
+    AppendValue(value);
+    out_.push_back('\n');
+  }
+
+  void AppendEscaped(absl::string_view value) {
+    for (char c : value) {
+      if (c == '\n') {
+        out_.append("\\n");
+        continue;
+      }
+      if (c == '\\' || c == '"') out_.push_back('\\');
+      out_.push_back(c);
+    }
+  }
+
+  void AppendValue(double value) {
+    if (std::isnan(value)) {
+      out_.append("Nan");
+    } else if (std::isinf(value)) {
+      out_.append(value < 0 ? "-Inf" : "+Inf");
+    } else {
+      // TextSerializer: an ostream with precision max_digits10 - 1, i.e. printf's %.16g.
+      char buffer[32];
+      const std::to_chars_result end =
+          std::to_chars(buffer, buffer + sizeof buffer, value, std::chars_format::general,
+                        std::numeric_limits<double>::max_digits10 - 1);
+      out_.append(buffer, end.ptr);
+    }
+  }
+
+  std::string& out_;
+};
+
+}  // namespace
+
+// One window's last report, as exported.
+struct DriftMetrics::WindowState {
+  absl::Duration window;
+  std::string label;                           // FormatWindow(window).
+  const std::string* measure = nullptr;        // The alerting measure (interned).
+  std::array<double, kMeasureSlots> measures;  // See kMeasureFamilies; NaN without data.
+  double samples = 0;
+  double measure_value = 0;
+  double warn_threshold = 0;
+  double critical_threshold = 0;
+  double clear_threshold = 0;
+  bool enough_samples = false;
+  bool eligible = false;
+  Severity severity = Severity::kNone;
+  AlertState state = AlertState::kOk;
+  struct TopBin {
+    std::string bin;
+    double contribution = 0;
+  };
+  std::vector<TopBin> top_bins;  // By rank; histogram kinds with data only.
+};
+
+struct DriftMetrics::StreamState {
   ReferenceKind kind = ReferenceKind::kPreBinned;
   std::string measure;
   std::vector<absl::Duration> windows;  // The current version's.
-  Gauge* reference_version = nullptr;
-  Counter* observations = nullptr;
-  Counter* nan_observations = nullptr;
-  std::vector<std::unique_ptr<WindowSeries>> window_series;
+  double reference_version = 0;
+  double observations = 0;
+  double nan_observations = 0;
+  std::vector<WindowState> window_states;  // Windows reported at least once, in that order.
 };
 
 DriftMetrics::DriftMetrics(MetricsOptions options)
     : options_(std::move(options)),
       registry_(std::make_shared<prometheus::Registry>()),
-      kl_current_reference_(GaugeFamily(
-          *registry_, "kldrift_drift_kl_current_reference_nats",
-          "KL(current || reference) of the window, nats (histogram and Gaussian streams)")),
-      kl_reference_current_(GaugeFamily(*registry_, "kldrift_drift_kl_reference_current_nats",
-                                        "KL(reference || current) of the window, nats")),
-      jeffreys_(GaugeFamily(*registry_, "kldrift_drift_jeffreys_nats",
-                            "Jeffreys divergence (KL in both directions, summed), nats")),
-      js_divergence_(
-          GaugeFamily(*registry_, "kldrift_drift_js_divergence",
-                      "Jensen-Shannon divergence of the window, base-2 logarithm, in [0, 1]")),
-      psi_(
-          GaugeFamily(*registry_, "kldrift_drift_psi", "Population stability index of the window")),
-      hellinger_(GaugeFamily(*registry_, "kldrift_drift_hellinger_distance",
-                             "Hellinger distance of the window, in [0, 1]")),
-      total_variation_(GaugeFamily(*registry_, "kldrift_drift_total_variation_distance",
-                                   "Total variation distance of the window, in [0, 1]")),
-      linf_(GaugeFamily(*registry_, "kldrift_drift_linf_distance",
-                        "Largest absolute difference of a bin's share, in [0, 1]")),
-      chi_squared_(GaugeFamily(*registry_, "kldrift_drift_chi_squared_divergence",
-                               "Pearson chi-squared divergence of the window")),
-      g_test_p_value_(GaugeFamily(*registry_, "kldrift_drift_g_test_p_value",
-                                  "G-test p-value that the window and the reference share a "
-                                  "distribution (small: significant drift)")),
-      policy_kl_estimate_(GaugeFamily(
-          *registry_, "kldrift_policy_kl_estimate_nats",
-          "Paired log-prob KL(current || reference) estimate (Schulman k1, k2, k3), nats")),
-      window_samples_(
-          GaugeFamily(*registry_, "kldrift_window_samples", "Observations in the window")),
-      window_enough_samples_(GaugeFamily(*registry_, "kldrift_window_enough_samples",
-                                         "1 when the window holds the policy's min_samples")),
-      alert_measure_value_(GaugeFamily(*registry_, "kldrift_alert_measure_value",
-                                       "Value of the measure the stream's alert policy watches")),
-      alert_warn_threshold_(GaugeFamily(*registry_, "kldrift_alert_warn_threshold",
-                                        "The alert policy's warn threshold for the measure")),
-      alert_critical_threshold_(GaugeFamily(*registry_, "kldrift_alert_critical_threshold",
-                                            "The alert policy's critical threshold")),
-      alert_clear_threshold_(
-          GaugeFamily(*registry_, "kldrift_alert_clear_threshold",
-                      "The alert policy's clear threshold (a firing warning clears below it)")),
-      alert_eligible_(GaugeFamily(*registry_, "kldrift_alert_eligible",
-                                  "1 when the window may raise an alert: enough samples and a "
-                                  "G-test p-value at most the policy's max_p_value")),
-      alert_state_(GaugeFamily(*registry_, "kldrift_alert_state",
-                               "kldriftd's alert state of the window: 0 ok, 1 pending, 2 firing")),
-      top_bin_contribution_(GaugeFamily(
-          *registry_, "kldrift_top_bin_kl_contribution_nats",
-          "Contribution of the bins contributing most to KL(current || reference), by rank")),
-      reference_version_(GaugeFamily(*registry_, "kldrift_reference_version",
-                                     "Version of the stream's current reference")),
-      stream_observations_(CounterFamily(*registry_, "kldrift_stream_ingested_observations_total",
-                                         "Observations applied to the stream")),
-      stream_nan_observations_(
-          CounterFamily(*registry_, "kldrift_stream_nan_observations_total",
-                        "NaN values applied to a numeric stream (counted in its NaN bucket)")),
       batches_(CounterFamily(*registry_, "kldrift_ingested_batches_total", "Ingest batches applied")
                    .Add({})),
       observations_(CounterFamily(*registry_, "kldrift_ingested_observations_total",
@@ -252,41 +470,24 @@ std::string DriftMetrics::ReasonLabel(absl::StatusCode code) {
 
 void DriftMetrics::OnReferenceInstalled(const Reference& reference) {
   MutexLock lock(&mutex_);
-  std::unique_ptr<StreamSeries>& slot = streams_series_[reference.stream];
-  if (slot == nullptr) {
-    slot = std::make_unique<StreamSeries>();
-    slot->key = reference.stream;
-    slot->labels = {{"model", reference.stream.model},
-                    {"model_version", reference.stream.model_version},
-                    {"signal", reference.stream.signal}};
-    slot->reference_version = &reference_version_.Add(slot->labels);
-    slot->observations = &stream_observations_.Add(slot->labels);
-    slot->nan_observations = &stream_nan_observations_.Add(slot->labels);
-  }
-  StreamSeries& stream = *slot;
-  const std::string measure(MeasureName(reference.policy.measure));
+  std::unique_ptr<StreamState>& slot = ShardLocked(reference.stream)[reference.stream];
+  if (slot == nullptr) slot = std::make_unique<StreamState>();
+  StreamState& stream = *slot;
+  const absl::string_view measure = MeasureName(reference.policy.measure);
   if (stream.kind != reference.kind || stream.windows != reference.policy.windows ||
       stream.measure != measure) {
     // The window series are rebuilt for the new shape at the next evaluation.
-    for (auto& window : stream.window_series) RemoveWindowLocked(stream, *window);
-    stream.window_series.clear();
+    stream.window_states.clear();
     stream.kind = reference.kind;
     stream.windows = reference.policy.windows;
-    stream.measure = measure;
+    stream.measure = std::string(measure);
   }
-  stream.reference_version->Set(static_cast<double>(reference.version));
+  stream.reference_version = static_cast<double>(reference.version);
 }
 
 void DriftMetrics::OnStreamDeleted(const StreamKey& key) {
   MutexLock lock(&mutex_);
-  auto it = streams_series_.find(key);
-  if (it == streams_series_.end()) return;
-  StreamSeries& stream = *it->second;
-  for (auto& window : stream.window_series) RemoveWindowLocked(stream, *window);
-  reference_version_.Remove(stream.reference_version);
-  stream_observations_.Remove(stream.observations);
-  stream_nan_observations_.Remove(stream.nan_observations);
-  streams_series_.erase(it);
+  ShardLocked(key).erase(key);
 }
 
 void DriftMetrics::OnBatchApplied(absl::Span<const StreamKey> streams,
@@ -297,11 +498,12 @@ void DriftMetrics::OnBatchApplied(absl::Span<const StreamKey> streams,
     MutexLock lock(&mutex_);
     for (size_t i = 0; i < streams.size() && i < samples.size(); ++i) {
       total += samples[i];
-      auto it = streams_series_.find(streams[i]);
-      if (it == streams_series_.end()) continue;
-      it->second->observations->Increment(samples[i]);
+      StreamTable& shard = ShardLocked(streams[i]);
+      auto it = shard.find(streams[i]);
+      if (it == shard.end()) continue;
+      it->second->observations += samples[i];
       if (i < nan_samples.size() && nan_samples[i] > 0) {
-        it->second->nan_observations->Increment(nan_samples[i]);
+        it->second->nan_observations += nan_samples[i];
       }
     }
   }
@@ -312,161 +514,195 @@ void DriftMetrics::OnBatchApplied(absl::Span<const StreamKey> streams,
 void DriftMetrics::OnStreamEvaluated(absl::Span<const WindowReport> reports) {
   if (reports.empty()) return;
   MutexLock lock(&mutex_);
-  auto it = streams_series_.find(reports.front().stream);
-  if (it == streams_series_.end()) return;  // Deleted since the evaluation.
-  StreamSeries& stream = *it->second;
+  StreamTable& shard = ShardLocked(reports.front().stream);
+  auto it = shard.find(reports.front().stream);
+  if (it == shard.end()) return;  // Deleted since the evaluation.
+  StreamState& stream = *it->second;
   for (const WindowReport& report : reports) {
     if (report.kind != stream.kind) return;  // From a version replaced since.
     bool known = false;
     for (absl::Duration w : stream.windows) known |= w == report.window;
     if (!known) continue;
-    WindowSeries* window = nullptr;
-    for (auto& w : stream.window_series) {
-      if (w->window == report.window) window = w.get();
+    WindowState* window = nullptr;
+    for (WindowState& w : stream.window_states) {
+      if (w.window == report.window) window = &w;
     }
     if (window == nullptr) {
-      stream.window_series.push_back(std::make_unique<WindowSeries>());
-      window = stream.window_series.back().get();
+      window = &stream.window_states.emplace_back();
       window->window = report.window;
-      window->labels = stream.labels;
-      window->labels.emplace("window", FormatWindow(report.window));
+      window->label = FormatWindow(report.window);
+      window->measure = InternMeasureLocked(report.measure);
     }
     UpdateWindowLocked(stream, *window, report);
   }
 }
 
-void DriftMetrics::UpdateWindowLocked(const StreamSeries& stream, WindowSeries& w,
-                                      const WindowReport& report) {
-  auto add = [&w](Family<Gauge>& family, const Labels& labels) {
-    Gauge* gauge = &family.Add(labels);
-    w.gauges.emplace_back(&family, gauge);
-    return gauge;
-  };
-  auto add_measure = [&](Measure measure, Family<Gauge>& family) -> Gauge* {
-    return (options_.measures & MeasureBit(measure)) ? add(family, w.labels) : nullptr;
-  };
-  auto set = [](Gauge* gauge, double value) {
-    if (gauge != nullptr) gauge->Set(value);
-  };
-  if (w.samples == nullptr) {
-    // First report of this window: create its series for the stream's kind.
-    Labels with_measure = w.labels;
-    with_measure.emplace("measure", report.measure);
-    if (IsHistogramKind(stream.kind)) {
-      w.kl_current_reference = add_measure(Measure::kKlCurrentReference, kl_current_reference_);
-      w.kl_reference_current = add_measure(Measure::kKlReferenceCurrent, kl_reference_current_);
-      w.jeffreys = add_measure(Measure::kJeffreys, jeffreys_);
-      w.js_divergence = add_measure(Measure::kJsBits, js_divergence_);
-      w.psi = add_measure(Measure::kPsi, psi_);
-      w.hellinger = add_measure(Measure::kHellinger, hellinger_);
-      w.total_variation = add_measure(Measure::kTotalVariation, total_variation_);
-      w.linf = add_measure(Measure::kLInf, linf_);
-      w.chi_squared = add_measure(Measure::kChi2, chi_squared_);
-      if (options_.measures & kGTestPValueBit) w.g_test_p_value = add(g_test_p_value_, w.labels);
-    } else if (stream.kind == ReferenceKind::kGaussian) {
-      w.kl_current_reference = add_measure(Measure::kKlCurrentReference, kl_current_reference_);
-      w.kl_reference_current = add_measure(Measure::kKlReferenceCurrent, kl_reference_current_);
-      w.jeffreys = add_measure(Measure::kJeffreys, jeffreys_);
-    } else {
-      for (auto [gauge, name] : {std::pair{&w.k1, "k1"}, {&w.k2, "k2"}, {&w.k3, "k3"}}) {
-        Labels labels = w.labels;
-        labels.emplace("estimator", name);
-        *gauge = add(policy_kl_estimate_, labels);
-      }
-    }
-    w.samples = add(window_samples_, w.labels);
-    w.enough_samples = add(window_enough_samples_, w.labels);
-    w.measure_value = add(alert_measure_value_, with_measure);
-    w.warn_threshold = add(alert_warn_threshold_, with_measure);
-    w.critical_threshold = add(alert_critical_threshold_, with_measure);
-    w.clear_threshold = add(alert_clear_threshold_, with_measure);
-    w.eligible = add(alert_eligible_, w.labels);
-  }
+const std::string* DriftMetrics::InternMeasureLocked(absl::string_view name) {
+  return &*measure_names_.emplace(name).first;
+}
 
+void DriftMetrics::UpdateWindowLocked(const StreamState& stream, WindowState& w,
+                                      const WindowReport& report) {
   bool defined = false;  // Whether the window has data to measure.
+  w.measures.fill(kNaN);
   if (report.histogram) {
     const DriftMeasures& m = *report.histogram;
     defined = true;
-    set(w.kl_current_reference, m.kl_current_reference);
-    set(w.kl_reference_current, m.kl_reference_current);
-    set(w.jeffreys, m.jeffreys);
-    set(w.js_divergence, m.js_bits);
-    set(w.psi, m.psi);
-    set(w.hellinger, m.hellinger);
-    set(w.total_variation, m.total_variation);
-    set(w.linf, m.l_inf);
-    set(w.chi_squared, m.chi2);
-    set(w.g_test_p_value, m.g_test_p_value);
-  } else if (IsHistogramKind(stream.kind)) {
-    for (Gauge* g :
-         {w.kl_current_reference, w.kl_reference_current, w.jeffreys, w.js_divergence, w.psi,
-          w.hellinger, w.total_variation, w.linf, w.chi_squared, w.g_test_p_value}) {
-      set(g, kNaN);
-    }
+    w.measures = {m.kl_current_reference,
+                  m.kl_reference_current,
+                  m.jeffreys,
+                  m.js_bits,
+                  m.psi,
+                  m.hellinger,
+                  m.total_variation,
+                  m.l_inf,
+                  m.chi2,
+                  m.g_test_p_value};
   }
   if (stream.kind == ReferenceKind::kGaussian) {
     defined = report.gaussian.has_value();
-    set(w.kl_current_reference, defined ? report.gaussian->kl.forward : kNaN);
-    set(w.kl_reference_current, defined ? report.gaussian->kl.reverse : kNaN);
-    set(w.jeffreys, defined ? report.gaussian->kl.forward + report.gaussian->kl.reverse : kNaN);
+    if (defined) {
+      const double forward = report.gaussian->kl.forward;
+      const double reverse = report.gaussian->kl.reverse;
+      w.measures[0] = forward;
+      w.measures[1] = reverse;
+      w.measures[2] = forward + reverse;
+    }
   }
   if (stream.kind == ReferenceKind::kPairedLogProbs) {
     defined = report.policy.has_value();
-    w.k1->Set(defined ? report.policy->k1.mean : kNaN);
-    w.k2->Set(defined ? report.policy->k2.mean : kNaN);
-    w.k3->Set(defined ? report.policy->k3.mean : kNaN);
-  }
-  w.samples->Set(report.samples);
-  w.enough_samples->Set(report.enough_samples ? 1 : 0);
-  w.measure_value->Set(defined ? report.measure_value : kNaN);
-  w.warn_threshold->Set(report.warn_threshold);
-  w.critical_threshold->Set(report.critical_threshold);
-  w.clear_threshold->Set(report.clear_threshold);
-  w.eligible->Set(report.eligible ? 1 : 0);
-
-  const Severity severity = report.alert.severity;
-  if (w.alert_state == nullptr || w.alert_severity != severity) {
-    if (w.alert_state != nullptr) alert_state_.Remove(w.alert_state);
-    Labels labels = w.labels;
-    labels.emplace("severity", std::string(SeverityName(severity)));
-    w.alert_state = &alert_state_.Add(labels);
-    w.alert_severity = severity;
-  }
-  w.alert_state->Set(static_cast<double>(report.alert.state));
-
-  if (IsHistogramKind(stream.kind)) {
-    // A window without data has no contributing bins: drop the last ones rather than export them
-    // as if they were current.
-    static const std::vector<BinContribution> kNoBins;
-    const std::vector<BinContribution>& top =
-        report.histogram ? report.histogram->top_bins : kNoBins;
-    const size_t ranks = std::min(top.size(), options_.top_bins);
-    for (size_t rank = ranks; rank < w.top_bins.size(); ++rank) {
-      top_bin_contribution_.Remove(w.top_bins[rank].gauge);
+    if (defined) {
+      w.measures[0] = report.policy->k1.mean;
+      w.measures[1] = report.policy->k2.mean;
+      w.measures[2] = report.policy->k3.mean;
     }
-    w.top_bins.resize(ranks);
-    for (size_t rank = 0; rank < ranks; ++rank) {
-      WindowSeries::TopBin& slot = w.top_bins[rank];
-      if (slot.gauge == nullptr || slot.bin != top[rank].label) {
-        if (slot.gauge != nullptr) top_bin_contribution_.Remove(slot.gauge);
-        Labels labels = w.labels;
-        labels.emplace("rank", absl::StrCat(rank + 1));
-        labels.emplace("bin", top[rank].label);
-        slot.bin = top[rank].label;
-        slot.gauge = &top_bin_contribution_.Add(labels);
-      }
-      slot.gauge->Set(top[rank].contribution);
-    }
+  }
+  w.samples = report.samples;
+  w.enough_samples = report.enough_samples;
+  w.measure_value = defined ? report.measure_value : kNaN;
+  w.warn_threshold = report.warn_threshold;
+  w.critical_threshold = report.critical_threshold;
+  w.clear_threshold = report.clear_threshold;
+  w.eligible = report.eligible;
+  w.severity = report.alert.severity;
+  w.state = report.alert.state;
+
+  // A window without data has no contributing bins: drop the last ones rather than export them as
+  // if they were current.
+  size_t ranks = 0;
+  if (IsHistogramKind(stream.kind) && report.histogram) {
+    ranks = std::min(report.histogram->top_bins.size(), options_.top_bins);
+  }
+  w.top_bins.resize(ranks);
+  for (size_t rank = 0; rank < ranks; ++rank) {
+    const BinContribution& bin = report.histogram->top_bins[rank];
+    w.top_bins[rank].bin = bin.label;
+    w.top_bins[rank].contribution = bin.contribution;
   }
 }
 
-void DriftMetrics::RemoveWindowLocked(StreamSeries& /*stream*/, WindowSeries& w) {
-  for (auto& [family, gauge] : w.gauges) family->Remove(gauge);
-  w.gauges.clear();
-  if (w.alert_state != nullptr) alert_state_.Remove(w.alert_state);
-  w.alert_state = nullptr;
-  for (WindowSeries::TopBin& slot : w.top_bins) top_bin_contribution_.Remove(slot.gauge);
-  w.top_bins.clear();
+size_t DriftMetrics::MeasureSeries(ReferenceKind kind) const {
+  if (kind == ReferenceKind::kPairedLogProbs) return std::size(kEstimators);
+  const size_t slots = kind == ReferenceKind::kGaussian ? kGaussianSlots : kMeasureSlots;
+  size_t series = 0;
+  for (size_t slot = 0; slot < slots; ++slot) {
+    if (options_.measures & kMeasureFamilies[slot].bit) ++series;
+  }
+  return series;
+}
+
+DriftMetrics::StreamTable& DriftMetrics::ShardLocked(const StreamKey& key) {
+  return streams_state_[absl::Hash<StreamKey>{}(key) % kShards];
+}
+
+bool DriftMetrics::FamilyExported(size_t family) const {
+  return family >= kMeasureSlots || (options_.measures & kMeasureFamilies[family].bit) != 0;
+}
+
+void DriftMetrics::VisitFamilyLocked(size_t family, size_t shard, SeriesSink& sink) const {
+  const StreamTable& streams = streams_state_[shard];
+  // Calls add(stream, window, labels) for every window of every stream of the shard, `labels`
+  // holding the window's own.
+  auto for_each_window = [&streams](auto&& add) {
+    for (const auto& [key, stream] : streams) {
+      for (const WindowState& w : stream->window_states) {
+        LabelList labels(key);
+        labels.Add("window", w.label);
+        add(*stream, w, labels);
+      }
+    }
+  };
+  // The common window families, in kStreamFamilyInfos' order.
+  using WindowValue = double (*)(const WindowState&);
+  static constexpr WindowValue kCommon[] = {
+      [](const WindowState& w) { return w.samples; },
+      [](const WindowState& w) { return w.enough_samples ? 1.0 : 0.0; },
+      [](const WindowState& w) { return w.measure_value; },
+      [](const WindowState& w) { return w.warn_threshold; },
+      [](const WindowState& w) { return w.critical_threshold; },
+      [](const WindowState& w) { return w.clear_threshold; },
+      [](const WindowState& w) { return w.eligible ? 1.0 : 0.0; },
+  };
+  static_assert(std::size(kCommon) == kCommonWindowFamilies);
+  static constexpr double StreamState::*kPerStream[] = {
+      &StreamState::reference_version,
+      &StreamState::observations,
+      &StreamState::nan_observations,
+  };
+  static_assert(std::size(kPerStream) == kPerStreamFamilies);
+
+  if (family < kMeasureSlots) {
+    const size_t slot = family;
+    for_each_window([&](const StreamState& stream, const WindowState& w, LabelList& labels) {
+      const bool exported = IsHistogramKind(stream.kind) ||
+                            (stream.kind == ReferenceKind::kGaussian && slot < kGaussianSlots);
+      if (exported) sink.Add(labels.span(), w.measures[slot]);
+    });
+    return;
+  }
+  family -= kMeasureSlots;
+  if (family == 0) {
+    for_each_window([&](const StreamState& stream, const WindowState& w, LabelList& labels) {
+      if (stream.kind != ReferenceKind::kPairedLogProbs) return;
+      for (size_t slot = 0; slot < std::size(kEstimators); ++slot) {
+        LabelList estimator = labels;
+        sink.Add(estimator.Add("estimator", kEstimators[slot]).span(), w.measures[slot]);
+      }
+    });
+    return;
+  }
+  family -= 1;
+  if (family < kCommonWindowFamilies) {
+    const bool with_measure = family >= 2 && family <= 5;  // Measure value and thresholds.
+    const WindowValue value = kCommon[family];
+    for_each_window([&](const StreamState&, const WindowState& w, LabelList& labels) {
+      if (with_measure) labels.Add("measure", *w.measure);
+      sink.Add(labels.span(), value(w));
+    });
+    return;
+  }
+  family -= kCommonWindowFamilies;
+  if (family == 0) {
+    for_each_window([&](const StreamState&, const WindowState& w, LabelList& labels) {
+      sink.Add(labels.Add("severity", SeverityName(w.severity)).span(),
+               static_cast<double>(w.state));
+    });
+    return;
+  }
+  if (family == 1) {
+    for_each_window([&](const StreamState&, const WindowState& w, LabelList& labels) {
+      for (size_t rank = 0; rank < w.top_bins.size(); ++rank) {
+        const std::string rank_label = absl::StrCat(rank + 1);
+        LabelList bin = labels;
+        sink.Add(bin.Add("rank", rank_label).Add("bin", w.top_bins[rank].bin).span(),
+                 w.top_bins[rank].contribution);
+      }
+    });
+    return;
+  }
+  family -= 2;
+  const double StreamState::*value = kPerStream[family];
+  for (const auto& [key, stream] : streams) sink.Add(LabelList(key).span(), (*stream).*value);
 }
 
 void DriftMetrics::OnEvaluationFinished(size_t windows, absl::Duration duration) {
@@ -500,87 +736,90 @@ void DriftMetrics::SetServerStateSource(std::function<ServerState()> source) {
   source_ = std::move(source);
 }
 
+void DriftMetrics::RefreshServerState() const {
+  MutexLock lock(&source_mutex_);
+  if (!source_) return;
+  const ServerState state = source_();
+  streams_.Set(static_cast<double>(state.streams));
+  streams_limit_.Set(static_cast<double>(state.max_streams));
+  ingest_clients_.Set(static_cast<double>(state.ingest_clients));
+  storage_bytes_.Set(static_cast<double>(state.storage_bytes));
+  if (state.store_errors > seen_store_errors_) {
+    store_errors_.Increment(static_cast<double>(state.store_errors - seen_store_errors_));
+    seen_store_errors_ = state.store_errors;
+  }
+  if (state.watch_reports_dropped > seen_watch_reports_dropped_) {
+    watch_reports_dropped_.Increment(
+        static_cast<double>(state.watch_reports_dropped - seen_watch_reports_dropped_));
+    seen_watch_reports_dropped_ = state.watch_reports_dropped;
+  }
+}
+
 std::vector<prometheus::MetricFamily> DriftMetrics::Collect() const {
+  RefreshServerState();
+  std::vector<prometheus::MetricFamily> families = registry_->Collect();
   {
-    MutexLock lock(&source_mutex_);
-    if (source_) {
-      const ServerState state = source_();
-      streams_.Set(static_cast<double>(state.streams));
-      streams_limit_.Set(static_cast<double>(state.max_streams));
-      ingest_clients_.Set(static_cast<double>(state.ingest_clients));
-      storage_bytes_.Set(static_cast<double>(state.storage_bytes));
-      if (state.store_errors > seen_store_errors_) {
-        store_errors_.Increment(static_cast<double>(state.store_errors - seen_store_errors_));
-        seen_store_errors_ = state.store_errors;
+    ReaderMutexLock lock(&mutex_);
+    FamilySink sink(families);
+    for (size_t family = 0; family < kStreamFamilies; ++family) {
+      if (!FamilyExported(family)) continue;
+      sink.StartFamily(*kStreamFamilyInfos[family]);
+      for (size_t shard = 0; shard < kShards; ++shard) VisitFamilyLocked(family, shard, sink);
+    }
+  }
+  // Outside /proc (another OS), the process families are simply absent.
+  if (absl::StatusOr<ProcessStats> process = ReadProcessStats(); process.ok()) {
+    AppendProcessFamilies(*process, families);
+  }
+  return families;
+}
+
+void DriftMetrics::WriteExposition(std::string& buffer,
+                                   const std::function<void(absl::string_view)>& write) const {
+  RefreshServerState();
+  const prometheus::TextSerializer serializer;
+  buffer = serializer.Serialize(registry_->Collect());
+  write(buffer);
+  buffer.clear();
+  for (size_t family = 0; family < kStreamFamilies; ++family) {
+    if (!FamilyExported(family)) continue;
+    TextSink sink(buffer);
+    sink.StartFamily(*kStreamFamilyInfos[family]);
+    for (size_t shard = 0; shard < kShards; ++shard) {
+      {
+        // A shard at a time: an evaluation waits for the text of one shard's series, never for
+        // the client to read it.
+        ReaderMutexLock lock(&mutex_);
+        VisitFamilyLocked(family, shard, sink);
       }
-      if (state.watch_reports_dropped > seen_watch_reports_dropped_) {
-        watch_reports_dropped_.Increment(
-            static_cast<double>(state.watch_reports_dropped - seen_watch_reports_dropped_));
-        seen_watch_reports_dropped_ = state.watch_reports_dropped;
+      if (buffer.size() >= kExpositionPieceBytes) {
+        write(buffer);
+        buffer.clear();
       }
     }
   }
-  return registry_->Collect();
+  if (!buffer.empty()) write(buffer);
+  if (absl::StatusOr<ProcessStats> process = ReadProcessStats(); process.ok()) {
+    std::vector<prometheus::MetricFamily> families;
+    AppendProcessFamilies(*process, families);
+    buffer = serializer.Serialize(families);
+    write(buffer);
+  }
 }
 
 size_t DriftMetrics::stream_series() const {
-  MutexLock lock(&mutex_);
+  ReaderMutexLock lock(&mutex_);
   size_t series = 0;
-  for (const auto& [key, stream] : streams_series_) {
-    series += 3;  // Reference version, observations, NaN observations.
-    for (const auto& w : stream->window_series) {
-      series += w->gauges.size() + (w->alert_state != nullptr ? 1 : 0) + w->top_bins.size();
+  for (const StreamTable& shard : streams_state_) {
+    for (const auto& [key, stream] : shard) {
+      series += kPerStreamFamilies;
+      for (const WindowState& w : stream->window_states) {
+        // The common families, the alert state, the top bins.
+        series += MeasureSeries(stream->kind) + kCommonWindowFamilies + 1 + w.top_bins.size();
+      }
     }
   }
   return series;
 }
-
-struct MetricsEndpoint::Impl {
-  std::unique_ptr<prometheus::Exposer> exposer;
-  std::shared_ptr<DriftMetrics> metrics;
-};
-
-absl::StatusOr<std::unique_ptr<MetricsEndpoint>> MetricsEndpoint::Start(
-    const MetricsEndpointOptions& options, std::shared_ptr<DriftMetrics> metrics) {
-  const std::string& address = options.address;
-  const size_t colon = address.rfind(':');
-  if (colon == std::string::npos || colon == 0 || colon + 1 == address.size()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--metrics-listen \"", address, "\" is not HOST:PORT (e.g. 127.0.0.1:9464 or [::1]:0)"));
-  }
-  const std::vector<std::string> civetweb_options = {"listening_ports", address, "num_threads",
-                                                     "2"};
-  std::unique_ptr<MetricsEndpoint> endpoint(new MetricsEndpoint);
-  endpoint->impl_ = std::make_unique<Impl>();
-  try {
-    endpoint->impl_->exposer = std::make_unique<prometheus::Exposer>(civetweb_options);
-  } catch (const std::exception& e) {
-    return absl::UnavailableError(
-        absl::StrCat("cannot serve metrics on ", address, " (", e.what(),
-                     "); is the port in use? choose another with --metrics-listen"));
-  }
-  endpoint->impl_->metrics = std::move(metrics);
-  if (!options.basic_auth_user.empty()) {
-    // Registered before the collectable, so no scrape is ever served without it.
-    endpoint->impl_->exposer->RegisterAuth(
-        [user = options.basic_auth_user, password = options.basic_auth_password](
-            const std::string& given_user, const std::string& given_password) {
-          // Both compared in full, whatever the first says.
-          const bool user_ok = ConstantTimeEquals(user, given_user);
-          const bool password_ok = ConstantTimeEquals(password, given_password);
-          return user_ok && password_ok;
-        },
-        "kldriftd metrics");
-  }
-  endpoint->impl_->exposer->RegisterCollectable(endpoint->impl_->metrics);
-  const std::vector<int> ports = endpoint->impl_->exposer->GetListeningPorts();
-  if (ports.empty()) {
-    return absl::UnavailableError(absl::StrCat("cannot serve metrics on ", address));
-  }
-  endpoint->port_ = ports.front();
-  return endpoint;
-}
-
-MetricsEndpoint::~MetricsEndpoint() = default;
 
 }  // namespace kldrift

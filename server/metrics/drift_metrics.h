@@ -1,10 +1,13 @@
 // DriftMetrics: kldriftd's Prometheus metrics (prometheus-cpp), fed by the engine and the service.
 //
-// Every family is built in the constructor. Series of a stream are added when its reference is
-// installed or its windows are first evaluated, and removed when the stream is deleted (or, for a
-// window, when a new reference version drops it), so the series count is bounded by the engine's
-// --max-streams. Values read from the server when scraped (stream count, storage bytes, ...) come
-// from a ServerState source called by Collect().
+// Series of a stream are added when its reference is installed or its windows are first
+// evaluated, and removed when the stream is deleted (or, for a window, when a new reference
+// version drops it), so the series count is bounded by the engine's --max-streams. The per-stream
+// values are kept in a compact table (under 2 KB per stream with three windows, against ~47 KB as
+// one prometheus-cpp Gauge per series) and turned into families or text only when scraped; the
+// server-wide metrics are ordinary prometheus-cpp metrics built in the constructor. Values read
+// from the server when scraped (stream count, storage bytes, ...) come from a ServerState source,
+// and the process_* metrics from /proc/self.
 //
 // Naming: one family per measure rather than a `measure` label, because the measures have
 // different units (nats, bits, unitless distances, a probability) and aggregating across such a
@@ -12,8 +15,10 @@
 // measure as a label: it is, by definition, the value the stream's alert policy watches, and it is
 // compared with the kldrift_alert_*_threshold families of the same labels.
 //
-// Thread safety: safe for concurrent calls; one mutex guards the per-stream series (prometheus-cpp
-// families and metrics are themselves thread-safe).
+// Thread safety: safe for concurrent calls; one mutex guards the per-stream table (prometheus-cpp
+// families and metrics are themselves thread-safe). Scrapes hold it shared: Collect() while it
+// copies the whole table, WriteExposition() one family at a time and never while the client reads,
+// so an evaluation waits at most for the text of one family.
 #ifndef KLDRIFT_SERVER_METRICS_DRIFT_METRICS_H_
 #define KLDRIFT_SERVER_METRICS_DRIFT_METRICS_H_
 
@@ -27,6 +32,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/node_hash_set.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
@@ -106,11 +112,23 @@ class DriftMetrics final : public EngineObserver, public prometheus::Collectable
   void RecordWatchStreamOpened();
   void RecordWatchStreamClosed();
 
-  // Called by Collect() before every scrape. Optional.
+  // Called by Collect() and WriteExposition() at every scrape. Optional.
   void SetServerStateSource(std::function<ServerState()> source);
 
-  // prometheus::Collectable: every family, with server state refreshed.
+  // prometheus::Collectable: every family, with server state refreshed, and the process metrics
+  // (process_cpu_seconds_total, process_resident_memory_bytes, ...) read from /proc/self.
   std::vector<prometheus::MetricFamily> Collect() const override;
+
+  // The text exposition of Collect() (Prometheus text format 0.0.4, byte for byte what
+  // prometheus::TextSerializer makes of it): what /metrics serves. Handed to `write` a piece at a
+  // time, each piece in `buffer` (reused across scrapes by the caller): the per-stream families are
+  // written straight from the table in pieces of about 1 MiB, without the MetricFamily objects
+  // that Collect() builds for every series. `write` runs without the table's lock held.
+  void WriteExposition(std::string& buffer,
+                       const std::function<void(absl::string_view)>& write) const;
+
+  // Receives per-stream series (internal; public for the implementation's sinks).
+  class SeriesSink;
 
   // Series of per-stream families currently exported (for tests of the cardinality bound).
   size_t stream_series() const;
@@ -119,44 +137,30 @@ class DriftMetrics final : public EngineObserver, public prometheus::Collectable
   static std::string ReasonLabel(absl::StatusCode code);
 
  private:
-  struct WindowSeries;
-  struct StreamSeries;
-
-  // Removes every series of `stream`'s window `window_label` (REQUIRES: mutex_).
-  void RemoveWindowLocked(StreamSeries& stream, WindowSeries& window)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
-  void UpdateWindowLocked(const StreamSeries& stream, WindowSeries& window,
+  struct WindowState;
+  struct StreamState;
+  static constexpr size_t kShards = 64;
+  using StreamTable = absl::flat_hash_map<StreamKey, std::unique_ptr<StreamState>>;
+  void UpdateWindowLocked(const StreamState& stream, WindowState& window,
                           const WindowReport& report) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  // The interned copy of a measure name, for the `measure` label of the alert families.
+  const std::string* InternMeasureLocked(absl::string_view name)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  // The shard of streams_state_ that holds `key`.
+  StreamTable& ShardLocked(const StreamKey& key) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  // Per-stream family number `family` (< kStreamFamilies, in the .cc): whether the options export
+  // it, and its series in shard `shard`, handed to `sink` (REQUIRES: sink.StartFamily(family)).
+  bool FamilyExported(size_t family) const;
+  void VisitFamilyLocked(size_t family, size_t shard, SeriesSink& sink) const
+      ABSL_SHARED_LOCKS_REQUIRED(mutex_);
+  // Reads the ServerState source into the server gauges and counters.
+  void RefreshServerState() const;
+  // Measure series of one window of a stream of `kind` (what the options export).
+  size_t MeasureSeries(ReferenceKind kind) const;
 
   const MetricsOptions options_;
+  // The server-wide metrics: ordinary prometheus-cpp metrics, a handful of series.
   std::shared_ptr<prometheus::Registry> registry_;
-
-  // Per stream and window.
-  prometheus::Family<prometheus::Gauge>& kl_current_reference_;
-  prometheus::Family<prometheus::Gauge>& kl_reference_current_;
-  prometheus::Family<prometheus::Gauge>& jeffreys_;
-  prometheus::Family<prometheus::Gauge>& js_divergence_;
-  prometheus::Family<prometheus::Gauge>& psi_;
-  prometheus::Family<prometheus::Gauge>& hellinger_;
-  prometheus::Family<prometheus::Gauge>& total_variation_;
-  prometheus::Family<prometheus::Gauge>& linf_;
-  prometheus::Family<prometheus::Gauge>& chi_squared_;
-  prometheus::Family<prometheus::Gauge>& g_test_p_value_;
-  prometheus::Family<prometheus::Gauge>& policy_kl_estimate_;
-  prometheus::Family<prometheus::Gauge>& window_samples_;
-  prometheus::Family<prometheus::Gauge>& window_enough_samples_;
-  prometheus::Family<prometheus::Gauge>& alert_measure_value_;
-  prometheus::Family<prometheus::Gauge>& alert_warn_threshold_;
-  prometheus::Family<prometheus::Gauge>& alert_critical_threshold_;
-  prometheus::Family<prometheus::Gauge>& alert_clear_threshold_;
-  prometheus::Family<prometheus::Gauge>& alert_eligible_;
-  prometheus::Family<prometheus::Gauge>& alert_state_;
-  prometheus::Family<prometheus::Gauge>& top_bin_contribution_;
-  // Per stream.
-  prometheus::Family<prometheus::Gauge>& reference_version_;
-  prometheus::Family<prometheus::Counter>& stream_observations_;
-  prometheus::Family<prometheus::Counter>& stream_nan_observations_;
-  // Server.
   prometheus::Counter& batches_;
   prometheus::Counter& observations_;
   prometheus::Family<prometheus::Counter>& rejected_batches_;
@@ -182,9 +186,15 @@ class DriftMetrics final : public EngineObserver, public prometheus::Collectable
   mutable uint64_t seen_store_errors_ ABSL_GUARDED_BY(source_mutex_) = 0;
   mutable uint64_t seen_watch_reports_dropped_ ABSL_GUARDED_BY(source_mutex_) = 0;
 
+  // The per-stream series are not prometheus-cpp metrics (a few hundred bytes each, 65 per
+  // stream): their values live here, a few hundred bytes per window, and Collect() builds the
+  // families from them.
   mutable Mutex mutex_;
-  absl::flat_hash_map<StreamKey, std::unique_ptr<StreamSeries>> streams_series_
-      ABSL_GUARDED_BY(mutex_);
+  // Split by a hash of the key, so that a scrape can write a family a shard at a time, letting go
+  // of the lock in between, and hand out pieces of bounded size; a stream is in one shard for its
+  // whole life, so it is never written twice in one family.
+  std::array<StreamTable, kShards> streams_state_ ABSL_GUARDED_BY(mutex_);
+  absl::node_hash_set<std::string> measure_names_ ABSL_GUARDED_BY(mutex_);
   absl::flat_hash_map<absl::StatusCode, prometheus::Counter*> rejected_by_code_
       ABSL_GUARDED_BY(mutex_);
 };
@@ -197,7 +207,9 @@ struct MetricsEndpointOptions {
   std::string basic_auth_password;
 };
 
-// Serves `metrics` on http://`address`/metrics (prometheus-cpp's exposer, civetweb). No HTTPS:
+// Serves `metrics` on http://`address`/metrics (civetweb): DriftMetrics::WriteExposition streamed
+// a family at a time (chunked, gzip when accepted), plus the exposer_* metrics prometheus-cpp's
+// Exposer used to add. No HTTPS:
 // Debian 12's civetweb crashes on the first TLS connection (its OpenSSL loader does not match
 // OpenSSL 3); put a TLS-terminating proxy in front (README, "Security").
 class MetricsEndpoint {

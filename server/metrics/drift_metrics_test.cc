@@ -2,14 +2,19 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <unistd.h>
+#include <zlib.h>
 
 #include <atomic>
 #include <cerrno>
+#include <chrono>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <fstream>
 #include <map>
 #include <memory>
 #include <optional>
@@ -21,7 +26,11 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/escaping.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "gmock/gmock.h"
@@ -38,6 +47,7 @@
 #include "server/core/reference.h"
 #include "server/core/stream_key.h"
 #include "server/core/testing/engine_inputs.h"
+#include "server/metrics/process_metrics.h"
 
 namespace kldrift {
 namespace {
@@ -1080,11 +1090,105 @@ TEST(DriftMetricsTest, ParseMetricsMeasures) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Process metrics.
+
+// Resident bytes by /proc/self/statm (its second field, in pages).
+double StatmResidentBytes() {
+  std::ifstream statm("/proc/self/statm");
+  double size = 0, resident = 0;
+  statm >> size >> resident;
+  return resident * static_cast<double>(sysconf(_SC_PAGESIZE));
+}
+
+// Busy-loops for `duration` of wall time on this thread; returns something the compiler cannot
+// drop.
+double BurnCpu(std::chrono::milliseconds duration) {
+  const auto end = std::chrono::steady_clock::now() + duration;
+  double x = 1;
+  while (std::chrono::steady_clock::now() < end) {
+    for (int i = 0; i < 10000; ++i) x = std::sqrt(x + i);
+  }
+  return x;
+}
+
+TEST(DriftMetricsTest, ProcessMetricsArePlausibleAndMove) {
+  DriftMetrics metrics;
+  Families f = metrics.Collect();
+  for (const char* name : {"process_cpu_seconds_total", "process_resident_memory_bytes",
+                           "process_virtual_memory_bytes", "process_open_fds", "process_max_fds",
+                           "process_start_time_seconds"}) {
+    ASSERT_NE(FindFamily(f, name), nullptr) << name;
+    EXPECT_EQ(CountSeries(f, name), 1u) << name;
+  }
+  // The process collector's types: CPU is a counter (rate() of it is the CPU use), the rest gauges.
+  EXPECT_EQ(FindFamily(f, "process_cpu_seconds_total")->type, prometheus::MetricType::Counter);
+  EXPECT_EQ(FindFamily(f, "process_resident_memory_bytes")->type, prometheus::MetricType::Gauge);
+
+  const double cpu_before = Sample(f, "process_cpu_seconds_total", {}).value_or(-1);
+  EXPECT_GE(cpu_before, 0);
+  const double rss = Sample(f, "process_resident_memory_bytes", {}).value_or(-1);
+  const double statm = StatmResidentBytes();
+  EXPECT_GT(rss, 1 << 20);
+  EXPECT_NEAR(rss, statm, 0.25 * statm + (16 << 20)) << "statm says " << statm;
+  EXPECT_GE(Sample(f, "process_virtual_memory_bytes", {}).value_or(-1), rss);
+  rlimit limit{};
+  ASSERT_EQ(getrlimit(RLIMIT_NOFILE, &limit), 0);
+  EXPECT_THAT(Sample(f, "process_max_fds", {}), Optional(Eq(static_cast<double>(limit.rlim_cur))));
+  const double now = absl::ToDoubleSeconds(absl::Now() - absl::UnixEpoch());
+  const double start = Sample(f, "process_start_time_seconds", {}).value_or(-1);
+  EXPECT_LE(start, now + 1);
+  EXPECT_GT(start, now - 24 * 3600);  // This test process started today.
+
+  // Burning CPU moves the counter; opening descriptors moves the gauge.
+  EXPECT_GT(BurnCpu(std::chrono::milliseconds(300)), 0);
+  int pipes[4][2];
+  for (auto& p : pipes) ASSERT_EQ(pipe(p), 0);
+  f = metrics.Collect();
+  EXPECT_GE(Sample(f, "process_cpu_seconds_total", {}).value_or(-1), cpu_before + 0.1);
+  const double open_fds = Sample(f, "process_open_fds", {}).value_or(-1);
+  for (auto& p : pipes) {
+    close(p[0]);
+    close(p[1]);
+  }
+  const double closed_fds = Sample(metrics.Collect(), "process_open_fds", {}).value_or(-1);
+  EXPECT_GE(closed_fds, 3);  // stdin, stdout, stderr.
+  EXPECT_EQ(open_fds, closed_fds + 8);
+  EXPECT_THAT(Sample(metrics.Collect(), "process_start_time_seconds", {}), Optional(Eq(start)));
+
+  const std::string text = Serialize(f);
+  EXPECT_THAT(text, HasSubstr("# TYPE process_cpu_seconds_total counter\n"));
+  EXPECT_THAT(text, HasSubstr("# TYPE process_resident_memory_bytes gauge\n"));
+}
+
+TEST(DriftMetricsTest, ParseProcStatCountsFieldsFromTheLastParenthesis) {
+  // proc(5): utime 14, stime 15, starttime 22, vsize 23, rss 24; a command name with ") (".
+  const std::string line =
+      "4242 (kl drift) (x) S 1 4242 4242 0 -1 4194304 100 0 0 0 250 50 0 0 20 0 3 0 1000 "
+      "123456789 300 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0";
+  absl::StatusOr<ProcessStats> stats = ParseProcStat(line, 100, 4096);
+  ASSERT_TRUE(stats.ok()) << stats.status();
+  EXPECT_DOUBLE_EQ(stats->cpu_seconds, 3.0);  // (250 + 50) / 100.
+  EXPECT_DOUBLE_EQ(stats->virtual_bytes, 123456789.0);
+  EXPECT_DOUBLE_EQ(stats->resident_bytes, 300.0 * 4096);
+  EXPECT_DOUBLE_EQ(stats->start_time_seconds, 10.0);  // After boot.
+
+  for (const std::string bad : {"", "4242 (kldriftd S 1", "4242 (kldriftd) S 1 2 3",
+                                "4242 (k) S 1 4242 4242 0 -1 4194304 100 0 0 0 x 50 0 0 20 0 3 "
+                                "0 1000 123456789 300"}) {
+    EXPECT_EQ(ParseProcStat(bad, 100, 4096).status().code(), absl::StatusCode::kInvalidArgument)
+        << "\"" << bad << "\"";
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
 // The HTTP endpoint.
 
-// GETs `path` from 127.0.0.1:`port` with HTTP/1.0 (the server closes the connection after the
-// response); returns the whole response. Receives time out after 10 s rather than hang.
-absl::StatusOr<std::string> HttpGet(int port, const std::string& path) {
+// GETs `path` from 127.0.0.1:`port` with HTTP/`version` and `headers` (each "Name: value"), asking
+// the server to close the connection after the response; returns the whole response. Receives
+// time out after 10 s rather than hang.
+absl::StatusOr<std::string> HttpGet(int port, const std::string& path,
+                                    const std::string& version = "1.0",
+                                    const std::vector<std::string>& headers = {}) {
   const int fd = socket(AF_INET, SOCK_STREAM, 0);
   if (fd < 0) return absl::InternalError(absl::StrCat("socket: ", std::strerror(errno)));
   struct Closer {
@@ -1104,8 +1208,9 @@ absl::StatusOr<std::string> HttpGet(int port, const std::string& path) {
   if (connect(fd, reinterpret_cast<const sockaddr*>(&address), sizeof address) != 0) {
     return absl::UnavailableError(absl::StrCat("connect: ", std::strerror(errno)));
   }
-  const std::string request =
-      absl::StrCat("GET ", path, " HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+  std::string request = absl::StrCat("GET ", path, " HTTP/", version, "\r\nHost: 127.0.0.1\r\n");
+  for (const std::string& header : headers) absl::StrAppend(&request, header, "\r\n");
+  absl::StrAppend(&request, "Connection: close\r\n\r\n");
   for (size_t sent = 0; sent < request.size();) {
     const ssize_t n = send(fd, request.data() + sent, request.size() - sent, MSG_NOSIGNAL);
     if (n <= 0) return absl::UnavailableError(absl::StrCat("send: ", std::strerror(errno)));
@@ -1169,6 +1274,222 @@ TEST(MetricsEndpointTest, ServesMetricsOverHttp) {
   response = HttpGet(port, "/metrics");
   ASSERT_TRUE(response.ok()) << response.status();
   EXPECT_THAT(*response, HasSubstr("kldrift_streams 1"));
+}
+
+// The headers of an HTTP response, and its body with the chunked framing and gzip undone.
+struct HttpResponse {
+  std::string headers;
+  std::string body;
+};
+
+absl::StatusOr<std::string> Gunzip(absl::string_view compressed) {
+  z_stream stream{};
+  if (inflateInit2(&stream, 16 + MAX_WBITS) != Z_OK) return absl::InternalError("inflateInit2");
+  stream.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(compressed.data()));
+  stream.avail_in = static_cast<uInt>(compressed.size());
+  std::string out;
+  char buffer[1 << 14];
+  int result = Z_OK;
+  while (result == Z_OK) {
+    stream.next_out = reinterpret_cast<Bytef*>(buffer);
+    stream.avail_out = sizeof buffer;
+    result = inflate(&stream, Z_NO_FLUSH);
+    out.append(buffer, sizeof buffer - stream.avail_out);
+  }
+  inflateEnd(&stream);
+  if (result != Z_STREAM_END) return absl::DataLossError("not a whole gzip stream");
+  return out;
+}
+
+absl::StatusOr<HttpResponse> Decode(const std::string& response) {
+  const size_t end = response.find("\r\n\r\n");
+  if (end == std::string::npos) return absl::DataLossError("no end of headers");
+  HttpResponse decoded{response.substr(0, end + 2), ""};
+  absl::string_view rest = absl::string_view(response).substr(end + 4);
+  if (absl::StrContains(decoded.headers, "Transfer-Encoding: chunked\r\n")) {
+    std::string body;
+    while (true) {
+      const size_t line = rest.find("\r\n");
+      size_t size = 0;
+      if (line == absl::string_view::npos || !absl::SimpleHexAtoi(rest.substr(0, line), &size) ||
+          rest.size() < line + 2 + size + 2) {
+        return absl::DataLossError("bad chunk");
+      }
+      if (size == 0) break;
+      body.append(rest.substr(line + 2, size).data(), size);
+      rest.remove_prefix(line + 2 + size + 2);
+    }
+    decoded.body = std::move(body);
+  } else {
+    decoded.body = std::string(rest);
+  }
+  if (absl::StrContains(decoded.headers, "Content-Encoding: gzip\r\n")) {
+    absl::StatusOr<std::string> text = Gunzip(decoded.body);
+    if (!text.ok()) return text.status();
+    decoded.body = *std::move(text);
+  }
+  return decoded;
+}
+
+// Lines of an exposition, but the process metrics' (which move between two reads).
+std::string WithoutProcessMetrics(absl::string_view text) {
+  std::string kept;
+  for (absl::string_view line : absl::StrSplit(text, '\n')) {
+    if (absl::StartsWith(line, "process_") || absl::StartsWith(line, "# HELP process_") ||
+        absl::StartsWith(line, "# TYPE process_")) {
+      continue;
+    }
+    absl::StrAppend(&kept, line, "\n");
+  }
+  return kept;
+}
+
+// A DriftMetrics with a series of every kind: histogram windows with and without data, top bins
+// whose labels need escaping, Gaussian and paired log-prob windows, a rejection.
+void PopulateEveryKind(Harness& h) {
+  ReferenceSpec odd;
+  odd.stream = {"m", "v1", "odd-bins"};
+  odd.kind = ReferenceKind::kCategorical;
+  odd.categories = {"plain", "quote\"d", "back\\slash", "new\nline"};
+  odd.counts = std::vector<double>{250, 250, 250, 250};
+  odd.policy = FastPolicy();
+  ASSERT_NE(h.Put(odd), nullptr);
+  ASSERT_NE(h.Put(Categorical({"m", "v1", "idle"}, FastPolicy())), nullptr);
+  ASSERT_NE(h.Put(Gaussian({"m", "v1", "gauss"}, {0}, {1})), nullptr);
+  ASSERT_NE(h.Put(PolicyRef({"m", "v1", "policy"})), nullptr);
+  std::vector<double> current, reference;
+  for (int i = 0; i < 100; ++i) {
+    current.push_back(-0.1 - 0.01 * (i % 30));
+    reference.push_back(-0.3 - 0.007 * (i % 11));
+  }
+  h.SendOk("m", {Hist(odd.stream, {10, 700, 300, 200, 0}),
+                 GaussianStats({"m", "v1", "gauss"}, 200, {100}, {350}),
+                 LogProbs({"m", "v1", "policy"}, current, reference)});
+  h.metrics->RecordBatchRejected(absl::StatusCode::kInvalidArgument);
+  h.engine.Evaluate();
+}
+
+TEST(DriftMetricsTest, ExpositionIsTheTextSerializersOutputOfCollect) {
+  Harness h(TopBins(5));  // Every bin of the odd one, <unseen> included.
+  ASSERT_NO_FATAL_FAILURE(PopulateEveryKind(h));
+  std::string buffer = "left over from a previous scrape";
+  std::string text;
+  int pieces = 0;
+  h.metrics->WriteExposition(buffer, [&](absl::string_view piece) {
+    text.append(piece.data(), piece.size());
+    ++pieces;
+  });
+  const std::string expected = Serialize(h.Collect());
+  // Every series of every family, in the same order, byte for byte (NaN, escaped quotes,
+  // backslashes and newlines in bin labels, 16 significant digits).
+  EXPECT_EQ(WithoutProcessMetrics(text), WithoutProcessMetrics(expected));
+  EXPECT_THAT(text, HasSubstr("bin=\"quote\\\"d\""));
+  EXPECT_THAT(text, HasSubstr("bin=\"back\\\\slash\""));
+  EXPECT_THAT(text, HasSubstr("bin=\"new\\nline\""));
+  EXPECT_THAT(text, HasSubstr(" Nan\n"));
+  EXPECT_THAT(text, HasSubstr("# TYPE process_resident_memory_bytes gauge\n"));
+  EXPECT_GE(pieces, 3);  // The server families, the per-stream ones, the process ones.
+}
+
+TEST(DriftMetricsTest, ExpositionComesInPiecesOfBoundedSize) {
+  EngineOptions engine_options;
+  engine_options.max_streams = 3000;
+  Harness h(TopBins(3), engine_options);
+  std::vector<StreamData> data;
+  for (int i = 0; i < 3000; ++i) {
+    const StreamKey key{"many", "v1", absl::StrCat("signal-", i)};
+    ASSERT_NE(h.Put(Categorical(key, FastPolicy())), nullptr);
+    data.push_back(Hist(key, {700, 300, 10, 0, 0}));
+  }
+  h.SendOk("many", std::move(data));
+  h.engine.Evaluate();
+  std::string buffer;
+  std::string text;
+  size_t largest = 0;
+  int pieces = 0;
+  h.metrics->WriteExposition(buffer, [&](absl::string_view piece) {
+    text.append(piece.data(), piece.size());
+    largest = std::max(largest, piece.size());
+    ++pieces;
+  });
+  ASSERT_GT(text.size(), 10u << 20);
+  // About 1 MiB at a time, plus at most one shard of one family, whatever the text's size.
+  EXPECT_LE(largest, (1u << 20) + (64u << 10));
+  EXPECT_GE(pieces, static_cast<int>(text.size() >> 20));
+  EXPECT_EQ(WithoutProcessMetrics(text), WithoutProcessMetrics(Serialize(h.Collect())));
+  // The buffer is the caller's to reuse.
+  EXPECT_LE(buffer.capacity(), 4u << 20);
+}
+
+TEST(MetricsEndpointTest, StreamsChunkedAndGzippedToHttp11Clients) {
+  Harness h(TopBins(2));
+  ASSERT_NO_FATAL_FAILURE(PopulateEveryKind(h));
+  absl::StatusOr<std::unique_ptr<MetricsEndpoint>> endpoint =
+      MetricsEndpoint::Start("127.0.0.1:0", h.metrics);
+  ASSERT_TRUE(endpoint.ok()) << endpoint.status();
+  const std::string expected = WithoutProcessMetrics(Serialize(h.Collect()));
+  for (const bool gzip : {false, true}) {
+    SCOPED_TRACE(gzip ? "gzip" : "identity");
+    std::vector<std::string> headers;
+    if (gzip) headers.push_back("Accept-Encoding: gzip, deflate");
+    for (const std::string version : {"1.1", "1.0"}) {
+      SCOPED_TRACE(version);
+      absl::StatusOr<std::string> raw = HttpGet((*endpoint)->port(), "/metrics", version, headers);
+      ASSERT_TRUE(raw.ok()) << raw.status();
+      absl::StatusOr<HttpResponse> response = Decode(*raw);
+      ASSERT_TRUE(response.ok()) << response.status();
+      EXPECT_THAT(response->headers, testing::StartsWith("HTTP/1.1 200 OK\r\n"));
+      EXPECT_THAT(response->headers, HasSubstr("Content-Type: text/plain; charset=utf-8\r\n"));
+      // HTTP/1.0 knows no chunks: the whole body with its length.
+      EXPECT_EQ(absl::StrContains(response->headers, "Transfer-Encoding: chunked"),
+                version == "1.1");
+      EXPECT_EQ(absl::StrContains(response->headers, "Content-Encoding: gzip"), gzip);
+      // The exposer's own families come first, then what Collect() says.
+      EXPECT_THAT(response->body, testing::StartsWith("# HELP exposer_transferred_bytes_total"));
+      const size_t ours = response->body.find("# HELP kldrift_");
+      ASSERT_NE(ours, std::string::npos);
+      EXPECT_EQ(WithoutProcessMetrics(response->body.substr(ours)), expected);
+      EXPECT_THAT(response->body, HasSubstr("\nprocess_cpu_seconds_total "));
+    }
+  }
+  absl::StatusOr<std::string> text = HttpGet((*endpoint)->port(), "/metrics");
+  ASSERT_TRUE(text.ok()) << text.status();
+  EXPECT_THAT(*text, HasSubstr("\nexposer_scrapes_total 4\n"));
+}
+
+TEST(MetricsEndpointTest, BasicAuthGuardsTheMetrics) {
+  auto metrics = std::make_shared<DriftMetrics>();
+  MetricsEndpointOptions options;
+  options.address = "127.0.0.1:0";
+  options.basic_auth_user = "prometheus";
+  options.basic_auth_password = "s3cret:with-colon";
+  absl::StatusOr<std::unique_ptr<MetricsEndpoint>> endpoint =
+      MetricsEndpoint::Start(options, metrics);
+  ASSERT_TRUE(endpoint.ok()) << endpoint.status();
+  auto status_line = [&](const std::vector<std::string>& headers) {
+    absl::StatusOr<std::string> raw = HttpGet((*endpoint)->port(), "/metrics", "1.1", headers);
+    EXPECT_TRUE(raw.ok()) << raw.status();
+    return raw.ok() ? raw->substr(0, raw->find("\r\n")) : std::string();
+  };
+  auto basic = [](const std::string& credentials) {
+    return absl::StrCat("Authorization: Basic ", absl::Base64Escape(credentials));
+  };
+  for (const std::vector<std::string>& headers :
+       std::vector<std::vector<std::string>>{{},
+                                             {basic("prometheus:wrong")},
+                                             {basic("someone:s3cret:with-colon")},
+                                             {basic("prometheus:s3cret:with-colo")},
+                                             {basic("prometheus")},
+                                             {"Authorization: Basic !!not-base64!!"},
+                                             {"Authorization: Bearer s3cret:with-colon"}}) {
+    EXPECT_EQ(status_line(headers), "HTTP/1.1 401 Unauthorized")
+        << (headers.empty() ? "no header" : headers[0]);
+  }
+  absl::StatusOr<std::string> denied = HttpGet((*endpoint)->port(), "/metrics", "1.1");
+  ASSERT_TRUE(denied.ok());
+  EXPECT_THAT(*denied, HasSubstr("WWW-Authenticate: Basic realm=\"kldriftd metrics\"\r\n"));
+  EXPECT_THAT(*denied, Not(HasSubstr("kldrift_")));
+  EXPECT_EQ(status_line({basic("prometheus:s3cret:with-colon")}), "HTTP/1.1 200 OK");
 }
 
 TEST(MetricsEndpointTest, RejectsAddressesThatAreNotHostPort) {

@@ -1,10 +1,23 @@
 // What Prometheus metrics cost kldriftd, measured against the same engine without them:
 //   - Evaluate() over S histogram streams (K bins, 3 windows, every window holding data), with no
 //     observer (the baseline) and with DriftMetrics (gauges set, top bins ranked);
-//   - one scrape: DriftMetrics::Collect() plus the text exposition Prometheus reads.
+//   - one scrape: DriftMetrics::Collect() plus prometheus-cpp's TextSerializer (BM_Scrape, what
+//     prometheus-cpp's Exposer did), DriftMetrics::WriteExposition (BM_Exposition, what /metrics
+//     does now), and a whole gzip'ed GET /metrics over loopback (BM_HttpScrape);
+//   - the heap the metrics hold per stream once every window has been evaluated (BM_Memory: the
+//     engine with DriftMetrics minus the same engine without, from mallinfo2's in-use bytes).
 //
 //   metrics_bench [--benchmark_filter=...]
-// Figures in README "Metrics": compare BM_Evaluate's metrics:1 and metrics:2 rows with metrics:0.
+// Figures in README "Metrics": compare BM_Evaluate's metrics:1 and metrics:2 rows with metrics:0;
+// BM_Memory's metrics_bytes_per_stream; BM_Exposition for a scrape. The 100,000-stream rows build
+// that many engine streams (a few GB); filter them out on a small machine.
+#include <arpa/inet.h>
+#include <malloc.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -75,6 +88,9 @@ struct Fixture {
   std::unique_ptr<DriftEngine> engine;
 };
 
+// Heap bytes in use (glibc's allocator), which unlike RSS goes down when memory is freed.
+double HeapInUse() { return static_cast<double>(mallinfo2().uordblks); }
+
 void BM_Evaluate(benchmark::State& state) {
   Fixture fixture(static_cast<size_t>(state.range(0)), static_cast<int>(state.range(1)));
   fixture.engine->Evaluate();  // Series are created by the first evaluation: measure later ones.
@@ -96,20 +112,134 @@ void BM_Scrape(benchmark::State& state) {
   Fixture fixture(static_cast<size_t>(state.range(0)), static_cast<int>(state.range(1)));
   fixture.engine->Evaluate();
   size_t bytes = 0;
+  double transient = 0;
+  absl::Duration collect, serialize;
   for (auto _ : state) {
+    const double heap = HeapInUse();
+    const absl::Time start = absl::Now();
     std::vector<prometheus::MetricFamily> families = fixture.metrics->Collect();
+    const absl::Time collected = absl::Now();
     std::ostringstream out;
     prometheus::TextSerializer().Serialize(out, families);
     bytes = out.str().size();
+    collect += collected - start;
+    serialize += absl::Now() - collected;
+    transient = HeapInUse() - heap;
   }
+  const double iterations = static_cast<double>(state.iterations());
   state.counters["series"] = static_cast<double>(fixture.metrics->stream_series());
   state.counters["bytes"] = static_cast<double>(bytes);
-  state.SetLabel(state.range(1) == 1 ? "defaults" : "--metrics-measures=none --metrics-top-bins=0");
+  // Wall time of the two halves (the serializer is prometheus-cpp's, as its Exposer does).
+  state.counters["collect_ms"] = absl::ToDoubleMilliseconds(collect) / iterations;
+  state.counters["serialize_ms"] = absl::ToDoubleMilliseconds(serialize) / iterations;
+  // Heap held at the end of a scrape: every MetricFamily and the text.
+  state.counters["transient_MiB"] = transient / (1 << 20);
+  state.SetLabel(state.range(1) == 1 ? "Collect + TextSerializer, defaults"
+                                     : "Collect + TextSerializer, alerting series only");
 }
 BENCHMARK(BM_Scrape)
     ->ArgsProduct({{1000, 10000}, {1, 3}})
     ->ArgNames({"streams", "metrics"})
     ->Unit(benchmark::kMillisecond);
+
+// What /metrics does: DriftMetrics::WriteExposition, a family at a time into a reused buffer
+// (compression and the socket aside).
+void BM_Exposition(benchmark::State& state) {
+  Fixture fixture(static_cast<size_t>(state.range(0)), static_cast<int>(state.range(1)));
+  fixture.engine->Evaluate();
+  std::string buffer;
+  size_t bytes = 0;
+  size_t largest_piece = 0;
+  for (auto _ : state) {
+    bytes = 0;
+    fixture.metrics->WriteExposition(buffer, [&](absl::string_view piece) {
+      bytes += piece.size();
+      largest_piece = std::max(largest_piece, piece.size());
+    });
+  }
+  state.counters["series"] = static_cast<double>(fixture.metrics->stream_series());
+  state.counters["bytes"] = static_cast<double>(bytes);
+  state.counters["largest_piece_MiB"] = static_cast<double>(largest_piece) / (1 << 20);
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * bytes));
+  state.SetLabel(state.range(1) == 1 ? "WriteExposition, defaults"
+                                     : "WriteExposition, alerting series only");
+}
+BENCHMARK(BM_Exposition)
+    ->ArgsProduct({{1000, 10000, 100000}, {1, 3}})
+    ->ArgNames({"streams", "metrics"})
+    ->Unit(benchmark::kMillisecond);
+
+// A whole scrape over HTTP, as Prometheus makes it: GET /metrics with Accept-Encoding: gzip from
+// the MetricsEndpoint on loopback, the response read to its end (chunked, compressed).
+void BM_HttpScrape(benchmark::State& state) {
+  Fixture fixture(static_cast<size_t>(state.range(0)), static_cast<int>(state.range(1)));
+  fixture.engine->Evaluate();
+  std::shared_ptr<DriftMetrics> metrics(fixture.metrics.get(), [](DriftMetrics*) {});
+  absl::StatusOr<std::unique_ptr<MetricsEndpoint>> endpoint =
+      MetricsEndpoint::Start("127.0.0.1:0", metrics);
+  if (!endpoint.ok()) Die(endpoint.status());
+  size_t received = 0;
+  for (auto _ : state) {
+    const int fd = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_port = htons(static_cast<uint16_t>((*endpoint)->port()));
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (connect(fd, reinterpret_cast<const sockaddr*>(&address), sizeof address) != 0) {
+      Die(absl::UnavailableError("connect"));
+    }
+    const std::string request =
+        "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept-Encoding: gzip\r\n"
+        "Connection: close\r\n\r\n";
+    if (send(fd, request.data(), request.size(), 0) != static_cast<ssize_t>(request.size())) {
+      Die(absl::UnavailableError("send"));
+    }
+    received = 0;
+    char buffer[1 << 16];
+    for (ssize_t n; (n = recv(fd, buffer, sizeof buffer, 0)) > 0;) received += n;
+    close(fd);
+  }
+  state.counters["received_bytes"] = static_cast<double>(received);
+  state.counters["series"] = static_cast<double>(fixture.metrics->stream_series());
+  state.SetLabel(state.range(1) == 1 ? "GET /metrics, gzip, defaults"
+                                     : "GET /metrics, gzip, alerting series only");
+}
+BENCHMARK(BM_HttpScrape)
+    ->ArgsProduct({{1000, 10000, 100000}, {1, 3}})
+    ->ArgNames({"streams", "metrics"})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+
+// Heap held after one evaluation by an engine of `streams` streams with `with_metrics` (as in
+// Fixture), minus the heap held before it was built.
+double FixtureHeap(size_t streams, int with_metrics) {
+  malloc_trim(0);
+  const double before = HeapInUse();
+  Fixture fixture(streams, with_metrics);
+  fixture.engine->Evaluate();
+  return HeapInUse() - before;
+}
+
+void BM_Memory(benchmark::State& state) {
+  const size_t streams = static_cast<size_t>(state.range(0));
+  const int with_metrics = static_cast<int>(state.range(1));
+  double with = 0;
+  double without = 0;
+  for (auto _ : state) {
+    without = FixtureHeap(streams, 0);
+    with = FixtureHeap(streams, with_metrics);
+  }
+  const double n = static_cast<double>(streams);
+  state.counters["engine_bytes_per_stream"] = without / n;
+  state.counters["metrics_bytes_per_stream"] = (with - without) / n;
+  state.counters["metrics_MiB"] = (with - without) / (1 << 20);
+  state.SetLabel(with_metrics == 1 ? "defaults" : "--metrics-measures=none --metrics-top-bins=0");
+}
+BENCHMARK(BM_Memory)
+    ->ArgsProduct({{10000, 30000, 100000}, {1, 3}})
+    ->ArgNames({"streams", "metrics"})
+    ->Iterations(1)
+    ->Unit(benchmark::kSecond);
 
 }  // namespace
 }  // namespace kldrift

@@ -77,6 +77,9 @@ KNOWN_METRICS = {
     "kldrift_streams_limit", "kldrift_ingest_clients", "kldrift_storage_bytes",
     "kldrift_store_errors_total", "kldrift_watch_streams_active",
     "kldrift_watch_reports_dropped_total", "kldrift_build_info", "kldrift_start_time_seconds",
+    # The Prometheus client libraries' process collector, read from /proc/self at scrape time.
+    "process_cpu_seconds_total", "process_resident_memory_bytes", "process_virtual_memory_bytes",
+    "process_open_fds", "process_max_fds", "process_start_time_seconds",
 }
 KNOWN_HISTOGRAMS = {"kldrift_evaluation_duration_seconds"}
 for _h in KNOWN_HISTOGRAMS:
@@ -359,7 +362,8 @@ def check_exposition(live, expressions, rules):
           not missing, f"not exported: {missing}")
     # Policy streams only (paired log-probabilities); this stream is a histogram.
     unexported = sorted(KNOWN_METRICS - exported - {"kldrift_policy_kl_estimate_nats"})
-    unlisted = sorted(n for n in exported if n.startswith("kldrift_") and n not in KNOWN_METRICS)
+    unlisted = sorted(n for n in exported
+                      if n.startswith(("kldrift_", "process_")) and n not in KNOWN_METRICS)
     check("live: KNOWN_METRICS is exactly what kldriftd exports", not unexported and not unlisted,
           f"listed, not exported: {unexported}; exported, not listed: {unlisted}")
 
