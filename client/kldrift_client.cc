@@ -67,8 +67,9 @@ std::shared_ptr<grpc::Channel> CreateChannel(const ChannelOptions& options) {
   grpc::ChannelArguments args;
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS,
               static_cast<int>(absl::ToInt64Milliseconds(kChannelInitialReconnectBackoff)));
-  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS,
-              static_cast<int>(absl::ToInt64Milliseconds(kChannelInitialReconnectBackoff)));
+  // GRPC_ARG_MIN_RECONNECT_BACKOFF_MS is left at gRPC's default: it is also the shortest time a
+  // connection attempt may take (MIN_CONNECT_TIMEOUT, 20 s), and at 100 ms a slow server or a
+  // distant one (TLS handshakes over ~50 ms round trips) would never finish connecting.
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS,
               static_cast<int>(absl::ToInt64Milliseconds(kChannelMaxReconnectBackoff)));
   args.SetMaxReceiveMessageSize(options.max_receive_message_bytes);
@@ -277,20 +278,20 @@ Recorder::~Recorder() { Close(options_.rpc_deadline).IgnoreError(); }
 
 // --- Recording (any thread) ---
 
-Recorder::StreamState* Recorder::StreamLocked(absl::string_view signal) {
+Recorder::StreamState* Recorder::StreamLocked(absl::string_view signal, uint64_t observations) {
   if (closing_) {
-    DropLocked(1, "the Recorder is closed");
+    DropLocked(observations, "the Recorder is closed");
     return nullptr;
   }
   auto it = streams_.find(signal);
   if (it != streams_.end()) return it->second.get();
   if (absl::Status s = ValidateName("signal", signal, false); !s.ok()) {
-    DropLocked(1, std::string(s.message()));
+    DropLocked(observations, std::string(s.message()));
     return nullptr;
   }
   if (streams_.size() >= options_.max_streams) {
-    DropLocked(
-        1, absl::StrCat("signal ", signal, " would exceed max_streams = ", options_.max_streams));
+    DropLocked(observations, absl::StrCat("signal ", signal,
+                                          " would exceed max_streams = ", options_.max_streams));
     return nullptr;
   }
   auto state = std::make_unique<StreamState>(std::string(signal), options_.max_buffered_per_stream);
@@ -322,6 +323,18 @@ void Recorder::Record(absl::string_view signal, double value) {
   if (stream == nullptr) return;
   const uint64_t dropped = stream->accumulator.dropped_observations();
   stream->accumulator.AddValue(value);
+  NoteStreamDropsLocked(*stream, dropped);
+}
+
+void Recorder::Record(absl::string_view signal, absl::Span<const double> values) {
+  if (values.empty()) return;
+  MutexLock lock(&mutex_);
+  stats_.observations_recorded += values.size();
+  StreamState* stream = StreamLocked(signal, values.size());
+  if (stream == nullptr) return;
+  const uint64_t dropped = stream->accumulator.dropped_observations();
+  // The accumulator bins its buffered values with the vector kernel every few hundred values.
+  for (double value : values) stream->accumulator.AddValue(value);
   NoteStreamDropsLocked(*stream, dropped);
 }
 

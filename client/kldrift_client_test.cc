@@ -3,8 +3,12 @@
 // be told to break streams or reject batches.
 #include "client/kldrift_client.h"
 
+#include <algorithm>
+#include <cmath>
+#include <limits>
 #include <map>
 #include <memory>
+#include <random>
 #include <string>
 #include <utility>
 #include <vector>
@@ -498,6 +502,101 @@ TEST_F(RecorderTest, KlDriftClientIngestOnceReportsBatchErrors) {
   EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(status.message(), HasSubstr("version 7"));
   EXPECT_EQ(client.GetReference(v1::StreamId()).status().code(), absl::StatusCode::kNotFound);
+}
+
+// --- Record(signal, span): the batched numeric path ---
+
+// The bucket of `value` in the full layout [underflow, bins..., overflow, NaN], found the slow way.
+size_t OracleBucket(const std::vector<double>& edges, double value) {
+  if (std::isnan(value)) return edges.size() + 1;
+  return static_cast<size_t>(std::upper_bound(edges.begin(), edges.end(), value) - edges.begin());
+}
+
+TEST_F(RecorderTest, BatchedRecordCountsEqualScalarRecordAndAnOracle) {
+  const std::vector<double> edges = {-2, -1, -0.5, 0, 0.25, 0.5, 1, 3};
+  fake_.SetNumericReference("batched", edges);
+  fake_.SetNumericReference("scalar", edges);
+  std::unique_ptr<Recorder> recorder = MakeRecorder(Options());
+  std::mt19937_64 random(7);
+  std::normal_distribution<double> normal(0, 1.5);
+  std::vector<double> values;
+  for (int i = 0; i < 5000; ++i) values.push_back(normal(random));
+  // Edges themselves, the tails and NaN, spread through the input.
+  for (double special : {-2.0, 0.0, 3.0, std::numeric_limits<double>::quiet_NaN(),
+                         std::numeric_limits<double>::infinity(),
+                         -std::numeric_limits<double>::infinity(), 1e300, -1e300}) {
+    values.insert(values.begin() + static_cast<long>(random() % values.size()), special);
+  }
+  std::vector<double> oracle(edges.size() + 2, 0.0);
+  for (double v : values) oracle[OracleBucket(edges, v)] += 1;
+  // Spans of uneven lengths, across the accumulator's binning chunks.
+  size_t start = 0;
+  for (size_t length : {1, 7, 255, 256, 257, 1000}) {
+    recorder->Record("batched", absl::MakeConstSpan(values).subspan(start, length));
+    start += length;
+  }
+  recorder->Record("batched", absl::MakeConstSpan(values).subspan(start));
+  for (double v : values) recorder->Record("scalar", v);
+  ASSERT_TRUE(recorder->Flush(kFlushTimeout).ok());
+
+  EXPECT_EQ(fake_.Applied("batched"), oracle);
+  EXPECT_EQ(fake_.Applied("scalar"), oracle);
+  RecorderStats stats = recorder->Stats();
+  EXPECT_EQ(stats.observations_recorded, 2 * values.size());
+  EXPECT_EQ(stats.observations_acked, 2 * values.size());
+  EXPECT_EQ(stats.observations_dropped, 0u);
+}
+
+TEST_F(RecorderTest, BatchedRecordCountsNanAndInfinitiesInTheirBuckets) {
+  fake_.SetNumericReference("score", {0, 1});
+  std::unique_ptr<Recorder> recorder = MakeRecorder(Options());
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  const double inf = std::numeric_limits<double>::infinity();
+  const std::vector<double> values = {nan, inf, -inf, 0.5, nan, 1.0, -0.0};
+  recorder->Record("score", absl::MakeConstSpan(values));
+  ASSERT_TRUE(recorder->Flush(kFlushTimeout).ok());
+  // [underflow, [0, 1), overflow, NaN]: -inf; 0.5 and -0.0; +inf and 1.0; two NaN.
+  EXPECT_THAT(fake_.Applied("score"), ElementsAre(1, 2, 2, 2));
+}
+
+TEST_F(RecorderTest, BatchedRecordOfAnEmptySpanDoesNothing) {
+  fake_.SetNumericReference("score", {0, 1});
+  std::unique_ptr<Recorder> recorder = MakeRecorder(Options());
+  recorder->Record("score", absl::Span<const double>());
+  recorder->Record("not valid!", absl::Span<const double>());
+  EXPECT_TRUE(recorder->Flush(kFlushTimeout).ok());
+  RecorderStats stats = recorder->Stats();
+  EXPECT_EQ(stats.observations_recorded, 0u);
+  EXPECT_EQ(stats.observations_dropped, 0u);
+  EXPECT_EQ(stats.reference_fetches, 0u);  // No stream was created.
+  EXPECT_EQ(stats.batches_sent, 0u);
+  EXPECT_TRUE(fake_.Received().empty());
+}
+
+TEST_F(RecorderTest, BatchedRecordOfUnknownSignalsBehavesAsScalarRecord) {
+  fake_.SetNumericReference("a", {0, 1});
+  RecorderOptions options = Options();
+  options.max_streams = 2;
+  std::unique_ptr<Recorder> batched = MakeRecorder(options);
+  options.client_id = "scalar-client";
+  std::unique_ptr<Recorder> scalar = MakeRecorder(options);
+  const std::vector<double> values = {0.5, -1, 2};
+  // "a" has a reference; "waiting" has none yet; "not valid!" is no name; "c" is one stream too
+  // many.
+  for (const char* signal : {"a", "waiting", "not valid!", "c"}) {
+    batched->Record(signal, absl::MakeConstSpan(values));
+    for (double v : values) scalar->Record(signal, v);
+  }
+  for (Recorder* recorder : {batched.get(), scalar.get()}) {
+    EXPECT_EQ(recorder->Stats().observations_dropped, 6u);  // Dropped as they were recorded.
+    EXPECT_EQ(recorder->Flush(kFlushTimeout).code(), absl::StatusCode::kNotFound);
+    RecorderStats stats = recorder->Stats();
+    EXPECT_EQ(stats.observations_recorded, 12u);
+    EXPECT_EQ(stats.observations_acked, 3u);
+    EXPECT_EQ(stats.observations_waiting, 3u);
+    EXPECT_EQ(stats.observations_dropped, 6u);
+  }
+  EXPECT_THAT(fake_.Applied("a"), ElementsAre(2, 2, 2, 0));
 }
 
 }  // namespace

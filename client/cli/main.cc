@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "client/cli/admin_command.h"
+#include "client/cli/bench_command.h"
 #include "client/cli/compare_command.h"
 #include "client/cli/drift_command.h"
 #include "client/cli/ingest_command.h"
@@ -26,7 +27,9 @@ void PrintUsage(std::ostream& out) {
          "  drift      a stream's drift reports, as a table or JSON\n"
          "  watch      drift reports pushed by the server, as JSON lines\n"
          "  admin      operator commands: backup --to DIR (online backup of the data folder)\n"
-         "  simulate   stream synthetic N(shift, 1) predictions, for demos and dashboards\n\n"
+         "  simulate   stream synthetic N(shift, 1) predictions, for demos and dashboards\n"
+         "  bench      a load generator: ingest throughput, ack and GetDrift latency, server "
+         "cost\n\n"
          "global flags (before the command; every call to the server has the deadline):\n"
       << kldrift::cli::GlobalFlagHelp()
       << "\n'kldrift <command> --help' describes a command's flags.\n"
@@ -70,6 +73,7 @@ int main(int argc, char** argv) {
   if (command == "simulate") {
     return kldrift::cli::RunSimulate(args, *options, std::cout, std::cerr);
   }
+  if (command == "bench") return kldrift::cli::RunBench(args, *options, std::cout, std::cerr);
   std::cerr << "kldrift: unknown command \"" << command << "\"\n\n";
   PrintUsage(std::cerr);
   return kExitUsage;

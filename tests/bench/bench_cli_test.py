@@ -1,0 +1,175 @@
+#!/usr/bin/python3
+"""End-to-end tests of `kldrift bench` against a real kldriftd and the echo server.
+
+Usage: bench_cli_test.py PATH/TO/kldrift PATH/TO/kldriftd PATH/TO/kldrift_echo_server [unittest args]
+
+Short runs (1 s, 2 clients, 20 streams) on loopback ports picked by the kernel. What the bench says
+it sent is checked against what the server says it applied: its kldrift_ingested_batches_total and
+kldrift_ingested_observations_total counters, and each stream's samples from GetDrift (`kldrift
+drift`). No timing is asserted. Standard library only.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import unittest
+import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from service_bench import Server  # noqa: E402  (the runner's server handling, reused)
+
+KLDRIFT = None  # Set from sys.argv in __main__.
+KLDRIFTD = None
+ECHO_SERVER = None
+
+COMMAND_TIMEOUT_S = 120
+SHORT_RUN = [
+    "--clients", "2", "--models", "2", "--streams-per-model", "10", "--batch-streams", "4",
+    "--duration", "1s", "--warmup", "0.2s", "--get-drift-qps", "20", "--json", "--per-stream",
+]
+
+
+def scrape(port, series):
+    with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=10) as response:
+        for line in response.read().decode().splitlines():
+            name, _, value = line.partition(" ")
+            if name == series:
+                return float(value)
+    return 0.0
+
+
+class BenchCliTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.work_dir = tempfile.TemporaryDirectory()
+        kldriftd_dir = os.path.join(cls.work_dir.name, "kldriftd")
+        echo_dir = os.path.join(cls.work_dir.name, "echo")
+        os.mkdir(kldriftd_dir)
+        os.mkdir(echo_dir)
+        cls.kldriftd = Server([KLDRIFTD, "--storage=memory"], kldriftd_dir, metrics=True)
+        cls.echo = Server([ECHO_SERVER], echo_dir)
+
+    @classmethod
+    def tearDownClass(cls):
+        codes = (cls.kldriftd.stop(), cls.echo.stop())
+        cls.work_dir.cleanup()
+        if codes != (0, 0):
+            raise RuntimeError("servers exited with %r after SIGTERM" % (codes,))
+
+    def kldrift(self, server, *args, expect=0):
+        """Runs the CLI against `server`; checks the exit code; returns (stdout, stderr)."""
+        argv = [KLDRIFT, "--server", server, "--timeout", "10s"] + list(args)
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S)
+        self.assertEqual(
+            result.returncode, expect,
+            "%s\nstdout: %s\nstderr: %s" % (" ".join(argv), result.stdout, result.stderr))
+        return result.stdout, result.stderr
+
+    def bench(self, server, *extra):
+        out, _ = self.kldrift(server.address, "bench", *(SHORT_RUN + list(extra)))
+        report = json.loads(out)
+        self.assertGreater(report["acked_batches"], 0)
+        self.assertGreater(report["totals"]["batches_acked"], 0)
+        # Every batch written was waited for.
+        self.assertEqual(report["totals"]["batches_sent"], report["totals"]["batches_acked"])
+        self.assertEqual(sum(report["per_stream_observations"].values()),
+                         report["totals"]["observations_acked"])
+        return report
+
+    def samples(self, stream):
+        model, signal = stream.split("/")
+        out, _ = self.kldrift(self.kldriftd.address, "drift", "--model", model, "--signal",
+                              signal, "--window", "5m", "--json")
+        return json.loads(out)["samples"]
+
+    def check_against_kldriftd(self, prefix, *extra):
+        port = self.kldriftd.metrics_port
+        batches_before = scrape(port, "kldrift_ingested_batches_total")
+        observations_before = scrape(port, "kldrift_ingested_observations_total")
+        report = self.bench(self.kldriftd, "--model-prefix", prefix,
+                            "--metrics", "127.0.0.1:%d" % port, *extra)
+        self.assertEqual(report["setup"]["created"], 20)
+        totals = report["totals"]
+        self.assertEqual(scrape(port, "kldrift_ingested_batches_total") - batches_before,
+                         totals["batches_acked"])
+        self.assertEqual(scrape(port, "kldrift_ingested_observations_total") - observations_before,
+                         totals["observations_acked"])
+        per_stream = report["per_stream_observations"]
+        self.assertEqual(len(per_stream), 20)
+        for stream, observations in per_stream.items():
+            self.assertGreater(observations, 0, stream)
+            self.assertEqual(self.samples(stream), observations, stream)
+        self.assertGreater(report["get_drift"]["calls"], 0)
+        self.assertEqual(report["server"]["source"], "metrics")
+        return report
+
+    def test_prebinned_against_kldriftd(self):
+        report = self.check_against_kldriftd("pb")
+        self.assertEqual(report["totals"]["bins_acked"] % 64, 0)
+        # A second run finds the references and keeps adding to the same streams.
+        again = self.bench(self.kldriftd, "--model-prefix", "pb")
+        self.assertEqual(again["setup"], {"created": 0, "existing": 20,
+                                          "seconds": again["setup"]["seconds"]})
+
+    def test_values_against_kldriftd(self):
+        report = self.check_against_kldriftd("vals", "--mode", "values", "--bins", "16",
+                                             "--batch-values", "37")
+        totals = report["totals"]
+        self.assertEqual(totals["values_acked"], totals["observations_acked"])
+        for stream, observations in report["per_stream_observations"].items():
+            self.assertEqual(observations % 37, 0, stream)
+
+    def test_against_the_echo_server(self):
+        report = self.bench(self.echo, "--server-pid", str(self.echo.pid))
+        self.assertEqual(report["setup"]["created"], 20)
+        self.assertGreater(report["get_drift"]["calls"], 0)
+        self.assertEqual(report["server"]["source"], "proc")
+        self.assertGreater(report["server"]["rss_bytes"], 0)
+
+    def test_ingest_rate_paces_the_load(self):
+        # 20 batches/s for warm-up + duration: paced, the bench cannot send more than the schedule
+        # allows (one batch per client may be due at the start), however fast the server is.
+        report = self.bench(self.echo, "--ingest-rate", "20")
+        self.assertEqual(report["ingest_rate"], 20)
+        self.assertLessEqual(report["batches_per_second"], 20 * 1.25 + 2)
+        self.assertGreater(report["batches_per_second"], 0)
+
+    def test_an_existing_reference_of_another_kind_is_an_error(self):
+        self.kldrift(self.kldriftd.address, "reference", "put", "--model", "other-model-0",
+                     "--signal", "signal-0", "--edges", "0,1,2", "--counts", "5,5")
+        _, err = self.kldrift(self.kldriftd.address, "bench", "--model-prefix", "other",
+                              *SHORT_RUN, expect=1)
+        self.assertIn("FAILED_PRECONDITION", err)
+        self.assertIn("other-model-0//signal-0", err)
+
+    def test_an_unreachable_server_is_an_error_with_its_status(self):
+        _, err = self.kldrift("127.0.0.1:1", "--timeout", "2s", "bench", *SHORT_RUN, expect=1)
+        self.assertIn("UNAVAILABLE", err)
+
+    def test_bad_flags_are_usage_errors(self):
+        for flags, message in [
+            (["--clients", "0"], "--clients"),
+            (["--mode", "histograms"], "--mode"),
+            (["--duration", "11m"], "--duration"),
+            (["--batch-streams", "11", "--streams-per-model", "10"], "--batch-streams"),
+            (["--setup-only", "--no-setup"], "exclude"),
+            (["--ingest-rate", "-1"], "--ingest-rate"),
+            (["--no-such-flag"], "no-such-flag"),
+        ]:
+            _, err = self.kldrift(self.kldriftd.address, "bench", *flags, expect=2)
+            self.assertIn(message, err, flags)
+
+    def test_help(self):
+        out, _ = self.kldrift(self.kldriftd.address, "bench", "--help")
+        self.assertIn("--batch-streams", out)
+
+
+if __name__ == "__main__":
+    KLDRIFT, KLDRIFTD, ECHO_SERVER = sys.argv[1:4]
+    del sys.argv[1:4]
+    result = unittest.main(exit=False, verbosity=2).result
+    failed = len(result.failures) + len(result.errors)
+    print("%d passed, %d failed" % (result.testsRun - failed, failed))
+    sys.exit(1 if failed else 0)
