@@ -94,6 +94,10 @@ void SetDeadline(grpc::ClientContext* context, absl::Duration timeout) {
   context->set_deadline(absl::ToChronoTime(absl::Now() + timeout));
 }
 
+void SetShardKey(grpc::ClientContext* context, absl::string_view model) {
+  if (!model.empty()) context->AddMetadata(kModelMetadataKey, std::string(model));
+}
+
 absl::Status FromGrpcStatus(const grpc::Status& status) {
   if (status.ok()) return absl::OkStatus();
   return absl::Status(static_cast<absl::StatusCode>(status.error_code()), status.error_message());
@@ -108,6 +112,7 @@ absl::StatusOr<v1::PutReferenceResponse> KlDriftClient::PutReference(
     const v1::PutReferenceRequest& request) const {
   grpc::ClientContext context;
   SetDeadline(&context, deadline_);
+  SetShardKey(&context, request.stream().model());
   v1::PutReferenceResponse response;
   absl::Status status = FromGrpcStatus(stub_->PutReference(&context, request, &response));
   if (!status.ok()) return status;
@@ -118,6 +123,7 @@ absl::StatusOr<v1::Reference> KlDriftClient::GetReference(const v1::StreamId& st
                                                           uint64_t version) const {
   grpc::ClientContext context;
   SetDeadline(&context, deadline_);
+  SetShardKey(&context, stream.model());
   v1::GetReferenceRequest request;
   *request.mutable_stream() = stream;
   request.set_version(version);
@@ -135,6 +141,7 @@ absl::StatusOr<std::vector<v1::Reference>> KlDriftClient::ListReferences(
   for (int page = 0; page < kMaxListPages; ++page) {
     grpc::ClientContext context;
     SetDeadline(&context, deadline_);
+    SetShardKey(&context, model);
     v1::ListReferencesResponse response;
     absl::Status status = FromGrpcStatus(stub_->ListReferences(&context, request, &response));
     if (!status.ok()) return status;
@@ -151,6 +158,7 @@ absl::StatusOr<std::vector<v1::Reference>> KlDriftClient::ListReferences(
 absl::StatusOr<uint64_t> KlDriftClient::DeleteReference(const v1::StreamId& stream) const {
   grpc::ClientContext context;
   SetDeadline(&context, deadline_);
+  SetShardKey(&context, stream.model());
   v1::DeleteReferenceRequest request;
   *request.mutable_stream() = stream;
   v1::DeleteReferenceResponse response;
@@ -174,6 +182,7 @@ absl::StatusOr<v1::GetDriftResponse> KlDriftClient::GetDrift(
     const v1::GetDriftRequest& request) const {
   grpc::ClientContext context;
   SetDeadline(&context, deadline_);
+  SetShardKey(&context, request.stream().model());
   v1::GetDriftResponse response;
   absl::Status status = FromGrpcStatus(stub_->GetDrift(&context, request, &response));
   if (!status.ok()) return status;
@@ -183,6 +192,7 @@ absl::StatusOr<v1::GetDriftResponse> KlDriftClient::GetDrift(
 absl::Status KlDriftClient::IngestOnce(const v1::IngestRequest& request) const {
   grpc::ClientContext context;
   SetDeadline(&context, deadline_);
+  SetShardKey(&context, request.model());
   std::unique_ptr<grpc::ClientReaderWriter<v1::IngestRequest, v1::IngestResponse>> stream =
       stub_->Ingest(&context);
   if (stream->Write(request)) stream->WritesDone();
@@ -626,6 +636,7 @@ void Recorder::FetchDueReferences(bool force) {
       unary_context_ = &context;
     }
     SetDeadline(&context, options_.rpc_deadline);
+    SetShardKey(&context, options_.model);
     v1::GetReferenceRequest request;
     request.mutable_stream()->set_model(options_.model);
     request.mutable_stream()->set_model_version(options_.model_version);
@@ -710,6 +721,8 @@ std::unique_ptr<Recorder::Connection> Recorder::Connect() {
     connection_broken_ = false;
     stream_context_ = &connection->context;
   }
+  // One model per Recorder, so one model per Ingest stream: a sharding proxy routes it whole.
+  SetShardKey(&connection->context, options_.model);
   connection->stream = stub_->Ingest(&connection->context);
   connection->reader = std::thread([this, c = connection.get()] { ReadAcks(c); });
   return connection;

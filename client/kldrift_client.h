@@ -77,6 +77,16 @@ std::shared_ptr<grpc::Channel> CreateChannel(const ChannelOptions& options);
 // Sets `context`'s deadline to now + `timeout`.
 void SetDeadline(grpc::ClientContext* context, absl::Duration timeout);
 
+// The metadata key naming the model a call is about: the shard key of a sharded deployment. A
+// proxy in front of several kldriftd (nginx `hash $http_x_kldrift_model consistent`, Envoy
+// ring_hash on the header) sends every call of a model to the same replica; kldriftd refuses a
+// call whose header names another model than its request (README "Sharding").
+inline constexpr char kModelMetadataKey[] = "x-kldrift-model";
+
+// Adds `model` as x-kldrift-model to `context` (nothing if empty: calls that span models, such as
+// ListReferences without a model, are answered by whichever replica gets them).
+void SetShardKey(grpc::ClientContext* context, absl::string_view model);
+
 // The one place gRPC statuses become absl::Status (the codes map one to one).
 absl::Status FromGrpcStatus(const grpc::Status& status);
 

@@ -355,6 +355,7 @@ int RunWatch(const std::vector<std::string>& args, const GlobalOptions& options,
   KlDriftClient client = MakeClient(options);
   grpc::ClientContext context;
   if (duration != absl::InfiniteDuration()) SetDeadline(&context, duration);
+  SetShardKey(&context, request->stream().model());
   std::unique_ptr<grpc::ClientReader<v1::DriftReport>> reader =
       client.stub()->WatchDrift(&context, *request);
   v1::DriftReport report;

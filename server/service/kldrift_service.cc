@@ -4,6 +4,7 @@
 #include <deque>
 #include <utility>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "server/service/proto_conversion.h"
 #include "server/service/status_conversion.h"
@@ -26,16 +27,42 @@ std::string AuthorizationOf(const grpc::CallbackServerContext* context) {
   return it == metadata.end() ? std::string() : std::string(it->second.data(), it->second.size());
 }
 
+// The shard key's metadata (as client/kldrift_client.h's kModelMetadataKey).
+constexpr char kModelMetadataKey[] = "x-kldrift-model";
+
 // A ListReferences page holds at most this much (or one reference larger than it), so a page of
 // large references fits a client's default 4 MiB receive limit.
 constexpr size_t kListPageByteBudget = (size_t{4} << 20) - (size_t{64} << 10);
+
+// INVALID_ARGUMENT if the call's x-kldrift-model metadata names another model than `model`
+// (calls without the header, or about no single model, pass).
+absl::Status CheckShardKey(const grpc::CallbackServerContext* context, const std::string& model) {
+  if (model.empty()) return absl::OkStatus();
+  const auto& metadata = context->client_metadata();
+  auto it = metadata.find(kModelMetadataKey);
+  if (it == metadata.end()) return absl::OkStatus();
+  const absl::string_view shard_key(it->second.data(), it->second.size());
+  if (shard_key == model) return absl::OkStatus();
+  // Not echoed verbatim beyond a bound: metadata is the caller's and may be long.
+  return absl::InvalidArgumentError(absl::StrCat(
+      kModelMetadataKey, " metadata names model \"", absl::CEscape(shard_key.substr(0, 128)),
+      "\" but the request is for model \"", model,
+      "\"; a proxy sharding by that header would send it to another model's replica (one model "
+      "per call, and per Ingest stream)"));
+}
 
 }  // namespace
 
 absl::Status KlDriftService::Authorize(const grpc::CallbackServerContext* context, Role role,
                                        const std::string& model) const {
-  if (options_.authorizer == nullptr) return absl::OkStatus();
-  return options_.authorizer->Authorize(AuthorizationOf(context), AccessRequest{role, model});
+  if (options_.authorizer != nullptr) {
+    if (absl::Status s =
+            options_.authorizer->Authorize(AuthorizationOf(context), AccessRequest{role, model});
+        !s.ok()) {
+      return s;
+    }
+  }
+  return CheckShardKey(context, model);
 }
 
 // One Ingest stream. See the class comment of KlDriftService for the flow control.

@@ -87,7 +87,10 @@ class KlDriftService final : public v1::KlDrift::CallbackService {
   class IngestReactor;
   class WatchReactor;
 
-  // OK without an authorizer; else the authorizer's verdict on the call's token (see auth.h).
+  // The authorizer's verdict on the call's token (see auth.h; OK without an authorizer), then
+  // the shard key: a call whose x-kldrift-model metadata names another model than `model` is
+  // INVALID_ARGUMENT, since a proxy routing by that header would have sent it to the wrong
+  // replica.
   absl::Status Authorize(const grpc::CallbackServerContext* context, Role role,
                          const std::string& model) const;
 

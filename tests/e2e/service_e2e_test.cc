@@ -292,6 +292,54 @@ TEST_F(ServiceE2eTest, LargeReferencesAnswerWithinReceiveLimits) {
   EXPECT_EQ((*all)[0].counts_size(), kHugeBins);
 }
 
+// Sharding: the x-kldrift-model header is the shard key. A call (or an Ingest batch) whose header
+// names another model than the request is refused, since a proxy would have routed it by the
+// header; calls without it, or about no single model, pass.
+TEST_F(ServiceE2eTest, ShardKeyMetadataMustNameTheRequestsModel) {
+  PutNumeric(Stream("m1", "s"), {1, 1, 1});
+  PutNumeric(Stream("m2", "s"), {1, 1, 1});
+  auto with_key = [](const std::string& model) {
+    auto context = Context();
+    context->AddMetadata("x-kldrift-model", model);
+    return context;
+  };
+  v1::GetDriftRequest drift;
+  *drift.mutable_stream() = Stream("m1", "s");
+  v1::GetDriftResponse response;
+  EXPECT_TRUE(stub_->GetDrift(with_key("m1").get(), drift, &response).ok());
+  grpc::Status refused = stub_->GetDrift(with_key("m2").get(), drift, &response);
+  EXPECT_EQ(refused.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(refused.error_message(),
+              HasSubstr("x-kldrift-model metadata names model \"m2\" but the request is for "
+                        "model \"m1\""));
+  v1::ListReferencesResponse list;
+  EXPECT_TRUE(stub_->ListReferences(with_key("m2").get(), {}, &list).ok());
+  EXPECT_EQ(list.references_size(), 2);
+
+  // One Ingest stream, keyed m1: its m2 batch is refused alone; m1's batches are applied.
+  auto context = with_key("m1");
+  auto stream = stub_->Ingest(context.get());
+  ASSERT_TRUE(stream->Write(HistogramBatch("sharded", 1, "m1", "s", {0, 2, 0, 0, 0, 0})));
+  ASSERT_TRUE(stream->Write(HistogramBatch("sharded", 2, "m2", "s", {0, 0, 3, 0, 0, 0})));
+  ASSERT_TRUE(stream->Write(HistogramBatch("sharded", 3, "m1", "s", {0, 0, 0, 5, 0, 0})));
+  std::vector<v1::BatchError> errors;
+  v1::IngestResponse ack;
+  while (stream->Read(&ack)) {
+    for (const v1::BatchError& e : ack.errors()) errors.push_back(e);
+    if (ack.acked_sequence() >= 3) break;
+  }
+  stream->WritesDone();
+  while (stream->Read(&ack)) {
+  }
+  EXPECT_TRUE(stream->Finish().ok());
+  ASSERT_EQ(errors.size(), 1u);
+  EXPECT_EQ(errors[0].sequence(), 2u);
+  EXPECT_EQ(errors[0].code(), static_cast<int>(grpc::StatusCode::INVALID_ARGUMENT));
+  EXPECT_THAT(errors[0].message(), HasSubstr("names model \"m1\" but the request is for model"));
+  EXPECT_EQ(Drift(Stream("m1", "s")).reports(0).samples(), 7);
+  EXPECT_EQ(Drift(Stream("m2", "s")).reports(0).samples(), 0);
+}
+
 TEST_F(ServiceE2eTest, BadInputGetsPreciseStatusAndLeavesStateAlone) {
   v1::PutReferenceRequest bad;
   *bad.mutable_stream() = Stream("bad model", "s");

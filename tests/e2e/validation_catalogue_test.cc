@@ -896,6 +896,17 @@ std::vector<Row> CatalogueRows() {
           },
           kInvalid, "window is not a valid duration"),
       Call(
+          "GetDriftShardKeyNamesAnotherModel", Kind::kNumeric,
+          [](CallEnv& env) {
+            v1::GetDriftRequest request;
+            *request.mutable_stream() = env.target;
+            auto context = Context();
+            context->AddMetadata("x-kldrift-model", "another-model");
+            v1::GetDriftResponse response;
+            return env.stub.GetDrift(context.get(), request, &response);
+          },
+          kInvalid, "x-kldrift-model metadata names model \"another-model\" but the request is"),
+      Call(
           "GetDriftTooManyTopBins", Kind::kNumeric,
           [](CallEnv& env) {
             return GetDriftWith(env, [](v1::GetDriftRequest& r) { r.set_top_bins(101); });

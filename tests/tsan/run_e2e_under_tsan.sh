@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs end-to-end suites (real gRPC, real RocksDB, every RPC, streaming, the 123-row validation
+# Runs end-to-end suites (real gRPC, real RocksDB, every RPC, streaming, the validation
 # catalogue, TLS and tokens, kill -9 and restarts, the client library's Recorder) against a
 # kldriftd built with ThreadSanitizer. The test programs are the Release build's; every server they
 # start is the TSan one. Their deadlines and waits are multiplied by KLDRIFT_TEST_TIME_SCALE
