@@ -25,6 +25,8 @@ constexpr absl::Duration kChannelInitialReconnectBackoff = absl::Milliseconds(10
 constexpr absl::Duration kChannelMaxReconnectBackoff = absl::Seconds(5);
 // A server that keeps handing out page tokens is broken; stop rather than loop forever.
 constexpr int kMaxListPages = 100000;
+// ImportModel sends an export in requests of at most about this much.
+constexpr size_t kImportPartBytes = size_t{8} << 20;
 // Once Close's timeout has passed, how often it cancels the background thread's call in progress.
 constexpr absl::Duration kCancelRetryInterval = absl::Milliseconds(50);
 
@@ -176,6 +178,60 @@ absl::StatusOr<uint64_t> KlDriftClient::Backup(const std::string& directory) con
   absl::Status status = FromGrpcStatus(stub_->Backup(&context, request, &response));
   if (!status.ok()) return status;
   return response.bytes();
+}
+
+absl::StatusOr<v1::ModelExport> KlDriftClient::ExportModel(absl::string_view model) const {
+  grpc::ClientContext context;
+  SetDeadline(&context, deadline_);
+  SetShardKey(&context, model);
+  v1::ExportModelRequest request;
+  request.set_model(std::string(model));
+  v1::ModelExport response;
+  absl::Status status = FromGrpcStatus(stub_->ExportModel(&context, request, &response));
+  if (!status.ok()) return status;
+  return response;
+}
+
+absl::StatusOr<uint32_t> KlDriftClient::ImportModel(const v1::ModelExport& model_export,
+                                                    bool replace) const {
+  // In parts under kImportPartBytes, so a large model fits the server's receive limit (16 MiB by
+  // default; a 64-bin stream with full windows is ~20 KB). The first part replaces (if asked), the
+  // others append.
+  uint32_t installed = 0;
+  v1::ImportModelRequest request;
+  auto send = [&]() -> absl::Status {
+    grpc::ClientContext context;
+    SetDeadline(&context, deadline_);
+    SetShardKey(&context, model_export.model());
+    v1::ImportModelResponse response;
+    absl::Status status = FromGrpcStatus(stub_->ImportModel(&context, request, &response));
+    if (!status.ok()) {
+      if (installed == 0) return status;
+      return absl::Status(
+          status.code(),
+          absl::StrCat("after ", installed, " streams were imported: ", status.message()));
+    }
+    installed += response.streams();
+    request.set_replace(false);
+    request.set_append(true);
+    request.mutable_model_export()->clear_streams();
+    return absl::OkStatus();
+  };
+  request.set_replace(replace);
+  request.mutable_model_export()->set_model(model_export.model());
+  *request.mutable_model_export()->mutable_exported_at() = model_export.exported_at();
+  size_t bytes = 0;
+  for (const v1::StreamExport& stream : model_export.streams()) {
+    const size_t size = stream.ByteSizeLong();
+    if (bytes > 0 && bytes + size > kImportPartBytes) {
+      if (absl::Status s = send(); !s.ok()) return s;
+      bytes = 0;
+    }
+    *request.mutable_model_export()->add_streams() = stream;
+    bytes += size;
+  }
+  if (absl::Status s = send(); !s.ok()) return s;
+  return installed;
 }
 
 absl::StatusOr<v1::GetDriftResponse> KlDriftClient::GetDrift(

@@ -108,6 +108,12 @@ class KlDriftClient {
   absl::StatusOr<uint64_t> DeleteReference(const v1::StreamId& stream) const;
   // Online backup into `directory` on the server's machine; returns the copy's size in bytes.
   absl::StatusOr<uint64_t> Backup(const std::string& directory) const;
+  // A model's whole state on this server, and installing one (sharding hand-over; admin role).
+  absl::StatusOr<v1::ModelExport> ExportModel(absl::string_view model) const;
+  // The number of streams installed. Sent in parts of at most ~8 MiB (each a call with its own
+  // deadline), the first replacing if `replace`, the others appending; a failure after the first
+  // part leaves the parts before it installed (re-run with replace).
+  absl::StatusOr<uint32_t> ImportModel(const v1::ModelExport& model_export, bool replace) const;
   absl::StatusOr<v1::GetDriftResponse> GetDrift(const v1::GetDriftRequest& request) const;
   // Sends one batch on an Ingest stream of its own and waits for its acknowledgement, all within
   // the deadline. The server's error for the batch, if any, is returned as the status.

@@ -2,6 +2,9 @@
 //
 //   kldrift admin backup --to DIR   online backup of the server's data folder into DIR, a path on
 //                                   the server's machine (see README, "Backup and restore").
+//   kldrift admin export --model M --output FILE / import --input FILE [--replace]
+//                                   hand a model's whole state to another replica (README
+//                                   "Sharding").
 //
 // Thread safety: thread-compatible (writes to the given streams).
 #ifndef KLDRIFT_CLIENT_CLI_ADMIN_COMMAND_H_

@@ -389,5 +389,70 @@ TEST(BinLayoutNumeric, LabelsOfCloseEdgesAreDistinctAndExact) {
   EXPECT_NE(layout->BinLabel(1), layout->BinLabel(2));
 }
 
+TEST(BinLayout, EqualLayoutsShareTheirDataAndStayCorrect) {
+  absl::StatusOr<BinLayout> a = BinLayout::Numeric({0.0, 0.5, 1.0});
+  absl::StatusOr<BinLayout> b = BinLayout::Numeric({0.0, 0.5, 1.0});
+  absl::StatusOr<BinLayout> other = BinLayout::Numeric({0.0, 0.5, 2.0});
+  absl::StatusOr<BinLayout> negative_zero = BinLayout::Numeric({-0.0, 0.5, 1.0});
+  ASSERT_TRUE(a.ok() && b.ok() && other.ok() && negative_zero.ok());
+  EXPECT_TRUE(a->SharesDataWith(*b));
+  EXPECT_FALSE(a->SharesDataWith(*other));
+  EXPECT_FALSE(a->SharesDataWith(*negative_zero));  // Its labels differ: "< -0".
+  EXPECT_EQ(negative_zero->BinLabel(0), "< -0");
+  EXPECT_EQ(b->BinLabel(0), "< 0");
+  const std::vector<double> values = {-1, 0.2, 0.7, 1.5, kNaN};
+  EXPECT_EQ(Histogram(*b, values), Histogram(*a, values));
+  EXPECT_EQ(Histogram(*other, values), std::vector<double>({1, 1, 2, 0, 1}));
+
+  absl::StatusOr<BinLayout> c1 = BinLayout::Categorical({"ab", "c"});
+  absl::StatusOr<BinLayout> c2 = BinLayout::Categorical({"ab", "c"});
+  absl::StatusOr<BinLayout> c3 = BinLayout::Categorical({"a", "bc"});
+  ASSERT_TRUE(c1.ok() && c2.ok() && c3.ok());
+  EXPECT_TRUE(c1->SharesDataWith(*c2));
+  EXPECT_FALSE(c1->SharesDataWith(*c3));
+  EXPECT_EQ(c3->CategoryBin("bc"), 1u);
+  EXPECT_EQ(c3->CategoryBin("ab"), 2u);
+
+  absl::StatusOr<BinLayout> p1 = BinLayout::PreBinned(4);
+  absl::StatusOr<BinLayout> p2 = BinLayout::PreBinned(4);
+  absl::StatusOr<BinLayout> p3 = BinLayout::PreBinned(5);
+  ASSERT_TRUE(p1.ok() && p2.ok() && p3.ok());
+  EXPECT_TRUE(p1->SharesDataWith(*p2));
+  EXPECT_FALSE(p1->SharesDataWith(*p3));
+  EXPECT_EQ(p3->size(), 5u);
+}
+
+TEST(BinLayout, LayoutBuiltAfterEveryCopyDiedIsFresh) {
+  const std::vector<double> edges = {10.0, 20.0, 30.0, 40.0};
+  {
+    absl::StatusOr<BinLayout> first = BinLayout::Numeric(edges);
+    ASSERT_TRUE(first.ok());
+  }
+  absl::StatusOr<BinLayout> second = BinLayout::Numeric(edges);
+  ASSERT_TRUE(second.ok());
+  EXPECT_EQ(second->edges(), edges);
+  EXPECT_EQ(second->BinLabel(2), "[20, 30)");
+}
+
+TEST(BinLayout, CachedLabelsAreTheLabels) {
+  std::vector<double> edges;
+  for (int i = 0; i <= 64; ++i) edges.push_back(i / 64.0);
+  absl::StatusOr<BinLayout> small = BinLayout::Numeric(edges);
+  ASSERT_TRUE(small.ok());
+  std::string scratch;
+  for (size_t bin = 0; bin < small->size(); ++bin) {
+    EXPECT_EQ(small->CachedBinLabel(bin, scratch), small->BinLabel(bin)) << bin;
+  }
+  EXPECT_TRUE(scratch.empty());  // Interned: labels come from the layout.
+  // Too large to intern: formatted on each call, into the scratch string.
+  absl::StatusOr<BinLayout> large = BinLayout::PreBinned(BinLayout::kMaxInternedBins + 1);
+  ASSERT_TRUE(large.ok());
+  EXPECT_EQ(large->CachedBinLabel(4000, scratch), "bin 4000");
+  EXPECT_EQ(scratch, "bin 4000");
+  absl::StatusOr<BinLayout> categorical = BinLayout::Categorical({"x", "y"});
+  ASSERT_TRUE(categorical.ok());
+  EXPECT_EQ(categorical->CachedBinLabel(2, scratch), kUnseenCategoryLabel);
+}
+
 }  // namespace
 }  // namespace kldrift

@@ -1,8 +1,9 @@
 #include "server/core/compact_sub_buckets.h"
 
 #include <algorithm>
-#include <cmath>
 #include <cstring>
+#include <limits>
+#include <type_traits>
 #include <vector>
 
 namespace kldrift {
@@ -12,10 +13,14 @@ using Encoding = CompactSubBuckets::Encoding;
 
 // The narrowest encoding that holds every value exactly.
 Encoding NarrowestEncoding(absl::Span<const double> values) {
+  constexpr double kMaxUint32 = 0xFFFFFFFFu;
   double max = 0;
   for (double v : values) {
-    // NaN fails the first test; infinities and 2^32 and beyond fail the range tests below.
-    if (!(v >= 0) || v != std::floor(v)) return Encoding::kDouble;
+    // NaN fails the first test, infinities and values past 2^32 - 1 (which only a double holds
+    // anyway) the second; below that, a cast tells integers from fractions (no floor() call).
+    if (!(v >= 0) || v > kMaxUint32 || static_cast<double>(static_cast<uint32_t>(v)) != v) {
+      return Encoding::kDouble;
+    }
     max = std::max(max, v);
   }
   if (max == 0) return Encoding::kEmpty;
@@ -67,6 +72,28 @@ void WithValueType(Encoding e, F&& f) {
   }
 }
 
+// values += delta in place, when the sums are integers T holds: `delta` is counts (DeltaSummary)
+// and the largest value plus the largest count fits T. The slot then keeps its encoding (it never
+// narrows) and holds what re-encoding the sums would give. Returns false, changing nothing,
+// otherwise. Both loops are branch-free (the compiler vectorizes them).
+template <typename T>
+bool AddCountsInPlace(uint8_t* data, const double* delta, size_t width, double max_delta) {
+  T max_value = 0;
+  for (size_t i = 0; i < width; ++i) {
+    T v;
+    std::memcpy(&v, data + i * sizeof(T), sizeof(T));
+    max_value = std::max(max_value, v);
+  }
+  if (static_cast<double>(max_value) + max_delta > std::numeric_limits<T>::max()) return false;
+  for (size_t i = 0; i < width; ++i) {
+    T v;
+    std::memcpy(&v, data + i * sizeof(T), sizeof(T));
+    v = static_cast<T>(static_cast<double>(v) + delta[i]);
+    std::memcpy(data + i * sizeof(T), &v, sizeof(T));
+  }
+  return true;
+}
+
 // Scratch for Add(): one sub-bucket's values as doubles.
 std::vector<double>& Scratch(size_t width) {
   thread_local std::vector<double> scratch;
@@ -80,10 +107,10 @@ CompactSubBuckets::CompactSubBuckets(int sub_buckets, size_t width)
     : sub_buckets_(sub_buckets), width_(width) {}
 
 size_t CompactSubBuckets::BytesPerValue(Encoding e) {
-  if (e == Encoding::kEmpty) return 0;
-  size_t bytes = 0;
-  WithValueType(e, [&](auto type) { bytes = sizeof(type); });
-  return bytes;
+  // Indexed by Encoding (Offset() calls this for every slot before the one it wants).
+  constexpr uint8_t kBytes[] = {0, sizeof(uint8_t), sizeof(uint16_t), sizeof(uint32_t),
+                                sizeof(double)};
+  return kBytes[static_cast<uint8_t>(e)];
 }
 
 size_t CompactSubBuckets::Offset(int slot) const {
@@ -122,13 +149,58 @@ bool CompactSubBuckets::AllZero(int slot) const {
   return std::all_of(values.begin(), values.end(), [](double v) { return v == 0; });
 }
 
+CompactSubBuckets::DeltaSummary CompactSubBuckets::Summarize(absl::Span<const double> delta) {
+  constexpr double kMaxUint32 = 0xFFFFFFFFu;
+  DeltaSummary summary;
+  for (double v : delta) {
+    // NaN fails the first test; inside the range the cast is exact for integers (no floor() call).
+    if (!(v >= 0 && v <= kMaxUint32) || static_cast<double>(static_cast<uint32_t>(v)) != v) {
+      return DeltaSummary{};
+    }
+    summary.max_count = std::max(summary.max_count, v);
+  }
+  summary.counts = true;
+  return summary;
+}
+
 void CompactSubBuckets::Add(int slot, absl::Span<const double> delta) {
+  Add(slot, delta, Summarize(delta));
+}
+
+void CompactSubBuckets::Add(int slot, absl::Span<const double> delta, const DeltaSummary& summary) {
+  const Encoding current = encoding(slot);
+  if (summary.counts && current != Encoding::kEmpty && current != Encoding::kDouble) {
+    // The common case (counts added to counts that still fit): in place, no decode and re-encode.
+    bool added = false;
+    uint8_t* data = block_.get() + Offset(slot);
+    WithValueType(current, [&](auto type) {
+      using T = decltype(type);
+      if constexpr (!std::is_same_v<T, double>) {
+        added = AddCountsInPlace<T>(data, delta.data(), width_, summary.max_count);
+      }
+    });
+    if (added) return;
+  }
   std::vector<double>& values = Scratch(width_);
   Read(slot, absl::MakeSpan(values));
   for (size_t i = 0; i < width_; ++i) values[i] += delta[i];
   // Never narrower than now: a sub-bucket only widens until it is cleared.
   const Encoding e = std::max(encoding(slot), NarrowestEncoding(values));
   Store(slot, e, values);
+}
+
+void CompactSubBuckets::Prefetch(int slot) const {
+  if (block_ == nullptr) return;
+  constexpr size_t kCacheLine = 64;
+  // Enough for the windows of typical histograms; the hardware prefetcher carries on from there.
+  constexpr size_t kMaxBytes = 32 * kCacheLine;
+  // Offset() reads the encodings at the block's start: fetch that line first.
+  __builtin_prefetch(block_.get());
+  const size_t offset = Offset(slot);
+  const size_t bytes = std::min(BytesPerValue(encoding(slot)) * width_, kMaxBytes);
+  const uint8_t* data = block_.get() + offset;
+  for (size_t at = 0; at < bytes; at += kCacheLine) __builtin_prefetch(data + at, /*rw=*/1);
+  if (bytes > 0) __builtin_prefetch(data + bytes - 1, /*rw=*/1);
 }
 
 void CompactSubBuckets::Clear(int slot) { Store(slot, Encoding::kEmpty, {}); }

@@ -43,6 +43,18 @@ class CompactSubBuckets {
 
   // values(slot) += delta, in double arithmetic. REQUIRES: delta.size() == width(), slot in range.
   void Add(int slot, absl::Span<const double> delta);
+
+  // What Add() learns from scanning a delta, for a caller adding one delta to several rings (a
+  // window's sub-bucket and totals, a stream's windows) to compute once.
+  struct DeltaSummary {
+    // Every value is an integer in [0, 2^32): added to integer sub-buckets in place when they hold
+    // the sums (the common case), rather than decoded, added and re-encoded.
+    bool counts = false;
+    double max_count = 0;  // The largest value, when `counts`.
+  };
+  static DeltaSummary Summarize(absl::Span<const double> delta);
+  // Add(slot, delta). REQUIRES: summary == Summarize(delta).
+  void Add(int slot, absl::Span<const double> delta, const DeltaSummary& summary);
   // Writes slot's values to `out`. REQUIRES: out.size() == width().
   void Read(int slot, absl::Span<double> out) const;
   // sums += values(slot), in double arithmetic. REQUIRES: sums.size() == width().
@@ -51,6 +63,8 @@ class CompactSubBuckets {
   bool AllZero(int slot) const;
   // Zeroes `slot` and releases its storage.
   void Clear(int slot);
+  // A hint: asks the CPU to bring slot's values (and the encodings before them) into cache.
+  void Prefetch(int slot) const;
 
   Encoding encoding(int slot) const {
     return block_ == nullptr ? Encoding::kEmpty : static_cast<Encoding>(block_[slot]);

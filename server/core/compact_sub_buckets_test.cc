@@ -152,5 +152,66 @@ TEST(CompactSubBucketsTest, MatchesARingOfDoubles) {
   }
 }
 
+TEST(CompactSubBucketsTest, SummarizeTellsCountsFromEverythingElse) {
+  using Summary = CompactSubBuckets::DeltaSummary;
+  auto summarize = [](std::vector<double> delta) { return CompactSubBuckets::Summarize(delta); };
+  const Summary counts = summarize({0, 3, 255, 1});
+  EXPECT_TRUE(counts.counts);
+  EXPECT_EQ(counts.max_count, 255);
+  EXPECT_TRUE(summarize({}).counts);
+  EXPECT_TRUE(summarize({-0.0, kTwo32 - 1}).counts);
+  EXPECT_EQ(summarize({-0.0, kTwo32 - 1}).max_count, kTwo32 - 1);
+  for (double bad : {-1.0, 0.5, 1e-20, kTwo32, kTwo53, std::nan(""), HUGE_VAL, -HUGE_VAL}) {
+    EXPECT_FALSE(summarize({1, bad, 2}).counts) << bad;
+  }
+}
+
+// Small counts stay in place in their integer encodings; whatever does not fit (a carry past the
+// encoding, a fraction, a negative, a tiny fraction that rounds away, -0) gives what a ring of
+// doubles holds, in the encoding a re-encode picks, and leaves the other slots alone.
+TEST(CompactSubBucketsTest, InPlaceAddsMatchARingOfDoubles) {
+  constexpr int kSlots = 4;
+  constexpr size_t kWidth = 67;
+  CompactSubBuckets b(kSlots, kWidth);
+  std::vector<std::vector<double>> plain(kSlots, std::vector<double>(kWidth, 0.0));
+  std::mt19937_64 rng(7);
+  std::uniform_int_distribution<int> slot_of(0, kSlots - 1);
+  std::uniform_int_distribution<int> count(0, 3);
+  for (int step = 0; step < 20000; ++step) {
+    const int slot = slot_of(rng);
+    if (step % 997 == 996) {
+      b.Clear(slot);
+      plain[slot].assign(kWidth, 0.0);
+      continue;
+    }
+    std::vector<double> delta(kWidth);
+    for (double& d : delta) d = count(rng);
+    switch (step % 500) {
+      case 100:
+        delta[3] = 70000;
+        break;  // Past uint16 in one add.
+      case 200:
+        delta[5] = 1e-20;
+        break;  // Rounds away against a count of 1 or more.
+      case 300:
+        delta[0] = -0.0;
+        break;  // A count, and adds as 0.
+      case 400:
+        delta[kWidth - 1] = -1;
+        break;
+      case 499:
+        delta[1] = 0.25;
+        break;  // Fractional: doubles from here on.
+    }
+    const Encoding before = b.encoding(slot);
+    b.Add(slot, delta, CompactSubBuckets::Summarize(delta));
+    for (size_t i = 0; i < kWidth; ++i) plain[slot][i] += delta[i];
+    CompactSubBuckets reencoded(1, kWidth);
+    reencoded.Add(0, plain[slot]);
+    ASSERT_EQ(b.encoding(slot), std::max(before, reencoded.encoding(0))) << step;
+    for (int s = 0; s < kSlots; ++s) ASSERT_THAT(Read(b, s), ElementsAreArray(plain[s])) << step;
+  }
+}
+
 }  // namespace
 }  // namespace kldrift

@@ -84,7 +84,10 @@ absl::StatusOr<std::vector<double>> ComputeDelta(const StreamKey& key, const Ref
         const double c = data.numbers[i];
         // Past 2^53 doubles are no longer exact integers, and a few such counts would make the
         // window's total infinite (no measures until they expire).
-        if (!std::isfinite(c) || c < 0 || c != std::floor(c) || c > kMaxExactCount) {
+        // NaN and infinities fail the range test; inside it the cast is exact for integers and
+        // tells them from fractions without a floor() call (this runs for every bin ingested).
+        if (!(c >= 0 && c <= kMaxExactCount) ||
+            static_cast<double>(static_cast<uint64_t>(c)) != c) {
           return absl::InvalidArgumentError(
               absl::StrCat("stream ", key.ToString(), ": bin ", i, " has count ", c,
                            "; histogram counts are integers >= 0 and at most 2^53"));
@@ -264,8 +267,13 @@ struct DriftEngine::WindowState {
   AlertStateMachine alert;
   // Starts of the sub-buckets changed since the last snapshot (storage).
   std::vector<absl::Time> dirty;
+  // dirty.back() when dirty is not empty, kept here so that ingest need not read the vector's heap
+  // block (a cache miss per window per stream of every batch) to see that it is already there.
+  absl::Time last_dirty;
   // What the alert needs, derived from the totals of ring.generation() == inputs_generation under
-  // the current reference (StreamState::FastAlertInputs); kNoInputs when not derived yet.
+  // the current reference (StreamState::FastAlertInputs, or seeded from a full report by
+  // Evaluate); kNoInputs when not derived yet. With an observer, inputs_generation is also the
+  // generation of the last full report it was given for this window.
   static constexpr uint64_t kNoInputs = ~uint64_t{0};
   uint64_t inputs_generation = kNoInputs;
   double inputs_value = 0;
@@ -292,6 +300,17 @@ struct DriftEngine::StreamState {
     bool eligible = false;
   };
   AlertInputs FastAlertInputs(WindowState& window, absl::Time now) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex);
+  // Makes FastAlertInputs answer from `report` (a full report of `window`'s current totals) until
+  // the totals change.
+  static void SeedAlertInputs(WindowState& window, const WindowReport& report);
+  // A report of `window` with what every report carries: stream, window, kind, version, time,
+  // alert status and thresholds.
+  WindowReport ReportHeader(const WindowState& window, absl::Time now) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex);
+  // A report of `window` for an observer that has its measures already: alert fields only, from
+  // the inputs SeedAlertInputs kept (WindowReport::measures_unchanged).
+  WindowReport AlertOnlyReport(const WindowState& window, absl::Time now) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex);
   // Whether the windows kept for the current version can serve `next` (same bins and windows).
   bool KeepsWindows(const Reference& next) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex) {
@@ -662,8 +681,12 @@ absl::Status DriftEngine::ApplyBatch(const IngestBatch& batch, absl::Time now, b
   }
   {
     ReaderMutexLock lock(&streams_mutex_);
+    auto it = streams_.end();
     for (Target& t : targets) {
-      auto it = streams_.find(t.key);
+      // Targets are sorted, and a model's streams are neighbours in the map: the next entry is
+      // usually the one wanted, one comparison instead of a search.
+      if (it != streams_.end()) ++it;
+      if (it == streams_.end() || it->first != t.key) it = streams_.find(t.key);
       if (it == streams_.end()) {
         return absl::FailedPreconditionError(absl::StrCat(
             "no reference for stream ", t.key.ToString(),
@@ -720,19 +743,27 @@ absl::Status DriftEngine::ApplyBatch(const IngestBatch& batch, absl::Time now, b
     deltas.push_back(*std::move(delta));
   }
   uint64_t lsn = 0;
+  IngestRecord record;  // With a store, the deltas move here (and are applied from here).
   if (status.ok()) {
-    for (Target& t : targets) t.state->AdvanceWindows(now);
+    for (Target& t : targets) {
+      t.state->AdvanceWindows(now);
+      // The sub-buckets the apply below adds to, fetched while the store writes the record: with
+      // thousands of streams they are rarely in cache, and a miss costs more than the add.
+      for (const WindowState& w : t.state->windows) {
+        if (w.ring.Covers(event_time)) w.ring.PrefetchForAdd(event_time);
+      }
+    }
     if (options_.store != nullptr) {
       // Durable before applied, and applied before acknowledged: a batch the store could not write
       // is neither applied nor acknowledged, so the client resends it.
-      IngestRecord record;
       record.lsn = next_lsn_.fetch_add(1);  // Under every target stream's lock: see Evaluate.
       record.client_id = batch.client_id;
       record.sequence = batch.sequence;
       record.received_at = now;
       record.event_time = event_time;
+      record.deltas.reserve(targets.size());
       for (size_t i = 0; i < targets.size(); ++i) {
-        record.deltas.push_back(StreamDelta{targets[i].key, deltas[i]});
+        record.deltas.push_back(StreamDelta{targets[i].key, std::move(deltas[i])});
       }
       lsn = record.lsn;
       status = options_.store->WriteBatch(record);
@@ -742,19 +773,29 @@ absl::Status DriftEngine::ApplyBatch(const IngestBatch& batch, absl::Time now, b
   if (status.ok()) {
     for (size_t i = 0; i < targets.size(); ++i) {
       StreamState& stream = *targets[i].state;
-      const std::vector<double>& delta = deltas[i];
+      const std::vector<double>& delta =
+          options_.store != nullptr ? record.deltas[i].values : deltas[i];
       if (lsn != 0) stream.applied_lsn = lsn;
+      // Scanned once for every window's sub-bucket and totals.
+      const CompactSubBuckets::DeltaSummary summary = CompactSubBuckets::Summarize(delta);
       for (WindowState& w : stream.windows) {
         if (!w.ring.Covers(event_time)) continue;
-        w.ring.Add(event_time, delta);
+        w.ring.Add(event_time, delta, summary);
         if (options_.store != nullptr) {
           const absl::Time start = w.ring.SubBucketStart(event_time);
-          if (w.dirty.empty() || w.dirty.back() != start) w.dirty.push_back(start);
+          if (w.dirty.empty() || w.last_dirty != start) {
+            w.dirty.push_back(start);
+            w.last_dirty = start;
+          }
         }
       }
+      // Done with this stream: a GetDrift waiting for it need not wait for the rest of the batch.
+      // (Evaluate only needs each stream locked from the log position until its own apply.)
+      stream.mutex.Unlock();
     }
+  } else {
+    for (auto it = targets.rbegin(); it != targets.rend(); ++it) it->state->mutex.Unlock();
   }
-  for (auto it = targets.rbegin(); it != targets.rend(); ++it) it->state->mutex.Unlock();
   if (status.ok() && options_.observer != nullptr) {
     std::vector<StreamKey> keys;
     keys.reserve(targets.size());
@@ -767,16 +808,7 @@ absl::Status DriftEngine::ApplyBatch(const IngestBatch& batch, absl::Time now, b
 WindowReport DriftEngine::StreamState::Report(const WindowState& window, size_t top_bins,
                                               absl::Time now) const {
   const Reference& ref = current();
-  WindowReport report;
-  report.stream = key;
-  report.window = window.ring.length();
-  report.kind = ref.kind;
-  report.reference_version = ref.version;
-  report.evaluated_at = now;
-  report.alert = window.alert.status();
-  report.warn_threshold = ref.policy.warn_threshold;
-  report.critical_threshold = ref.policy.critical_threshold;
-  report.clear_threshold = ref.policy.EffectiveClearThreshold();
+  WindowReport report = ReportHeader(window, now);
   const absl::Span<const double> totals = TotalsOf(window.ring);
   if (ref.is_histogram()) {
     report.samples = Sum(totals);
@@ -912,6 +944,40 @@ DriftEngine::StreamState::AlertInputs DriftEngine::StreamState::FastAlertInputs(
   return {window.inputs_value, window.inputs_evidence == 1};
 }
 
+void DriftEngine::StreamState::SeedAlertInputs(WindowState& window, const WindowReport& report) {
+  window.inputs_generation = window.ring.generation();
+  window.inputs_value = report.measure_value;
+  window.inputs_enough_samples = report.enough_samples;
+  // FastAlertInputs asks for the evidence only with enough samples, where eligible is exactly it.
+  window.inputs_evidence = report.eligible ? 1 : 0;
+}
+
+WindowReport DriftEngine::StreamState::ReportHeader(const WindowState& window,
+                                                    absl::Time now) const {
+  const Reference& ref = current();
+  WindowReport report;
+  report.stream = key;
+  report.window = window.ring.length();
+  report.kind = ref.kind;
+  report.reference_version = ref.version;
+  report.evaluated_at = now;
+  report.alert = window.alert.status();
+  report.warn_threshold = ref.policy.warn_threshold;
+  report.critical_threshold = ref.policy.critical_threshold;
+  report.clear_threshold = ref.policy.EffectiveClearThreshold();
+  return report;
+}
+
+WindowReport DriftEngine::StreamState::AlertOnlyReport(const WindowState& window,
+                                                       absl::Time now) const {
+  WindowReport report = ReportHeader(window, now);
+  report.measure_value = window.inputs_value;
+  report.enough_samples = window.inputs_enough_samples;
+  report.eligible = window.inputs_enough_samples && window.inputs_evidence == 1;
+  report.measures_unchanged = true;
+  return report;
+}
+
 absl::StatusOr<std::vector<WindowReport>> DriftEngine::GetDrift(
     const StreamKey& key, std::optional<absl::Duration> window, size_t top_bins) const {
   if (absl::Status s = ValidateStreamKey(key); !s.ok()) return s;
@@ -1035,15 +1101,21 @@ size_t DriftEngine::Evaluate() {
       for (WindowState& w : stream->windows) {
         const AlertStatus before = w.alert.status();
         ++out.evaluated;
-        if (!need_reports) {
+        // The observer alone keeps the measures of the last report it was given: while the
+        // totals stay the same, so do they, and only the alert may move.
+        const bool observer_current = !have_watchers && w.inputs_generation == w.ring.generation();
+        if (!need_reports || observer_current) {
           const StreamState::AlertInputs inputs = stream->FastAlertInputs(w, now);
           w.alert.Observe(inputs.value, inputs.eligible, now, ref.policy);
-          if (options_.store != nullptr && !(w.alert.status() == before)) {
+          if (w.alert.status() == before) continue;
+          if (options_.store != nullptr) {
             out.alert_updates.push_back({stream->key, w.ring.length(), w.alert.status()});
           }
+          if (observer_current) stream_reports.push_back(stream->AlertOnlyReport(w, now));
           continue;
         }
         WindowReport report = stream->Report(w, top_bins, now);
+        StreamState::SeedAlertInputs(w, report);
         // Evidence (the G-test) is needed to raise an alert, not to keep or clear a firing one:
         // data back in the reference's shape has none, and must still clear it.
         const bool eligible =
@@ -1259,6 +1331,155 @@ bool DriftEngine::KnowsClient(const std::string& client_id) const {
 size_t DriftEngine::client_count() const {
   MutexLock lock(&clients_mutex_);
   return clients_.size();
+}
+
+// --- Handing a model to another replica ------------------------------------------------------
+
+absl::StatusOr<std::vector<StreamExport>> DriftEngine::ExportModel(const std::string& model) const {
+  if (absl::Status s = ValidateName("model", model, false); !s.ok()) return s;
+  const absl::Time now = clock_->Now();
+  std::vector<std::shared_ptr<StreamState>> streams;
+  {
+    ReaderMutexLock lock(&streams_mutex_);
+    for (auto it = streams_.lower_bound(StreamKey{model, "", ""});
+         it != streams_.end() && it->first.model == model; ++it) {
+      streams.push_back(it->second);
+    }
+  }
+  std::vector<StreamExport> exported;
+  for (const std::shared_ptr<StreamState>& stream : streams) {
+    MutexLock lock(&stream->mutex);
+    if (stream->deleted || stream->versions.empty()) continue;
+    stream->AdvanceWindows(now);
+    StreamExport& out = exported.emplace_back();
+    out.versions = stream->versions;
+    for (const WindowState& w : stream->windows) {
+      out.windows.push_back({w.ring.length(), w.ring.LiveSubBuckets(), w.alert.status()});
+    }
+  }
+  if (exported.empty()) {
+    return absl::NotFoundError(absl::StrCat("model \"", model, "\" has no streams on this server"));
+  }
+  return exported;
+}
+
+absl::StatusOr<size_t> DriftEngine::ImportModel(const std::string& model,
+                                                std::vector<StreamExport> streams, bool replace,
+                                                bool append) {
+  if (absl::Status s = ValidateName("model", model, false); !s.ok()) return s;
+  if (streams.empty()) return absl::InvalidArgumentError("the export holds no streams");
+  for (const StreamExport& stream : streams) {
+    if (stream.versions.empty()) {
+      return absl::InvalidArgumentError("a stream of the export has no reference version");
+    }
+    const StreamKey& key = stream.versions.front()->stream;
+    if (key.model != model) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "stream ", key.ToString(), " of the export is not of model \"", model, "\""));
+    }
+    for (const auto& version : stream.versions) {
+      if (!(version->stream == key)) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("the versions of stream ", key.ToString(), " name other streams"));
+      }
+    }
+  }
+  // Replacing deletes the model's streams first (each durably, as DeleteReference does).
+  std::vector<StreamKey> existing;
+  {
+    ReaderMutexLock lock(&streams_mutex_);
+    for (auto it = streams_.lower_bound(StreamKey{model, "", ""});
+         it != streams_.end() && it->first.model == model; ++it) {
+      existing.push_back(it->first);
+    }
+  }
+  if (append && !replace) {
+    for (const StreamExport& stream : streams) {
+      const StreamKey& key = stream.versions.front()->stream;
+      if (std::find(existing.begin(), existing.end(), key) != existing.end()) {
+        return absl::FailedPreconditionError(
+            absl::StrCat("stream ", key.ToString(),
+                         " already exists on this server; an import's parts must "
+                         "name different streams (re-run the import with replace)"));
+      }
+    }
+    existing.clear();
+  }
+  if (!existing.empty() && !replace) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("model \"", model, "\" already has ", existing.size(),
+                     " streams on this server; import with replace (kldrift admin import "
+                     "--replace) to overwrite them, or delete them first"));
+  }
+  for (const StreamKey& key : existing) {
+    absl::StatusOr<uint64_t> deleted = DeleteReference(key);
+    if (!deleted.ok() && !absl::IsNotFound(deleted.status())) return deleted.status();
+  }
+
+  MutexLock store_lock(&store_mutex_);
+  const absl::Time now = clock_->Now();
+  {
+    ReaderMutexLock lock(&streams_mutex_);
+    if (streams_.size() + streams.size() > options_.max_streams) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "importing ", streams.size(), " streams would pass this server's maximum of ",
+          options_.max_streams, " streams (--max-streams); it holds ", streams_.size()));
+    }
+    if (options_.max_streams_per_model > 0 && streams.size() > options_.max_streams_per_model) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "the export holds ", streams.size(), " streams of model \"", model,
+          "\", over this server's --max-streams-per-model of ", options_.max_streams_per_model));
+    }
+  }
+  size_t installed = 0;
+  for (StreamExport& in : streams) {
+    const StreamKey key = in.versions.front()->stream;
+    auto stream = std::make_shared<StreamState>(key);
+    {
+      // Not visible to other threads until it is in the map, below (after its lock: the engine
+      // takes the map's lock before a stream's).
+      MutexLock lock(&stream->mutex);
+      // Log records up to here were written before this stream existed here: never replayed.
+      const uint64_t lsn = next_lsn_.load() - 1;
+      for (const std::shared_ptr<const Reference>& version : in.versions) {
+        const bool keep_windows = stream->KeepsWindows(*version);
+        if (options_.store != nullptr) {
+          if (absl::Status s = options_.store->PutReference(*version, !keep_windows, lsn);
+              !s.ok()) {
+            return s;
+          }
+        }
+        stream->Install(version, keep_windows, now);
+      }
+      StreamSnapshot snapshot{key, lsn, {}};
+      std::vector<StateStore::AlertUpdate> alerts;
+      for (const StreamExport::Window& from : in.windows) {
+        WindowState* w = stream->FindWindow(from.length);
+        if (w == nullptr) continue;  // Not a window of the current version.
+        for (const SlidingWindow::SubBucket& b : from.sub_buckets) {
+          if (!w->ring.Covers(b.start) || b.values.size() != w->ring.width()) continue;
+          w->ring.Add(b.start, b.values);
+        }
+        for (SlidingWindow::SubBucket& b : w->ring.LiveSubBuckets()) {
+          snapshot.sub_buckets.push_back({key, from.length, b.start, std::move(b.values)});
+        }
+        w->alert.Restore(from.alert);
+        alerts.push_back({key, from.length, from.alert});
+      }
+      if (options_.store != nullptr) {
+        if (absl::Status s = options_.store->WriteSnapshots({snapshot}, 0); !s.ok()) return s;
+        if (absl::Status s = options_.store->WriteAlerts(alerts); !s.ok()) return s;
+      }
+      stream->snapshot_lsn = stream->applied_lsn = lsn;
+    }
+    {
+      MutexLock map_lock(&streams_mutex_);
+      streams_[key] = stream;
+    }
+    if (options_.observer != nullptr) options_.observer->OnReferenceInstalled(*in.versions.back());
+    ++installed;
+  }
+  return installed;
 }
 
 }  // namespace kldrift

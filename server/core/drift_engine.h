@@ -9,7 +9,10 @@
 //   - evaluates every window on Evaluate() (the server's tick) with the vector kernels, spread over
 //     EngineOptions::eval_threads threads, drives the alert state machines and pushes reports to
 //     watchers; with no watcher and no observer to read reports, a tick computes only what the
-//     alert state machines need, and nothing for windows whose totals have not changed;
+//     alert state machines need, and nothing for windows whose totals have not changed; an
+//     observer alone is sent full reports only of windows whose totals or reference changed since
+//     its last report, and alert-only ones (WindowReport::measures_unchanged) of windows whose
+//     alert status alone changed;
 //   - answers GetDrift on demand with freshly computed measures.
 //
 // Thread safety: all methods are safe to call concurrently. Locks: one mutex for the stream map,
@@ -136,6 +139,23 @@ struct WindowReport {
   AlertStatus alert;
   uint64_t reference_version = 0;
   absl::Time evaluated_at;
+  // Only in reports to EngineObserver::OnStreamEvaluated: the window's totals and reference are
+  // those of the last report the observer was given for it, and only its alert status changed.
+  // Such a report carries the alert fields, thresholds, measure_value, enough_samples and eligible
+  // (the last three as before); samples, measure, histogram, gaussian and policy are left empty.
+  bool measures_unchanged = false;
+};
+
+// One stream's whole state, as DriftEngine::ExportModel gives it and ImportModel takes it: every
+// reference version and, for the current version's windows, the live sub-buckets and alert state.
+struct StreamExport {
+  struct Window {
+    absl::Duration length;
+    std::vector<SlidingWindow::SubBucket> sub_buckets;  // Oldest first.
+    AlertStatus alert;
+  };
+  std::vector<std::shared_ptr<const Reference>> versions;  // Oldest first.
+  std::vector<Window> windows;
 };
 
 struct WatchFilter {
@@ -201,6 +221,19 @@ class DriftEngine {
   // A consistent copy of the store in `directory` (absolute, not existing); returns its size.
   // FAILED_PRECONDITION without a store.
   absl::StatusOr<uint64_t> Backup(const std::string& directory);
+
+  // Every stream of `model` (NOT_FOUND if none), each consistent as of one moment: for handing
+  // a model to another replica when shards are added or removed (kldrift admin export).
+  absl::StatusOr<std::vector<StreamExport>> ExportModel(const std::string& model) const;
+
+  // Installs `streams` (all of one model, as ExportModel gave them, built with this server's
+  // limits) with their versions, windows and alert states, durably when there is a store.
+  // FAILED_PRECONDITION if the model already has streams here, unless `replace`, which first
+  // deletes every stream of the model, or `append` (a later part of an import sent in parts),
+  // which refuses only streams that exist. Sub-buckets outside this server's windows (older than
+  // the window's length) are dropped. Returns the streams installed.
+  absl::StatusOr<size_t> ImportModel(const std::string& model, std::vector<StreamExport> streams,
+                                     bool replace, bool append = false);
 
   // Writes to the store that failed outside a call that could report them (alert states).
   uint64_t store_errors() const { return store_errors_.load(); }

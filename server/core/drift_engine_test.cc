@@ -146,7 +146,8 @@ class DriftEngineTest : public ::testing::Test {
     absl::StatusOr<std::shared_ptr<const Reference>> ref = engine_.PutReference(spec);
     EXPECT_TRUE(ref.ok()) << ref.status();
     EXPECT_TRUE(engine_.DeleteReference(spec.stream).ok());
-    return ref.ok() ? (*ref)->counts : std::vector<double>();
+    return ref.ok() ? std::vector<double>((*ref)->counts.begin(), (*ref)->counts.end())
+                    : std::vector<double>();
   }
 
   FakeClock clock_;

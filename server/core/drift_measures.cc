@@ -62,19 +62,20 @@ absl::StatusOr<ReferenceProfile> ReferenceProfile::Create(std::vector<double> co
         "them down");
   }
   ReferenceProfile profile;
+  const size_t k = counts.size();
   profile.alpha_ = alpha;
   profile.samples_ = summary.total;
-  profile.shares_.resize(counts.size());
-  profile.log_shares_.resize(counts.size());
-  kernels::SmoothedShares(counts.data(), counts.size(), alpha,
-                          1.0 / (summary.total + static_cast<double>(counts.size()) * alpha),
-                          profile.shares_.data(), profile.log_shares_.data());
-  // log r for the G-test: the same kernel with alpha = 0 and scale 1 (shares = counts).
-  std::vector<double> unused(counts.size());
-  profile.log_counts_.resize(counts.size());
-  kernels::SmoothedShares(counts.data(), counts.size(), 0.0, 1.0, unused.data(),
-                          profile.log_counts_.data());
-  profile.counts_ = std::move(counts);
+  profile.size_ = k;
+  profile.values_.resize(4 * k);
+  double* values = profile.values_.data();
+  std::copy(counts.begin(), counts.end(), values + kCounts * k);
+  kernels::SmoothedShares(counts.data(), k, alpha,
+                          1.0 / (summary.total + static_cast<double>(k) * alpha),
+                          values + kShares * k, values + kLogShares * k);
+  // log r for the G-test: the same kernel with alpha = 0 and scale 1 (shares = counts, written
+  // over the copy of the counts with the same values).
+  kernels::SmoothedShares(counts.data(), k, 0.0, 1.0, values + kCounts * k,
+                          values + kLogCounts * k);
   return profile;
 }
 
@@ -139,10 +140,13 @@ absl::StatusOr<DriftMeasures> ComputeDriftMeasures(const ReferenceProfile& refer
 
   if (top_k > 0) {
     const double p_scale = 1.0 / (summary.total + static_cast<double>(k) * alpha);
-    std::vector<double> contributions(k);
+    // Scratch reused by every call on this thread: a tick ranks the bins of every window.
+    thread_local std::vector<double> contributions;
+    thread_local std::vector<size_t> order;
+    contributions.resize(k);
+    order.resize(k);
     kernels::KlContributions(current.data(), k, alpha, p_scale, reference.log_shares().data(),
                              contributions.data());
-    std::vector<size_t> order(k);
     std::iota(order.begin(), order.end(), 0);
     const size_t n = std::min(top_k, k);
     // Ties (equal contributions) keep the lower bin first, so output is
@@ -151,11 +155,14 @@ absl::StatusOr<DriftMeasures> ComputeDriftMeasures(const ReferenceProfile& refer
       return contributions[a] != contributions[b] ? contributions[a] > contributions[b] : a < b;
     });
     m.top_bins.reserve(n);
+    std::string scratch;
     for (size_t j = 0; j < n; ++j) {
       const size_t bin = order[j];
       BinContribution c;
       c.bin = bin;
-      c.label = layout != nullptr ? layout->BinLabel(bin) : absl::StrCat("bin ", bin);
+      // Interned layouts format their labels once, not per report.
+      c.label = layout != nullptr ? std::string(layout->CachedBinLabel(bin, scratch))
+                                  : absl::StrCat("bin ", bin);
       c.current_share = (current[bin] + alpha) * p_scale;
       c.reference_share = reference.shares()[bin];
       c.contribution = contributions[bin];

@@ -38,7 +38,11 @@ class EngineObserver {
   // on the ingesting thread with no engine lock held.
   virtual void OnBatchApplied(absl::Span<const StreamKey> streams, absl::Span<const double> samples,
                               absl::Span<const double> nan_samples) = 0;
-  // Reports of every window of one stream, from one evaluation.
+  // Reports of the windows of one stream that changed in one evaluation: a full report of each
+  // window whose totals or reference changed since the last report this observer was given for it
+  // (and of every window while the engine has watchers), and an alert-only report
+  // (WindowReport::measures_unchanged) of each other window whose alert status changed. Not called
+  // for a stream where nothing changed: the observer keeps what it was last told.
   virtual void OnStreamEvaluated(absl::Span<const WindowReport> reports) = 0;
   // One evaluation of every stream ended; it took `duration` (monotonic) over `windows` windows.
   virtual void OnEvaluationFinished(size_t windows, absl::Duration duration) = 0;

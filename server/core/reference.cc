@@ -207,10 +207,11 @@ absl::StatusOr<std::shared_ptr<const Reference>> BuildReference(
     }
     counts = *window_counts;
   }
-  absl::StatusOr<ReferenceProfile> profile = ReferenceProfile::Create(counts, spec.policy.alpha);
+  absl::StatusOr<ReferenceProfile> profile =
+      ReferenceProfile::Create(std::move(counts), spec.policy.alpha);
   if (!profile.ok()) return profile.status();
   ref->profile = std::make_shared<const ReferenceProfile>(*std::move(profile));
-  ref->counts = std::move(counts);
+  ref->counts = ref->profile->counts();
   ref->layout = *std::move(layout);
   return ref;
 }

@@ -17,6 +17,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "absl/types/span.h"
 #include "server/core/alert_policy.h"
 #include "server/core/bin_layout.h"
 #include "server/core/drift_measures.h"
@@ -65,10 +66,11 @@ struct Reference {
   StreamKey stream;
   uint64_t version = 0;
   ReferenceKind kind = ReferenceKind::kPreBinned;
-  std::optional<BinLayout> layout;                  // Histogram kinds.
-  std::vector<double> counts;                       // Histogram kinds, full layout.
+  std::optional<BinLayout> layout;  // Histogram kinds; shared with every equal layout (interned).
   std::shared_ptr<const ReferenceProfile> profile;  // Histogram kinds.
-  GaussianParams gaussian;                          // kGaussian.
+  // Histogram kinds: the counts in the full layout, those of `profile` (one copy per reference).
+  absl::Span<const double> counts;
+  GaussianParams gaussian;  // kGaussian.
   AlertPolicy policy;
   absl::Time created_at;
 

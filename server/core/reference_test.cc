@@ -15,6 +15,7 @@ namespace kldrift {
 namespace {
 
 using ::testing::AllOf;
+using ::testing::Each;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 
@@ -427,6 +428,29 @@ TEST(ReferenceTest, SameBins) {
   EXPECT_FALSE(rg->SameBins(*rg3));
   EXPECT_FALSE(rg->SameBins(*rpol));
   EXPECT_TRUE(rpol->SameBins(*rpol2));
+}
+
+TEST(ReferenceTest, ReferencesOfEqualBinsShareTheLayoutAndKeepTheirOwnCounts) {
+  ReferenceSpec spec = NumericSpec();
+  spec.counts = std::vector<double>{1, 2, 3};
+  std::shared_ptr<const Reference> first = BuildOk(spec);
+  spec.counts = std::vector<double>(first->counts.size(), 3.0);
+  std::shared_ptr<const Reference> second = BuildOk(spec);
+  ASSERT_TRUE(first->layout && second->layout);
+  EXPECT_TRUE(first->layout->SharesDataWith(*second->layout));
+  EXPECT_NE(first->counts, second->counts);
+  // The counts are the profile's own, not a copy.
+  EXPECT_EQ(first->counts.data(), first->profile->counts().data());
+  EXPECT_THAT(second->counts, Each(3.0));
+  // A new reference with other edges gets its own layout; the first keeps its bins.
+  spec.edges = {0, 5, 10, 20};
+  std::shared_ptr<const Reference> third = BuildOk(spec);
+  EXPECT_FALSE(third->layout->SharesDataWith(*first->layout));
+  EXPECT_EQ(first->layout->edges(), NumericSpec().edges);
+  EXPECT_EQ(third->layout->edges(), spec.edges);
+  // A copy of a reference reads the same counts.
+  const Reference copy = *first;
+  EXPECT_EQ(copy.counts, first->counts);
 }
 
 }  // namespace

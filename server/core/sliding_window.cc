@@ -22,6 +22,7 @@ std::vector<double> SlidingWindow::totals() const {
 }
 
 int64_t SlidingWindow::SubBucketIndex(absl::Time t) const {
+  if (InHead(t)) return head_;
   const absl::Duration since = t - absl::UnixEpoch();
   // Whole nanoseconds within ~200 years of the epoch (every real time): integer division, which
   // costs a fraction of IDivDuration's and gives the same floor.
@@ -55,10 +56,24 @@ void SlidingWindow::RecomputeTotals() {
   totals_.Add(0, totals);  // 0 + x == x: the sums exactly.
 }
 
+void SlidingWindow::SetHead(int64_t head) {
+  head_ = head;
+  // Whole-nanosecond steps: SubBucketIndex divides nanoseconds exactly, so its sub-bucket `head`
+  // is exactly [start, start + step) (real times: far from overflowing). Otherwise no shortcut.
+  constexpr int64_t kIntegerRange = int64_t{24} * 365 * 200 * 3600 * 1'000'000'000 / 2;
+  if (step_nanos_ > 0 && head > -kIntegerRange / step_nanos_ &&
+      head < kIntegerRange / step_nanos_) {
+    head_start_ = absl::UnixEpoch() + absl::Nanoseconds(head * step_nanos_);
+    head_end_ = head_start_ + absl::Nanoseconds(step_nanos_);
+  } else {
+    head_start_ = head_end_ = absl::InfinitePast();
+  }
+}
+
 void SlidingWindow::Advance(absl::Time now, const ExpireCallback& on_expire) {
   const int64_t new_head = SubBucketIndex(now);
   if (head_ == INT64_MIN) {
-    head_ = new_head;
+    SetHead(new_head);
     return;
   }
   if (new_head <= head_) return;  // Time never moves the window backwards.
@@ -82,7 +97,7 @@ void SlidingWindow::Advance(absl::Time now, const ExpireCallback& on_expire) {
     ring_.Clear(slot);
     expired_any = true;
   }
-  head_ = new_head;
+  SetHead(new_head);
   if (expired_any) {
     RecomputeTotals();
     ++generation_;
@@ -96,9 +111,19 @@ bool SlidingWindow::Covers(absl::Time event_time) const {
 }
 
 void SlidingWindow::Add(absl::Time event_time, absl::Span<const double> delta) {
-  ring_.Add(Slot(SubBucketIndex(event_time)), delta);
-  totals_.Add(0, delta);
+  Add(event_time, delta, CompactSubBuckets::Summarize(delta));
+}
+
+void SlidingWindow::Add(absl::Time event_time, absl::Span<const double> delta,
+                        const CompactSubBuckets::DeltaSummary& summary) {
+  ring_.Add(Slot(SubBucketIndex(event_time)), delta, summary);
+  totals_.Add(0, delta, summary);
   ++generation_;
+}
+
+void SlidingWindow::PrefetchForAdd(absl::Time event_time) const {
+  ring_.Prefetch(Slot(SubBucketIndex(event_time)));
+  totals_.Prefetch(0);
 }
 
 std::vector<SlidingWindow::SubBucket> SlidingWindow::LiveSubBuckets() const {

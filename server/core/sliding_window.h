@@ -46,6 +46,13 @@ class SlidingWindow {
   // Adds `delta` to the sub-bucket of `event_time`. REQUIRES: Covers(event_time) and
   // delta.size() == width(). Call Advance() first so "now" is current.
   void Add(absl::Time event_time, absl::Span<const double> delta);
+  // The same, for a caller adding one delta to several windows. REQUIRES: summary ==
+  // CompactSubBuckets::Summarize(delta).
+  void Add(absl::Time event_time, absl::Span<const double> delta,
+           const CompactSubBuckets::DeltaSummary& summary);
+  // Asks the CPU to bring into cache what Add(event_time, ...) will touch (a hint; no effect on
+  // the window). Lets a caller about to add to many windows overlap their cache misses.
+  void PrefetchForAdd(absl::Time event_time) const;
 
   // Sum of every live sub-bucket.
   std::vector<double> totals() const;
@@ -76,6 +83,7 @@ class SlidingWindow {
   std::vector<double> SubBucketValues(absl::Time t) const;
   // Start time of the sub-bucket containing `t` (how storage names sub-buckets).
   absl::Time SubBucketStart(absl::Time t) const {
+    if (InHead(t)) return head_start_;
     return absl::UnixEpoch() + step_ * SubBucketIndex(t);
   }
 
@@ -84,12 +92,20 @@ class SlidingWindow {
     return static_cast<int>(((index % sub_buckets_) + sub_buckets_) % sub_buckets_);
   }
   void RecomputeTotals();
+  // Makes `head` the sub-bucket of "now".
+  void SetHead(int64_t head);
+  // Whether `t` is in sub-bucket head_ (where ingest nearly always lands), known without a
+  // division.
+  bool InHead(absl::Time t) const { return t >= head_start_ && t < head_end_; }
 
   absl::Duration length_;
   absl::Duration step_;
   int sub_buckets_;
   int64_t step_nanos_;        // step_ in nanoseconds; 0 if not whole.
   int64_t head_ = INT64_MIN;  // Sub-bucket index of "now"; INT64_MIN before the first Advance().
+  // [start, end) of sub-bucket head_ when step_nanos_ > 0 (so exact); else empty.
+  absl::Time head_start_ = absl::InfinitePast();
+  absl::Time head_end_ = absl::InfinitePast();
   CompactSubBuckets ring_;    // Slot = index mod sub_buckets_.
   CompactSubBuckets totals_;  // One "sub-bucket": the totals, as compact as the counts allow.
   uint64_t generation_ = 0;

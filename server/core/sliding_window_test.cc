@@ -305,5 +305,54 @@ TEST(SlidingWindowTest, SubBucketIndexIsTheFloorEverywhere) {
   for (absl::Time t : times) EXPECT_EQ(w.SubBucketIndex(t), floor_index(t)) << t;
 }
 
+// The sub-bucket of "now" is answered without a division: the shortcut must agree with the floor
+// at its edges, whatever sub-bucket the window was advanced to (and with no shortcut at all when
+// the step is not a whole number of nanoseconds).
+TEST(SlidingWindowTest, SubBucketOfNowAgreesWithTheFloorAtItsEdges) {
+  const absl::Duration lengths[] = {absl::Minutes(5), absl::Hours(24),
+                                    absl::Nanoseconds(10) / 3 * 12};
+  const absl::Time nows[] = {kT0, kT0 - absl::Nanoseconds(1), absl::UnixEpoch(),
+                             absl::UnixEpoch() - absl::Nanoseconds(1) / 4,
+                             absl::UnixEpoch() + absl::Hours(24 * 365 * 150)};
+  for (absl::Duration length : lengths) {
+    for (absl::Time now : nows) {
+      SlidingWindow w(length, 12, 1);
+      SlidingWindow reference(length, 12, 1);  // Never advanced: no shortcut.
+      w.Advance(now);
+      const absl::Time start = reference.SubBucketStart(now);
+      const absl::Duration step = w.sub_bucket_length();
+      const absl::Duration quarter = absl::Nanoseconds(1) / 4;
+      for (absl::Time t : {start - quarter, start, start + quarter, now, start + step - quarter,
+                           start + step, start + step + quarter}) {
+        EXPECT_EQ(w.SubBucketIndex(t), reference.SubBucketIndex(t)) << length << " " << t;
+        EXPECT_EQ(w.SubBucketStart(t), reference.SubBucketStart(t)) << length << " " << t;
+      }
+      EXPECT_TRUE(w.Covers(now));
+      EXPECT_FALSE(w.Covers(start + step));
+    }
+  }
+}
+
+// Adding one delta with its summary, to the sub-bucket of now or an older one, is the same as
+// adding it without.
+TEST(SlidingWindowTest, AddWithASummaryIsAdd) {
+  SlidingWindow with(absl::Minutes(1), 6, 3);
+  SlidingWindow without(absl::Minutes(1), 6, 3);
+  with.Advance(kT0);
+  without.Advance(kT0);
+  const std::vector<std::vector<double>> deltas = {{1, 2, 3}, {0.5, 0, 1}, {250, 0, 7}, {-1, 2, 3}};
+  for (const std::vector<double>& delta : deltas) {
+    for (absl::Time t : {kT0, kT0 - absl::Seconds(30)}) {
+      with.Add(t, delta, CompactSubBuckets::Summarize(delta));
+      without.Add(t, delta);
+    }
+  }
+  EXPECT_EQ(Vec(with.totals()), Vec(without.totals()));
+  EXPECT_EQ(with.generation(), without.generation());
+  for (absl::Time t : {kT0, kT0 - absl::Seconds(30)}) {
+    EXPECT_EQ(Vec(with.SubBucketValues(t)), Vec(without.SubBucketValues(t)));
+  }
+}
+
 }  // namespace
 }  // namespace kldrift

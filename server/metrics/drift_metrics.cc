@@ -527,6 +527,15 @@ void DriftMetrics::OnStreamEvaluated(absl::Span<const WindowReport> reports) {
     for (WindowState& w : stream.window_states) {
       if (w.window == report.window) window = &w;
     }
+    if (report.measures_unchanged) {
+      // The alert moved; everything else is what the window's last full report said. A window
+      // not exported yet waits for its first full report (a new version's windows get one).
+      if (window != nullptr) {
+        window->severity = report.alert.severity;
+        window->state = report.alert.state;
+      }
+      continue;
+    }
     if (window == nullptr) {
       window = &stream.window_states.emplace_back();
       window->window = report.window;

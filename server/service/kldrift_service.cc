@@ -547,4 +547,41 @@ grpc::ServerWriteReactor<v1::DriftReport>* KlDriftService::WatchDrift(
   return new WatchReactor(this, context, *request);
 }
 
+grpc::ServerUnaryReactor* KlDriftService::ExportModel(grpc::CallbackServerContext* context,
+                                                      const v1::ExportModelRequest* request,
+                                                      v1::ModelExport* response) {
+  return Unary(context, [&]() -> absl::Status {
+    if (absl::Status s = Authorize(context, Role::kAdmin, request->model()); !s.ok()) return s;
+    const absl::Time now = absl::Now();
+    absl::StatusOr<std::vector<StreamExport>> streams = engine_->ExportModel(request->model());
+    if (!streams.ok()) return streams.status();
+    response->set_model(request->model());
+    response->mutable_exported_at()->set_seconds(absl::ToUnixSeconds(now));
+    for (const StreamExport& stream : *streams) ToProto(stream, response->add_streams());
+    return absl::OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* KlDriftService::ImportModel(grpc::CallbackServerContext* context,
+                                                      const v1::ImportModelRequest* request,
+                                                      v1::ImportModelResponse* response) {
+  return Unary(context, [&]() -> absl::Status {
+    const std::string& model = request->model_export().model();
+    if (absl::Status s = Authorize(context, Role::kAdmin, model); !s.ok()) return s;
+    std::vector<StreamExport> streams;
+    streams.reserve(request->model_export().streams_size());
+    for (const v1::StreamExport& stream : request->model_export().streams()) {
+      absl::StatusOr<StreamExport> converted =
+          FromProto(stream, engine_->options().reference_limits);
+      if (!converted.ok()) return converted.status();
+      streams.push_back(*std::move(converted));
+    }
+    absl::StatusOr<size_t> installed =
+        engine_->ImportModel(model, std::move(streams), request->replace(), request->append());
+    if (!installed.ok()) return installed.status();
+    response->set_streams(static_cast<uint32_t>(*installed));
+    return absl::OkStatus();
+  });
+}
+
 }  // namespace kldrift

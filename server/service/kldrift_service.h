@@ -73,6 +73,12 @@ class KlDriftService final : public v1::KlDrift::CallbackService {
   grpc::ServerUnaryReactor* Backup(grpc::CallbackServerContext* context,
                                    const v1::BackupRequest* request,
                                    v1::BackupResponse* response) override;
+  grpc::ServerUnaryReactor* ExportModel(grpc::CallbackServerContext* context,
+                                        const v1::ExportModelRequest* request,
+                                        v1::ModelExport* response) override;
+  grpc::ServerUnaryReactor* ImportModel(grpc::CallbackServerContext* context,
+                                        const v1::ImportModelRequest* request,
+                                        v1::ImportModelResponse* response) override;
 
   // Ends every open WatchDrift stream (status UNAVAILABLE, "server shutting down") and makes new
   // ones fail at once, so that grpc::Server::Shutdown() does not wait for them.

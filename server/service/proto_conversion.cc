@@ -1,6 +1,7 @@
 #include "server/service/proto_conversion.h"
 
 #include <cmath>
+#include <limits>
 #include <utility>
 
 #include "absl/status/status.h"
@@ -351,6 +352,145 @@ void ToProto(const WindowReport& report, v1::DriftReport* out) {
   ToProto(report.alert.since, out->mutable_state_since());
   out->set_reference_version(report.reference_version);
   ToProto(report.evaluated_at, out->mutable_evaluated_at());
+}
+
+// --- Model export / import -------------------------------------------------------------------
+
+namespace {
+
+constexpr int64_t kNeverPast = std::numeric_limits<int64_t>::min();
+constexpr int64_t kNeverFuture = std::numeric_limits<int64_t>::max();
+
+int64_t ToMicros(absl::Time t) {
+  if (t == absl::InfinitePast()) return kNeverPast;
+  if (t == absl::InfiniteFuture()) return kNeverFuture;
+  return absl::ToUnixMicros(t);
+}
+
+absl::Time FromMicros(int64_t micros) {
+  if (micros == kNeverPast) return absl::InfinitePast();
+  if (micros == kNeverFuture) return absl::InfiniteFuture();
+  return absl::FromUnixMicros(micros);
+}
+
+// A stored version as the PutReference request that describes it (counts in the full layout).
+v1::PutReferenceRequest AsPutRequest(const v1::Reference& r) {
+  v1::PutReferenceRequest put;
+  *put.mutable_stream() = r.stream();
+  switch (r.kind()) {
+    case v1::REFERENCE_KIND_NUMERIC:
+      *put.mutable_numeric() = r.numeric();
+      break;
+    case v1::REFERENCE_KIND_CATEGORICAL:
+      *put.mutable_categorical() = r.categorical();
+      break;
+    case v1::REFERENCE_KIND_PRE_BINNED:
+      *put.mutable_pre_binned() = r.pre_binned();
+      break;
+    case v1::REFERENCE_KIND_GAUSSIAN:
+      *put.mutable_gaussian() = r.gaussian();
+      break;
+    case v1::REFERENCE_KIND_PAIRED_LOG_PROBS:
+      put.mutable_paired_log_probs();
+      break;
+    default:
+      break;  // Left without bins: FromProto names the problem.
+  }
+  if (r.counts_size() > 0) *put.mutable_counts()->mutable_counts() = r.counts();
+  *put.mutable_policy() = r.policy();
+  return put;
+}
+
+}  // namespace
+
+void ToProto(const StreamExport& in, v1::StreamExport* out) {
+  for (const auto& version : in.versions) {
+    ToProto(*version, out->add_versions(), v1::REFERENCE_VIEW_FULL);
+  }
+  for (const StreamExport::Window& window : in.windows) {
+    v1::WindowExport* w = out->add_windows();
+    ToProto(window.length, w->mutable_length());
+    for (const SlidingWindow::SubBucket& b : window.sub_buckets) {
+      v1::SubBucketExport* sub = w->add_sub_buckets();
+      ToProto(b.start, sub->mutable_start());
+      sub->mutable_values()->Add(b.values.begin(), b.values.end());
+    }
+    v1::AlertStateExport* alert = w->mutable_alert();
+    alert->set_state(ToProto(window.alert.state));
+    alert->set_severity(ToProto(window.alert.severity));
+    alert->set_since_micros(ToMicros(window.alert.since));
+    alert->set_over_since_micros(ToMicros(window.alert.over_since));
+    alert->set_below_clear_since_micros(ToMicros(window.alert.below_clear_since));
+  }
+}
+
+absl::StatusOr<StreamExport> FromProto(const v1::StreamExport& in, const ReferenceLimits& limits) {
+  StreamExport out;
+  for (const v1::Reference& version : in.versions()) {
+    const std::string name = absl::StrCat("version ", version.version(), " of stream ",
+                                          FromProto(version.stream()).ToString());
+    absl::StatusOr<ReferenceSpec> spec = FromProto(AsPutRequest(version));
+    if (!spec.ok()) {
+      return absl::Status(spec.status().code(),
+                          absl::StrCat(name, " in the export: ", spec.status().message()));
+    }
+    absl::StatusOr<absl::Time> created = FromProto(version.created_at(), "created_at");
+    if (!created.ok()) return created.status();
+    if (version.version() == 0 ||
+        (!out.versions.empty() && version.version() <= out.versions.back()->version)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(name, " in the export: versions must be positive and increasing"));
+    }
+    absl::StatusOr<std::shared_ptr<const Reference>> built =
+        BuildReference(*spec, version.version(), *created, limits);
+    if (!built.ok()) {
+      return absl::Status(built.status().code(),
+                          absl::StrCat(name, " in the export: ", built.status().message()));
+    }
+    out.versions.push_back(*std::move(built));
+  }
+  for (const v1::WindowExport& w : in.windows()) {
+    StreamExport::Window window;
+    absl::StatusOr<absl::Duration> length = FromProto(w.length(), "window length");
+    if (!length.ok()) return length.status();
+    window.length = *length;
+    for (const v1::SubBucketExport& b : w.sub_buckets()) {
+      absl::StatusOr<absl::Time> start = FromProto(b.start(), "sub-bucket start");
+      if (!start.ok()) return start.status();
+      for (double v : b.values()) {
+        if (!std::isfinite(v)) {
+          return absl::InvalidArgumentError("a sub-bucket of the export holds a non-finite value");
+        }
+      }
+      window.sub_buckets.push_back({*start, {b.values().begin(), b.values().end()}});
+    }
+    const v1::AlertStateExport& a = w.alert();
+    switch (a.state()) {
+      case v1::ALERT_STATE_PENDING:
+        window.alert.state = AlertState::kPending;
+        break;
+      case v1::ALERT_STATE_FIRING:
+        window.alert.state = AlertState::kFiring;
+        break;
+      default:
+        window.alert.state = AlertState::kOk;
+    }
+    switch (a.severity()) {
+      case v1::SEVERITY_WARN:
+        window.alert.severity = Severity::kWarn;
+        break;
+      case v1::SEVERITY_CRITICAL:
+        window.alert.severity = Severity::kCritical;
+        break;
+      default:
+        window.alert.severity = Severity::kNone;
+    }
+    window.alert.since = FromMicros(a.since_micros());
+    window.alert.over_since = FromMicros(a.over_since_micros());
+    window.alert.below_clear_since = FromMicros(a.below_clear_since_micros());
+    out.windows.push_back(std::move(window));
+  }
+  return out;
 }
 
 }  // namespace kldrift

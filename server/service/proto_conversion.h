@@ -30,6 +30,12 @@ absl::StatusOr<IngestBatch> FromProto(const v1::IngestRequest& request);
 
 void ToProto(const WindowReport& report, v1::DriftReport* out);
 
+// A model export's stream (kldrift admin export/import). FromProto rebuilds every version with
+// this server's `limits`; INVALID_ARGUMENT / RESOURCE_EXHAUSTED name the version at fault.
+void ToProto(const StreamExport& stream, v1::StreamExport* out);
+absl::StatusOr<StreamExport> FromProto(const v1::StreamExport& stream,
+                                       const ReferenceLimits& limits);
+
 absl::StatusOr<absl::Duration> FromProto(const google::protobuf::Duration& duration,
                                          absl::string_view field);
 

@@ -10,6 +10,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/types/span.h"
 #include "kldrift/storage/v1/storage.pb.h"
 #include "rocksdb/compaction_filter.h"
 #include "rocksdb/utilities/checkpoint.h"
@@ -29,13 +30,21 @@ constexpr char kFormatKey[] = "format_version";
 
 // ---- Encoding ------------------------------------------------------------------------------
 
+size_t StreamPrefixSize(const StreamKey& key) {
+  return key.model.size() + key.model_version.size() + key.signal.size() + 3;
+}
+
+void AppendStreamPrefix(std::string* out, const StreamKey& key) {
+  for (const std::string* part : {&key.model, &key.model_version, &key.signal}) {
+    *out += *part;
+    *out += '\0';
+  }
+}
+
 std::string StreamPrefix(const StreamKey& key) {
   std::string prefix;
-  prefix.reserve(key.model.size() + key.model_version.size() + key.signal.size() + 3);
-  for (const std::string* part : {&key.model, &key.model_version, &key.signal}) {
-    prefix += *part;
-    prefix += '\0';
-  }
+  prefix.reserve(StreamPrefixSize(key));
+  AppendStreamPrefix(&prefix, key);
   return prefix;
 }
 
@@ -107,32 +116,46 @@ constexpr char kVarintTag = 'V';
 constexpr char kDoublesTag = 'D';
 constexpr double kMaxExactInteger = 9007199254740992.0;  // 2^53
 
-std::string EncodeValues(const std::vector<double>& values) {
+// Appends the encoding of `values` to `out`.
+void AppendValues(std::string* out, absl::Span<const double> values) {
   bool integers = true;
   for (double v : values) {
-    if (!(v == std::floor(v)) || std::fabs(v) >= kMaxExactInteger) {
+    // |v| < 2^53 (NaN fails it) and integer; the cast is exact inside the range, so it tells
+    // integers from fractions without a floor() call (this runs for every bin of every batch).
+    if (!(std::fabs(v) < kMaxExactInteger) || static_cast<double>(static_cast<int64_t>(v)) != v) {
       integers = false;
       break;
     }
   }
-  std::string out;
   if (!integers) {
-    out.resize(1 + values.size() * sizeof(double));
-    out[0] = kDoublesTag;
-    std::memcpy(out.data() + 1, values.data(), values.size() * sizeof(double));
-    return out;
+    const size_t start = out->size();
+    out->resize(start + 1 + values.size() * sizeof(double));
+    (*out)[start] = kDoublesTag;
+    std::memcpy(out->data() + start + 1, values.data(), values.size() * sizeof(double));
+    return;
   }
-  out.reserve(1 + values.size() * 2);
-  out.push_back(kVarintTag);
+  // Written through a pointer into room for the longest encoding (a varint of 2^54 takes 8
+  // bytes), then cut to size: no capacity check per byte.
+  constexpr size_t kMaxVarintBytes = 8;
+  const size_t start = out->size();
+  out->resize(start + 1 + values.size() * kMaxVarintBytes);
+  char* p = out->data() + start;
+  *p++ = kVarintTag;
   for (double v : values) {
     const int64_t i = static_cast<int64_t>(v);
     uint64_t zigzag = (static_cast<uint64_t>(i) << 1) ^ static_cast<uint64_t>(i >> 63);
     while (zigzag >= 0x80) {
-      out.push_back(static_cast<char>(zigzag | 0x80));
+      *p++ = static_cast<char>(zigzag | 0x80);
       zigzag >>= 7;
     }
-    out.push_back(static_cast<char>(zigzag));
+    *p++ = static_cast<char>(zigzag);
   }
+  out->resize(p - out->data());
+}
+
+std::string EncodeValues(const std::vector<double>& values) {
+  std::string out;
+  AppendValues(&out, values);
   return out;
 }
 
@@ -196,13 +219,20 @@ std::string LsnKey(uint64_t lsn) {
 // A log record: event time, then each stream's prefix and encoded delta, length-prefixed.
 std::string EncodeRecord(const IngestRecord& record) {
   std::string out;
+  // About a byte per count: one allocation for the whole record in the common case.
+  size_t estimate = 8 + 10;
+  for (const StreamDelta& delta : record.deltas) {
+    estimate += 4 + StreamPrefixSize(delta.stream) + 3 + delta.values.size() * 2;
+  }
+  out.reserve(estimate);
   AppendBigEndian(&out, FlipSign(ToMicros(record.event_time)));
   AppendVarint(&out, record.deltas.size());
+  std::string values;  // Reused: each stream's values, before their length is known.
   for (const StreamDelta& delta : record.deltas) {
-    const std::string prefix = StreamPrefix(delta.stream);
-    AppendVarint(&out, prefix.size());
-    out += prefix;
-    const std::string values = EncodeValues(delta.values);
+    AppendVarint(&out, StreamPrefixSize(delta.stream));
+    AppendStreamPrefix(&out, delta.stream);
+    values.clear();
+    AppendValues(&values, delta.values);
     AppendVarint(&out, values.size());
     out += values;
   }

@@ -562,7 +562,9 @@ enum class Rpc {
   kIngest,
   kGetDrift,
   kWatchDrift,
-  kBackup
+  kBackup,
+  kExportModel,
+  kImportModel
 };
 
 const char* RpcName(Rpc rpc) {
@@ -583,6 +585,10 @@ const char* RpcName(Rpc rpc) {
       return "WatchDrift";
     case Rpc::kBackup:
       return "Backup";
+    case Rpc::kExportModel:
+      return "ExportModel";
+    case Rpc::kImportModel:
+      return "ImportModel";
   }
   return "?";
 }
@@ -690,6 +696,28 @@ TEST_F(SecurityE2eTest, EveryRpcChecksTheTokenRoleAndModel) {
         }
         break;
       }
+      case Rpc::kExportModel: {
+        v1::ExportModelRequest request;
+        request.set_model(model);
+        v1::ModelExport response;
+        status = stub->ExportModel(Context(authorization).get(), request, &response);
+        if (status.ok()) EXPECT_EQ(response.streams_size(), 1);
+        break;
+      }
+      case Rpc::kImportModel: {
+        // The model's own state, taken with the admin token, put back in place.
+        v1::ExportModelRequest export_request;
+        export_request.set_model(model);
+        v1::ImportModelRequest request;
+        EXPECT_TRUE(stub->ExportModel(Context(Bearer(kAdminToken)).get(), export_request,
+                                      request.mutable_model_export())
+                        .ok());
+        request.set_replace(true);
+        v1::ImportModelResponse response;
+        status = stub->ImportModel(Context(authorization).get(), request, &response);
+        if (status.ok()) EXPECT_EQ(response.streams(), 1u);
+        break;
+      }
     }
     if (!status.ok()) messages.push_back(status.error_message());
     return status.error_code();
@@ -701,7 +729,8 @@ TEST_F(SecurityE2eTest, EveryRpcChecksTheTokenRoleAndModel) {
   constexpr StatusCode kDenied = StatusCode::PERMISSION_DENIED;
   const std::vector<Rpc> rpcs = {Rpc::kPutReference,    Rpc::kGetReference, Rpc::kListReferences,
                                  Rpc::kDeleteReference, Rpc::kIngest,       Rpc::kGetDrift,
-                                 Rpc::kWatchDrift,      Rpc::kBackup};
+                                 Rpc::kWatchDrift,      Rpc::kBackup,       Rpc::kExportModel,
+                                 Rpc::kImportModel};
   struct Caller {
     std::string name;
     std::string authorization;
@@ -713,12 +742,16 @@ TEST_F(SecurityE2eTest, EveryRpcChecksTheTokenRoleAndModel) {
       {"no token", "", all_unauthenticated},
       {"unknown token", Bearer(kUnknownToken), all_unauthenticated},
       {"token without Bearer", kAdminToken, all_unauthenticated},
-      {"reader", Bearer(kReaderToken), {kDenied, kOk, kOk, kDenied, kDenied, kOk, kOk, kDenied}},
-      {"writer", Bearer(kWriterToken), {kOk, kOk, kOk, kOk, kOk, kOk, kOk, kDenied}},
-      {"admin", Bearer(kAdminToken), {kOk, kOk, kOk, kOk, kOk, kOk, kOk, kOk}},
+      {"reader",
+       Bearer(kReaderToken),
+       {kDenied, kOk, kOk, kDenied, kDenied, kOk, kOk, kDenied, kDenied, kDenied}},
+      {"writer",
+       Bearer(kWriterToken),
+       {kOk, kOk, kOk, kOk, kOk, kOk, kOk, kDenied, kDenied, kDenied}},
+      {"admin", Bearer(kAdminToken), {kOk, kOk, kOk, kOk, kOk, kOk, kOk, kOk, kOk, kOk}},
       {"writer scoped to other-*",
        Bearer(kScopedToken),
-       {kDenied, kDenied, kDenied, kDenied, kDenied, kDenied, kDenied, kDenied}},
+       {kDenied, kDenied, kDenied, kDenied, kDenied, kDenied, kDenied, kDenied, kDenied, kDenied}},
   };
 
   auto admin_put = [&] {

@@ -1,6 +1,9 @@
 // End-to-end tests of kldriftd: a real server process on a loopback port chosen by the kernel,
 // real gRPC, the generated stubs. Every wait is bounded.
+#include <stdlib.h>
+
 #include <cmath>
+#include <filesystem>
 #include <memory>
 #include <random>
 #include <string>
@@ -338,6 +341,146 @@ TEST_F(ServiceE2eTest, ShardKeyMetadataMustNameTheRequestsModel) {
   EXPECT_THAT(errors[0].message(), HasSubstr("names model \"m1\" but the request is for model"));
   EXPECT_EQ(Drift(Stream("m1", "s")).reports(0).samples(), 7);
   EXPECT_EQ(Drift(Stream("m2", "s")).reports(0).samples(), 0);
+}
+
+// Sharding hand-over: a model exported from one server and imported into another keeps every
+// reference version, its windows (GetDrift equal) and its alert states, durably; an import onto a
+// model that exists there needs replace; other models are untouched.
+TEST_F(ServiceE2eTest, ExportImportHandsAModelToAnotherServer) {
+  v1::AlertPolicy policy;
+  policy.set_warn_threshold(0.01);
+  policy.set_critical_threshold(0.05);
+  policy.set_min_samples(10);
+  policy.set_max_p_value(1);
+  *policy.mutable_for_duration() = Seconds(0);
+  PutNumeric(Stream("handed", "a"), {5, 5, 5, 5});
+  PutNumeric(Stream("handed", "a"), {1, 1, 1, 1}, policy);  // Version 2, same bins: windows kept.
+  PutNumeric(Stream("handed", "b"), {3, 3, 3});
+  PutNumeric(Stream("stays", "c"), {1, 1});
+  IngestAll({HistogramBatch("hand-over", 1, "handed", "a", {0, 40, 0, 0, 2, 0, 1}),
+             HistogramBatch("hand-over", 2, "handed", "b", {0, 1, 2, 3, 0, 0})},
+            2);
+  ASSERT_TRUE(server_->WaitForEvaluations().ok());  // Alert state of a: critical, firing.
+  const v1::GetDriftResponse before_a = Drift(Stream("handed", "a"));
+  const v1::GetDriftResponse before_b = Drift(Stream("handed", "b"));
+  ASSERT_EQ(before_a.reports(0).alert_state(), v1::ALERT_STATE_FIRING);
+
+  ChannelOptions options;
+  options.target = server_->address();
+  KlDriftClient from(CreateChannel(options), kRpcDeadline);
+  absl::StatusOr<v1::ModelExport> exported = from.ExportModel("handed");
+  ASSERT_TRUE(exported.ok()) << exported.status();
+  ASSERT_EQ(exported->streams_size(), 2);
+  EXPECT_EQ(exported->streams(0).versions_size(), 2);
+  EXPECT_EQ(from.ExportModel("no-such-model").status().code(), absl::StatusCode::kNotFound);
+
+  char data_dir[] = "/tmp/kldrift-import-XXXXXX";
+  ASSERT_NE(mkdtemp(data_dir), nullptr);
+  const std::vector<std::string> flags = {"--data-dir",       std::string(data_dir) + "/data",
+                                          "--eval-interval",  "100ms",
+                                          "--shutdown-grace", "1s"};
+  absl::StatusOr<std::unique_ptr<testing::ServerProcess>> other =
+      testing::ServerProcess::Start(testing::BinaryPath("KLDRIFTD", "server/kldriftd"), flags);
+  ASSERT_TRUE(other.ok()) << other.status();
+  options.target = (*other)->address();
+  {
+    KlDriftClient to(CreateChannel(options), kRpcDeadline);
+    ASSERT_TRUE(to.PutReference([] {
+                    v1::PutReferenceRequest r;
+                    *r.mutable_stream() = Stream("handed", "old");
+                    r.mutable_pre_binned()->set_bins(2);
+                    r.mutable_counts()->add_counts(1);
+                    r.mutable_counts()->add_counts(1);
+                    return r;
+                  }())
+                    .ok());
+    const absl::StatusOr<uint32_t> refused = to.ImportModel(*exported, /*replace=*/false);
+    EXPECT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition);
+    EXPECT_THAT(refused.status().message(), HasSubstr("already has 1 streams"));
+    absl::StatusOr<uint32_t> imported = to.ImportModel(*exported, /*replace=*/true);
+    ASSERT_TRUE(imported.ok()) << imported.status();
+    EXPECT_EQ(*imported, 2u);
+    // Replace dropped the stream the export does not have.
+    EXPECT_EQ(to.GetReference(Stream("handed", "old")).status().code(),
+              absl::StatusCode::kNotFound);
+  }
+  // Survives a restart of the importing server (the import is durable).
+  (*other).reset();
+  other = testing::ServerProcess::Start(testing::BinaryPath("KLDRIFTD", "server/kldriftd"), flags);
+  ASSERT_TRUE(other.ok()) << other.status();
+  options.target = (*other)->address();
+  KlDriftClient to(CreateChannel(options), kRpcDeadline);
+  absl::StatusOr<v1::Reference> first = to.GetReference(Stream("handed", "a"), 1);
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_THAT(first->counts(), ::testing::ElementsAre(0, 5, 5, 5, 5, 0, 0));
+  for (const auto& [stream, before] :
+       {std::pair{Stream("handed", "a"), before_a}, std::pair{Stream("handed", "b"), before_b}}) {
+    v1::GetDriftRequest request;
+    *request.mutable_stream() = stream;
+    absl::StatusOr<v1::GetDriftResponse> after = to.GetDrift(request);
+    ASSERT_TRUE(after.ok()) << after.status();
+    ASSERT_EQ(after->reports_size(), before.reports_size());
+    for (int w = 0; w < before.reports_size(); ++w) {
+      const v1::DriftReport& x = before.reports(w);
+      const v1::DriftReport& y = after->reports(w);
+      EXPECT_EQ(y.samples(), x.samples()) << stream.signal() << " window " << w;
+      EXPECT_EQ(y.reference_version(), x.reference_version());
+      EXPECT_DOUBLE_EQ(y.histogram().kl_current_reference(), x.histogram().kl_current_reference());
+      EXPECT_EQ(y.alert_state(), x.alert_state());
+      EXPECT_EQ(y.state_since().seconds(), x.state_since().seconds());
+      EXPECT_EQ(y.severity(), x.severity());
+    }
+  }
+  EXPECT_EQ(to.GetReference(Stream("stays", "c")).status().code(), absl::StatusCode::kNotFound);
+  (*other).reset();
+  std::filesystem::remove_all(data_dir);
+}
+
+// A model larger than one request may carry: the client library sends the import in parts under
+// the server's receive limit, and every stream arrives.
+TEST_F(ServiceE2eTest, LargeModelImportIsSentInParts) {
+  constexpr int kStreams = 250;
+  constexpr int kBins = 1000;  // ~46 KB a stream in the export: ~11 MB in all.
+  ChannelOptions options;
+  options.target = server_->address();
+  KlDriftClient from(CreateChannel(options), kRpcDeadline);
+  v1::IngestRequest batch;
+  batch.set_client_id("wide-loader");
+  batch.set_sequence(1);
+  batch.set_model("wide-model");
+  for (int i = 0; i < kStreams; ++i) {
+    v1::PutReferenceRequest request;
+    *request.mutable_stream() = Stream("wide-model", absl::StrCat("s", i));
+    request.mutable_pre_binned()->set_bins(kBins);
+    for (int b = 0; b < kBins; ++b) request.mutable_counts()->add_counts(1 + (b + i) % 5);
+    ASSERT_TRUE(from.PutReference(request).ok());
+    v1::StreamBatch* stream = batch.add_streams();
+    stream->set_signal(absl::StrCat("s", i));
+    for (int b = 0; b < kBins; ++b) stream->mutable_histogram()->add_counts((b * i) % 3);
+  }
+  ASSERT_TRUE(from.IngestOnce(batch).ok());
+  absl::StatusOr<v1::ModelExport> exported = from.ExportModel("wide-model");
+  ASSERT_TRUE(exported.ok()) << exported.status();
+  ASSERT_GT(exported->ByteSizeLong(), size_t{8} << 20);  // More than one part.
+
+  absl::StatusOr<std::unique_ptr<testing::ServerProcess>> other = testing::ServerProcess::Start(
+      testing::BinaryPath("KLDRIFTD", "server/kldriftd"),
+      {"--storage=memory", "--max-receive-message-bytes", "10485760"});
+  ASSERT_TRUE(other.ok()) << other.status();
+  options.target = (*other)->address();
+  KlDriftClient to(CreateChannel(options), kRpcDeadline);
+  absl::StatusOr<uint32_t> imported = to.ImportModel(*exported, /*replace=*/false);
+  ASSERT_TRUE(imported.ok()) << imported.status();
+  EXPECT_EQ(*imported, static_cast<uint32_t>(kStreams));
+  for (int i : {0, kStreams / 2, kStreams - 1}) {
+    v1::GetDriftRequest request;
+    *request.mutable_stream() = Stream("wide-model", absl::StrCat("s", i));
+    absl::StatusOr<v1::GetDriftResponse> a = from.GetDrift(request);
+    absl::StatusOr<v1::GetDriftResponse> b = to.GetDrift(request);
+    ASSERT_TRUE(a.ok() && b.ok());
+    EXPECT_EQ(b->reports(0).samples(), a->reports(0).samples());
+    EXPECT_EQ(b->reports(0).measure_value(), a->reports(0).measure_value());
+  }
 }
 
 TEST_F(ServiceE2eTest, BadInputGetsPreciseStatusAndLeavesStateAlone) {

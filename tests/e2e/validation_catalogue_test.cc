@@ -426,6 +426,13 @@ Row Put(std::string name, Kind kind, std::function<void(v1::PutReferenceRequest&
   return row;
 }
 
+// The export of the target stream's model, for the ImportModel rows.
+grpc::Status ExportTarget(CallEnv& env, v1::ModelExport* out) {
+  v1::ExportModelRequest request;
+  request.set_model(env.target.model());
+  return env.stub.ExportModel(Context().get(), request, out);
+}
+
 Row Batch(std::string name, Kind kind, std::function<void(v1::IngestRequest&)> change,
           grpc::StatusCode code, std::string message) {
   Row row;
@@ -941,6 +948,53 @@ std::vector<Row> CatalogueRows() {
             return env.stub.Backup(Context().get(), request, &response);
           },
           Code::ALREADY_EXISTS, "already exists; name a new one"),
+      Call(
+          "ExportModelUnknown", Kind::kNumeric,
+          [](CallEnv& env) {
+            v1::ExportModelRequest request;
+            request.set_model("no-such-model");
+            v1::ModelExport response;
+            return env.stub.ExportModel(Context().get(), request, &response);
+          },
+          kNotFound, "model \"no-such-model\" has no streams on this server"),
+      Call(
+          "ImportModelThatExistsWithoutReplace", Kind::kNumeric,
+          [](CallEnv& env) {
+            v1::ImportModelRequest request;
+            if (grpc::Status s = ExportTarget(env, request.mutable_model_export()); !s.ok()) {
+              return s;
+            }
+            v1::ImportModelResponse response;
+            return env.stub.ImportModel(Context().get(), request, &response);
+          },
+          kPrecondition, "streams on this server; import with replace"),
+      Call(
+          "ImportModelBadVersion", Kind::kNumeric,
+          [](CallEnv& env) {
+            v1::ImportModelRequest request;
+            request.mutable_model_export()->set_model("imported");
+            v1::Reference* version = request.mutable_model_export()->add_streams()->add_versions();
+            *version->mutable_stream() = Stream("imported", "s");
+            version->set_version(1);
+            version->set_kind(v1::REFERENCE_KIND_NUMERIC);
+            for (double e : {0.0, 2.0, 1.0}) version->mutable_numeric()->add_edges(e);
+            request.set_replace(true);
+            v1::ImportModelResponse response;
+            return env.stub.ImportModel(Context().get(), request, &response);
+          },
+          kInvalid, "version 1 of stream imported//s in the export: "),
+      Call(
+          "ImportModelStreamOfAnotherModel", Kind::kNumeric,
+          [](CallEnv& env) {
+            v1::ImportModelRequest request;
+            if (grpc::Status s = ExportTarget(env, request.mutable_model_export()); !s.ok()) {
+              return s;
+            }
+            request.mutable_model_export()->set_model("renamed");
+            v1::ImportModelResponse response;
+            return env.stub.ImportModel(Context().get(), request, &response);
+          },
+          kInvalid, "of the export is not of model \"renamed\""),
       // ---- Ingest: the batch.
       Batch(
           "IngestBeforeReferenceExists", Kind::kNumeric,
