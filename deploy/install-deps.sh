@@ -14,7 +14,7 @@ build_packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   clang libclang-rt-14-dev clang-format openssl
   python3 python3-numpy python3-scipy python3-yaml
-  prometheus prometheus-alertmanager yamllint
+  prometheus prometheus-alertmanager yamllint nginx-light
 )
 # kubectl (tests/deploy runs `kubectl kustomize`): Debian's kubernetes-client, unless a kubectl is
 # already on PATH (e.g. the kubectl package of the Google Cloud SDK repository, which conflicts).

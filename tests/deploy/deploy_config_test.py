@@ -9,9 +9,17 @@ Usage: deploy_config_test.py REPO_ROOT [KLDRIFTD KLDRIFT]
 - amtool check-config and `amtool config routes test` on deploy/alertmanager/alertmanager.yml, then
   a real Alertmanager shows the inhibit rule muting a warning under a critical alert of the same
   window (and not of another window);
-- kubectl kustomize deploy/k8s (offline): the kinds, the StatefulSet's probes, ports, volume,
-  security context, resources and termination grace, the Services and the ServiceMonitor wiring,
-  and a PrometheusRule equal to deploy/k8s/make_prometheusrule.py's output and to the rules file;
+- kubectl kustomize deploy/k8s (offline): the kinds, the StatefulSet's shard count (SHARDS),
+  probes, ports, volume, security context, resources and termination grace, the Services and the
+  ServiceMonitor wiring, and a PrometheusRule equal to deploy/k8s/make_prometheusrule.py's output
+  and to the rules file;
+- the Envoy front (deploy/k8s/proxy.yaml, envoy.yaml in a generated ConfigMap): Envoy v3 config
+  parsed, listener port = the proxy container's and Service's port, every route to the shard
+  cluster with a hash_policy on the client's shard-key header (client/kldrift_client.h), no
+  timeouts or retries that would cut streams or move models, RING_HASH over one STRICT_DNS
+  endpoint per StatefulSet ordinal (by host name) on the container's gRPC port, gRPC health checks;
+- deploy/nginx: the upstream hashes the same header consistently, never retries elsewhere, and
+  every shard line has max_fails=0 (tests/shard runs the configuration in a real nginx);
 - deploy/docker-compose.yml: services, bind-mounted paths, volumes, and the host names of the
   Prometheus and Grafana configurations; the Dockerfile's ports and entrypoint;
 - deploy/grafana: datasource uid, dashboard uid and schema, variables, panels, and every PromQL
@@ -57,6 +65,8 @@ GRPC_PORT = 50051
 METRICS_PORT = 9464
 DATA_DIR = "/var/lib/kldrift/data"
 RUN_AS_USER = 10001
+SHARDS = 3  # StatefulSet replicas; Envoy's endpoint list must match.
+ENVOY_CLUSTER = "kldriftd_shards"
 
 # What kldriftd exports (the README's metric list). Histograms also expose _bucket, _sum, _count.
 KNOWN_METRICS = {
@@ -495,8 +505,9 @@ def check_k8s(root, deploy, rules, flags):
         return None
     docs = [d for d in yaml.safe_load_all(result.stdout) if d]
     kinds = sorted(d["kind"] for d in docs)
-    check("k8s: kinds are PrometheusRule, Service x2, ServiceMonitor, StatefulSet",
-          kinds == ["PrometheusRule", "Service", "Service", "ServiceMonitor", "StatefulSet"], kinds)
+    check("k8s: kinds are ConfigMap, Deployment, PrometheusRule, Service x3, ServiceMonitor, "
+          "StatefulSet", kinds == ["ConfigMap", "Deployment", "PrometheusRule", "Service", "Service",
+                                   "Service", "ServiceMonitor", "StatefulSet"], kinds)
     by_kind = {}
     for d in docs:
         by_kind.setdefault(d["kind"], []).append(d)
@@ -505,8 +516,11 @@ def check_k8s(root, deploy, rules, flags):
     spec = sts["spec"]
     pod = spec["template"]["spec"]
     pod_labels = spec["template"]["metadata"]["labels"]
-    check("StatefulSet: apps/v1, 1 replica", sts["apiVersion"] == "apps/v1" and spec["replicas"] == 1,
+    check(f"StatefulSet: apps/v1, {SHARDS} replicas (shards)",
+          sts["apiVersion"] == "apps/v1" and spec["replicas"] == SHARDS,
           (sts["apiVersion"], spec.get("replicas")))
+    check("StatefulSet: podManagementPolicy Parallel (independent shards)",
+          spec.get("podManagementPolicy") == "Parallel", spec.get("podManagementPolicy"))
     check("StatefulSet: selector matches the pod labels",
           selected(spec["selector"]["matchLabels"], pod_labels), (spec["selector"], pod_labels))
     containers = pod["containers"]
@@ -562,28 +576,47 @@ def check_k8s(root, deploy, rules, flags):
           grace is not None and termination is not None and termination >= grace + 10,
           (termination, grace_flag))
 
+    proxy = (by_kind.get("Deployment") or [None])[0]
+    proxy_labels = proxy["spec"]["template"]["metadata"]["labels"] if proxy else {}
+    proxy_ports = ({p["name"]: p["containerPort"] for c in proxy["spec"]["template"]["spec"]["containers"]
+                    for p in c.get("ports", [])} if proxy else {})
     services = by_kind["Service"]
-    headless = [s for s in services if s["spec"].get("clusterIP") == "None"]
-    cluster_ip = [s for s in services if s["spec"].get("clusterIP") != "None"]
-    check("Services: one headless, one ClusterIP", len(headless) == 1 and len(cluster_ip) == 1,
-          [s["metadata"]["name"] for s in services])
+    server_services = [s for s in services if selected(s["spec"]["selector"], pod_labels)]
+    proxy_services = [s for s in services if proxy and selected(s["spec"]["selector"], proxy_labels)]
+    for s in services:
+        name = s["metadata"]["name"]
+        check(f"Service {name}: selects either the StatefulSet's pods or the proxy's, not both",
+              (s in server_services) != (s in proxy_services), s["spec"]["selector"])
+        targets = ports if s in server_services else proxy_ports
+        for p in s["spec"]["ports"]:
+            target = p.get("targetPort", p["port"])
+            check(f"Service {name}: port {p['name']} targets a container port",
+                  targets.get(target) == p["port"] or target in targets.values(), p)
+    headless = [s for s in server_services if s["spec"].get("clusterIP") == "None"]
+    cluster_ip = [s for s in server_services if s["spec"].get("clusterIP") != "None"]
+    check("Services of the StatefulSet: one headless, one ClusterIP",
+          len(headless) == 1 and len(cluster_ip) == 1, [s["metadata"]["name"] for s in server_services])
+    check("Services of the proxy: one ClusterIP", len(proxy_services) == 1
+          and proxy_services[0]["spec"].get("type", "ClusterIP") == "ClusterIP",
+          [s["metadata"]["name"] for s in proxy_services])
     if len(headless) != 1 or len(cluster_ip) != 1:
         return by_kind
     check("StatefulSet: serviceName is the headless Service",
           spec["serviceName"] == headless[0]["metadata"]["name"], spec["serviceName"])
+    headless_ports = {p["name"]: p["port"] for p in headless[0]["spec"]["ports"]}
+    check(f"headless Service: grpc {GRPC_PORT} (Envoy and per-shard queries reach each replica by name)",
+          headless_ports.get("grpc") == GRPC_PORT, headless_ports)
+    check("headless Service: publishNotReadyAddresses (a replica that is starting keeps its name, "
+          "so its models never move)", headless[0]["spec"].get("publishNotReadyAddresses") is True,
+          headless[0]["spec"])
     api = cluster_ip[0]
     check("Service: type ClusterIP", api["spec"].get("type", "ClusterIP") == "ClusterIP", api["spec"])
-    for s in services:
-        name = s["metadata"]["name"]
-        check(f"Service {name}: selects the StatefulSet's pods", selected(s["spec"]["selector"], pod_labels),
-              s["spec"]["selector"])
-        for p in s["spec"]["ports"]:
-            target = p.get("targetPort", p["port"])
-            check(f"Service {name}: port {p['name']} targets a container port",
-                  ports.get(target) == p["port"] or target in ports.values(), p)
     api_ports = {p["name"]: p["port"] for p in api["spec"]["ports"]}
-    check(f"Service {api['metadata']['name']}: ports grpc {GRPC_PORT} and metrics {METRICS_PORT}",
-          api_ports == {"grpc": GRPC_PORT, "metrics": METRICS_PORT}, api_ports)
+    check(f"Service {api['metadata']['name']}: metrics {METRICS_PORT} only (a gRPC port on a virtual "
+          "IP over the shards would send a model's calls to random replicas)",
+          api_ports == {"metrics": METRICS_PORT}, api_ports)
+    if proxy and len(proxy_services) == 1:
+        check_envoy(root, deploy, by_kind, sts, headless[0], proxy_services[0])
 
     monitor = by_kind["ServiceMonitor"][0]
     check("ServiceMonitor: monitoring.coreos.com/v1", monitor["apiVersion"] == "monitoring.coreos.com/v1",
@@ -612,6 +645,178 @@ def check_k8s(root, deploy, rules, flags):
           generated.returncode == 0 and generated.stdout == committed,
           generated.stderr or "stale: run python3 deploy/k8s/make_prometheusrule.py")
     return by_kind
+
+
+def shard_key_header(root):
+    """The metadata key the client library puts the model in (client/kldrift_client.h)."""
+    text = (root / "client" / "kldrift_client.h").read_text(encoding="utf-8")
+    m = re.search(r'kModelMetadataKey\[\]\s*=\s*"([^"]+)"', text)
+    check("client/kldrift_client.h defines kModelMetadataKey (the shard key)", m is not None)
+    return m.group(1) if m else "x-kldrift-model"
+
+
+def check_envoy(root, deploy, by_kind, sts, headless, service):
+    """The Envoy front: its Deployment, the generated ConfigMap and the Envoy v3 configuration."""
+    header = shard_key_header(root)
+    proxy = by_kind["Deployment"][0]
+    dspec = proxy["spec"]
+    pod = dspec["template"]["spec"]
+    check("proxy Deployment: selector matches the pod labels",
+          selected(dspec["selector"]["matchLabels"], dspec["template"]["metadata"]["labels"]),
+          dspec["selector"])
+    check("proxy Deployment: at least 2 Envoy replicas", dspec.get("replicas", 1) >= 2,
+          dspec.get("replicas"))
+    containers = pod["containers"]
+    check("proxy Deployment: one container", len(containers) == 1, [c["name"] for c in containers])
+    c = containers[0]
+    argv = list(c.get("command", [])) + list(c.get("args", []))
+    image = c["image"]
+    check("proxy: runs envoy with --disable-hot-restart (no shared memory on a read-only root)",
+          argv[:1] == ["envoy"] and "--disable-hot-restart" in argv, argv)
+    check("proxy: image envoyproxy/envoy pinned to a version by the kustomization",
+          re.fullmatch(r"envoyproxy/envoy:v\d+\.\d+\.\d+", image) is not None, image)
+    security = pod.get("securityContext", {})
+    csecurity = c.get("securityContext", {})
+    check("proxy: non-root, no privilege escalation, read-only root filesystem",
+          security.get("runAsNonRoot") is True and csecurity.get("allowPrivilegeEscalation") is False
+          and csecurity.get("readOnlyRootFilesystem") is True, (security, csecurity))
+    for probe in ("readinessProbe", "livenessProbe"):
+        p = c.get(probe, {})
+        check(f"proxy: {probe} checks Envoy itself (not a gRPC health call routed to some shard)",
+              p and "grpc" not in p, p)
+
+    config_path = flag_value(argv, "--config-path") or flag_value(argv, "-c") or ""
+    mount = next((m for m in c.get("volumeMounts", [])
+                  if pathlib.PurePosixPath(config_path).parent == pathlib.PurePosixPath(m["mountPath"])),
+                 None)
+    volume = next((v for v in pod.get("volumes", []) if mount and v["name"] == mount["name"]), {})
+    config_maps = {m["metadata"]["name"]: m for m in by_kind.get("ConfigMap", [])}
+    config_map = config_maps.get(volume.get("configMap", {}).get("name"))
+    key = pathlib.PurePosixPath(config_path).name
+    check(f"proxy: --config-path {config_path} is a key of the generated ConfigMap it mounts",
+          config_map is not None and key in config_map.get("data", {}),
+          (config_path, mount, volume, sorted(config_maps)))
+    if config_map is None or key not in config_map.get("data", {}):
+        return
+    envoy = yaml.safe_load(config_map["data"][key])
+    check("proxy: the ConfigMap's Envoy configuration is deploy/k8s/envoy.yaml",
+          envoy == load_yaml(deploy / "k8s" / "envoy.yaml"), "configMapGenerator out of step")
+
+    admin = envoy.get("admin", {}).get("address", {}).get("socket_address", {})
+    check("envoy: admin API on loopback only", admin.get("address") == "127.0.0.1", admin)
+    resources = envoy["static_resources"]
+    listeners = resources["listeners"]
+    check("envoy: one listener", len(listeners) == 1, [x.get("name") for x in listeners])
+    listener = listeners[0]
+    socket_address = listener["address"]["socket_address"]
+    container_ports = {p["name"]: p["containerPort"] for p in c.get("ports", [])}
+    service_ports = {p["name"]: p for p in service["spec"]["ports"]}
+    grpc = service_ports.get("grpc", {})
+    target = grpc.get("targetPort", grpc.get("port"))
+    target = container_ports.get(target, target)
+    check(f"envoy: listener on 0.0.0.0:{socket_address.get('port_value')} = the proxy container's grpc "
+          f"port = Service {service['metadata']['name']}'s target (port {GRPC_PORT})",
+          socket_address.get("address") == "0.0.0.0"
+          and socket_address.get("port_value") == container_ports.get("grpc") == target
+          and grpc.get("port") == GRPC_PORT, (socket_address, container_ports, grpc))
+    filters = [f for chain in listener["filter_chains"] for f in chain["filters"]]
+    hcm = next((f["typed_config"] for f in filters
+                if f["name"] == "envoy.filters.network.http_connection_manager"), None)
+    check("envoy: the listener runs the HTTP connection manager (v3)", hcm is not None
+          and hcm.get("@type", "").endswith("http_connection_manager.v3.HttpConnectionManager"), filters)
+    if hcm is None:
+        return
+    check("envoy: downstream HTTP/2 (gRPC clients, plaintext prior knowledge)",
+          hcm.get("codec_type") in ("HTTP2", "AUTO"), hcm.get("codec_type"))
+    idle = hcm.get("stream_idle_timeout")
+    check("envoy: stream_idle_timeout off or at least an hour (silent Ingest/WatchDrift streams)",
+          idle is not None and (parse_duration_s(idle) == 0 or parse_duration_s(idle) >= 3600), idle)
+    filters = hcm.get("http_filters", [])
+    check("envoy: the router is the last HTTP filter",
+          filters and filters[-1]["name"] == "envoy.filters.http.router", filters)
+    routes = [r for vh in hcm["route_config"]["virtual_hosts"] for r in vh["routes"]]
+    check("envoy: routes exist", routes, hcm["route_config"])
+    for r in routes:
+        action = r.get("route", {})
+        where = f"envoy route {r.get('match')}"
+        check(f"{where}: to cluster {ENVOY_CLUSTER}", action.get("cluster") == ENVOY_CLUSTER, action)
+        check(f"{where}: hash_policy on header {header} (client/kldrift_client.h's shard key)",
+              action.get("hash_policy") == [{"header": {"header_name": header}}],
+              action.get("hash_policy"))
+        check(f"{where}: no route timeout (streams), no retries (they would go to another shard)",
+              action.get("timeout") is not None and parse_duration_s(action["timeout"]) == 0
+              and "retry_policy" not in action and "retry_policy" not in r, action)
+
+    clusters = {x["name"]: x for x in resources["clusters"]}
+    cluster = clusters.get(ENVOY_CLUSTER)
+    check(f"envoy: cluster {ENVOY_CLUSTER} defined", cluster is not None, sorted(clusters))
+    if cluster is None:
+        return
+    lb = cluster.get("common_lb_config", {})
+    check("envoy cluster: lb_policy RING_HASH, replicas placed on the ring by host name "
+          "(stable across pod restarts)",
+          cluster.get("lb_policy") == "RING_HASH"
+          and lb.get("consistent_hashing_lb_config", {}).get("use_hostname_for_hashing") is True, cluster)
+    check("envoy cluster: healthy_panic_threshold 100 (an unhealthy shard stays on the ring: its "
+          "models fail, none move)", lb.get("healthy_panic_threshold", {}).get("value") == 100, lb)
+    options = cluster.get("typed_extension_protocol_options", {}).get(
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions", {})
+    check("envoy cluster: upstream HTTP/2 (explicit_http_config.http2_protocol_options)",
+          "http2_protocol_options" in options.get("explicit_http_config", {}), options)
+    checks_ = cluster.get("health_checks", [])
+    check("envoy cluster: gRPC health checks (grpc.health.v1, the overall status)",
+          checks_ and all("grpc_health_check" in h and not (h["grpc_health_check"] or {}).get("service_name")
+                          for h in checks_), checks_)
+    check("envoy cluster: no outlier detection (an ejected shard's models would move)",
+          "outlier_detection" not in cluster, cluster.get("outlier_detection"))
+
+    sts_name = sts["metadata"]["name"]
+    replicas = sts["spec"]["replicas"]
+    grpc_port = {p["name"]: p["containerPort"]
+                 for p in sts["spec"]["template"]["spec"]["containers"][0]["ports"]}.get("grpc")
+    headless_name = headless["metadata"]["name"]
+    expected = [f"{sts_name}-{i}.{headless_name}" for i in range(replicas)]
+    endpoints = [e["endpoint"] for group in cluster["load_assignment"]["endpoints"]
+                 for e in group["lb_endpoints"]]
+    names = [e.get("hostname") for e in endpoints]
+    addresses = [e["address"]["socket_address"] for e in endpoints]
+    check(f"envoy cluster: STRICT_DNS, one endpoint per StatefulSet ordinal ({', '.join(expected)})",
+          cluster.get("type") == "STRICT_DNS" and names == expected
+          and all(a["address"] == n or a["address"].startswith(n + ".") for a, n in zip(addresses, names)),
+          (cluster.get("type"), names, addresses))
+    check(f"envoy cluster: every endpoint on the StatefulSet's grpc container port {grpc_port}",
+          grpc_port and all(a.get("port_value") == grpc_port for a in addresses), addresses)
+
+
+def check_nginx(root, deploy):
+    """deploy/nginx: the shard key, no retry elsewhere, no replica marked down (tests/shard runs it)."""
+    header = shard_key_header(root)
+    conf = (deploy / "nginx" / "kldrift.conf").read_text(encoding="utf-8")
+    code = "\n".join(line.split("#", 1)[0] for line in conf.splitlines())
+    variable = "$http_" + header.lower().replace("-", "_")
+    upstreams = re.findall(r"upstream\s+(\w+)\s*\{([^}]*)\}", code)
+    check("nginx: one upstream", len(upstreams) == 1, [u[0] for u in upstreams])
+    if len(upstreams) != 1:
+        return
+    name, body = upstreams[0]
+    check(f"nginx: upstream {name} hashes {variable} consistently",
+          re.search(rf"^\s*hash\s+{re.escape(variable)}\s+consistent\s*;", body, re.M) is not None, body)
+    check(f"nginx: grpc_pass grpc://{name}",
+          re.search(rf"^\s*grpc_pass\s+grpc://{name}\s*;", code, re.M) is not None, code)
+    check("nginx: grpc_next_upstream off (never retried on another shard)",
+          re.search(r"^\s*grpc_next_upstream\s+off\s*;", code, re.M) is not None, code)
+    check("nginx: HTTP/2 listener", re.search(r"^\s*listen\s+\S+\s+(\S+\s+)*http2\s*;", code, re.M)
+          is not None, code)
+    includes = re.findall(r"^\s*include\s+(\S+)\s*;", body, re.M)
+    shards_file = deploy / "nginx" / (includes[0] if includes else "")
+    check(f"nginx: the upstream includes {shards_file.name}, which is shipped beside it",
+          len(includes) == 1 and shards_file.is_file(), includes)
+    if shards_file.is_file():
+        servers = re.findall(r"^[ \t]*server[ \t]+([^;\n]*);", shards_file.read_text(encoding="utf-8"),
+                             re.M)
+        check(f"nginx: {len(servers)} shard lines, each with max_fails=0 and no weight/backup/down",
+              servers and all("max_fails=0" in s.split() and not re.search(r"\b(weight|backup|down)\b", s)
+                              for s in servers), servers)
 
 
 def check_compose_and_dockerfile(root, deploy, prometheus_config, flags, k8s):
@@ -936,6 +1141,7 @@ def main():
         prometheus_config = section("prometheus", check_prometheus_config, deploy, rules) or {}
         section("alertmanager", check_alertmanager, deploy, work)
         k8s = section("k8s", check_k8s, root, deploy, rules, flags)
+        section("nginx", check_nginx, root, deploy)
         section("compose and Dockerfile", check_compose_and_dockerfile, root, deploy,
                 prometheus_config, flags, k8s)
         expressions = section("grafana", check_grafana, root, deploy, rules, work) or []
