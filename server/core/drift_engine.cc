@@ -289,7 +289,8 @@ struct DriftEngine::StreamState {
   // Advances every window to `now`, keeping incremental KL sums in step with expiry.
   void AdvanceWindows(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex);
   // A fresh report for one of this stream's windows.
-  WindowReport Report(const WindowState& window, size_t top_bins, absl::Time now) const
+  WindowReport Report(const WindowState& window, size_t top_bins, absl::Time now,
+                      BinLabels labels = BinLabels::kNamed) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex);
   // What AlertStateMachine::Observe needs for `window`, as a Report would give it, computing no
   // more than the decision needs: the policy's measure (KL(current||reference) alone by default),
@@ -806,7 +807,7 @@ absl::Status DriftEngine::ApplyBatch(const IngestBatch& batch, absl::Time now, b
 }
 
 WindowReport DriftEngine::StreamState::Report(const WindowState& window, size_t top_bins,
-                                              absl::Time now) const {
+                                              absl::Time now, BinLabels labels) const {
   const Reference& ref = current();
   WindowReport report = ReportHeader(window, now);
   const absl::Span<const double> totals = TotalsOf(window.ring);
@@ -816,7 +817,7 @@ WindowReport DriftEngine::StreamState::Report(const WindowState& window, size_t 
     report.enough_samples = report.samples >= ref.policy.EffectiveMinSamples(ref.layout->size());
     if (report.samples > 0) {
       absl::StatusOr<DriftMeasures> measures =
-          ComputeDriftMeasures(*ref.profile, totals, top_bins, &*ref.layout);
+          ComputeDriftMeasures(*ref.profile, totals, top_bins, &*ref.layout, labels);
       if (measures.ok()) {
         report.measure_value = MeasureValue(*measures, ref.policy.measure);
         report.eligible =
@@ -1033,6 +1034,8 @@ absl::StatusOr<double> DriftEngine::IncrementalKlCurrentReference(const StreamKe
 }
 
 size_t DriftEngine::Evaluate() {
+  // One tick at a time (see evaluate_mutex_).
+  MutexLock tick_lock(&evaluate_mutex_);
   // Held until the snapshots and alert states are written: see store_mutex_.
   ReaderMutexLock store_lock(&store_mutex_);
   const absl::Time now = clock_->Now();
@@ -1057,6 +1060,10 @@ size_t DriftEngine::Evaluate() {
       std::max(have_watchers ? kEvaluationTopBins : 0, observer ? observer->top_bins() : 0);
   // Without watchers or an observer nobody reads the reports: only the alert's inputs are needed.
   const bool need_reports = have_watchers || observer != nullptr;
+  // Labels are for watchers, and for an observer that does not name the bins itself.
+  const BinLabels labels = have_watchers || (observer != nullptr && observer->wants_bin_labels())
+                               ? BinLabels::kNamed
+                               : BinLabels::kIndexOnly;
 
   // What evaluating a run of streams produces; merged in stream order afterwards. Cache-line
   // aligned: neighbouring runs are written by different threads.
@@ -1114,7 +1121,7 @@ size_t DriftEngine::Evaluate() {
           if (observer_current) stream_reports.push_back(stream->AlertOnlyReport(w, now));
           continue;
         }
-        WindowReport report = stream->Report(w, top_bins, now);
+        WindowReport report = stream->Report(w, top_bins, now, labels);
         StreamState::SeedAlertInputs(w, report);
         // Evidence (the G-test) is needed to raise an alert, not to keep or clear a firing one:
         // data back in the reference's shape has none, and must still clear it.

@@ -212,6 +212,7 @@ class DriftEngine {
 
   // Evaluates every window of every stream: advances windows, computes measures, moves alert
   // states (persisting the changes) and notifies watchers. Returns the number of windows evaluated.
+  // Calls are serialized (one tick at a time).
   size_t Evaluate();
 
   // Rebuilds every stream, window, client sequence and alert state from options().store. Call once,
@@ -264,6 +265,11 @@ class DriftEngine {
   const EngineOptions options_;
   const Clock* const clock_;
   std::atomic<uint64_t> store_errors_{0};
+  // Serializes Evaluate() calls. A tick records, per window, the totals its observer was last
+  // given (so the next tick skips unchanged windows); overlapping ticks could deliver an older
+  // report after a newer one and leave the observer stale. The server has one evaluator thread;
+  // this makes other callers (tests, shutdown) safe too. Taken before store_mutex_.
+  Mutex evaluate_mutex_ ABSL_ACQUIRED_BEFORE(store_mutex_);
   // Orders the store's writes of snapshots and alert states (Evaluate, shared) after reference
   // changes that drop a stream's windows (PutReference, DeleteReference, exclusive), so a snapshot
   // collected before such a change cannot land after it. Taken before any other engine lock.

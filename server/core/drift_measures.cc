@@ -35,6 +35,33 @@ absl::Status DescribeBadCount(absl::string_view which, absl::Span<const double> 
   return absl::InternalError("count summary flagged a bad count that was not found");
 }
 
+// Sets `order` to the `n` (<= contributions.size()) bins with the largest contributions, largest
+// first; ties keep the lower bin first, so output is deterministic.
+void RankTopBins(absl::Span<const double> contributions, size_t n, std::vector<size_t>& order) {
+  auto before = [&](size_t a, size_t b) {
+    return contributions[a] != contributions[b] ? contributions[a] > contributions[b] : a < b;
+  };
+  // A report asks for a few: keeping them sorted costs one comparison for most bins, where
+  // partial_sort's heap costs several and the index vector a write per bin.
+  constexpr size_t kInsertionMaxBins = 16;
+  if (n > kInsertionMaxBins) {
+    order.resize(contributions.size());
+    std::iota(order.begin(), order.end(), 0);
+    std::partial_sort(order.begin(), order.begin() + n, order.end(), before);
+    order.resize(n);
+    return;
+  }
+  order.clear();
+  for (size_t bin = 0; bin < contributions.size(); ++bin) {
+    // Bins come in increasing order, so a bin ranks before a kept one only if it contributes more.
+    if (order.size() == n && !before(bin, order.back())) continue;
+    if (order.size() < n) order.push_back(bin);
+    size_t j = order.size() - 1;
+    for (; j > 0 && before(bin, order[j - 1]); --j) order[j] = order[j - 1];
+    order[j] = bin;
+  }
+}
+
 double Clamp(double value, double low, double high) {
   // std::clamp would turn +inf into `high` for bounded measures, which is
   // intended; NaN cannot occur for valid inputs.
@@ -94,7 +121,7 @@ double GTestPValue(double g, double degrees_of_freedom) {
 
 absl::StatusOr<DriftMeasures> ComputeDriftMeasures(const ReferenceProfile& reference,
                                                    absl::Span<const double> current, size_t top_k,
-                                                   const BinLayout* layout) {
+                                                   const BinLayout* layout, BinLabels labels) {
   const size_t k = reference.size();
   if (current.size() != k) {
     return absl::InvalidArgumentError(absl::StrCat("the current histogram has ", current.size(),
@@ -118,8 +145,14 @@ absl::StatusOr<DriftMeasures> ComputeDriftMeasures(const ReferenceProfile& refer
         "down");
   }
   const double alpha = reference.alpha();
+  // Scratch reused by every call on this thread: a tick ranks the bins of every window. The
+  // per-bin KL terms come out of the same pass as the sums.
+  thread_local std::vector<double> contributions;
+  thread_local std::vector<size_t> order;
+  if (top_k > 0) contributions.resize(k);
   const kernels::DivergenceSums sums =
-      kernels::ComputeDivergenceSums(current.data(), k, alpha, summary.total, reference.View());
+      kernels::ComputeDivergenceSums(current.data(), k, alpha, summary.total, reference.View(),
+                                     top_k > 0 ? contributions.data() : nullptr);
 
   DriftMeasures m;
   m.kl_current_reference = std::max(sums.kl_pq, 0.0);
@@ -140,29 +173,19 @@ absl::StatusOr<DriftMeasures> ComputeDriftMeasures(const ReferenceProfile& refer
 
   if (top_k > 0) {
     const double p_scale = 1.0 / (summary.total + static_cast<double>(k) * alpha);
-    // Scratch reused by every call on this thread: a tick ranks the bins of every window.
-    thread_local std::vector<double> contributions;
-    thread_local std::vector<size_t> order;
-    contributions.resize(k);
-    order.resize(k);
-    kernels::KlContributions(current.data(), k, alpha, p_scale, reference.log_shares().data(),
-                             contributions.data());
-    std::iota(order.begin(), order.end(), 0);
     const size_t n = std::min(top_k, k);
-    // Ties (equal contributions) keep the lower bin first, so output is
-    // deterministic.
-    std::partial_sort(order.begin(), order.begin() + n, order.end(), [&](size_t a, size_t b) {
-      return contributions[a] != contributions[b] ? contributions[a] > contributions[b] : a < b;
-    });
+    RankTopBins(absl::MakeConstSpan(contributions.data(), k), n, order);
     m.top_bins.reserve(n);
     std::string scratch;
     for (size_t j = 0; j < n; ++j) {
       const size_t bin = order[j];
       BinContribution c;
       c.bin = bin;
-      // Interned layouts format their labels once, not per report.
-      c.label = layout != nullptr ? std::string(layout->CachedBinLabel(bin, scratch))
-                                  : absl::StrCat("bin ", bin);
+      if (labels == BinLabels::kNamed) {
+        // Interned layouts format their labels once, not per report.
+        c.label = layout != nullptr ? std::string(layout->CachedBinLabel(bin, scratch))
+                                    : absl::StrCat("bin ", bin);
+      }
       c.current_share = (current[bin] + alpha) * p_scale;
       c.reference_share = reference.shares()[bin];
       c.contribution = contributions[bin];

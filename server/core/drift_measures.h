@@ -84,7 +84,7 @@ class ReferenceProfile {
 // of KL(P||Q).
 struct BinContribution {
   size_t bin = 0;
-  std::string label;
+  std::string label;  // Empty when computed with BinLabels::kIndexOnly.
   double current_share = 0;
   double reference_share = 0;
   double contribution = 0;
@@ -108,13 +108,19 @@ struct DriftMeasures {
   std::vector<BinContribution> top_bins;
 };
 
+// Whether ComputeDriftMeasures names the top bins. kIndexOnly leaves BinContribution::label
+// empty, for a caller that keeps the bin index and names it from the layout only when it must
+// (the metrics table, at scrape time): a string per bin per report is a malloc and a free.
+enum class BinLabels { kNamed, kIndexOnly };
+
 // Checks `current` (K entries, finite, >= 0, not all zero) against `reference`
 // and computes every measure plus the `top_k` most contributing bins. `layout`,
 // if given, names the bins. Errors: INVALID_ARGUMENT with a message naming the
 // offending bin or size.
 absl::StatusOr<DriftMeasures> ComputeDriftMeasures(const ReferenceProfile& reference,
                                                    absl::Span<const double> current, size_t top_k,
-                                                   const BinLayout* layout = nullptr);
+                                                   const BinLayout* layout = nullptr,
+                                                   BinLabels labels = BinLabels::kNamed);
 
 // The two-sample G statistic from kernels::DivergenceSums::homogeneity_terms:
 // G = 2 [N_c log(N / N_c) + N_r log(N / N_r) - terms], N = N_c + N_r; clamped at 0.

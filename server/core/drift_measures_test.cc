@@ -595,6 +595,62 @@ TEST(TopBins, TiesKeepTheLowerBinFirst) {
   for (size_t j = 0; j < 3; ++j) EXPECT_EQ(flat->top_bins[j].bin, j);
 }
 
+TEST(TopBins, FewAreThePrefixOfTheFullRanking) {
+  // A handful is ranked by insertion, many by a partial sort: the same order, ties included.
+  uint64_t seed = 5000;
+  for (size_t k : {1, 3, 17, 64, 1000}) {
+    for (Shape shape : {Shape::kDense, Shape::kSparse, Shape::kOneHot}) {
+      std::mt19937_64 rng(seed++);
+      std::vector<double> current = RandomCounts(k, shape, rng);
+      const std::vector<double> reference = RandomCounts(k, shape, rng);
+      // Repeat a stretch of (current, reference) pairs: equal contributions.
+      std::vector<double> tied_reference = reference;
+      for (size_t i = k / 2; i < k; ++i) {
+        current[i] = current[i % 4];
+        tied_reference[i] = tied_reference[i % 4];
+      }
+      auto all_zero = [](const std::vector<double>& v) {
+        return std::all_of(v.begin(), v.end(), [](double c) { return c == 0; });
+      };
+      if (all_zero(current)) current[0] = 1;
+      if (all_zero(tied_reference)) tied_reference[0] = 1;
+      SCOPED_TRACE(::testing::Message() << "k=" << k << " shape=" << ShapeName(shape));
+      absl::StatusOr<DriftMeasures> all = Compute(tied_reference, current, 0.5, k);
+      ASSERT_TRUE(all.ok()) << all.status();
+      for (size_t top_k : {1, 3, 16, 17}) {
+        absl::StatusOr<DriftMeasures> few = Compute(tied_reference, current, 0.5, top_k);
+        ASSERT_TRUE(few.ok()) << few.status();
+        ASSERT_EQ(few->top_bins.size(), std::min(top_k, k));
+        for (size_t j = 0; j < few->top_bins.size(); ++j) {
+          EXPECT_EQ(few->top_bins[j].bin, all->top_bins[j].bin) << "top " << top_k << " rank " << j;
+          EXPECT_EQ(few->top_bins[j].contribution, all->top_bins[j].contribution);
+        }
+      }
+    }
+  }
+}
+
+TEST(TopBins, IndexOnlyLeavesLabelsEmpty) {
+  absl::StatusOr<BinLayout> layout = BinLayout::Categorical({"a", "b"});
+  ASSERT_TRUE(layout.ok());
+  absl::StatusOr<ReferenceProfile> reference = ReferenceProfile::Create({5, 1, 1}, 0.5);
+  ASSERT_TRUE(reference.ok());
+  const std::vector<double> current = {1, 5, 1};
+  absl::StatusOr<DriftMeasures> named =
+      ComputeDriftMeasures(*reference, current, 2, &*layout, BinLabels::kNamed);
+  absl::StatusOr<DriftMeasures> indexed =
+      ComputeDriftMeasures(*reference, current, 2, &*layout, BinLabels::kIndexOnly);
+  ASSERT_TRUE(named.ok() && indexed.ok());
+  ASSERT_EQ(named->top_bins.size(), 2u);
+  ASSERT_EQ(indexed->top_bins.size(), 2u);
+  EXPECT_EQ(named->top_bins[0].label, "b");
+  for (size_t j = 0; j < 2; ++j) {
+    EXPECT_EQ(indexed->top_bins[j].bin, named->top_bins[j].bin);
+    EXPECT_EQ(indexed->top_bins[j].contribution, named->top_bins[j].contribution);
+    EXPECT_TRUE(indexed->top_bins[j].label.empty());
+  }
+}
+
 TEST(TopBins, MatchOracleOnRandomHistograms) {
   uint64_t seed = 4000;
   for (size_t k : {1, 2, 17, 1000}) {

@@ -48,6 +48,10 @@ class EngineObserver {
   virtual void OnEvaluationFinished(size_t windows, absl::Duration duration) = 0;
   // How many top contributing bins the reports passed to OnStreamEvaluated should carry.
   virtual size_t top_bins() const = 0;
+  // Whether those bins need their labels (BinContribution::label); an observer that names them
+  // itself from the reference's layout answers false, and the labels may then arrive empty
+  // (they still arrive named while the engine has watchers).
+  virtual bool wants_bin_labels() const { return true; }
 };
 
 }  // namespace kldrift

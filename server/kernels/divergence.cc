@@ -197,9 +197,10 @@ HWY_INLINE void AccumulateHomogeneity(D d, M valid, V c, V r, V log_r, V& homoge
 
 // Accumulates every drift sum for one vector of bins; lanes outside `valid` contribute nothing.
 // kSharesAreNormal: every p (and so every m = (p + q) / 2) is a normal number, see SharesAreNormal.
+// The per-bin terms of KL(P||Q) are also stored at `kl_terms` (n lanes) unless it is null.
 template <bool kSharesAreNormal>
 HWY_INLINE void AccumulateSums(D d, M valid, V c, V q, V log_q, V r, V log_r, V a, V p_scale,
-                               SumVectors& acc) {
+                               double* HWY_RESTRICT kl_terms, size_t n, SumVectors& acc) {
   const V zero = hn::Zero(d);
   const V p = hn::Mul(hn::Add(c, a), p_scale);
   const M p_pos = hn::And(valid, hn::Gt(p, zero));
@@ -214,7 +215,16 @@ HWY_INLINE void AccumulateSums(D d, M valid, V c, V q, V log_q, V r, V log_r, V 
     log_m = LogOrMinusInf(d, m);
   }
 
-  acc.kl_pq = hn::Add(acc.kl_pq, hn::IfThenElseZero(p_pos, hn::Mul(p, hn::Sub(log_p, log_q))));
+  // Bit for bit KlContributions' term: the same p, and Log agrees with LogOfNormal on normals.
+  const V kl_term = hn::IfThenElseZero(p_pos, hn::Mul(p, hn::Sub(log_p, log_q)));
+  if (kl_terms != nullptr) {
+    if (n == hn::Lanes(d)) {
+      hn::StoreU(kl_term, d, kl_terms);
+    } else {
+      StoreTail(d, kl_term, kl_terms, n);
+    }
+  }
+  acc.kl_pq = hn::Add(acc.kl_pq, kl_term);
   acc.kl_qp = hn::Add(acc.kl_qp, hn::IfThenElseZero(q_pos, hn::Mul(q, hn::Sub(log_q, log_p))));
   const V js_p = hn::IfThenElseZero(p_pos, hn::Mul(p, hn::Sub(log_p, log_m)));
   const V js_q = hn::IfThenElseZero(q_pos, hn::Mul(q, hn::Sub(log_q, log_m)));
@@ -238,7 +248,7 @@ HWY_INLINE void AccumulateSums(D d, M valid, V c, V q, V log_q, V r, V log_r, V 
 
 template <bool kSharesAreNormal>
 SumVectors DivergenceSumsLoop(const double* HWY_RESTRICT current, size_t k, V a, V p_scale,
-                              const ReferenceView& ref) {
+                              const ReferenceView& ref, double* HWY_RESTRICT kl_terms) {
   const D d;
   const size_t lanes = hn::Lanes(d);
   SumVectors acc = SumVectors::Zero(d);
@@ -251,7 +261,8 @@ SumVectors DivergenceSumsLoop(const double* HWY_RESTRICT current, size_t k, V a,
       AccumulateSums<kSharesAreNormal>(
           d, all, hn::LoadU(d, current + i), hn::LoadU(d, ref.shares + i),
           hn::LoadU(d, ref.log_shares + i), hn::LoadU(d, ref.counts + i),
-          hn::LoadU(d, ref.log_counts + i), a, p_scale, block);
+          hn::LoadU(d, ref.log_counts + i), a, p_scale,
+          kl_terms != nullptr ? kl_terms + i : nullptr, lanes, block);
     }
     acc.Add(block);
   }
@@ -260,7 +271,7 @@ SumVectors DivergenceSumsLoop(const double* HWY_RESTRICT current, size_t k, V a,
     AccumulateSums<false>(d, hn::FirstN(d, n), LoadTail(d, current + i, n),
                           LoadTail(d, ref.shares + i, n), LoadTail(d, ref.log_shares + i, n),
                           LoadTail(d, ref.counts + i, n), LoadTail(d, ref.log_counts + i, n), a,
-                          p_scale, acc);
+                          p_scale, kl_terms != nullptr ? kl_terms + i : nullptr, n, acc);
   }
   return acc;
 }
@@ -295,14 +306,15 @@ HomogeneityTerms HomogeneitySumsImpl(const double* HWY_RESTRICT current, size_t 
 }
 
 DivergenceSums ComputeDivergenceSumsImpl(const double* HWY_RESTRICT current, size_t k, double alpha,
-                                         double current_total, const ReferenceView& ref) {
+                                         double current_total, const ReferenceView& ref,
+                                         double* HWY_RESTRICT kl_terms) {
   const D d;
   const double p_scale = 1.0 / (current_total + static_cast<double>(k) * alpha);
   const V a = hn::Set(d, alpha);
   const V ps = hn::Set(d, p_scale);
   const SumVectors acc = SharesAreNormal(alpha, p_scale)
-                             ? DivergenceSumsLoop<true>(current, k, a, ps, ref)
-                             : DivergenceSumsLoop<false>(current, k, a, ps, ref);
+                             ? DivergenceSumsLoop<true>(current, k, a, ps, ref, kl_terms)
+                             : DivergenceSumsLoop<false>(current, k, a, ps, ref, kl_terms);
   DivergenceSums sums;
   sums.kl_pq = SumLanes(d, acc.kl_pq);
   sums.kl_qp = SumLanes(d, acc.kl_qp);
@@ -350,9 +362,10 @@ void KlContributions(const double* current, size_t k, double alpha, double p_sca
 }
 
 DivergenceSums ComputeDivergenceSums(const double* current, size_t k, double alpha,
-                                     double current_total, const ReferenceView& reference) {
+                                     double current_total, const ReferenceView& reference,
+                                     double* kl_terms) {
   return HWY_DYNAMIC_DISPATCH(ComputeDivergenceSumsImpl)(current, k, alpha, current_total,
-                                                         reference);
+                                                         reference, kl_terms);
 }
 
 HomogeneityTerms HomogeneitySums(const double* current, size_t k, const ReferenceView& reference) {

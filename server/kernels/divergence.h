@@ -72,9 +72,12 @@ struct ReferenceView {
   const double* log_counts;  // log r (-inf where r = 0).
 };
 
+// When `kl_terms` is not null it receives K values: the per-bin terms of KL(P||Q), bit for bit
+// what KlContributions writes (so a report's top bins cost no second pass over the bins).
 // REQUIRES: current finite and >= 0 with current_total > 0.
 DivergenceSums ComputeDivergenceSums(const double* current, size_t k, double alpha,
-                                     double current_total, const ReferenceView& reference);
+                                     double current_total, const ReferenceView& reference,
+                                     double* kl_terms = nullptr);
 
 // The G-test's sums alone (DivergenceSums::homogeneity_terms and occupied_bins, bit for bit), for
 // callers that need the evidence but not the divergences: two logs per bin instead of four.

@@ -168,6 +168,39 @@ TEST_P(DivergenceTest, HomogeneitySumsEqualDivergenceSumsExactly) {
   }
 }
 
+TEST_P(DivergenceTest, KlTermsOfDivergenceSumsEqualKlContributionsExactly) {
+  const std::vector<size_t> sizes = {1, 2, 3, 7, 8, 9, 17, 64, 67, 1000, 4099};
+  const std::vector<Shape> shapes = {Shape::kDense, Shape::kSparse, Shape::kHuge, Shape::kTiny,
+                                     Shape::kOneHot};
+  uint64_t seed = 2000;
+  for (size_t k : sizes) {
+    for (Shape shape : shapes) {
+      for (double alpha : {0.5, 0.0, 1e-300}) {
+        std::mt19937_64 rng(seed++);
+        const std::vector<double> current = RandomCounts(k, shape, rng);
+        const std::vector<double> reference = RandomCounts(k, shape, rng);
+        SCOPED_TRACE(::testing::Message()
+                     << "k=" << k << " shape=" << ShapeName(shape) << " alpha=" << alpha);
+        const Profile ref = MakeProfile(reference, alpha);
+        const double total = Total(current);
+        std::vector<double> terms(k + 1, -1.0);  // One past the end: must stay untouched.
+        const DivergenceSums with_terms =
+            ComputeDivergenceSums(current.data(), k, alpha, total, ref.View(), terms.data());
+        const DivergenceSums without =
+            ComputeDivergenceSums(current.data(), k, alpha, total, ref.View());
+        EXPECT_EQ(with_terms.kl_pq, without.kl_pq);
+        std::vector<double> contributions(k);
+        KlContributions(current.data(), k, alpha, 1.0 / (total + k * alpha), ref.log_q.data(),
+                        contributions.data());
+        for (size_t i = 0; i < k; ++i) {
+          ASSERT_EQ(terms[i], contributions[i]) << "bin " << i;
+        }
+        EXPECT_EQ(terms[k], -1.0);
+      }
+    }
+  }
+}
+
 TEST_P(DivergenceTest, ZeroReferenceBinWithoutSmoothingIsInfinityNeverNaN) {
   const std::vector<double> current = {5, 3, 2};
   const std::vector<double> reference = {5, 5, 0};

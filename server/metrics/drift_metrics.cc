@@ -7,6 +7,7 @@
 #include <cmath>
 #include <fstream>
 #include <limits>
+#include <optional>
 #include <utility>
 
 #include "absl/strings/ascii.h"
@@ -382,14 +383,17 @@ struct DriftMetrics::WindowState {
   Severity severity = Severity::kNone;
   AlertState state = AlertState::kOk;
   struct TopBin {
-    std::string bin;
+    uint32_t bin = 0;  // Named by `layout` when scraped: no string per bin.
     double contribution = 0;
   };
   std::vector<TopBin> top_bins;  // By rank; histogram kinds with data only.
+  // The layout of the reference the top bins were ranked under (shared, interned).
+  std::optional<BinLayout> layout;
 };
 
 struct DriftMetrics::StreamState {
   ReferenceKind kind = ReferenceKind::kPreBinned;
+  std::optional<BinLayout> layout;  // The current version's (histogram kinds).
   std::string measure;
   std::vector<absl::Duration> windows;  // The current version's.
   double reference_version = 0;
@@ -483,6 +487,7 @@ void DriftMetrics::OnReferenceInstalled(const Reference& reference) {
     stream.measure = std::string(measure);
   }
   stream.reference_version = static_cast<double>(reference.version);
+  stream.layout = reference.layout;
 }
 
 void DriftMetrics::OnStreamDeleted(const StreamKey& key) {
@@ -536,6 +541,9 @@ void DriftMetrics::OnStreamEvaluated(absl::Span<const WindowReport> reports) {
       }
       continue;
     }
+    // A full report of a version replaced since: its bins may not be the current layout's, and
+    // the new version's windows get a full report at the next evaluation.
+    if (static_cast<double>(report.reference_version) != stream.reference_version) continue;
     if (window == nullptr) {
       window = &stream.window_states.emplace_back();
       window->window = report.window;
@@ -605,8 +613,16 @@ void DriftMetrics::UpdateWindowLocked(const StreamState& stream, WindowState& w,
   w.top_bins.resize(ranks);
   for (size_t rank = 0; rank < ranks; ++rank) {
     const BinContribution& bin = report.histogram->top_bins[rank];
-    w.top_bins[rank].bin = bin.label;
+    w.top_bins[rank].bin = static_cast<uint32_t>(bin.bin);
     w.top_bins[rank].contribution = bin.contribution;
+  }
+  // The report is of the current version (see OnStreamEvaluated): its layout names the bins.
+  // Compared first so that the common case copies no handle.
+  if (ranks == 0) {
+    w.layout.reset();
+  } else if (!w.layout.has_value() || !stream.layout.has_value() ||
+             !w.layout->SharesDataWith(*stream.layout)) {
+    w.layout = stream.layout;
   }
 }
 
@@ -699,11 +715,17 @@ void DriftMetrics::VisitFamilyLocked(size_t family, size_t shard, SeriesSink& si
     return;
   }
   if (family == 1) {
+    std::string scratch;
     for_each_window([&](const StreamState&, const WindowState& w, LabelList& labels) {
       for (size_t rank = 0; rank < w.top_bins.size(); ++rank) {
         const std::string rank_label = absl::StrCat(rank + 1);
+        const size_t index = w.top_bins[rank].bin;
+        // As ComputeDriftMeasures names them.
+        const absl::string_view name = w.layout.has_value() && index < w.layout->size()
+                                           ? w.layout->CachedBinLabel(index, scratch)
+                                           : (scratch = absl::StrCat("bin ", index));
         LabelList bin = labels;
-        sink.Add(bin.Add("rank", rank_label).Add("bin", w.top_bins[rank].bin).span(),
+        sink.Add(bin.Add("rank", rank_label).Add("bin", name).span(),
                  w.top_bins[rank].contribution);
       }
     });

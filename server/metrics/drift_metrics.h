@@ -100,6 +100,8 @@ class DriftMetrics final : public EngineObserver, public prometheus::Collectable
   void OnStreamEvaluated(absl::Span<const WindowReport> reports) override;
   void OnEvaluationFinished(size_t windows, absl::Duration duration) override;
   size_t top_bins() const override { return options_.top_bins; }
+  // The table keeps bin indices and names them from the layout when scraped.
+  bool wants_bin_labels() const override { return false; }
 
   // The service's events.
   void RecordBatchRejected(absl::StatusCode code);

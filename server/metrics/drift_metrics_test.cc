@@ -5,6 +5,7 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/time.h>
+#include <time.h>
 #include <unistd.h>
 #include <zlib.h>
 
@@ -1104,10 +1105,18 @@ double StatmResidentBytes() {
 
 // Busy-loops for `duration` of wall time on this thread; returns something the compiler cannot
 // drop.
-double BurnCpu(std::chrono::milliseconds duration) {
-  const auto end = std::chrono::steady_clock::now() + duration;
+// Spins until this process has used `cpu` more CPU time (its own clock, not the wall clock, so a
+// loaded machine cannot make it burn less), or 60 s of wall time pass.
+double BurnCpu(std::chrono::milliseconds cpu) {
+  auto process_cpu = [] {
+    timespec t{};
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+    return std::chrono::seconds(t.tv_sec) + std::chrono::nanoseconds(t.tv_nsec);
+  };
+  const auto until = process_cpu() + cpu;
+  const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(60);
   double x = 1;
-  while (std::chrono::steady_clock::now() < end) {
+  while (process_cpu() < until && std::chrono::steady_clock::now() < give_up) {
     for (int i = 0; i < 10000; ++i) x = std::sqrt(x + i);
   }
   return x;

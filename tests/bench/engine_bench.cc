@@ -102,8 +102,9 @@ std::vector<double> Counts(double total, double mean, double sd) {
   return counts;
 }
 
-// Receives every report and drops it, asking for `top_bins` per window: the engine's side of what
-// the server's metrics cost (the reports must be computed in full), without the metrics.
+// Receives every report and drops it, asking for `top_bins` per window without their labels as
+// DriftMetrics does: the engine's side of what the server's metrics cost (the reports must be
+// computed in full), without the metrics.
 class DiscardingObserver : public EngineObserver {
  public:
   explicit DiscardingObserver(size_t top_bins) : top_bins_(top_bins) {}
@@ -116,6 +117,7 @@ class DiscardingObserver : public EngineObserver {
   }
   void OnEvaluationFinished(size_t, absl::Duration) override {}
   size_t top_bins() const override { return top_bins_; }
+  bool wants_bin_labels() const override { return false; }
 
  private:
   const size_t top_bins_;
