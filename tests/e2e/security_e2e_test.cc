@@ -819,7 +819,7 @@ TEST_F(SecurityE2eTest, TheClientLibrarySendsItsToken) {
   options.use_tls = true;
   options.tls_root_certs = ReadFile(Path("ca.pem"));
   options.token = kFraudWriterToken;
-  KlDriftClient client(CreateChannel(options), kRpcDeadline);
+  KlDriftClient client(CreateChannel(options), testing::TimeScaled(kRpcDeadline));
   EXPECT_TRUE(client.PutReference(NumericReference("fraud-a", "score")).ok());
   absl::StatusOr<v1::PutReferenceResponse> denied =
       client.PutReference(NumericReference("payments", "score"));

@@ -260,7 +260,7 @@ TEST_F(ServiceE2eTest, LargeReferencesAnswerWithinReceiveLimits) {
   EXPECT_EQ(reference.counts_size(), 0);
   ChannelOptions options;
   options.target = server_->address();
-  KlDriftClient client(CreateChannel(options), kRpcDeadline);
+  KlDriftClient client(CreateChannel(options), testing::TimeScaled(kRpcDeadline));
   absl::StatusOr<v1::Reference> full = client.GetReference(Stream("huge", "a"));
   ASSERT_TRUE(full.ok()) << full.status();
   ASSERT_EQ(full->counts_size(), kHugeBins);
@@ -367,7 +367,7 @@ TEST_F(ServiceE2eTest, ExportImportHandsAModelToAnotherServer) {
 
   ChannelOptions options;
   options.target = server_->address();
-  KlDriftClient from(CreateChannel(options), kRpcDeadline);
+  KlDriftClient from(CreateChannel(options), testing::TimeScaled(kRpcDeadline));
   absl::StatusOr<v1::ModelExport> exported = from.ExportModel("handed");
   ASSERT_TRUE(exported.ok()) << exported.status();
   ASSERT_EQ(exported->streams_size(), 2);
@@ -384,7 +384,7 @@ TEST_F(ServiceE2eTest, ExportImportHandsAModelToAnotherServer) {
   ASSERT_TRUE(other.ok()) << other.status();
   options.target = (*other)->address();
   {
-    KlDriftClient to(CreateChannel(options), kRpcDeadline);
+    KlDriftClient to(CreateChannel(options), testing::TimeScaled(kRpcDeadline));
     ASSERT_TRUE(to.PutReference([] {
                     v1::PutReferenceRequest r;
                     *r.mutable_stream() = Stream("handed", "old");
@@ -409,7 +409,7 @@ TEST_F(ServiceE2eTest, ExportImportHandsAModelToAnotherServer) {
   other = testing::ServerProcess::Start(testing::BinaryPath("KLDRIFTD", "server/kldriftd"), flags);
   ASSERT_TRUE(other.ok()) << other.status();
   options.target = (*other)->address();
-  KlDriftClient to(CreateChannel(options), kRpcDeadline);
+  KlDriftClient to(CreateChannel(options), testing::TimeScaled(kRpcDeadline));
   absl::StatusOr<v1::Reference> first = to.GetReference(Stream("handed", "a"), 1);
   ASSERT_TRUE(first.ok()) << first.status();
   EXPECT_THAT(first->counts(), ::testing::ElementsAre(0, 5, 5, 5, 5, 0, 0));
@@ -443,7 +443,7 @@ TEST_F(ServiceE2eTest, LargeModelImportIsSentInParts) {
   constexpr int kBins = 1000;  // ~46 KB a stream in the export: ~11 MB in all.
   ChannelOptions options;
   options.target = server_->address();
-  KlDriftClient from(CreateChannel(options), kRpcDeadline);
+  KlDriftClient from(CreateChannel(options), testing::TimeScaled(kRpcDeadline));
   v1::IngestRequest batch;
   batch.set_client_id("wide-loader");
   batch.set_sequence(1);
@@ -468,7 +468,7 @@ TEST_F(ServiceE2eTest, LargeModelImportIsSentInParts) {
       {"--storage=memory", "--max-receive-message-bytes", "10485760"});
   ASSERT_TRUE(other.ok()) << other.status();
   options.target = (*other)->address();
-  KlDriftClient to(CreateChannel(options), kRpcDeadline);
+  KlDriftClient to(CreateChannel(options), testing::TimeScaled(kRpcDeadline));
   absl::StatusOr<uint32_t> imported = to.ImportModel(*exported, /*replace=*/false);
   ASSERT_TRUE(imported.ok()) << imported.status();
   EXPECT_EQ(*imported, static_cast<uint32_t>(kStreams));

@@ -17,11 +17,15 @@ export KLDRIFT_CLI="$release/client/cli/kldrift"
 export KLDRIFT_TEST_TIME_SCALE="${KLDRIFT_TEST_TIME_SCALE:-10}"
 export TSAN_OPTIONS="suppressions=$here/suppressions.txt:log_path=$reports/report:second_deadlock_stack=1"
 status=0
-# durability_test's 3000-stream restart is left out: each of its batches carries 600 streams, and
-# applying one holds those 600 stream locks at once, which TSan's deadlock detector handles in time
-# quadratic in the locks held (seen: threads spinning in __sanitizer::DD::MutexAfterLock, no batch
-# acknowledged in 10 minutes). Its kill -9 test and the corrupted-folder restarts run.
-declare -A filters=([tests/e2e/durability_test]="-RestartTest.ThousandsOfStreamsRestoreEveryWindowExactly")
+# Left out: tests whose batches carry more than 64 streams. Applying a batch holds its streams'
+# locks at once (from taking the log position until applied), and TSan's deadlock detector tracks
+# at most 64 held locks: past that it fails an internal CHECK ("n_all_locks_ < 64") and kills the
+# server, and near it it runs in quadratic time (durability's 600-stream batches: no batch
+# acknowledged in 10 minutes). The kill -9 and corrupted-folder durability tests run.
+declare -A filters=(
+  [tests/e2e/durability_test]="-RestartTest.ThousandsOfStreamsRestoreEveryWindowExactly"
+  [tests/e2e/service_e2e_test]="-ServiceE2eTest.LargeModelImportIsSentInParts"
+)
 for test in tests/e2e/service_e2e_test tests/e2e/validation_catalogue_test \
   tests/e2e/security_e2e_test tests/e2e/durability_test client/recorder_e2e_test; do
   echo "== $test against the TSan kldriftd"
