@@ -1427,6 +1427,15 @@ absl::StatusOr<size_t> DriftEngine::ImportModel(const std::string& model,
   const absl::Time now = clock_->Now();
   {
     ReaderMutexLock lock(&streams_mutex_);
+    // Checked again now that no PutReference can run: one may have created a stream since.
+    for (const StreamExport& stream : streams) {
+      const StreamKey& key = stream.versions.front()->stream;
+      if (streams_.contains(key)) {
+        return absl::FailedPreconditionError(
+            absl::StrCat("stream ", key.ToString(),
+                         " was created on this server during the import; re-run it with replace"));
+      }
+    }
     if (streams_.size() + streams.size() > options_.max_streams) {
       return absl::ResourceExhaustedError(absl::StrCat(
           "importing ", streams.size(), " streams would pass this server's maximum of ",
