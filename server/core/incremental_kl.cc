@@ -32,17 +32,13 @@ double IncrementalKl::EntropyTerm(double count) const {
 
 double IncrementalKl::CrossTerm(size_t bin, double count) const {
   const double c = count + reference_->alpha();
-  // Impossible bins (c > 0 = q) are tracked apart; their -inf would poison the sum. An empty bin
-  // whose share underflowed (alpha near the smallest double) adds nothing, as in the kernels.
-  return c > 0 && std::isfinite(reference_->log_shares()[bin]) ? c * reference_->log_shares()[bin]
-                                                               : 0.0;
+  // Impossible bins (c > 0 = q) are tracked apart; their -inf would poison the
+  // sum.
+  return c > 0 && reference_->shares()[bin] > 0 ? c * reference_->log_shares()[bin] : 0.0;
 }
 
 bool IncrementalKl::Impossible(size_t bin, double count) const {
-  // An empty bin is never impossible: with alpha > 0 its smoothed share is positive, and where
-  // alpha is so small that the reference's share underflows to 0 the current's does too, and the
-  // kernels count the bin as 0.
-  return count > 0 && !std::isfinite(reference_->log_shares()[bin]);
+  return count + reference_->alpha() > 0 && reference_->shares()[bin] == 0;
 }
 
 void IncrementalKl::Add(size_t bin, double delta) {
