@@ -34,14 +34,12 @@ name used by the dashboard or the rules must be in KNOWN_METRICS (the README's m
 tools fail the test (deploy/install-deps.sh installs them). Bounded in time: every command and wait
 has a timeout, and the servers it starts die with it, even on SIGKILL.
 """
-import ctypes
 import json
 import os
 import pathlib
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -50,6 +48,9 @@ import traceback
 import urllib.error
 import urllib.parse
 import urllib.request
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "testlib"))
+from local_processes import free_port, parent_death_signal, stop_process  # noqa: E402
 
 import yaml
 
@@ -202,17 +203,8 @@ def metric_names(expr):
 # --------------------------------------------------------------------------------------------------
 # Servers started by the test: loopback, port picked by the kernel, killed with the test.
 
-def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def die_with_parent():
-    """In the child: SIGTERM when the test process dies, even by SIGKILL (ctest timeout)."""
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    pr_set_pdeathsig = 1
-    libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+# In the child: `sig` when the test process dies, even by SIGKILL (ctest timeout).
+die_with_parent = parent_death_signal(signal.SIGTERM)
 
 
 def http_json(url, data=None):
@@ -275,14 +267,7 @@ class Server:
             return ""
 
     def stop(self):
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=10)
+        stop_process(self.process)
 
 
 class Kldriftd:
@@ -337,13 +322,7 @@ class Kldriftd:
             return response.read().decode()
 
     def stop(self):
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+        stop_process(self.process)
 
 
 def check_exposition(live, expressions, rules):

@@ -28,7 +28,6 @@ deadline; every process it starts is stopped in a finally block and dies with th
 SIGKILL). No network beyond 127.0.0.1.
 """
 import concurrent.futures
-import ctypes
 import grp
 import json
 import os
@@ -57,6 +56,9 @@ PARALLEL = 6              # CLI calls in flight at once.
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 NGINX_DIR = ROOT / "deploy" / "nginx"
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "testlib"))
+from local_processes import free_port, parent_death_signal, stop_process  # noqa: E402
+
 failures = []
 checks = 0
 
@@ -79,17 +81,8 @@ def section(title):
     print(f"== {title} ({elapsed:.1f} s)", flush=True)
 
 
-def die_with_parent():
-    """In the child: SIGKILL when the test process dies, even by SIGKILL (ctest timeout)."""
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    pr_set_pdeathsig = 1
-    libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
-
-
-def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+# In the child: `sig` when the test process dies, even by SIGKILL (ctest timeout).
+die_with_parent = parent_death_signal(signal.SIGKILL)
 
 
 def wait_for(what, predicate, timeout_s=READY_TIMEOUT_S):
@@ -167,14 +160,7 @@ class Shard:
         self.process.wait(timeout=10)
 
     def stop(self):
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=10)
+        stop_process(self.process)
 
 
 class Nginx:
@@ -270,14 +256,7 @@ http {{
         return f"127.0.0.1:{self.port}"
 
     def stop(self):
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGQUIT)  # Graceful: workers finish, then exit.
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=10)
+        stop_process(self.process, signal.SIGQUIT)  # Graceful: workers finish, then exit.
 
 
 def server_parameters():
