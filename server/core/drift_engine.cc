@@ -1143,6 +1143,27 @@ size_t DriftEngine::Evaluate() {
     if (observer != nullptr && !stream_reports.empty()) observer->OnStreamEvaluated(stream_reports);
   };
 
+  // A run's window snapshots are written as soon as the run is done, each stream's sub-buckets with
+  // its log position in one write: a tick over 100k streams would otherwise hold every changed
+  // sub-bucket of every stream, and one write batch of all of them, at once (~400 MB at the peak,
+  // which the allocator keeps). The log is truncated only after every run's write succeeded
+  // (below); a crash in between leaves each stream at a consistent snapshot with its log records.
+  std::atomic<bool> snapshots_failed{false};
+  auto write_snapshots = [&](TickOutput& out) {
+    if (out.snapshots.empty()) return;
+    if (!options_.store->WriteSnapshots(out.snapshots, 0).ok()) {
+      // Nothing of this run was written: write everything of these streams next time.
+      store_errors_.fetch_add(1);
+      snapshots_failed.store(true);
+      for (const auto& stream : out.snapshotted) {
+        MutexLock lock(&stream->mutex);
+        stream->needs_full_snapshot = true;
+      }
+    }
+    std::vector<StreamSnapshot>().swap(out.snapshots);
+    std::vector<std::shared_ptr<StreamState>>().swap(out.snapshotted);
+  };
+
   // Streams are evaluated in runs of kStreamsPerRun, claimed by up to eval_threads threads (this
   // one included); each run's output has its own slot, so the merge below keeps stream order.
   const size_t runs = (streams.size() + kStreamsPerRun - 1) / kStreamsPerRun;
@@ -1155,6 +1176,7 @@ size_t DriftEngine::Evaluate() {
       for (size_t i = run * kStreamsPerRun; i < end; ++i) {
         evaluate_stream(streams[i], outputs[run], stream_reports);
       }
+      write_snapshots(outputs[run]);
     }
   };
   const size_t threads = std::min(EvalThreads(options_.eval_threads), runs);
@@ -1163,30 +1185,23 @@ size_t DriftEngine::Evaluate() {
   work();
   for (std::thread& worker : workers) worker.join();
 
-  std::vector<StreamSnapshot> snapshots;
-  std::vector<std::shared_ptr<StreamState>> snapshotted;
   std::vector<std::pair<WindowReport, bool>> reports;
   std::vector<StateStore::AlertUpdate> alert_updates;
   size_t evaluated = 0;
   for (TickOutput& out : outputs) {
-    std::move(out.snapshots.begin(), out.snapshots.end(), std::back_inserter(snapshots));
-    std::move(out.snapshotted.begin(), out.snapshotted.end(), std::back_inserter(snapshotted));
     std::move(out.reports.begin(), out.reports.end(), std::back_inserter(reports));
     std::move(out.alert_updates.begin(), out.alert_updates.end(),
               std::back_inserter(alert_updates));
     evaluated += out.evaluated;
   }
-  if (options_.store != nullptr && (!snapshots.empty() || truncate_up_to > truncated_lsn_.load())) {
-    if (options_.store->WriteSnapshots(snapshots, truncate_up_to).ok()) {
+  // Every stream's snapshot holds the batches up to truncate_up_to: their log records can go,
+  // unless a run's snapshots were not written (the log keeps them until a later tick's are).
+  if (options_.store != nullptr && !snapshots_failed.load() &&
+      truncate_up_to > truncated_lsn_.load()) {
+    if (options_.store->WriteSnapshots({}, truncate_up_to).ok()) {
       truncated_lsn_.store(truncate_up_to);
     } else {
-      // Nothing was written or truncated: the log still holds every batch. Write everything of
-      // these streams next time.
       store_errors_.fetch_add(1);
-      for (const auto& stream : snapshotted) {
-        MutexLock lock(&stream->mutex);
-        stream->needs_full_snapshot = true;
-      }
     }
   }
   if (!alert_updates.empty() && !options_.store->WriteAlerts(alert_updates).ok()) {
