@@ -189,6 +189,13 @@ void CompactSubBuckets::Add(int slot, absl::Span<const double> delta, const Delt
   Store(slot, e, values);
 }
 
+void CompactSubBuckets::PrefetchBlock(size_t max_bytes) const {
+  constexpr size_t kCacheLine = 64;
+  const uint8_t* block = block_.get();
+  const size_t bytes = std::min(block_bytes_, max_bytes);
+  for (size_t at = 0; at < bytes; at += kCacheLine) __builtin_prefetch(block + at);
+}
+
 void CompactSubBuckets::Prefetch(int slot) const {
   if (block_ == nullptr) return;
   constexpr size_t kCacheLine = 64;

@@ -65,6 +65,9 @@ class CompactSubBuckets {
   void Clear(int slot);
   // A hint: asks the CPU to bring slot's values (and the encodings before them) into cache.
   void Prefetch(int slot) const;
+  // A hint: asks the CPU to bring the first `max_bytes` of the block into cache, without reading
+  // it (Prefetch reads the encodings to find a slot, and so waits for them).
+  void PrefetchBlock(size_t max_bytes) const;
 
   Encoding encoding(int slot) const {
     return block_ == nullptr ? Encoding::kEmpty : static_cast<Encoding>(block_[slot]);

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
+#include <limits>
 #include <numeric>
 #include <utility>
 
@@ -51,8 +53,33 @@ void RankTopBins(absl::Span<const double> contributions, size_t n, std::vector<s
     order.resize(n);
     return;
   }
+  // A lower bound for the n-th largest contribution, so that most bins are passed over by one
+  // well-predicted comparison (the insertion below mispredicts a branch per bin it keeps): the
+  // n-th largest of the maxima of kColumns interleaved columns, n distinct bins at least as large.
+  // The column maxima vectorize. NaN (never produced) is not below it and goes to the insertion.
+  constexpr size_t kColumns = 8;
+  double threshold = -std::numeric_limits<double>::infinity();
+  if (n <= kColumns && n <= contributions.size()) {
+    double column_max[kColumns];
+    std::fill(column_max, column_max + kColumns, -std::numeric_limits<double>::infinity());
+    const double* c = contributions.data();
+    const size_t k = contributions.size();
+    size_t bin = 0;
+    for (; bin + kColumns <= k; bin += kColumns) {
+      for (size_t j = 0; j < kColumns; ++j) {
+        column_max[j] = c[bin + j] > column_max[j] ? c[bin + j] : column_max[j];
+      }
+    }
+    for (size_t j = 0; bin + j < k; ++j) {
+      column_max[j] = c[bin + j] > column_max[j] ? c[bin + j] : column_max[j];
+    }
+    std::nth_element(column_max, column_max + (n - 1), column_max + kColumns,
+                     std::greater<double>());
+    threshold = column_max[n - 1];
+  }
   order.clear();
   for (size_t bin = 0; bin < contributions.size(); ++bin) {
+    if (contributions[bin] < threshold) continue;
     // Bins come in increasing order, so a bin ranks before a kept one only if it contributes more.
     if (order.size() == n && !before(bin, order.back())) continue;
     if (order.size() < n) order.push_back(bin);

@@ -596,9 +596,10 @@ TEST(TopBins, TiesKeepTheLowerBinFirst) {
 }
 
 TEST(TopBins, FewAreThePrefixOfTheFullRanking) {
-  // A handful is ranked by insertion, many by a partial sort: the same order, ties included.
+  // A handful is ranked by insertion (up to 8 behind a threshold from column maxima), many by a
+  // partial sort: the same order, ties included.
   uint64_t seed = 5000;
-  for (size_t k : {1, 3, 17, 64, 1000}) {
+  for (size_t k : {1, 3, 5, 8, 9, 17, 64, 67, 1000}) {
     for (Shape shape : {Shape::kDense, Shape::kSparse, Shape::kOneHot}) {
       std::mt19937_64 rng(seed++);
       std::vector<double> current = RandomCounts(k, shape, rng);
@@ -617,7 +618,7 @@ TEST(TopBins, FewAreThePrefixOfTheFullRanking) {
       SCOPED_TRACE(::testing::Message() << "k=" << k << " shape=" << ShapeName(shape));
       absl::StatusOr<DriftMeasures> all = Compute(tied_reference, current, 0.5, k);
       ASSERT_TRUE(all.ok()) << all.status();
-      for (size_t top_k : {1, 3, 16, 17}) {
+      for (size_t top_k : {1, 2, 3, 5, 8, 9, 16, 17}) {
         absl::StatusOr<DriftMeasures> few = Compute(tied_reference, current, 0.5, top_k);
         ASSERT_TRUE(few.ok()) << few.status();
         ASSERT_EQ(few->top_bins.size(), std::min(top_k, k));

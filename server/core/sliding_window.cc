@@ -23,6 +23,31 @@ std::vector<double> SlidingWindow::totals() const {
 
 int64_t SlidingWindow::SubBucketIndex(absl::Time t) const {
   if (InHead(t)) return head_;
+  // An evaluation tick advances every window of every stream to the same time, through a few
+  // distinct steps: remember this thread's last answers (the division below is several integer
+  // divisions, a tenth of a tick over 100k streams when the heads move).
+  struct Memo {
+    int64_t step_nanos = 0;
+    absl::Time t;
+    int64_t index = 0;
+  };
+  constexpr int kMemos = 4;
+  thread_local Memo memos[kMemos];
+  thread_local int next_memo = 0;
+  if (step_nanos_ > 0) {
+    for (const Memo& m : memos) {
+      if (m.step_nanos == step_nanos_ && m.t == t) return m.index;
+    }
+  }
+  const int64_t index = DivideTime(t);
+  if (step_nanos_ > 0) {
+    memos[next_memo] = Memo{step_nanos_, t, index};
+    next_memo = (next_memo + 1) % kMemos;
+  }
+  return index;
+}
+
+int64_t SlidingWindow::DivideTime(absl::Time t) const {
   const absl::Duration since = t - absl::UnixEpoch();
   // Whole nanoseconds within ~200 years of the epoch (every real time): integer division, which
   // costs a fraction of IDivDuration's and gives the same floor.

@@ -53,6 +53,12 @@ class SlidingWindow {
   // Asks the CPU to bring into cache what Add(event_time, ...) will touch (a hint; no effect on
   // the window). Lets a caller about to add to many windows overlap their cache misses.
   void PrefetchForAdd(absl::Time event_time) const;
+  // A hint before an evaluation: asks the CPU to bring the totals and the ring's sub-bucket
+  // encodings into cache (what advancing the window and reading its totals touch first).
+  void PrefetchForEvaluate() const {
+    totals_.PrefetchBlock(1024);
+    ring_.PrefetchBlock(64);
+  }
 
   // Sum of every live sub-bucket.
   std::vector<double> totals() const;
@@ -88,6 +94,8 @@ class SlidingWindow {
   }
 
  private:
+  // SubBucketIndex's arithmetic, without its shortcuts.
+  int64_t DivideTime(absl::Time t) const;
   int Slot(int64_t index) const {
     return static_cast<int>(((index % sub_buckets_) + sub_buckets_) % sub_buckets_);
   }
