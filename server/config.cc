@@ -24,6 +24,10 @@ absl::Status ValidateConfig(const ServerConfig& c) {
     return absl::InvalidArgumentError(absl::StrCat(
         "--eval-interval=", absl::FormatDuration(c.eval_interval), " is outside [10ms, 1h]"));
   }
+  if (c.eval_nice < 0 || c.eval_nice > 19) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--eval-nice=", c.eval_nice, " is outside [0, 19] (0: the same priority as requests)"));
+  }
   if (c.eval_threads < 0 || c.eval_threads > 256) {
     return absl::InvalidArgumentError(absl::StrCat(
         "--eval-threads=", c.eval_threads, " is outside [0, 256] (0: one per hardware thread)"));

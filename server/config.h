@@ -27,6 +27,9 @@ struct ServerConfig {
   absl::Duration eval_interval = absl::Seconds(10);
   // Threads an evaluation tick spreads the streams over; 0: one per hardware thread.
   int eval_threads = 0;
+  // Added to the evaluation threads' nice value, so that ingest and queries preempt a tick (which
+  // is background work) rather than wait behind it. 0: the same priority.
+  int eval_nice = 10;
   absl::Duration shutdown_grace = absl::Seconds(5);
   size_t max_streams = 100000;
   size_t max_bins = size_t{1} << 20;

@@ -8,7 +8,11 @@
 #include <malloc.h>
 #include <pthread.h>
 #include <signal.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
@@ -60,6 +64,9 @@ ABSL_FLAG(absl::Duration, eval_interval, kDefaults.eval_interval,
           "how often every window is evaluated and alert states move (10ms-1h)");
 ABSL_FLAG(int32_t, eval_threads, kDefaults.eval_threads,
           "threads an evaluation tick spreads the streams over (0: one per hardware thread)");
+ABSL_FLAG(int32_t, eval_nice, kDefaults.eval_nice,
+          "added to the evaluation threads' nice value, so that ingest and queries preempt a tick "
+          "(0-19; 0: the same priority)");
 ABSL_FLAG(absl::Duration, shutdown_grace, kDefaults.shutdown_grace,
           "on SIGTERM, how long in-flight calls may take before they are cancelled");
 ABSL_FLAG(uint64_t, max_streams, kDefaults.max_streams,
@@ -132,6 +139,7 @@ ServerConfig ConfigFromFlags() {
   c.sync = absl::GetFlag(FLAGS_sync);
   c.eval_interval = absl::GetFlag(FLAGS_eval_interval);
   c.eval_threads = absl::GetFlag(FLAGS_eval_threads);
+  c.eval_nice = absl::GetFlag(FLAGS_eval_nice);
   c.shutdown_grace = absl::GetFlag(FLAGS_shutdown_grace);
   c.max_streams = absl::GetFlag(FLAGS_max_streams);
   c.max_bins = absl::GetFlag(FLAGS_max_bins);
@@ -355,6 +363,16 @@ int Run(const ServerConfig& config) {
 
   absl::Notification stop_evaluating;
   std::thread evaluator([&] {
+    // Linux's nice is per thread, and the threads a tick starts inherit it.
+    const pid_t tid = static_cast<pid_t>(syscall(SYS_gettid));
+    errno = 0;
+    const int nice = getpriority(PRIO_PROCESS, static_cast<id_t>(tid));
+    if (config.eval_nice > 0 && errno == 0 &&
+        setpriority(PRIO_PROCESS, static_cast<id_t>(tid), std::min(19, nice + config.eval_nice)) !=
+            0) {
+      std::cerr << "kldriftd: cannot lower the evaluation thread's priority: "
+                << std::strerror(errno) << std::endl;
+    }
     while (!stop_evaluating.WaitForNotificationWithTimeout(config.eval_interval)) {
       engine.Evaluate();
     }

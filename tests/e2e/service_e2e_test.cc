@@ -1,11 +1,16 @@
 // End-to-end tests of kldriftd: a real server process on a loopback port chosen by the kernel,
 // real gRPC, the generated stubs. Every wait is bounded.
 #include <stdlib.h>
+#include <sys/resource.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <memory>
 #include <random>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -767,6 +772,46 @@ TEST_F(ServiceE2eTest, BackupOfAMemoryServerIsAPreconditionFailure) {
       KlDrift::NewStub((*memory)->Channel())->Backup(Context().get(), request, &response);
   EXPECT_EQ(status.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
   EXPECT_THAT(status.error_message(), HasSubstr("--storage=memory"));
+}
+
+// The nice value of each of the process's threads, from /proc/PID/task/TID/stat (field 19).
+std::vector<int> ThreadNiceValues(pid_t pid) {
+  std::vector<int> nice;
+  for (const auto& task :
+       std::filesystem::directory_iterator(absl::StrCat("/proc/", pid, "/task"))) {
+    std::ifstream in(task.path() / "stat");
+    std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    // The command name (field 2) is in parentheses and may hold spaces: count from after it.
+    const size_t close = stat.rfind(')');
+    if (close == std::string::npos) continue;
+    std::istringstream fields(stat.substr(close + 2));
+    std::string field;
+    for (int i = 3; i <= 19 && fields >> field; ++i) {
+      if (i == 19) nice.push_back(std::stoi(field));
+    }
+  }
+  return nice;
+}
+
+TEST(ServerFlagsTest, EvalNiceLowersTheEvaluationThreadOnly) {
+  const int own_nice = getpriority(PRIO_PROCESS, 0);
+  absl::StatusOr<std::unique_ptr<testing::ServerProcess>> server = testing::ServerProcess::Start(
+      testing::BinaryPath("KLDRIFTD", "server/kldriftd"),
+      {"--storage=memory", "--eval-nice", "7", "--eval-threads", "1", "--eval-interval", "100ms"});
+  ASSERT_TRUE(server.ok()) << server.status();
+  ASSERT_TRUE((*server)->WaitForEvaluations(1).ok());
+  const std::vector<int> nice = ThreadNiceValues((*server)->pid());
+  ASSERT_FALSE(nice.empty());
+  const int lowered = std::min(19, own_nice + 7);
+  EXPECT_EQ(std::count(nice.begin(), nice.end(), lowered), 1) << "one evaluator thread";
+  EXPECT_EQ(std::count(nice.begin(), nice.end(), own_nice), static_cast<long>(nice.size()) - 1)
+      << "every other thread (gRPC, metrics, main) keeps the server's priority";
+
+  absl::StatusOr<std::unique_ptr<testing::ServerProcess>> refused =
+      testing::ServerProcess::Start(testing::BinaryPath("KLDRIFTD", "server/kldriftd"),
+                                    {"--storage=memory", "--eval-nice", "20"});
+  ASSERT_FALSE(refused.ok());
+  EXPECT_THAT(refused.status().message(), HasSubstr("--eval-nice=20 is outside [0, 19]"));
 }
 
 }  // namespace
