@@ -460,7 +460,7 @@ DriftMetrics::DriftMetrics(MetricsOptions options)
   GaugeFamily(*registry_, "kldrift_start_time_seconds", "When kldriftd started, Unix seconds")
       .Add({})
       .Set(absl::ToDoubleSeconds(options_.start_time - absl::UnixEpoch()));
-  MutexLock lock(&mutex_);
+  MutexLock lock(&rejected_mutex_);
   for (absl::StatusCode code : kRejectionCodes) {
     rejected_by_code_[code] = &rejected_batches_.Add({{"reason", ReasonLabel(code)}});
   }
@@ -473,8 +473,9 @@ std::string DriftMetrics::ReasonLabel(absl::StatusCode code) {
 }
 
 void DriftMetrics::OnReferenceInstalled(const Reference& reference) {
-  MutexLock lock(&mutex_);
-  std::unique_ptr<StreamState>& slot = ShardLocked(reference.stream)[reference.stream];
+  Shard& shard = ShardOf(reference.stream);
+  MutexLock lock(&shard.mutex);
+  std::unique_ptr<StreamState>& slot = shard.streams[reference.stream];
   if (slot == nullptr) slot = std::make_unique<StreamState>();
   StreamState& stream = *slot;
   const absl::string_view measure = MeasureName(reference.policy.measure);
@@ -491,25 +492,24 @@ void DriftMetrics::OnReferenceInstalled(const Reference& reference) {
 }
 
 void DriftMetrics::OnStreamDeleted(const StreamKey& key) {
-  MutexLock lock(&mutex_);
-  ShardLocked(key).erase(key);
+  Shard& shard = ShardOf(key);
+  MutexLock lock(&shard.mutex);
+  shard.streams.erase(key);
 }
 
 void DriftMetrics::OnBatchApplied(absl::Span<const StreamKey> streams,
                                   absl::Span<const double> samples,
                                   absl::Span<const double> nan_samples) {
   double total = 0;
-  {
-    MutexLock lock(&mutex_);
-    for (size_t i = 0; i < streams.size() && i < samples.size(); ++i) {
-      total += samples[i];
-      StreamTable& shard = ShardLocked(streams[i]);
-      auto it = shard.find(streams[i]);
-      if (it == shard.end()) continue;
-      it->second->observations += samples[i];
-      if (i < nan_samples.size() && nan_samples[i] > 0) {
-        it->second->nan_observations += nan_samples[i];
-      }
+  for (size_t i = 0; i < streams.size() && i < samples.size(); ++i) {
+    total += samples[i];
+    Shard& shard = ShardOf(streams[i]);
+    MutexLock lock(&shard.mutex);
+    auto it = shard.streams.find(streams[i]);
+    if (it == shard.streams.end()) continue;
+    it->second->observations += samples[i];
+    if (i < nan_samples.size() && nan_samples[i] > 0) {
+      it->second->nan_observations += nan_samples[i];
     }
   }
   batches_.Increment();
@@ -518,10 +518,10 @@ void DriftMetrics::OnBatchApplied(absl::Span<const StreamKey> streams,
 
 void DriftMetrics::OnStreamEvaluated(absl::Span<const WindowReport> reports) {
   if (reports.empty()) return;
-  MutexLock lock(&mutex_);
-  StreamTable& shard = ShardLocked(reports.front().stream);
-  auto it = shard.find(reports.front().stream);
-  if (it == shard.end()) return;  // Deleted since the evaluation.
+  Shard& shard = ShardOf(reports.front().stream);
+  MutexLock lock(&shard.mutex);
+  auto it = shard.streams.find(reports.front().stream);
+  if (it == shard.streams.end()) return;  // Deleted since the evaluation.
   StreamState& stream = *it->second;
   for (const WindowReport& report : reports) {
     if (report.kind != stream.kind) return;  // From a version replaced since.
@@ -548,13 +548,14 @@ void DriftMetrics::OnStreamEvaluated(absl::Span<const WindowReport> reports) {
       window = &stream.window_states.emplace_back();
       window->window = report.window;
       window->label = FormatWindow(report.window);
-      window->measure = InternMeasureLocked(report.measure);
+      window->measure = InternMeasure(report.measure);
     }
     UpdateWindowLocked(stream, *window, report);
   }
 }
 
-const std::string* DriftMetrics::InternMeasureLocked(absl::string_view name) {
+const std::string* DriftMetrics::InternMeasure(absl::string_view name) {
+  MutexLock lock(&names_mutex_);
   return &*measure_names_.emplace(name).first;
 }
 
@@ -636,16 +637,16 @@ size_t DriftMetrics::MeasureSeries(ReferenceKind kind) const {
   return series;
 }
 
-DriftMetrics::StreamTable& DriftMetrics::ShardLocked(const StreamKey& key) {
-  return streams_state_[absl::Hash<StreamKey>{}(key) % kShards];
+DriftMetrics::Shard& DriftMetrics::ShardOf(const StreamKey& key) {
+  return shards_[absl::Hash<StreamKey>{}(key) % kShards];
 }
 
 bool DriftMetrics::FamilyExported(size_t family) const {
   return family >= kMeasureSlots || (options_.measures & kMeasureFamilies[family].bit) != 0;
 }
 
-void DriftMetrics::VisitFamilyLocked(size_t family, size_t shard, SeriesSink& sink) const {
-  const StreamTable& streams = streams_state_[shard];
+void DriftMetrics::VisitFamilyLocked(size_t family, const Shard& shard, SeriesSink& sink) const {
+  const StreamTable& streams = shard.streams;
   // Calls add(stream, window, labels) for every window of every stream of the shard, `labels`
   // holding the window's own.
   auto for_each_window = [&streams](auto&& add) {
@@ -742,7 +743,7 @@ void DriftMetrics::OnEvaluationFinished(size_t windows, absl::Duration duration)
 }
 
 void DriftMetrics::RecordBatchRejected(absl::StatusCode code) {
-  MutexLock lock(&mutex_);
+  MutexLock lock(&rejected_mutex_);
   Counter*& counter = rejected_by_code_[code];
   if (counter == nullptr) counter = &rejected_batches_.Add({{"reason", ReasonLabel(code)}});
   counter->Increment();
@@ -790,12 +791,14 @@ std::vector<prometheus::MetricFamily> DriftMetrics::Collect() const {
   RefreshServerState();
   std::vector<prometheus::MetricFamily> families = registry_->Collect();
   {
-    ReaderMutexLock lock(&mutex_);
     FamilySink sink(families);
     for (size_t family = 0; family < kStreamFamilies; ++family) {
       if (!FamilyExported(family)) continue;
       sink.StartFamily(*kStreamFamilyInfos[family]);
-      for (size_t shard = 0; shard < kShards; ++shard) VisitFamilyLocked(family, shard, sink);
+      for (const Shard& shard : shards_) {
+        ReaderMutexLock lock(&shard.mutex);
+        VisitFamilyLocked(family, shard, sink);
+      }
     }
   }
   // Outside /proc (another OS), the process families are simply absent.
@@ -816,11 +819,11 @@ void DriftMetrics::WriteExposition(std::string& buffer,
     if (!FamilyExported(family)) continue;
     TextSink sink(buffer);
     sink.StartFamily(*kStreamFamilyInfos[family]);
-    for (size_t shard = 0; shard < kShards; ++shard) {
+    for (const Shard& shard : shards_) {
       {
         // A shard at a time: an evaluation waits for the text of one shard's series, never for
         // the client to read it.
-        ReaderMutexLock lock(&mutex_);
+        ReaderMutexLock lock(&shard.mutex);
         VisitFamilyLocked(family, shard, sink);
       }
       if (buffer.size() >= kExpositionPieceBytes) {
@@ -839,10 +842,10 @@ void DriftMetrics::WriteExposition(std::string& buffer,
 }
 
 size_t DriftMetrics::stream_series() const {
-  ReaderMutexLock lock(&mutex_);
   size_t series = 0;
-  for (const StreamTable& shard : streams_state_) {
-    for (const auto& [key, stream] : shard) {
+  for (const Shard& shard : shards_) {
+    ReaderMutexLock lock(&shard.mutex);
+    for (const auto& [key, stream] : shard.streams) {
       series += kPerStreamFamilies;
       for (const WindowState& w : stream->window_states) {
         // The common families, the alert state, the top bins.

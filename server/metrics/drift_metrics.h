@@ -143,18 +143,23 @@ class DriftMetrics final : public EngineObserver, public prometheus::Collectable
   struct StreamState;
   static constexpr size_t kShards = 64;
   using StreamTable = absl::flat_hash_map<StreamKey, std::unique_ptr<StreamState>>;
+  // One shard of the per-stream state (see shards_), with its own lock.
+  struct Shard {
+    mutable Mutex mutex;
+    StreamTable streams ABSL_GUARDED_BY(mutex);
+  };
+  // REQUIRES: the lock of the shard that holds `stream`.
   void UpdateWindowLocked(const StreamState& stream, WindowState& window,
-                          const WindowReport& report) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+                          const WindowReport& report);
   // The interned copy of a measure name, for the `measure` label of the alert families.
-  const std::string* InternMeasureLocked(absl::string_view name)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
-  // The shard of streams_state_ that holds `key`.
-  StreamTable& ShardLocked(const StreamKey& key) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  const std::string* InternMeasure(absl::string_view name);
+  // The shard that holds `key`.
+  Shard& ShardOf(const StreamKey& key);
   // Per-stream family number `family` (< kStreamFamilies, in the .cc): whether the options export
-  // it, and its series in shard `shard`, handed to `sink` (REQUIRES: sink.StartFamily(family)).
+  // it, and its series in `shard`, handed to `sink` (REQUIRES: sink.StartFamily(family)).
   bool FamilyExported(size_t family) const;
-  void VisitFamilyLocked(size_t family, size_t shard, SeriesSink& sink) const
-      ABSL_SHARED_LOCKS_REQUIRED(mutex_);
+  void VisitFamilyLocked(size_t family, const Shard& shard, SeriesSink& sink) const
+      ABSL_SHARED_LOCKS_REQUIRED(shard.mutex);
   // Reads the ServerState source into the server gauges and counters.
   void RefreshServerState() const;
   // Measure series of one window of a stream of `kind` (what the options export).
@@ -190,15 +195,16 @@ class DriftMetrics final : public EngineObserver, public prometheus::Collectable
 
   // The per-stream series are not prometheus-cpp metrics (a few hundred bytes each, 65 per
   // stream): their values live here, a few hundred bytes per window, and Collect() builds the
-  // families from them.
-  mutable Mutex mutex_;
-  // Split by a hash of the key, so that a scrape can write a family a shard at a time, letting go
-  // of the lock in between, and hand out pieces of bounded size; a stream is in one shard for its
-  // whole life, so it is never written twice in one family.
-  std::array<StreamTable, kShards> streams_state_ ABSL_GUARDED_BY(mutex_);
-  absl::node_hash_set<std::string> measure_names_ ABSL_GUARDED_BY(mutex_);
+  // families from them. Split by a hash of the key, each shard under its own lock: evaluation
+  // threads, ingest and a scrape touch different shards at once, and a scrape writes a family a
+  // shard at a time, letting go of the lock in between, in pieces of bounded size. A stream is in
+  // one shard for its whole life, so it is never written twice in one family.
+  std::array<Shard, kShards> shards_;
+  mutable Mutex names_mutex_;  // Taken after a shard's lock.
+  absl::node_hash_set<std::string> measure_names_ ABSL_GUARDED_BY(names_mutex_);
+  mutable Mutex rejected_mutex_;
   absl::flat_hash_map<absl::StatusCode, prometheus::Counter*> rejected_by_code_
-      ABSL_GUARDED_BY(mutex_);
+      ABSL_GUARDED_BY(rejected_mutex_);
 };
 
 struct MetricsEndpointOptions {
