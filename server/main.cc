@@ -285,6 +285,9 @@ int Run(const ServerConfig& config) {
     state.watch_reports_dropped = service.dropped_watch_reports();
     return state;
   });
+  // The measures of changed windows are computed when /metrics is read, once per change, rather
+  // than on every tick: a tick computes what the alerts need (README "kldriftd").
+  metrics->SetReportSource([&engine] { engine.RefreshObserver(); });
   std::unique_ptr<MetricsEndpoint> metrics_endpoint;
   if (config.metrics_listen != "none") {
     MetricsEndpointOptions endpoint_options;

@@ -280,6 +280,9 @@ struct DriftEngine::WindowState {
   bool inputs_enough_samples = false;
   // Whether the G-test p-value is at most the policy's max_p_value: 1, 0, or -1 not computed yet.
   int8_t inputs_evidence = -1;
+  // The generation of the totals of the last full report the observer was given for this window
+  // under the current reference; kNoInputs when none.
+  uint64_t observer_generation = kNoInputs;
 };
 
 struct DriftEngine::StreamState {
@@ -373,6 +376,51 @@ std::shared_ptr<DriftEngine::StreamState> DriftEngine::FindStream(const StreamKe
   return it == streams_.end() ? nullptr : it->second;
 }
 
+std::vector<std::shared_ptr<DriftEngine::StreamState>> DriftEngine::AllStreams() const {
+  std::vector<std::shared_ptr<StreamState>> streams;
+  ReaderMutexLock lock(&streams_mutex_);
+  streams.reserve(streams_.size());
+  for (const auto& [key, state] : streams_) streams.push_back(state);
+  return streams;
+}
+
+size_t DriftEngine::RunCount(size_t streams) {
+  return (streams + kStreamsPerRun - 1) / kStreamsPerRun;
+}
+
+size_t DriftEngine::ForEachStreamInRuns(
+    const std::vector<std::shared_ptr<StreamState>>& streams,
+    const std::function<void(size_t, const std::shared_ptr<StreamState>&)>& evaluate,
+    const std::function<void(size_t)>& run_done) const {
+  const size_t runs = RunCount(streams.size());
+  std::atomic<size_t> next_run{0};
+  auto work = [&] {
+    for (size_t run = next_run.fetch_add(1); run < runs; run = next_run.fetch_add(1)) {
+      const size_t end = std::min(streams.size(), (run + 1) * kStreamsPerRun);
+      const size_t begin = run * kStreamsPerRun;
+      // Memory for the next streams is asked for while this one is evaluated (see Prefetch).
+      using Step = StreamState::PrefetchStep;
+      for (size_t i = begin; i < std::min(end, begin + 2); ++i) {
+        streams[i]->Prefetch(Step::kObject);
+      }
+      if (begin + 1 < end) streams[begin + 1]->Prefetch(Step::kWindows);
+      for (size_t i = begin; i < end; ++i) {
+        if (i + 3 < end) streams[i + 3]->Prefetch(Step::kObject);
+        if (i + 2 < end) streams[i + 2]->Prefetch(Step::kWindows);
+        if (i + 1 < end) streams[i + 1]->Prefetch(Step::kWindowData);
+        evaluate(run, streams[i]);
+      }
+      run_done(run);
+    }
+  };
+  const size_t threads = std::min(EvalThreads(options_.eval_threads), runs);
+  std::vector<std::thread> workers;
+  for (size_t t = 1; t < threads; ++t) workers.emplace_back(work);
+  work();
+  for (std::thread& worker : workers) worker.join();
+  return runs;
+}
+
 void DriftEngine::StreamState::Install(std::shared_ptr<const Reference> ref, bool keep_windows,
                                        absl::Time now) {
   if (!keep_windows) {
@@ -385,6 +433,7 @@ void DriftEngine::StreamState::Install(std::shared_ptr<const Reference> ref, boo
   for (WindowState& w : windows) {
     w.alert = AlertStateMachine();
     w.inputs_generation = WindowState::kNoInputs;  // Derived under the previous reference.
+    w.observer_generation = WindowState::kNoInputs;
   }
   if (ref->is_histogram()) {
     profile_arrays = ref->counts.data();
@@ -1089,12 +1138,7 @@ size_t DriftEngine::Evaluate() {
   // until it is applied, and its streams are in the map (read after this): each one is snapshotted
   // below with the batch included, so the log can be truncated to this point afterwards.
   const uint64_t truncate_up_to = next_lsn_.load() - 1;
-  std::vector<std::shared_ptr<StreamState>> streams;
-  {
-    ReaderMutexLock lock(&streams_mutex_);
-    streams.reserve(streams_.size());
-    for (const auto& [key, state] : streams_) streams.push_back(state);
-  }
+  const std::vector<std::shared_ptr<StreamState>> streams = AllStreams();
   bool have_watchers;
   {
     MutexLock lock(&watch_mutex_);
@@ -1104,8 +1148,10 @@ size_t DriftEngine::Evaluate() {
   const absl::Time started = absl::Now();
   const size_t top_bins =
       std::max(have_watchers ? kEvaluationTopBins : 0, observer ? observer->top_bins() : 0);
-  // Without watchers or an observer nobody reads the reports: only the alert's inputs are needed.
-  const bool need_reports = have_watchers || observer != nullptr;
+  // Without watchers, or an observer that wants every tick's reports, nobody reads the reports:
+  // only the alert's inputs are needed.
+  const bool need_reports =
+      have_watchers || (observer != nullptr && !observer->reports_on_demand());
   // Labels are for watchers, and for an observer that does not name the bins itself.
   const BinLabels labels = have_watchers || (observer != nullptr && observer->wants_bin_labels())
                                ? BinLabels::kNamed
@@ -1155,8 +1201,10 @@ size_t DriftEngine::Evaluate() {
         const AlertStatus before = w.alert.status();
         ++out.evaluated;
         // The observer alone keeps the measures of the last report it was given: while the
-        // totals stay the same, so do they, and only the alert may move.
-        const bool observer_current = !have_watchers && w.inputs_generation == w.ring.generation();
+        // totals stay the same, so do they, and only the alert may move. An observer that takes
+        // reports on demand is told of alert moves here and given measures when it asks.
+        const bool observer_current =
+            !have_watchers && w.observer_generation == w.ring.generation();
         if (!need_reports || observer_current) {
           const StreamState::AlertInputs inputs = stream->FastAlertInputs(w, now);
           w.alert.Observe(inputs.value, inputs.eligible, now, ref.policy);
@@ -1164,11 +1212,14 @@ size_t DriftEngine::Evaluate() {
           if (options_.store != nullptr) {
             out.alert_updates.push_back({stream->key, w.ring.length(), w.alert.status()});
           }
-          if (observer_current) stream_reports.push_back(stream->AlertOnlyReport(w, now));
+          if (observer != nullptr && !have_watchers) {
+            stream_reports.push_back(stream->AlertOnlyReport(w, now));
+          }
           continue;
         }
         WindowReport report = stream->Report(w, top_bins, now, labels);
         StreamState::SeedAlertInputs(w, report);
+        if (observer != nullptr) w.observer_generation = w.ring.generation();
         // Evidence (the G-test) is needed to raise an alert, not to keep or clear a firing one:
         // data back in the reference's shape has none, and must still clear it.
         const bool eligible =
@@ -1210,36 +1261,18 @@ size_t DriftEngine::Evaluate() {
     std::vector<std::shared_ptr<StreamState>>().swap(out.snapshotted);
   };
 
-  // Streams are evaluated in runs of kStreamsPerRun, claimed by up to eval_threads threads (this
-  // one included); each run's output has its own slot, so the merge below keeps stream order.
-  const size_t runs = (streams.size() + kStreamsPerRun - 1) / kStreamsPerRun;
-  std::vector<TickOutput> outputs(runs);
-  std::atomic<size_t> next_run{0};
-  auto work = [&] {
+  // Each run's output has its own slot, so the merge below keeps stream order.
+  std::vector<TickOutput> outputs(RunCount(streams.size()));
+  struct ThreadScratch {
     std::vector<WindowReport> stream_reports;  // One stream's, for the observer.
-    for (size_t run = next_run.fetch_add(1); run < runs; run = next_run.fetch_add(1)) {
-      const size_t end = std::min(streams.size(), (run + 1) * kStreamsPerRun);
-      const size_t begin = run * kStreamsPerRun;
-      // Memory for the next streams is asked for while this one is evaluated (see Prefetch).
-      using Step = StreamState::PrefetchStep;
-      for (size_t i = begin; i < std::min(end, begin + 2); ++i) {
-        streams[i]->Prefetch(Step::kObject);
-      }
-      if (begin + 1 < end) streams[begin + 1]->Prefetch(Step::kWindows);
-      for (size_t i = begin; i < end; ++i) {
-        if (i + 3 < end) streams[i + 3]->Prefetch(Step::kObject);
-        if (i + 2 < end) streams[i + 2]->Prefetch(Step::kWindows);
-        if (i + 1 < end) streams[i + 1]->Prefetch(Step::kWindowData);
-        evaluate_stream(streams[i], outputs[run], stream_reports);
-      }
-      write_snapshots(outputs[run]);
-    }
   };
-  const size_t threads = std::min(EvalThreads(options_.eval_threads), runs);
-  std::vector<std::thread> workers;
-  for (size_t t = 1; t < threads; ++t) workers.emplace_back(work);
-  work();
-  for (std::thread& worker : workers) worker.join();
+  thread_local ThreadScratch scratch;
+  ForEachStreamInRuns(
+      streams,
+      [&](size_t run, const std::shared_ptr<StreamState>& stream) {
+        evaluate_stream(stream, outputs[run], scratch.stream_reports);
+      },
+      [&](size_t run) { write_snapshots(outputs[run]); });
 
   std::vector<std::pair<WindowReport, bool>> reports;
   std::vector<StateStore::AlertUpdate> alert_updates;
@@ -1282,6 +1315,41 @@ size_t DriftEngine::Evaluate() {
   }
   if (observer != nullptr) observer->OnEvaluationFinished(evaluated, absl::Now() - started);
   return evaluated;
+}
+
+size_t DriftEngine::RefreshObserver() {
+  EngineObserver* const observer = options_.observer;
+  if (observer == nullptr) return 0;
+  MutexLock evaluate_lock(&evaluate_mutex_);
+  const absl::Time now = clock_->Now();
+  const std::vector<std::shared_ptr<StreamState>> streams = AllStreams();
+  const size_t top_bins = observer->top_bins();
+  const BinLabels labels = observer->wants_bin_labels() ? BinLabels::kNamed : BinLabels::kIndexOnly;
+  std::atomic<size_t> reported{0};
+  thread_local std::vector<WindowReport> stream_reports;
+  ForEachStreamInRuns(
+      streams,
+      [&](size_t, const std::shared_ptr<StreamState>& stream) {
+        stream_reports.clear();
+        {
+          MutexLock lock(&stream->mutex);
+          if (stream->deleted || stream->versions.empty()) return;
+          stream->AdvanceWindows(now);
+          for (WindowState& w : stream->windows) {
+            if (w.observer_generation == w.ring.generation()) continue;
+            WindowReport report = stream->Report(w, top_bins, now, labels);
+            StreamState::SeedAlertInputs(w, report);
+            report.alert = w.alert.status();
+            w.observer_generation = w.ring.generation();
+            stream_reports.push_back(std::move(report));
+          }
+        }
+        if (stream_reports.empty()) return;
+        reported.fetch_add(stream_reports.size(), std::memory_order_relaxed);
+        observer->OnStreamEvaluated(stream_reports);
+      },
+      [](size_t) {});
+  return reported.load();
 }
 
 absl::Status DriftEngine::Recover() {

@@ -12,7 +12,9 @@
 //     alert state machines need, and nothing for windows whose totals have not changed; an
 //     observer alone is sent full reports only of windows whose totals or reference changed since
 //     its last report, and alert-only ones (WindowReport::measures_unchanged) of windows whose
-//     alert status alone changed;
+//     alert status alone changed; an observer that takes reports on demand
+//     (EngineObserver::reports_on_demand) gets only the alert-only ones from a tick, and the full
+//     reports of the windows changed since when it asks (RefreshObserver);
 //   - answers GetDrift on demand with freshly computed measures.
 //
 // Thread safety: all methods are safe to call concurrently. Locks: one mutex for the stream map,
@@ -215,6 +217,12 @@ class DriftEngine {
   // Calls are serialized (one tick at a time).
   size_t Evaluate();
 
+  // For an observer that takes reports on demand: full reports of every window whose totals or
+  // reference changed since the last report it was given, computed now (over eval_threads
+  // threads) and handed to OnStreamEvaluated. Returns the number of windows reported. Serialized
+  // with Evaluate(). Does nothing without an observer.
+  size_t RefreshObserver();
+
   // Rebuilds every stream, window, client sequence and alert state from options().store. Call once,
   // before serving. Fails (DATA_LOSS, FAILED_PRECONDITION) on records that cannot be read.
   absl::Status Recover();
@@ -258,6 +266,17 @@ class DriftEngine {
   struct ClientState;
 
   std::shared_ptr<StreamState> FindStream(const StreamKey& key) const;
+  // Every stream, in key order.
+  std::vector<std::shared_ptr<StreamState>> AllStreams() const;
+  // Calls evaluate(run, stream) for every stream of `streams`, in runs of consecutive streams
+  // claimed by up to eval_threads threads (this one included), asking for each stream's memory a
+  // few streams ahead; then run_done(run) on the thread that did the run. Returns the number of
+  // runs (run < runs).
+  size_t ForEachStreamInRuns(const std::vector<std::shared_ptr<StreamState>>& streams,
+                             const std::function<void(size_t, const std::shared_ptr<StreamState>&)>&
+                                 evaluate,
+                             const std::function<void(size_t)>& run_done) const;
+  static size_t RunCount(size_t streams);
   // Validates, persists (when there is a store) and applies a batch. `persisted` tells the caller
   // whether the client's sequence was written with it.
   absl::Status ApplyBatch(const IngestBatch& batch, absl::Time now, bool* persisted);

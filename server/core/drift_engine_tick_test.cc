@@ -2,15 +2,19 @@
 // observer), which skips windows whose totals did not change and computes only what the alert
 // needs, and the tick spread over several threads.
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "gtest/gtest.h"
 #include "server/core/clock.h"
 #include "server/core/drift_engine.h"
+#include "server/core/engine_observer.h"
 #include "server/core/testing/engine_inputs.h"
 
 namespace kldrift {
@@ -172,6 +176,107 @@ TEST(DriftEngineTickTest, ThreadsGiveTheSameReportsInTheSameOrder) {
     three.seen.clear();
     ASSERT_EQ(Alerts(*alert_only.engine), Alerts(*one.engine)) << "tick " << tick;
   }
+}
+
+// Keeps, per window, what a metrics observer keeps: the alert of the last report and the
+// measures of the last full one.
+class KeepingObserver : public EngineObserver {
+ public:
+  explicit KeepingObserver(bool on_demand) : on_demand_(on_demand) {}
+  struct Kept {
+    AlertStatus alert;
+    bool measured = false;
+    double samples = -1;
+    double value = -1;
+    double js_bits = -1;
+    size_t top_bin = 0;
+  };
+  void OnReferenceInstalled(const Reference&) override {}
+  void OnStreamDeleted(const StreamKey&) override {}
+  void OnBatchApplied(absl::Span<const StreamKey>, absl::Span<const double>,
+                      absl::Span<const double>) override {}
+  void OnStreamEvaluated(absl::Span<const WindowReport> reports) override {
+    absl::MutexLock lock(&mutex_);
+    for (const WindowReport& r : reports) {
+      Kept& k = kept_[{r.stream.signal, absl::ToInt64Seconds(r.window)}];
+      k.alert = r.alert;
+      if (r.measures_unchanged) continue;
+      ++full_reports_;
+      k.measured = true;
+      k.samples = r.samples;
+      k.value = r.measure_value;
+      // As the metrics do, a report without measures (an empty window) clears them.
+      k.js_bits = r.histogram ? r.histogram->js_bits : -1;
+      k.top_bin = r.histogram && !r.histogram->top_bins.empty() ? r.histogram->top_bins[0].bin : 0;
+    }
+  }
+  void OnEvaluationFinished(size_t, absl::Duration) override {}
+  size_t top_bins() const override { return 3; }
+  bool wants_bin_labels() const override { return false; }
+  bool reports_on_demand() const override { return on_demand_; }
+
+  std::map<std::pair<std::string, int64_t>, Kept> kept() {
+    absl::MutexLock lock(&mutex_);
+    return kept_;
+  }
+  size_t TakeFullReports() {
+    absl::MutexLock lock(&mutex_);
+    return std::exchange(full_reports_, 0);
+  }
+
+ private:
+  const bool on_demand_;
+  absl::Mutex mutex_;
+  std::map<std::pair<std::string, int64_t>, Kept> kept_ ABSL_GUARDED_BY(mutex_);
+  size_t full_reports_ ABSL_GUARDED_BY(mutex_) = 0;
+};
+
+TEST(DriftEngineTickTest, OnDemandObserverKeepsWhatAPerTickObserverKeeps) {
+  FakeClock clock;
+  KeepingObserver per_tick_observer(/*on_demand=*/false);
+  KeepingObserver on_demand_observer(/*on_demand=*/true);
+  auto subject = [&clock](KeepingObserver* observer, int threads) {
+    Subject s(&clock, threads, /*watch=*/false);
+    EngineOptions options;
+    options.eval_threads = threads;
+    options.observer = observer;
+    s.engine = std::make_unique<DriftEngine>(options, &clock);
+    return s;
+  };
+  Subject per_tick = subject(&per_tick_observer, 1);
+  Subject on_demand = subject(&on_demand_observer, 2);
+  TickScenario scenario({&per_tick, &on_demand});
+  size_t refreshed = 0;
+  for (int tick = 0; tick < 200; ++tick) {
+    scenario.Step(clock);
+    EXPECT_EQ(per_tick.engine->Evaluate(), on_demand.engine->Evaluate());
+    EXPECT_EQ(on_demand_observer.TakeFullReports(), 0u) << "a tick computed reports on demand";
+    ASSERT_EQ(Alerts(*on_demand.engine), Alerts(*per_tick.engine)) << "tick " << tick;
+    if (tick % 3 != 0) continue;
+    const size_t reported = on_demand.engine->RefreshObserver();
+    EXPECT_EQ(on_demand_observer.TakeFullReports(), reported);
+    refreshed += reported;
+    EXPECT_EQ(on_demand.engine->RefreshObserver(), 0u) << "nothing changed since the last ask";
+    EXPECT_EQ(per_tick.engine->RefreshObserver(), 0u) << "a per-tick observer is always current";
+    const auto got = on_demand_observer.kept();
+    const auto want = per_tick_observer.kept();
+    ASSERT_EQ(got.size(), want.size()) << "tick " << tick;
+    for (const auto& [window, kept] : want) {
+      SCOPED_TRACE(::testing::Message()
+                   << "tick " << tick << " stream " << window.first << " window " << window.second);
+      ASSERT_TRUE(got.count(window));
+      const KeepingObserver::Kept& g = got.at(window);
+      EXPECT_EQ(g.alert, kept.alert);
+      EXPECT_EQ(g.measured, kept.measured);
+      EXPECT_EQ(g.samples, kept.samples);
+      EXPECT_EQ(g.value, kept.value);
+      EXPECT_EQ(g.js_bits, kept.js_bits);
+      EXPECT_EQ(g.top_bin, kept.top_bin);
+    }
+    if (::testing::Test::HasFailure()) return;
+  }
+  EXPECT_GT(refreshed, 0u);
+  EXPECT_GT(per_tick_observer.TakeFullReports(), refreshed) << "on demand computed fewer";
 }
 
 }  // namespace

@@ -42,7 +42,9 @@ class EngineObserver {
   // window whose totals or reference changed since the last report this observer was given for it
   // (and of every window while the engine has watchers), and an alert-only report
   // (WindowReport::measures_unchanged) of each other window whose alert status changed. Not called
-  // for a stream where nothing changed: the observer keeps what it was last told.
+  // for a stream where nothing changed: the observer keeps what it was last told. With
+  // reports_on_demand, a tick sends the alert-only reports (also of windows whose measures the
+  // observer has not been given since they changed) and RefreshObserver the full ones.
   virtual void OnStreamEvaluated(absl::Span<const WindowReport> reports) = 0;
   // One evaluation of every stream ended; it took `duration` (monotonic) over `windows` windows.
   virtual void OnEvaluationFinished(size_t windows, absl::Duration duration) = 0;
@@ -52,6 +54,10 @@ class EngineObserver {
   // itself from the reference's layout answers false, and the labels may then arrive empty
   // (they still arrive named while the engine has watchers).
   virtual bool wants_bin_labels() const { return true; }
+  // Whether full reports are computed only when the observer asks (DriftEngine::RefreshObserver),
+  // e.g. when a scrape reads them, rather than on every tick: a tick then sends only alert-only
+  // reports, and computes only what the alerts need. Asked at every tick.
+  virtual bool reports_on_demand() const { return false; }
 };
 
 }  // namespace kldrift

@@ -768,6 +768,21 @@ void DriftMetrics::SetServerStateSource(std::function<ServerState()> source) {
   source_ = std::move(source);
 }
 
+void DriftMetrics::SetReportSource(std::function<void()> refresh) {
+  MutexLock lock(&source_mutex_);
+  report_source_ = std::move(refresh);
+  report_source_set_.store(report_source_ != nullptr);
+}
+
+void DriftMetrics::RefreshReports() const {
+  std::function<void()> refresh;
+  {
+    MutexLock lock(&source_mutex_);
+    refresh = report_source_;
+  }
+  if (refresh) refresh();
+}
+
 void DriftMetrics::RefreshServerState() const {
   MutexLock lock(&source_mutex_);
   if (!source_) return;
@@ -788,6 +803,7 @@ void DriftMetrics::RefreshServerState() const {
 }
 
 std::vector<prometheus::MetricFamily> DriftMetrics::Collect() const {
+  RefreshReports();
   RefreshServerState();
   std::vector<prometheus::MetricFamily> families = registry_->Collect();
   {
@@ -810,6 +826,7 @@ std::vector<prometheus::MetricFamily> DriftMetrics::Collect() const {
 
 void DriftMetrics::WriteExposition(std::string& buffer,
                                    const std::function<void(absl::string_view)>& write) const {
+  RefreshReports();
   RefreshServerState();
   const prometheus::TextSerializer serializer;
   buffer = serializer.Serialize(registry_->Collect());

@@ -23,6 +23,7 @@
 #define KLDRIFT_SERVER_METRICS_DRIFT_METRICS_H_
 
 #include <array>
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -102,6 +103,8 @@ class DriftMetrics final : public EngineObserver, public prometheus::Collectable
   size_t top_bins() const override { return options_.top_bins; }
   // The table keeps bin indices and names them from the layout when scraped.
   bool wants_bin_labels() const override { return false; }
+  // True once SetReportSource was called.
+  bool reports_on_demand() const override { return report_source_set_.load(); }
 
   // The service's events.
   void RecordBatchRejected(absl::StatusCode code);
@@ -116,6 +119,13 @@ class DriftMetrics final : public EngineObserver, public prometheus::Collectable
 
   // Called by Collect() and WriteExposition() at every scrape. Optional.
   void SetServerStateSource(std::function<ServerState()> source);
+  // Makes the engine's full reports come on demand (EngineObserver::reports_on_demand): `refresh`
+  // is called at the start of every Collect() and WriteExposition(), with no lock of this class
+  // held, and must hand the full reports of the windows changed since the last ones to
+  // OnStreamEvaluated (DriftEngine::RefreshObserver). A tick then computes only what the alerts
+  // need, and the measures of a changed window are computed once per scrape, not once per tick.
+  // Optional: without it, every tick sends the full reports of the windows that changed.
+  void SetReportSource(std::function<void()> refresh);
 
   // prometheus::Collectable: every family, with server state refreshed, and the process metrics
   // (process_cpu_seconds_total, process_resident_memory_bytes, ...) read from /proc/self.
@@ -190,6 +200,10 @@ class DriftMetrics final : public EngineObserver, public prometheus::Collectable
 
   mutable Mutex source_mutex_;
   std::function<ServerState()> source_ ABSL_GUARDED_BY(source_mutex_);
+  std::function<void()> report_source_ ABSL_GUARDED_BY(source_mutex_);
+  std::atomic<bool> report_source_set_{false};
+  // Calls the report source, if any (outside every lock of this class).
+  void RefreshReports() const;
   mutable uint64_t seen_store_errors_ ABSL_GUARDED_BY(source_mutex_) = 0;
   mutable uint64_t seen_watch_reports_dropped_ ABSL_GUARDED_BY(source_mutex_) = 0;
 

@@ -1619,11 +1619,14 @@ std::vector<std::string> StreamSeriesLines(const DriftMetrics& metrics) {
 TEST(DriftMetricsTest, ObserverTickExportsWhatEvaluatingEveryWindowExports) {
   // `full` has a watcher, so its engine evaluates every window in full on every tick and hands
   // every report to the metrics; `tick` has the metrics alone, which get only what changed.
+  // `on_demand` takes them on demand: a tick sends alert moves, a scrape asks for the rest.
   Harness full(TopBins(3));
   Harness tick(TopBins(3));
+  Harness on_demand(TopBins(3));
+  on_demand.metrics->SetReportSource([&on_demand] { on_demand.engine.RefreshObserver(); });
   std::vector<WindowReport> watched;
   full.engine.Watch({"m", "", "", false}, [&](const WindowReport& r) { watched.push_back(r); });
-  std::vector<Harness*> both = {&full, &tick};
+  std::vector<Harness*> both = {&full, &tick, &on_demand};
 
   constexpr size_t kHistogramStreams = 12;
   constexpr size_t kBins = 6;
@@ -1693,7 +1696,9 @@ TEST(DriftMetricsTest, ObserverTickExportsWhatEvaluatingEveryWindowExports) {
         alert_moves_without_data += !(before[i] == watched[i].alert);
       }
     }
-    ASSERT_EQ(StreamSeriesLines(*tick.metrics), StreamSeriesLines(*full.metrics));
+    const std::vector<std::string> expected = StreamSeriesLines(*full.metrics);
+    ASSERT_EQ(StreamSeriesLines(*tick.metrics), expected);
+    ASSERT_EQ(StreamSeriesLines(*on_demand.metrics), expected);
     const int seconds[] = {1, 7, 13, 45};
     const absl::Duration advance = absl::Seconds(seconds[die(rng) % 4]);
     for (Harness* h : both) h->clock.Advance(advance);

@@ -130,27 +130,47 @@ BENCHMARK(BM_Evaluate)
     ->Unit(benchmark::kMillisecond);
 
 // A full tick: every window of every stream changed since the last one (a batch to each stream
-// between iterations, not timed), so every report is computed and, with metrics, every series set.
-// What the server's tick costs at --eval-threads 1 and 2; compare metrics:1 with metrics:0 (no
-// observer: only what the alerts need).
+// between iterations, not timed). What the server's tick costs at --eval-threads 1 and 2:
+//   metrics:0  no observer: the alerts' inputs only (the baseline);
+//   metrics:1  DriftMetrics with every tick's reports: every report computed, every series set;
+//   metrics:2  DriftMetrics with reports on demand, as kldriftd runs it (SetReportSource): the tick
+//              sends alert moves; refresh_ms is the scrape's share, DriftEngine::RefreshObserver
+//              computing the changed windows' reports (not in the tick's time).
 void BM_FullTick(benchmark::State& state) {
   const size_t streams = static_cast<size_t>(state.range(0));
-  Fixture fixture(streams, static_cast<int>(state.range(1)), static_cast<int>(state.range(2)));
+  const int mode = static_cast<int>(state.range(1));
+  Fixture fixture(streams, mode == 0 ? 0 : 1, static_cast<int>(state.range(2)));
+  if (mode == 2) {
+    fixture.metrics->SetReportSource([&fixture] { fixture.engine->RefreshObserver(); });
+  }
   fixture.engine->Evaluate();
+  if (mode == 2) fixture.engine->RefreshObserver();
   uint64_t tick = 0;
   size_t windows = 0;
+  absl::Duration refresh;
   for (auto _ : state) {
     state.PauseTiming();
+    if (mode == 2 && tick > 0) {
+      const absl::Time start = absl::Now();
+      fixture.engine->RefreshObserver();
+      refresh += absl::Now() - start;
+    }
     fixture.TouchEveryStream(streams, ++tick);
     state.ResumeTiming();
     windows = fixture.engine->Evaluate();
   }
   state.SetItemsProcessed(static_cast<int64_t>(state.iterations() * windows));
   state.counters["windows"] = static_cast<double>(windows);
-  state.SetLabel(state.range(1) == 0 ? "no observer (alerts only)" : "with metrics");
+  if (mode == 2 && state.iterations() > 1) {
+    state.counters["refresh_ms"] =
+        absl::ToDoubleMilliseconds(refresh) / static_cast<double>(state.iterations() - 1);
+  }
+  state.SetLabel(mode == 0   ? "no observer (alerts only)"
+                 : mode == 1 ? "metrics, reports every tick"
+                             : "metrics, reports on demand (kldriftd)");
 }
 BENCHMARK(BM_FullTick)
-    ->ArgsProduct({{10000, 100000}, {0, 1}, {1, 2}})
+    ->ArgsProduct({{10000, 100000}, {0, 1, 2}, {1, 2}})
     ->ArgNames({"streams", "metrics", "threads"})
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime()
