@@ -6,6 +6,7 @@
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
+#include "google/protobuf/arena.h"
 #include "server/service/proto_conversion.h"
 #include "server/service/status_conversion.h"
 
@@ -88,7 +89,7 @@ class KlDriftService::IngestReactor
       tenant_prefix_ =
           absl::StrCat(service_->options_.authorizer->TenantOf(AuthorizationOf(context_)), ":");
     }
-    StartRead(&request_);
+    StartNextRead();
   }
 
   void OnReadDone(bool ok) override {
@@ -102,12 +103,12 @@ class KlDriftService::IngestReactor
         return;
       }
     }
-    const uint64_t sequence = request_.sequence();
+    const uint64_t sequence = request_->sequence();
     absl::Status status;
     uint64_t acked = 0;
-    if (!client_id_.empty() && request_.client_id() != client_id_) {
+    if (!client_id_.empty() && request_->client_id() != client_id_) {
       status = absl::InvalidArgumentError(
-          absl::StrCat("client_id changed from \"", client_id_, "\" to \"", request_.client_id(),
+          absl::StrCat("client_id changed from \"", client_id_, "\" to \"", request_->client_id(),
                        "\" within one Ingest stream; open a stream per client id"));
     } else if (sequence == 0) {
       status = absl::InvalidArgumentError("sequence numbers start at 1");
@@ -115,11 +116,12 @@ class KlDriftService::IngestReactor
       status = absl::InvalidArgumentError(absl::StrCat(
           "sequence ", sequence, " after ", last_sequence_,
           " on the same stream; sequence numbers must increase (resend only after reconnecting)"));
-    } else if (absl::Status id = ValidateName("client_id", request_.client_id(), false); !id.ok()) {
+    } else if (absl::Status id = ValidateName("client_id", request_->client_id(), false);
+               !id.ok()) {
       // Checked before the id claims its live-stream slot and names this stream: a refused id
       // holds neither (an empty one would never be released).
       status = id;
-    } else if (absl::Status auth = service_->Authorize(context_, Role::kWriter, request_.model());
+    } else if (absl::Status auth = service_->Authorize(context_, Role::kWriter, request_->model());
                !auth.ok()) {
       if (absl::IsUnauthenticated(auth)) {
         // The token was revoked (tokens file reloaded): end the stream, the batch unacknowledged.
@@ -132,16 +134,16 @@ class KlDriftService::IngestReactor
       status = auth;  // PERMISSION_DENIED for this batch's model.
       acked = sequence;
     } else {
-      const std::string engine_client_id = tenant_prefix_ + request_.client_id();
+      const std::string engine_client_id = tenant_prefix_ + request_->client_id();
       if (client_id_.empty() && metrics_ != nullptr &&
           service_->engine_->KnowsClient(engine_client_id)) {
         metrics_->RecordIngestReconnect();
       }
       if (client_id_.empty()) service_->ClaimClientId(engine_client_id, this);
-      client_id_ = request_.client_id();
+      client_id_ = request_->client_id();
       engine_client_id_ = engine_client_id;
       last_sequence_ = sequence;
-      absl::StatusOr<IngestBatch> batch = FromProto(request_);
+      absl::StatusOr<IngestBatch> batch = FromProto(*request_);
       if (batch.ok()) batch->client_id = engine_client_id;
       if (batch.ok()) {
         const IngestResult result = service_->engine_->Ingest(*batch);
@@ -177,7 +179,7 @@ class KlDriftService::IngestReactor
     has_pending_ = true;
     if (!writing_) StartWriteLocked();
     if (static_cast<size_t>(pending_.errors_size()) < service_->options_.max_pending_batch_errors) {
-      StartRead(&request_);
+      StartNextRead();
     } else {
       read_paused_ = true;  // Resumed when the errors have been written.
     }
@@ -189,7 +191,7 @@ class KlDriftService::IngestReactor
     if (ok && has_pending_) StartWriteLocked();
     if (read_paused_ && !reads_done_) {
       read_paused_ = false;
-      StartRead(&request_);
+      StartNextRead();
     }
     if (!ok) write_failed_ = true;
     MaybeFinishLocked();
@@ -216,6 +218,23 @@ class KlDriftService::IngestReactor
   }
 
  private:
+  // Reads the next batch into a fresh message on the arena, whose memory the previous batch's
+  // message (done with: converted and applied) leaves behind: parsing a batch of a hundred
+  // histograms then allocates nothing from the heap, and freeing it is one reset.
+  void StartNextRead() {
+    arena_.Reset();
+    request_ = google::protobuf::Arena::CreateMessage<v1::IngestRequest>(&arena_);
+    StartRead(request_);
+  }
+
+  // Blocks from 16 KB up to 128 KB: a few allocations per batch, none kept by an idle stream.
+  static google::protobuf::ArenaOptions IngestArenaOptions() {
+    google::protobuf::ArenaOptions options;
+    options.start_block_size = 16 << 10;
+    options.max_block_size = 128 << 10;
+    return options;
+  }
+
   void StartWriteLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
     if (metrics_ != nullptr) metrics_->RecordAck();
     in_flight_ = std::move(pending_);
@@ -236,8 +255,10 @@ class KlDriftService::IngestReactor
   KlDriftService* const service_;
   DriftMetrics* const metrics_;  // May be null.
   grpc::CallbackServerContext* const context_;
-  // Touched only by OnReadDone, which gRPC never runs concurrently with itself.
-  v1::IngestRequest request_;
+  // Touched only by OnReadDone, which gRPC never runs concurrently with itself (and by
+  // StartNextRead before each read). A batch of 100 histograms of 64 bins parses into ~70 KB.
+  google::protobuf::Arena arena_{IngestArenaOptions()};
+  v1::IngestRequest* request_ = nullptr;
   std::string client_id_;         // As the client sent it.
   std::string engine_client_id_;  // With the tenant prefix: the engine's and live table's key.
   std::string tenant_prefix_;     // "<tenant>:" with tokens, else empty.
