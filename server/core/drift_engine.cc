@@ -390,11 +390,13 @@ size_t DriftEngine::RunCount(size_t streams) {
 
 size_t DriftEngine::ForEachStreamInRuns(
     const std::vector<std::shared_ptr<StreamState>>& streams,
-    const std::function<void(size_t, const std::shared_ptr<StreamState>&)>& evaluate,
+    const std::function<void(size_t, const std::shared_ptr<StreamState>&,
+                             std::vector<WindowReport>&)>& evaluate,
     const std::function<void(size_t)>& run_done) const {
   const size_t runs = RunCount(streams.size());
   std::atomic<size_t> next_run{0};
   auto work = [&] {
+    std::vector<WindowReport> scratch;
     for (size_t run = next_run.fetch_add(1); run < runs; run = next_run.fetch_add(1)) {
       const size_t end = std::min(streams.size(), (run + 1) * kStreamsPerRun);
       const size_t begin = run * kStreamsPerRun;
@@ -408,7 +410,7 @@ size_t DriftEngine::ForEachStreamInRuns(
         if (i + 3 < end) streams[i + 3]->Prefetch(Step::kObject);
         if (i + 2 < end) streams[i + 2]->Prefetch(Step::kWindows);
         if (i + 1 < end) streams[i + 1]->Prefetch(Step::kWindowData);
-        evaluate(run, streams[i]);
+        evaluate(run, streams[i], scratch);
       }
       run_done(run);
     }
@@ -1263,14 +1265,11 @@ size_t DriftEngine::Evaluate() {
 
   // Each run's output has its own slot, so the merge below keeps stream order.
   std::vector<TickOutput> outputs(RunCount(streams.size()));
-  struct ThreadScratch {
-    std::vector<WindowReport> stream_reports;  // One stream's, for the observer.
-  };
-  thread_local ThreadScratch scratch;
   ForEachStreamInRuns(
       streams,
-      [&](size_t run, const std::shared_ptr<StreamState>& stream) {
-        evaluate_stream(stream, outputs[run], scratch.stream_reports);
+      [&](size_t run, const std::shared_ptr<StreamState>& stream,
+          std::vector<WindowReport>& stream_reports) {
+        evaluate_stream(stream, outputs[run], stream_reports);
       },
       [&](size_t run) { write_snapshots(outputs[run]); });
 
@@ -1326,10 +1325,10 @@ size_t DriftEngine::RefreshObserver() {
   const size_t top_bins = observer->top_bins();
   const BinLabels labels = observer->wants_bin_labels() ? BinLabels::kNamed : BinLabels::kIndexOnly;
   std::atomic<size_t> reported{0};
-  thread_local std::vector<WindowReport> stream_reports;
   ForEachStreamInRuns(
       streams,
-      [&](size_t, const std::shared_ptr<StreamState>& stream) {
+      [&](size_t, const std::shared_ptr<StreamState>& stream,
+          std::vector<WindowReport>& stream_reports) {
         stream_reports.clear();
         {
           MutexLock lock(&stream->mutex);

@@ -268,14 +268,15 @@ class DriftEngine {
   std::shared_ptr<StreamState> FindStream(const StreamKey& key) const;
   // Every stream, in key order.
   std::vector<std::shared_ptr<StreamState>> AllStreams() const;
-  // Calls evaluate(run, stream) for every stream of `streams`, in runs of consecutive streams
+  // Calls evaluate(run, stream, scratch) for every stream of `streams` (`scratch`: a vector the
+  // calling thread reuses from stream to stream), in runs of consecutive streams
   // claimed by up to eval_threads threads (this one included), asking for each stream's memory a
   // few streams ahead; then run_done(run) on the thread that did the run. Returns the number of
   // runs (run < runs).
-  size_t ForEachStreamInRuns(
-      const std::vector<std::shared_ptr<StreamState>>& streams,
-      const std::function<void(size_t, const std::shared_ptr<StreamState>&)>& evaluate,
-      const std::function<void(size_t)>& run_done) const;
+  size_t ForEachStreamInRuns(const std::vector<std::shared_ptr<StreamState>>& streams,
+                             const std::function<void(size_t, const std::shared_ptr<StreamState>&,
+                                                      std::vector<WindowReport>&)>& evaluate,
+                             const std::function<void(size_t)>& run_done) const;
   static size_t RunCount(size_t streams);
   // Validates, persists (when there is a store) and applies a batch. `persisted` tells the caller
   // whether the client's sequence was written with it.
