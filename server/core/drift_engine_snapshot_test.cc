@@ -14,10 +14,10 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/mutex.h"
 #include "gtest/gtest.h"
 #include "server/core/clock.h"
 #include "server/core/drift_engine.h"
+#include "server/core/mutex.h"
 #include "server/core/state_store.h"
 #include "server/core/testing/engine_inputs.h"
 
@@ -50,7 +50,7 @@ class RecordingStore final : public StateStore {
   }
   absl::Status WriteSnapshots(const std::vector<StreamSnapshot>& snapshots,
                               uint64_t truncate_up_to) override {
-    absl::MutexLock lock(&mutex_);
+    MutexLock lock(&mutex_);
     SnapshotCall call;
     for (const StreamSnapshot& s : snapshots) {
       call.signals.insert(s.stream.signal);
@@ -68,16 +68,16 @@ class RecordingStore final : public StateStore {
   }
 
   void FailCall(size_t n) {
-    absl::MutexLock lock(&mutex_);
+    MutexLock lock(&mutex_);
     fail_call_ = calls_made_ + n;
   }
   std::vector<SnapshotCall> TakeCalls() {
-    absl::MutexLock lock(&mutex_);
+    MutexLock lock(&mutex_);
     return std::exchange(calls_, {});
   }
 
  private:
-  absl::Mutex mutex_;
+  Mutex mutex_;
   size_t calls_made_ = 0;
   size_t fail_call_ = 0;
   std::vector<SnapshotCall> calls_;

@@ -10,11 +10,11 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/mutex.h"
 #include "gtest/gtest.h"
 #include "server/core/clock.h"
 #include "server/core/drift_engine.h"
 #include "server/core/engine_observer.h"
+#include "server/core/mutex.h"
 #include "server/core/testing/engine_inputs.h"
 
 namespace kldrift {
@@ -196,7 +196,7 @@ class KeepingObserver : public EngineObserver {
   void OnBatchApplied(absl::Span<const StreamKey>, absl::Span<const double>,
                       absl::Span<const double>) override {}
   void OnStreamEvaluated(absl::Span<const WindowReport> reports) override {
-    absl::MutexLock lock(&mutex_);
+    MutexLock lock(&mutex_);
     for (const WindowReport& r : reports) {
       Kept& k = kept_[{r.stream.signal, absl::ToInt64Seconds(r.window)}];
       k.alert = r.alert;
@@ -216,17 +216,17 @@ class KeepingObserver : public EngineObserver {
   bool reports_on_demand() const override { return on_demand_; }
 
   std::map<std::pair<std::string, int64_t>, Kept> kept() {
-    absl::MutexLock lock(&mutex_);
+    MutexLock lock(&mutex_);
     return kept_;
   }
   size_t TakeFullReports() {
-    absl::MutexLock lock(&mutex_);
+    MutexLock lock(&mutex_);
     return std::exchange(full_reports_, 0);
   }
 
  private:
   const bool on_demand_;
-  absl::Mutex mutex_;
+  Mutex mutex_;
   std::map<std::pair<std::string, int64_t>, Kept> kept_ ABSL_GUARDED_BY(mutex_);
   size_t full_reports_ ABSL_GUARDED_BY(mutex_) = 0;
 };
