@@ -50,7 +50,7 @@ import urllib.parse
 import urllib.request
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "testlib"))
-from local_processes import free_port, parent_death_signal, stop_process  # noqa: E402
+from local_processes import Checks, free_port, parent_death_signal, stop_process  # noqa: E402
 
 import yaml
 
@@ -119,18 +119,8 @@ VARIABLE_VALUES = {
     "window": "(5m|1h)",
 }
 
-failures = []
-checks = 0
-
-
-def check(name, condition, detail=""):
-    global checks
-    checks += 1
-    if condition:
-        print(f"ok   {name}", flush=True)
-    else:
-        print(f"FAIL {name}: {detail}", flush=True)
-        failures.append(f"{name}: {detail}")
+CHECKS = Checks()
+check = CHECKS.check
 
 
 def run(args, **kwargs):
@@ -1135,10 +1125,10 @@ def main():
             if live:
                 live.stop()
     elapsed = time.monotonic() - STARTED
-    print(f"deploy_config_test: {checks} checks, {len(failures)} failed, {elapsed:.1f} s")
-    for f in failures:
+    print(f"deploy_config_test: {CHECKS.count} checks, {len(CHECKS.failures)} failed, {elapsed:.1f} s")
+    for f in CHECKS.failures:
         print(f"FAILED: {f}", file=sys.stderr)
-    return 1 if failures else 0
+    return 1 if CHECKS.failures else 0
 
 
 if __name__ == "__main__":

@@ -57,21 +57,10 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 NGINX_DIR = ROOT / "deploy" / "nginx"
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "testlib"))
-from local_processes import free_port, parent_death_signal, stop_process  # noqa: E402
+from local_processes import Checks, free_port, parent_death_signal, stop_process  # noqa: E402
 
-failures = []
-checks = 0
-
-
-def check(name, condition, detail=""):
-    global checks
-    checks += 1
-    if condition:
-        print(f"ok   {name}", flush=True)
-    else:
-        print(f"FAIL {name}: {detail}", flush=True)
-        failures.append(f"{name}: {detail}")
-    return condition
+CHECKS = Checks()
+check = CHECKS.check
 
 
 def section(title):
@@ -537,16 +526,16 @@ def main():
     with tempfile.TemporaryDirectory(prefix="kldrift-shard-test-") as work:
         try:
             run_test(kldrift, kldriftd, nginx, work)
-        except Exception as e:  # A step that cannot finish is a failure, never a skip.
+        except Exception:  # A step that cannot finish is a failure, never a skip.
             import traceback
             check("the test ran to the end", False, traceback.format_exc())
             for path in sorted(pathlib.Path(work).rglob("*.log")):
                 print(f"--- {path.relative_to(work)}\n{tail(path)}", flush=True)
     elapsed = time.monotonic() - STARTED
-    print(f"sharding_e2e_test: {checks} checks, {len(failures)} failed, {elapsed:.1f} s")
-    for f in failures:
+    print(f"sharding_e2e_test: {CHECKS.count} checks, {len(CHECKS.failures)} failed, {elapsed:.1f} s")
+    for f in CHECKS.failures:
         print(f"FAILED: {f}", file=sys.stderr)
-    return 1 if failures else 0
+    return 1 if CHECKS.failures else 0
 
 
 if __name__ == "__main__":

@@ -39,3 +39,21 @@ def stop_process(process, first_signal=signal.SIGTERM):
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait(timeout=STOP_TIMEOUT_S)
+
+
+class Checks:
+    """Named assertions that keep going: each prints "ok" or "FAIL" as it runs, and the failures
+    are listed at the end, so one run reports every broken thing rather than the first."""
+
+    def __init__(self):
+        self.count = 0
+        self.failures = []
+
+    def check(self, name, condition, detail=""):
+        self.count += 1
+        if condition:
+            print(f"ok   {name}", flush=True)
+        else:
+            print(f"FAIL {name}: {detail}", flush=True)
+            self.failures.append(f"{name}: {detail}")
+        return condition
