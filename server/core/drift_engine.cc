@@ -65,11 +65,16 @@ absl::Status KindMismatch(const StreamKey& key, const Reference& ref, absl::stri
                    " reference, which takes ", accepted, ", not ", sent));
 }
 
-// The window delta a stream's data adds, validated against its reference.
+// The window delta a stream's data adds, validated against its reference. Pre-binned histograms
+// (the bulk of ingest) also fill `summary` (CompactSubBuckets::Summarize of the delta) and `sum`
+// in the same pass; for other data the caller computes them.
 absl::StatusOr<std::vector<double>> ComputeDelta(const StreamKey& key, const Reference& ref,
                                                  const StreamData& data,
-                                                 const EngineOptions& options) {
+                                                 const EngineOptions& options,
+                                                 CompactSubBuckets::DeltaSummary* summary,
+                                                 double* sum, bool* summarized) {
   using Type = StreamData::Type;
+  *summarized = false;
   std::vector<double> delta(ref.window_width(), 0.0);
   switch (data.type) {
     case Type::kHistogram: {
@@ -80,20 +85,40 @@ absl::StatusOr<std::vector<double>> ComputeDelta(const StreamKey& key, const Ref
             " bins but reference version ", ref.version, " has ", delta.size(),
             " (underflow, bins, overflow and NaN buckets included); fetch its bins again"));
       }
+      // One branch-free pass (this runs for every bin ingested): validity, sum and maximum.
+      bool valid = true;
+      double total = 0;
+      double max = 0;
       for (size_t i = 0; i < delta.size(); ++i) {
         const double c = data.numbers[i];
         // Past 2^53 doubles are no longer exact integers, and a few such counts would make the
         // window's total infinite (no measures until they expire).
         // NaN and infinities fail the range test; inside it the cast is exact for integers and
-        // tells them from fractions without a floor() call (this runs for every bin ingested).
-        if (!(c >= 0 && c <= kMaxExactCount) ||
-            static_cast<double>(static_cast<uint64_t>(c)) != c) {
-          return absl::InvalidArgumentError(
-              absl::StrCat("stream ", key.ToString(), ": bin ", i, " has count ", c,
-                           "; histogram counts are integers >= 0 and at most 2^53"));
-        }
+        // tells them from fractions without a floor() call.
+        const bool in_range = c >= 0 && c <= kMaxExactCount;
+        const double checked = in_range ? c : 0.0;
+        valid &= in_range & (static_cast<double>(static_cast<int64_t>(checked)) == checked);
+        total += c;
+        max = std::max(max, c);
         delta[i] = c;
       }
+      if (!valid) {
+        for (size_t i = 0; i < delta.size(); ++i) {
+          const double c = data.numbers[i];
+          if (!(c >= 0 && c <= kMaxExactCount) ||
+              static_cast<double>(static_cast<int64_t>(c)) != c) {
+            return absl::InvalidArgumentError(
+                absl::StrCat("stream ", key.ToString(), ": bin ", i, " has count ", c,
+                             "; histogram counts are integers >= 0 and at most 2^53"));
+          }
+        }
+      }
+      // Every value is an integer >= 0: what Summarize would say.
+      constexpr double kMaxUint32 = 0xFFFFFFFFu;
+      *summary = max <= kMaxUint32 ? CompactSubBuckets::DeltaSummary{true, max}
+                                   : CompactSubBuckets::DeltaSummary{};
+      *sum = total;
+      *summarized = true;
       return delta;
     }
     case Type::kValues:
@@ -341,6 +366,11 @@ struct DriftEngine::StreamState {
   // arrays they will be compared with.
   enum class PrefetchStep { kObject, kWindows, kWindowData };
   void Prefetch(PrefetchStep step) const;
+  // The same for what ApplyBatch reads of a stream it holds locked (after kObject): kIngestLists
+  // the versions' and windows' arrays, kIngestData (after kIngestLists) the current reference and
+  // the first line of each window's blocks (the encodings its sub-bucket's offset comes from).
+  enum class IngestPrefetchStep { kIngestLists, kIngestData };
+  void PrefetchForIngest(IngestPrefetchStep step) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex);
 
   const StreamKey key;
   mutable Mutex mutex;
@@ -357,6 +387,9 @@ struct DriftEngine::StreamState {
   uint64_t snapshot_lsn ABSL_GUARDED_BY(mutex) = 0;
   // A snapshot write failed: the next one writes every live sub-bucket.
   bool needs_full_snapshot ABSL_GUARDED_BY(mutex) = false;
+  // The observer's counters of what is ingested into this stream (null without an observer, or
+  // when it does not count per stream). Written to under `mutex`.
+  std::shared_ptr<StreamIngestCounters> ingest_counters ABSL_GUARDED_BY(mutex);
 };
 
 struct DriftEngine::ClientState {
@@ -475,6 +508,25 @@ void DriftEngine::StreamState::Prefetch(PrefetchStep step) const {
   if (any_changed) prefetch(profile_arrays, std::min<size_t>(profile_bytes, 4096));
 }
 
+void DriftEngine::StreamState::PrefetchForIngest(IngestPrefetchStep step) const {
+  if (step == IngestPrefetchStep::kIngestLists) {
+    __builtin_prefetch(versions.data() + versions.size() - 1);
+    for (size_t i = 0; i < windows.size(); i += 64 / sizeof(WindowState) + 1) {
+      __builtin_prefetch(&windows[i]);
+    }
+    if (!windows.empty())
+      __builtin_prefetch(reinterpret_cast<const char*>(&windows.back() + 1) - 1);
+    return;
+  }
+  if (!versions.empty()) {
+    const char* ref = reinterpret_cast<const char*>(versions.back().get());
+    for (size_t at = 0; at < std::min<size_t>(sizeof(Reference), 256); at += 64) {
+      __builtin_prefetch(ref + at);
+    }
+  }
+  for (const WindowState& w : windows) w.ring.PrefetchBlockStarts();
+}
+
 void DriftEngine::StreamState::AdvanceWindows(absl::Time now) {
   for (WindowState& window : windows) window.ring.Advance(now);
 }
@@ -582,7 +634,9 @@ absl::StatusOr<std::shared_ptr<const Reference>> DriftEngine::PutReference(
       }
       if (built.ok()) {
         stream->Install(*built, keep_windows, now);
-        if (options_.observer != nullptr) options_.observer->OnReferenceInstalled(**built);
+        if (options_.observer != nullptr) {
+          stream->ingest_counters = options_.observer->OnReferenceInstalled(**built);
+        }
         if (!keep_windows) {
           // Fresh windows: no earlier log record belongs to them (the store recorded the floor).
           stream->applied_lsn = stream->snapshot_lsn = next_lsn_.load() - 1;
@@ -791,10 +845,18 @@ absl::Status DriftEngine::ApplyBatch(const IngestBatch& batch, absl::Time now, b
             "; create one with PutReference (kldrift reference put) before ingesting"));
       }
       t.state = it->second;
+      t.state->Prefetch(StreamState::PrefetchStep::kObject);
     }
   }
   // Lock every stream of the batch in key order, validate everything, then apply everything.
-  for (Target& t : targets) t.state->mutex.Lock();
+  // Each stream is a chain of heap blocks, rarely in cache with thousands of streams: each loop
+  // asks for the next link (PrefetchForIngest) while it works.
+  using IngestStep = StreamState::IngestPrefetchStep;
+  for (Target& t : targets) {
+    t.state->mutex.Lock();
+    t.state->PrefetchForIngest(IngestStep::kIngestLists);
+  }
+  if (!targets.empty()) targets.front().state->PrefetchForIngest(IngestStep::kIngestData);
   absl::Status status = absl::OkStatus();
   std::vector<std::vector<double>> deltas;
   deltas.reserve(targets.size());
@@ -802,7 +864,13 @@ absl::Status DriftEngine::ApplyBatch(const IngestBatch& batch, absl::Time now, b
   samples.reserve(targets.size());
   std::vector<double> nan_samples;  // Of them, NaN values.
   nan_samples.reserve(targets.size());
-  for (const Target& t : targets) {
+  double applied_observations = 0;  // In all.
+  // Each delta scanned once for every window's sub-bucket and totals.
+  std::vector<CompactSubBuckets::DeltaSummary> summaries;
+  summaries.reserve(targets.size());
+  for (size_t i = 0; i < targets.size(); ++i) {
+    const Target& t = targets[i];
+    if (i + 1 < targets.size()) targets[i + 1].state->PrefetchForIngest(IngestStep::kIngestData);
     if (t.state->deleted || t.state->versions.empty()) {
       status = absl::FailedPreconditionError(
           absl::StrCat("the reference of stream ", t.key.ToString(), " was just deleted"));
@@ -829,12 +897,21 @@ absl::Status DriftEngine::ApplyBatch(const IngestBatch& batch, absl::Time now, b
           "'s longest window (", FormatWindow(ref.policy.LongestWindow()), ")"));
       break;
     }
-    absl::StatusOr<std::vector<double>> delta = ComputeDelta(t.key, ref, *t.data, options_);
+    CompactSubBuckets::DeltaSummary summary;
+    double sum = 0;
+    bool summarized = false;
+    absl::StatusOr<std::vector<double>> delta =
+        ComputeDelta(t.key, ref, *t.data, options_, &summary, &sum, &summarized);
     if (!delta.ok()) {
       status = delta.status();
       break;
     }
-    samples.push_back(ref.is_histogram() ? Sum(*delta) : (*delta)[0]);
+    if (!summarized) {
+      summary = CompactSubBuckets::Summarize(*delta);
+      sum = Sum(*delta);
+    }
+    summaries.push_back(summary);
+    samples.push_back(ref.is_histogram() ? sum : (*delta)[0]);
     // Numeric layouts end with the NaN bucket.
     nan_samples.push_back(
         ref.is_histogram() && ref.layout->kind() == BinLayout::Kind::kNumeric ? delta->back() : 0);
@@ -874,11 +951,12 @@ absl::Status DriftEngine::ApplyBatch(const IngestBatch& batch, absl::Time now, b
       const std::vector<double>& delta =
           options_.store != nullptr ? record.deltas[i].values : deltas[i];
       if (lsn != 0) stream.applied_lsn = lsn;
-      // Scanned once for every window's sub-bucket and totals.
-      const CompactSubBuckets::DeltaSummary summary = CompactSubBuckets::Summarize(delta);
+      if (stream.ingest_counters != nullptr)
+        stream.ingest_counters->Add(samples[i], nan_samples[i]);
+      applied_observations += samples[i];
       for (WindowState& w : stream.windows) {
         if (!w.ring.Covers(event_time)) continue;
-        w.ring.Add(event_time, delta, summary);
+        w.ring.Add(event_time, delta, summaries[i]);
         if (options_.store != nullptr) {
           const absl::Time start = w.ring.SubBucketStart(event_time);
           if (w.dirty.empty() || w.last_dirty != start) {
@@ -895,10 +973,7 @@ absl::Status DriftEngine::ApplyBatch(const IngestBatch& batch, absl::Time now, b
     for (auto it = targets.rbegin(); it != targets.rend(); ++it) it->state->mutex.Unlock();
   }
   if (status.ok() && options_.observer != nullptr) {
-    std::vector<StreamKey> keys;
-    keys.reserve(targets.size());
-    for (Target& t : targets) keys.push_back(std::move(t.key));
-    options_.observer->OnBatchApplied(keys, samples, nan_samples);
+    options_.observer->OnBatchApplied(targets.size(), applied_observations);
   }
   return status;
 }
@@ -1426,7 +1501,9 @@ absl::Status DriftEngine::Recover() {
   if (options_.observer != nullptr) {
     for (const auto& [key, stream] : streams_) {
       MutexLock lock(&stream->mutex);
-      if (!stream->versions.empty()) options_.observer->OnReferenceInstalled(stream->current());
+      if (!stream->versions.empty()) {
+        stream->ingest_counters = options_.observer->OnReferenceInstalled(stream->current());
+      }
     }
   }
   next_lsn_.store(max_lsn + 1);
@@ -1630,7 +1707,10 @@ absl::StatusOr<size_t> DriftEngine::ImportModel(const std::string& model,
       MutexLock map_lock(&streams_mutex_);
       streams_[key] = stream;
     }
-    if (options_.observer != nullptr) options_.observer->OnReferenceInstalled(*in.versions.back());
+    if (options_.observer != nullptr) {
+      MutexLock lock(&stream->mutex);
+      stream->ingest_counters = options_.observer->OnReferenceInstalled(*in.versions.back());
+    }
     ++installed;
   }
   return installed;

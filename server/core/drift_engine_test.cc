@@ -391,6 +391,21 @@ TEST_F(DriftEngineTest, EachDataTypeLandsInItsKind) {
   EXPECT_EQ(Drift(policy, absl::Minutes(5)).measure, "k3");
 }
 
+// Counts past 2^32 (up to 2^53) are whole counts too: the windows hold them exactly (as doubles),
+// next to small counts kept in narrow integers.
+TEST_F(DriftEngineTest, HistogramCountsUpTo2To53AreKeptExactly) {
+  const StreamKey pre{"m", "v1", "pre"};
+  ASSERT_NE(Put(PreBinned(pre, {1, 1, 1})), nullptr);
+  constexpr double kLarge = 4294967296.0 * 3 + 7;     // 3 * 2^32 + 7
+  constexpr double kLimit = 9007199254740992.0 - 16;  // 2^53 - 16
+  SendOk("m", {Hist(pre, {1, 2, 3})});
+  SendOk("m", {Hist(pre, {kLarge, 0, 255})});
+  SendOk("m", {Hist(pre, {0, kLimit, 1})});
+  for (absl::Duration w : kDefaultWindows) {
+    EXPECT_THAT(Totals(pre, w, 3), ElementsAre(1 + kLarge, 2 + kLimit, 3 + 255 + 1));
+  }
+}
+
 TEST_F(DriftEngineTest, KindMismatchesAreFailedPrecondition) {
   const StreamKey num{"m", "", "num"}, cat{"m", "", "cat"}, pre{"m", "", "pre"},
       gauss{"m", "", "gauss"}, policy{"m", "", "policy"};
@@ -450,6 +465,13 @@ TEST_F(DriftEngineTest, InvalidDataIsRejected) {
        {"bin 1 has count 1.5", "integers >= 0"}},
       {Hist(pre, {1, 0, -1, 0}), absl::StatusCode::kInvalidArgument, {"bin 2 has count -1"}},
       {Hist(pre, {1, 0, 0, std::nan("")}), absl::StatusCode::kInvalidArgument, {"bin 3"}},
+      {Hist(pre, {std::numeric_limits<double>::infinity(), 0, 0, 0}),
+       absl::StatusCode::kInvalidArgument,
+       {"bin 0 has count inf"}},
+      // 2^53 + 2: an integer, but past where doubles count exactly.
+      {Hist(pre, {0, 0, 9007199254740994.0, 1}),
+       absl::StatusCode::kInvalidArgument,
+       {"bin 2", "at most 2^53"}},
       {Probabilities(pre, {0.5, 0.5, 0.5, 0.5}),
        absl::StatusCode::kInvalidArgument,
        {"probability vector 0 sums to 2", "sum to 1"}},

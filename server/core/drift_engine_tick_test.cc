@@ -191,10 +191,11 @@ class KeepingObserver : public EngineObserver {
     double js_bits = -1;
     size_t top_bin = 0;
   };
-  void OnReferenceInstalled(const Reference&) override {}
+  std::shared_ptr<StreamIngestCounters> OnReferenceInstalled(const Reference&) override {
+    return nullptr;
+  }
   void OnStreamDeleted(const StreamKey&) override {}
-  void OnBatchApplied(absl::Span<const StreamKey>, absl::Span<const double>,
-                      absl::Span<const double>) override {}
+  void OnBatchApplied(size_t, double) override {}
   void OnStreamEvaluated(absl::Span<const WindowReport> reports) override {
     MutexLock lock(&mutex_);
     for (const WindowReport& r : reports) {

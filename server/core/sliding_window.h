@@ -53,6 +53,11 @@ class SlidingWindow {
   // Asks the CPU to bring into cache what Add(event_time, ...) will touch (a hint; no effect on
   // the window). Lets a caller about to add to many windows overlap their cache misses.
   void PrefetchForAdd(absl::Time event_time) const;
+  // Asks for the first line of the window's blocks: what PrefetchForAdd and Add read first.
+  void PrefetchBlockStarts() const {
+    totals_.PrefetchBlock(64);
+    ring_.PrefetchBlock(64);
+  }
   // A hint before an evaluation: asks the CPU to bring the totals and the ring's sub-bucket
   // encodings into cache (what advancing the window and reading its totals touch first).
   void PrefetchForEvaluate() const {

@@ -397,8 +397,8 @@ struct DriftMetrics::StreamState {
   std::string measure;
   std::vector<absl::Duration> windows;  // The current version's.
   double reference_version = 0;
-  double observations = 0;
-  double nan_observations = 0;
+  // Added to by the engine as it ingests (EngineObserver::OnReferenceInstalled hands them out).
+  std::shared_ptr<StreamIngestCounters> ingested = std::make_shared<StreamIngestCounters>();
   std::vector<WindowState> window_states;  // Windows reported at least once, in that order.
 };
 
@@ -472,7 +472,8 @@ std::string DriftMetrics::ReasonLabel(absl::StatusCode code) {
   return absl::AsciiStrToLower(absl::StatusCodeToString(code));
 }
 
-void DriftMetrics::OnReferenceInstalled(const Reference& reference) {
+std::shared_ptr<StreamIngestCounters> DriftMetrics::OnReferenceInstalled(
+    const Reference& reference) {
   Shard& shard = ShardOf(reference.stream);
   MutexLock lock(&shard.mutex);
   std::unique_ptr<StreamState>& slot = shard.streams[reference.stream];
@@ -489,6 +490,7 @@ void DriftMetrics::OnReferenceInstalled(const Reference& reference) {
   }
   stream.reference_version = static_cast<double>(reference.version);
   stream.layout = reference.layout;
+  return stream.ingested;
 }
 
 void DriftMetrics::OnStreamDeleted(const StreamKey& key) {
@@ -497,23 +499,9 @@ void DriftMetrics::OnStreamDeleted(const StreamKey& key) {
   shard.streams.erase(key);
 }
 
-void DriftMetrics::OnBatchApplied(absl::Span<const StreamKey> streams,
-                                  absl::Span<const double> samples,
-                                  absl::Span<const double> nan_samples) {
-  double total = 0;
-  for (size_t i = 0; i < streams.size() && i < samples.size(); ++i) {
-    total += samples[i];
-    Shard& shard = ShardOf(streams[i]);
-    MutexLock lock(&shard.mutex);
-    auto it = shard.streams.find(streams[i]);
-    if (it == shard.streams.end()) continue;
-    it->second->observations += samples[i];
-    if (i < nan_samples.size() && nan_samples[i] > 0) {
-      it->second->nan_observations += nan_samples[i];
-    }
-  }
+void DriftMetrics::OnBatchApplied(size_t /*streams*/, double observations) {
   batches_.Increment();
-  observations_.Increment(total);
+  observations_.Increment(observations);
 }
 
 void DriftMetrics::OnStreamEvaluated(absl::Span<const WindowReport> reports) {
@@ -670,10 +658,13 @@ void DriftMetrics::VisitFamilyLocked(size_t family, const Shard& shard, SeriesSi
       [](const WindowState& w) { return w.eligible ? 1.0 : 0.0; },
   };
   static_assert(std::size(kCommon) == kCommonWindowFamilies);
-  static constexpr double StreamState::*kPerStream[] = {
-      &StreamState::reference_version,
-      &StreamState::observations,
-      &StreamState::nan_observations,
+  using StreamValue = double (*)(const StreamState&);
+  static constexpr StreamValue kPerStream[] = {
+      [](const StreamState& s) { return s.reference_version; },
+      [](const StreamState& s) { return s.ingested->observations.load(std::memory_order_relaxed); },
+      [](const StreamState& s) {
+        return s.ingested->nan_observations.load(std::memory_order_relaxed);
+      },
   };
   static_assert(std::size(kPerStream) == kPerStreamFamilies);
 
@@ -733,8 +724,8 @@ void DriftMetrics::VisitFamilyLocked(size_t family, const Shard& shard, SeriesSi
     return;
   }
   family -= 2;
-  const double StreamState::*value = kPerStream[family];
-  for (const auto& [key, stream] : streams) sink.Add(LabelList(key).span(), (*stream).*value);
+  const StreamValue value = kPerStream[family];
+  for (const auto& [key, stream] : streams) sink.Add(LabelList(key).span(), value(*stream));
 }
 
 void DriftMetrics::OnEvaluationFinished(size_t windows, absl::Duration duration) {

@@ -15,10 +15,12 @@
 // measure as a label: it is, by definition, the value the stream's alert policy watches, and it is
 // compared with the kldrift_alert_*_threshold families of the same labels.
 //
-// Thread safety: safe for concurrent calls; one mutex guards the per-stream table (prometheus-cpp
-// families and metrics are themselves thread-safe). Scrapes hold it shared: Collect() while it
-// copies the whole table, WriteExposition() one family at a time and never while the client reads,
-// so an evaluation waits at most for the text of one family.
+// Thread safety: safe for concurrent calls; the per-stream table is split into shards, each under
+// its own mutex (prometheus-cpp families and metrics are themselves thread-safe), so evaluation
+// threads and scrapes rarely wait for each other. Scrapes hold a shard shared: Collect() while it
+// copies it, WriteExposition() one family at a time and never while the client reads, so an
+// evaluation waits at most for the text of one family of one shard. Ingest takes no lock here:
+// the engine adds each stream's observations to the StreamIngestCounters this class handed out.
 #ifndef KLDRIFT_SERVER_METRICS_DRIFT_METRICS_H_
 #define KLDRIFT_SERVER_METRICS_DRIFT_METRICS_H_
 
@@ -94,10 +96,9 @@ class DriftMetrics final : public EngineObserver, public prometheus::Collectable
   DriftMetrics& operator=(const DriftMetrics&) = delete;
 
   // EngineObserver.
-  void OnReferenceInstalled(const Reference& reference) override;
+  std::shared_ptr<StreamIngestCounters> OnReferenceInstalled(const Reference& reference) override;
   void OnStreamDeleted(const StreamKey& stream) override;
-  void OnBatchApplied(absl::Span<const StreamKey> streams, absl::Span<const double> samples,
-                      absl::Span<const double> nan_samples) override;
+  void OnBatchApplied(size_t streams, double observations) override;
   void OnStreamEvaluated(absl::Span<const WindowReport> reports) override;
   void OnEvaluationFinished(size_t windows, absl::Duration duration) override;
   size_t top_bins() const override { return options_.top_bins; }

@@ -108,10 +108,11 @@ std::vector<double> Counts(double total, double mean, double sd) {
 class DiscardingObserver : public EngineObserver {
  public:
   explicit DiscardingObserver(size_t top_bins) : top_bins_(top_bins) {}
-  void OnReferenceInstalled(const Reference&) override {}
+  std::shared_ptr<StreamIngestCounters> OnReferenceInstalled(const Reference&) override {
+    return nullptr;
+  }
   void OnStreamDeleted(const StreamKey&) override {}
-  void OnBatchApplied(absl::Span<const StreamKey>, absl::Span<const double>,
-                      absl::Span<const double>) override {}
+  void OnBatchApplied(size_t, double) override {}
   void OnStreamEvaluated(absl::Span<const WindowReport> reports) override {
     windows_.fetch_add(reports.size(), std::memory_order_relaxed);
   }
