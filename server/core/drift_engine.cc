@@ -488,7 +488,8 @@ void DriftEngine::StreamState::Prefetch(PrefetchStep step) const {
     for (size_t at = 0; at < bytes; at += kCacheLine) __builtin_prefetch(p + at);
   };
   if (step == PrefetchStep::kObject) {
-    prefetch(this, sizeof(*this));
+    // From just before the object: make_shared's reference counts sit there.
+    prefetch(reinterpret_cast<const char*>(this) - 16, sizeof(*this) + 16);
     return;
   }
   ReaderMutexLock lock(&mutex);
@@ -815,13 +816,14 @@ absl::Status DriftEngine::ApplyBatch(const IngestBatch& batch, absl::Time now, b
     StreamKey key;
     const StreamData* data;
     std::shared_ptr<StreamState> state;
+    const std::shared_ptr<StreamState>* slot = nullptr;  // In streams_, under its lock only.
   };
   std::vector<Target> targets;
   targets.reserve(batch.streams.size());
   for (const StreamData& data : batch.streams) {
     StreamKey key{batch.model, data.model_version, data.signal};
     if (absl::Status s = ValidateStreamKey(key); !s.ok()) return s;
-    targets.push_back(Target{std::move(key), &data, nullptr});
+    targets.push_back(Target{std::move(key), &data, nullptr, nullptr});
   }
   std::sort(targets.begin(), targets.end(),
             [](const Target& a, const Target& b) { return a.key < b.key; });
@@ -844,9 +846,12 @@ absl::Status DriftEngine::ApplyBatch(const IngestBatch& batch, absl::Time now, b
             "no reference for stream ", t.key.ToString(),
             "; create one with PutReference (kldrift reference put) before ingesting"));
       }
-      t.state = it->second;
-      t.state->Prefetch(StreamState::PrefetchStep::kObject);
+      // The stream and its reference count (make_shared puts them together) are fetched for all
+      // targets before any is touched: the copies below then find them in cache.
+      t.slot = &it->second;
+      t.slot->get()->Prefetch(StreamState::PrefetchStep::kObject);
     }
+    for (Target& t : targets) t.state = *t.slot;
   }
   // Lock every stream of the batch in key order, validate everything, then apply everything.
   // Each stream is a chain of heap blocks, rarely in cache with thousands of streams: each loop
