@@ -118,18 +118,44 @@ constexpr char kVarintTag = 'V';
 constexpr char kDoublesTag = 'D';
 constexpr double kMaxExactInteger = 9007199254740992.0;  // 2^53
 
-// Appends the encoding of `values` to `out`.
-void AppendValues(std::string* out, absl::Span<const double> values) {
+// What AppendValues needs to know of `values`, from one branch-free pass (this runs for every bin
+// of every batch): whether all are integers below 2^53 in magnitude, and whether all are also
+// counts below 64, whose zig-zag varint is the single byte 2v.
+struct ValuesShape {
   bool integers = true;
+  bool small_counts = true;
+};
+ValuesShape ShapeOf(absl::Span<const double> values) {
+  ValuesShape shape;
   for (double v : values) {
-    // |v| < 2^53 (NaN fails it) and integer; the cast is exact inside the range, so it tells
-    // integers from fractions without a floor() call (this runs for every bin of every batch).
-    if (!(std::fabs(v) < kMaxExactInteger) || static_cast<double>(static_cast<int64_t>(v)) != v) {
-      integers = false;
-      break;
-    }
+    // Inside the range the cast is exact, so it tells integers from fractions without a floor()
+    // call; outside it (NaN included) 0.5 stands in, which no out-of-range value equals.
+    const double checked = std::fabs(v) < kMaxExactInteger ? v : 0.5;
+    shape.integers &= static_cast<double>(static_cast<int64_t>(checked)) == v;
+    shape.small_counts &= (v >= 0) & (v < 64);
   }
-  if (!integers) {
+  shape.small_counts &= shape.integers;
+  return shape;
+}
+
+// Appends the 'V' encoding of small counts (ShapeOf(values).small_counts): 1 + size() bytes.
+void AppendSmallCounts(std::string* out, absl::Span<const double> values) {
+  const size_t start = out->size();
+  out->resize(start + 1 + values.size());
+  char* p = out->data() + start;
+  *p++ = kVarintTag;
+  for (size_t i = 0; i < values.size(); ++i) {
+    p[i] = static_cast<char>(static_cast<int32_t>(values[i]) << 1);
+  }
+}
+
+// Appends the encoding of `values` to `out`.
+void AppendValues(std::string* out, absl::Span<const double> values, const ValuesShape& shape) {
+  if (shape.small_counts) {
+    AppendSmallCounts(out, values);
+    return;
+  }
+  if (!shape.integers) {
     const size_t start = out->size();
     out->resize(start + 1 + values.size() * sizeof(double));
     (*out)[start] = kDoublesTag;
@@ -153,6 +179,10 @@ void AppendValues(std::string* out, absl::Span<const double> values) {
     *p++ = static_cast<char>(zigzag);
   }
   out->resize(p - out->data());
+}
+
+void AppendValues(std::string* out, absl::Span<const double> values) {
+  AppendValues(out, values, ShapeOf(values));
 }
 
 std::string EncodeValues(const std::vector<double>& values) {
@@ -233,8 +263,14 @@ std::string EncodeRecord(const IngestRecord& record) {
   for (const StreamDelta& delta : record.deltas) {
     AppendVarint(&out, StreamPrefixSize(delta.stream));
     AppendStreamPrefix(&out, delta.stream);
+    const ValuesShape shape = ShapeOf(delta.values);
+    if (shape.small_counts) {  // The common case, whose length is known: written in place.
+      AppendVarint(&out, 1 + delta.values.size());
+      AppendSmallCounts(&out, delta.values);
+      continue;
+    }
     values.clear();
-    AppendValues(&values, delta.values);
+    AppendValues(&values, delta.values, shape);
     AppendVarint(&out, values.size());
     out += values;
   }

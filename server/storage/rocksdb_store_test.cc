@@ -2,8 +2,10 @@
 
 #include <stdlib.h>
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <memory>
 #include <string>
 #include <vector>
@@ -263,6 +265,74 @@ TEST(RocksDbStoreTest, EngineStateRoundTripsThroughTheStore) {
 }
 
 // Sub-buckets whose window has passed are removed from disk by compaction.
+// Log records and window snapshots keep every value exactly, whichever encoding it takes: single
+// bytes (counts below 64), zig-zag varints (other integers below 2^53 in magnitude) or doubles.
+TEST(RocksDbStoreTest, ValuesRoundTripAcrossTheirEncodings) {
+  TempDir dir;
+  FakeClock clock;
+  const std::string path = dir.path() + "/data";
+  absl::StatusOr<std::unique_ptr<RocksDbStore>> store = RocksDbStore::Open({path, false, &clock});
+  ASSERT_TRUE(store.ok()) << store.status();
+  const std::vector<std::vector<double>> cases = {
+      {},
+      {0, 1, 2, 62, 63},                      // single bytes
+      {0, 63, 64},                            // 64: the first two-byte varint
+      {-1, 0, 1},                             // negative
+      {127, 128, 16383, 16384, 1e15, -1e15},  // varint lengths
+      {9007199254740991.0, -9007199254740991.0},
+      {9007199254740992.0},  // 2^53: stored as a double
+      {0.5, 1, 2},           // a fraction
+      {std::nan(""), 1},     // NaN
+      {-0.0, 3},             // -0 reads back as 0 (equal)
+      {std::numeric_limits<double>::infinity()},
+      std::vector<double>(1000, 63),
+  };
+  IngestRecord record;
+  record.lsn = 7;
+  record.client_id = "c";
+  record.sequence = 1;
+  record.received_at = clock.Now();
+  record.event_time = clock.Now();
+  std::vector<StreamSnapshot> snapshots;
+  for (size_t i = 0; i < cases.size(); ++i) {
+    const StreamKey key{"m", "", absl::StrCat("s", i)};
+    record.deltas.push_back(StreamDelta{key, cases[i]});
+    snapshots.push_back(StreamSnapshot{
+        key, 7, {SubBucketDelta{key, absl::Hours(1), absl::FromUnixSeconds(3600), cases[i]}}});
+  }
+  ASSERT_TRUE((*store)->WriteBatch(record).ok());
+  ASSERT_TRUE((*store)->WriteSnapshots(snapshots, 0).ok());
+
+  auto same = [](const std::vector<double>& got, const std::vector<double>& want) {
+    if (got.size() != want.size()) return false;
+    for (size_t i = 0; i < got.size(); ++i) {
+      if (!(got[i] == want[i] || (std::isnan(got[i]) && std::isnan(want[i])))) return false;
+    }
+    return true;
+  };
+  std::vector<IngestRecord> records;
+  std::vector<SubBucketDelta> sub_buckets;
+  StateStore::Visitor visitor;
+  visitor.log_record = [&](const IngestRecord& r) { records.push_back(r); };
+  visitor.sub_bucket = [&](const SubBucketDelta& b) { sub_buckets.push_back(b); };
+  ASSERT_TRUE((*store)->Load(visitor).ok());
+  ASSERT_EQ(records.size(), 1u);
+  ASSERT_EQ(records[0].deltas.size(), cases.size());
+  for (size_t i = 0; i < cases.size(); ++i) {
+    EXPECT_EQ(records[0].deltas[i].stream, record.deltas[i].stream);
+    EXPECT_TRUE(same(records[0].deltas[i].values, cases[i])) << "log record, case " << i;
+  }
+  // Empty sub-buckets are not kept (nothing to restore).
+  size_t checked = 0;
+  for (const SubBucketDelta& b : sub_buckets) {
+    const size_t i = std::stoul(b.stream.signal.substr(1));
+    ASSERT_LT(i, cases.size());
+    EXPECT_TRUE(same(b.values, cases[i])) << "snapshot, case " << i;
+    ++checked;
+  }
+  EXPECT_GE(checked, cases.size() - 1);
+}
+
 TEST(RocksDbStoreTest, ExpiredSubBucketsAreDeletedOnCompaction) {
   TempDir dir;
   FakeClock clock;
