@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "server/core/count_scan.h"
 #include "server/kernels/divergence.h"
 #include "server/kernels/gaussian.h"
 
@@ -85,7 +86,15 @@ absl::StatusOr<std::vector<double>> ComputeDelta(const StreamKey& key, const Ref
             " bins but reference version ", ref.version, " has ", delta.size(),
             " (underflow, bins, overflow and NaN buckets included); fetch its bins again"));
       }
-      // One branch-free pass (this runs for every bin ingested): validity, sum and maximum.
+      // The common case: small whole counts, checked and summed in one vectorized pass.
+      if (const SmallCountScan scan = ScanSmallCounts(data.numbers); scan.small_counts) {
+        std::copy(data.numbers.begin(), data.numbers.end(), delta.begin());
+        *summary = CompactSubBuckets::DeltaSummary{true, scan.max};  // max < 2^31
+        *sum = scan.sum;
+        *summarized = true;
+        return delta;
+      }
+      // One branch-free pass: validity, sum and maximum.
       bool valid = true;
       double total = 0;
       double max = 0;

@@ -18,6 +18,7 @@
 #include "rocksdb/table.h"
 #include "rocksdb/utilities/checkpoint.h"
 #include "rocksdb/write_batch.h"
+#include "server/core/count_scan.h"
 
 namespace kldrift {
 namespace {
@@ -128,6 +129,10 @@ struct ValuesShape {
 };
 ValuesShape ShapeOf(absl::Span<const double> values) {
   ValuesShape shape;
+  if (const SmallCountScan scan = ScanSmallCounts(values); scan.small_counts) {
+    shape.small_counts = scan.max < 64;
+    return shape;  // Whole numbers, all of them.
+  }
   for (double v : values) {
     // Inside the range the cast is exact, so it tells integers from fractions without a floor()
     // call; outside it (NaN included) 0.5 stands in, which no out-of-range value equals.
