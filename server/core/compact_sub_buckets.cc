@@ -6,6 +6,8 @@
 #include <type_traits>
 #include <vector>
 
+#include "server/core/cpu_dispatch.h"
+
 namespace kldrift {
 namespace {
 
@@ -97,10 +99,10 @@ inline __attribute__((always_inline)) bool AddCountsInPlace(uint8_t* data, const
 
 // AddCountsInPlace for each integer encoding, compiled for AVX2 too (chosen at load time): the
 // conversions between narrow integers and doubles are several times the instructions in SSE2.
-#define KLDRIFT_ADD_COUNTS(T, name)                                                               \
-  __attribute__((target_clones("avx2", "default"))) bool name(uint8_t* data, const double* delta, \
-                                                              size_t width, double max_delta) {   \
-    return AddCountsInPlace<T>(data, delta, width, max_delta);                                    \
+#define KLDRIFT_ADD_COUNTS(T, name)                                                      \
+  KLDRIFT_TARGET_CLONES_AVX2 bool name(uint8_t* data, const double* delta, size_t width, \
+                                       double max_delta) {                               \
+    return AddCountsInPlace<T>(data, delta, width, max_delta);                           \
   }
 KLDRIFT_ADD_COUNTS(uint8_t, AddCountsInPlace8)
 KLDRIFT_ADD_COUNTS(uint16_t, AddCountsInPlace16)

@@ -3,12 +3,13 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "server/core/cpu_dispatch.h"
+
 namespace kldrift {
 namespace {
 
 // Compiled for AVX2 too, chosen at load time. Branch-free, so the compiler vectorizes it.
-__attribute__((target_clones("avx2", "default"))) SmallCountScan Scan(const double* values,
-                                                                      size_t n) {
+KLDRIFT_TARGET_CLONES_AVX2 SmallCountScan Scan(const double* values, size_t n) {
   constexpr double kLimit = 2147483648.0;  // 2^31
   // Past 2^22 values the int64 sum could pass 2^53 and the double of it round: not scanned here.
   if (n >= (size_t{1} << 22)) return SmallCountScan{};
@@ -18,7 +19,7 @@ __attribute__((target_clones("avx2", "default"))) SmallCountScan Scan(const doub
   for (size_t i = 0; i < n; ++i) {
     const double v = values[i];
     // Outside [0, 2^31) (NaN included) 0.5 stands in: its conversion, 0, equals no such value.
-    const double in_range = (v >= 0) & (v < kLimit) ? v : 0.5;
+    const double in_range = ((v >= 0) & (v < kLimit)) ? v : 0.5;
     const int32_t whole = static_cast<int32_t>(in_range);
     small &= static_cast<double>(whole) == v;
     sum += whole;
