@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <filesystem>
 #include <iterator>
 #include <limits>
@@ -490,20 +491,32 @@ void DriftEngine::StreamState::Install(std::shared_ptr<const Reference> ref, boo
   AdvanceWindows(now);
 }
 
-void DriftEngine::StreamState::Prefetch(PrefetchStep step) const {
+namespace {
+
+// Asks the CPU to bring [start, start + bytes) into cache, a line at a time (a hint).
+void PrefetchRange(const void* start, size_t bytes) {
   constexpr size_t kCacheLine = 64;
-  auto prefetch = [](const void* start, size_t bytes) {
-    const char* p = static_cast<const char*>(start);
-    for (size_t at = 0; at < bytes; at += kCacheLine) __builtin_prefetch(p + at);
-  };
+  if (bytes == 0) return;
+  const uintptr_t first = reinterpret_cast<uintptr_t>(start) & ~uintptr_t{kCacheLine - 1};
+  const uintptr_t last = reinterpret_cast<uintptr_t>(start) + bytes - 1;
+  for (uintptr_t at = first; at <= last; at += kCacheLine) {
+    __builtin_prefetch(reinterpret_cast<const void*>(at));
+  }
+}
+
+}  // namespace
+
+void DriftEngine::StreamState::Prefetch(PrefetchStep step) const {
   if (step == PrefetchStep::kObject) {
     // From just before the object: make_shared's reference counts sit there.
-    prefetch(reinterpret_cast<const char*>(this) - 16, sizeof(*this) + 16);
+    constexpr size_t kCountsBefore = 16;
+    PrefetchRange(reinterpret_cast<const void*>(reinterpret_cast<uintptr_t>(this) - kCountsBefore),
+                  sizeof(*this) + kCountsBefore);
     return;
   }
   ReaderMutexLock lock(&mutex);
   if (step == PrefetchStep::kWindows) {
-    prefetch(windows.data(), windows.size() * sizeof(WindowState));
+    PrefetchRange(windows.data(), windows.size() * sizeof(WindowState));
     return;
   }
   // Only windows whose totals changed since they were last derived are computed (the others
@@ -515,25 +528,18 @@ void DriftEngine::StreamState::Prefetch(PrefetchStep step) const {
     any_changed = true;
   }
   // The hardware prefetcher carries on past a few KB.
-  if (any_changed) prefetch(profile_arrays, std::min<size_t>(profile_bytes, 4096));
+  if (any_changed) PrefetchRange(profile_arrays, std::min<size_t>(profile_bytes, 4096));
 }
 
 void DriftEngine::StreamState::PrefetchForIngest(IngestPrefetchStep step) const {
   if (step == IngestPrefetchStep::kIngestLists) {
-    __builtin_prefetch(versions.data() + versions.size() - 1);
-    for (size_t i = 0; i < windows.size(); i += 64 / sizeof(WindowState) + 1) {
-      __builtin_prefetch(&windows[i]);
-    }
-    if (!windows.empty())
-      __builtin_prefetch(reinterpret_cast<const char*>(&windows.back() + 1) - 1);
+    if (!versions.empty()) PrefetchRange(&versions.back(), sizeof(versions.back()));
+    PrefetchRange(windows.data(), windows.size() * sizeof(WindowState));
     return;
   }
-  if (!versions.empty()) {
-    const char* ref = reinterpret_cast<const char*>(versions.back().get());
-    for (size_t at = 0; at < std::min<size_t>(sizeof(Reference), 256); at += 64) {
-      __builtin_prefetch(ref + at);
-    }
-  }
+  // The reference's first lines: its kind, version, policy and layout, what validation reads.
+  if (!versions.empty())
+    PrefetchRange(versions.back().get(), std::min<size_t>(sizeof(Reference), 256));
   for (const WindowState& w : windows) w.ring.PrefetchBlockStarts();
 }
 
