@@ -120,9 +120,10 @@ constexpr char kVarintTag = 'V';
 constexpr char kDoublesTag = 'D';
 constexpr double kMaxExactInteger = 9007199254740992.0;  // 2^53
 
-// What AppendValues needs to know of `values`, from one branch-free pass (this runs for every bin
-// of every batch): whether all are integers below 2^53 in magnitude, and whether all are also
-// counts below 64, whose zig-zag varint is the single byte 2v.
+// What AppendValues needs to know of `values` (this runs for every bin of every batch): whether
+// all are integers below 2^53 in magnitude, and whether all are also counts below 64, whose
+// zig-zag varint is the single byte 2v. Small counts, the common case, are told by
+// ScanSmallCounts' vectorized pass; anything else takes one branch-free scalar pass.
 struct ValuesShape {
   bool integers = true;
   bool small_counts = true;
