@@ -95,33 +95,22 @@ absl::StatusOr<std::vector<double>> ComputeDelta(const StreamKey& key, const Ref
         *summarized = true;
         return delta;
       }
-      // One branch-free pass: validity, sum and maximum.
-      bool valid = true;
+      // Anything else (counts of 2^31 or more, or invalid input): the general check.
       double total = 0;
       double max = 0;
       for (size_t i = 0; i < delta.size(); ++i) {
         const double c = data.numbers[i];
         // Past 2^53 doubles are no longer exact integers, and a few such counts would make the
-        // window's total infinite (no measures until they expire).
-        // NaN and infinities fail the range test; inside it the cast is exact for integers and
-        // tells them from fractions without a floor() call.
-        const bool in_range = c >= 0 && c <= kMaxExactCount;
-        const double checked = in_range ? c : 0.0;
-        valid &= in_range & (static_cast<double>(static_cast<int64_t>(checked)) == checked);
+        // window's total infinite (no measures until they expire). NaN and infinities fail the
+        // range test; inside it the cast is exact for integers and tells them from fractions.
+        if (!(c >= 0 && c <= kMaxExactCount) || static_cast<double>(static_cast<int64_t>(c)) != c) {
+          return absl::InvalidArgumentError(
+              absl::StrCat("stream ", key.ToString(), ": bin ", i, " has count ", c,
+                           "; histogram counts are integers >= 0 and at most 2^53"));
+        }
         total += c;
         max = std::max(max, c);
         delta[i] = c;
-      }
-      if (!valid) {
-        for (size_t i = 0; i < delta.size(); ++i) {
-          const double c = data.numbers[i];
-          if (!(c >= 0 && c <= kMaxExactCount) ||
-              static_cast<double>(static_cast<int64_t>(c)) != c) {
-            return absl::InvalidArgumentError(
-                absl::StrCat("stream ", key.ToString(), ": bin ", i, " has count ", c,
-                             "; histogram counts are integers >= 0 and at most 2^53"));
-          }
-        }
       }
       // Every value is an integer >= 0: what Summarize would say.
       constexpr double kMaxUint32 = 0xFFFFFFFFu;
