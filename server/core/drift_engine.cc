@@ -67,16 +67,15 @@ absl::Status KindMismatch(const StreamKey& key, const Reference& ref, absl::stri
                    " reference, which takes ", accepted, ", not ", sent));
 }
 
-// The window delta a stream's data adds, validated against its reference. Pre-binned histograms
-// (the bulk of ingest) also fill `summary` (CompactSubBuckets::Summarize of the delta) and `sum`
-// in the same pass; for other data the caller computes them.
+// The window delta a stream's data adds, validated against its reference. Histogram data (the
+// bulk of ingest) also fills `summary` (CompactSubBuckets::Summarize of the delta) and `sum` in the
+// same pass; for other data the caller computes them.
 absl::StatusOr<std::vector<double>> ComputeDelta(const StreamKey& key, const Reference& ref,
                                                  const StreamData& data,
                                                  const EngineOptions& options,
                                                  CompactSubBuckets::DeltaSummary* summary,
-                                                 double* sum, bool* summarized) {
+                                                 double* sum) {
   using Type = StreamData::Type;
-  *summarized = false;
   std::vector<double> delta(ref.window_width(), 0.0);
   switch (data.type) {
     case Type::kHistogram: {
@@ -92,7 +91,6 @@ absl::StatusOr<std::vector<double>> ComputeDelta(const StreamKey& key, const Ref
         std::copy(data.numbers.begin(), data.numbers.end(), delta.begin());
         *summary = CompactSubBuckets::DeltaSummary{true, scan.max};  // max < 2^31
         *sum = scan.sum;
-        *summarized = true;
         return delta;
       }
       // Anything else (counts of 2^31 or more, or invalid input): the general check.
@@ -117,7 +115,6 @@ absl::StatusOr<std::vector<double>> ComputeDelta(const StreamKey& key, const Ref
       *summary = max <= kMaxUint32 ? CompactSubBuckets::DeltaSummary{true, max}
                                    : CompactSubBuckets::DeltaSummary{};
       *sum = total;
-      *summarized = true;
       return delta;
     }
     case Type::kValues:
@@ -908,14 +905,13 @@ absl::Status DriftEngine::ApplyBatch(const IngestBatch& batch, absl::Time now, b
     }
     CompactSubBuckets::DeltaSummary summary;
     double sum = 0;
-    bool summarized = false;
     absl::StatusOr<std::vector<double>> delta =
-        ComputeDelta(t.key, ref, *t.data, options_, &summary, &sum, &summarized);
+        ComputeDelta(t.key, ref, *t.data, options_, &summary, &sum);
     if (!delta.ok()) {
       status = delta.status();
       break;
     }
-    if (!summarized) {
+    if (t.data->type != StreamData::Type::kHistogram) {  // Else ComputeDelta filled them.
       summary = CompactSubBuckets::Summarize(*delta);
       sum = Sum(*delta);
     }
