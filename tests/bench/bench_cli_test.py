@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 import unittest
 import urllib.request
 
@@ -147,6 +148,30 @@ class BenchCliTest(unittest.TestCase):
     def test_an_unreachable_server_is_an_error_with_its_status(self):
         _, err = self.kldrift("127.0.0.1:1", "--timeout", "2s", "bench", *SHORT_RUN, expect=1)
         self.assertIn("UNAVAILABLE", err)
+
+    def test_a_server_that_dies_mid_run_is_an_error_not_a_hang(self):
+        # The Ingest streams break with batches in flight: the bench ends (well within its
+        # timeout) with the streams' status, not a report.
+        load = [flag for flag in SHORT_RUN if flag not in ("--duration", "1s")]
+        with tempfile.TemporaryDirectory() as work_dir:
+            with Server([KLDRIFTD, "--storage=memory"], work_dir) as server:
+                self.kldrift(server.address, "bench", "--setup-only", *load)
+                argv = [KLDRIFT, "--server", server.address, "--timeout", "10s", "bench",
+                        "--no-setup", "--duration", "60s", *load]
+                bench = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                         text=True)
+                try:
+                    time.sleep(1.5)  # The load is running (it starts at once without setup).
+                    self.assertIsNone(bench.poll())
+                    server.process.kill()
+                    out, err = bench.communicate(timeout=COMMAND_TIMEOUT_S)
+                finally:
+                    if bench.poll() is None:
+                        bench.kill()
+                        bench.wait()
+                self.assertEqual(bench.returncode, 1, "stdout: %s\nstderr: %s" % (out, err))
+                self.assertEqual(out, "")
+                self.assertRegex(err, "UNAVAILABLE|CANCELLED|unacknowledged")
 
     def test_bad_flags_are_usage_errors(self):
         for flags, message in [
