@@ -39,6 +39,10 @@ struct SubBucketDelta {
 struct StreamDelta {
   StreamKey stream;
   std::vector<double> values;  // Added to every window that covers the event time.
+  // True when the writer knows every value is a whole number in [0, 64) (the engine does, from
+  // checking the batch): a store may then encode them without looking at them again. False says
+  // nothing: the store checks for itself.
+  bool small_counts = false;
 };
 
 // Everything an applied ingest batch changes, written atomically as one log record plus the

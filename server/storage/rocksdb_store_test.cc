@@ -221,6 +221,13 @@ TEST(RocksDbStoreTest, EngineStateRoundTripsThroughTheStore) {
           engine.Ingest(Batch("svc", seq, "fraud", {Histogram(amount, {0, 0, 2, 0, 1, 0, 0})}))
               .status.ok());
     }
+    // Counts of 64 and more (the largest 64 in one stream, 200 in the other) next to small ones:
+    // the log must not take them for single-byte counts.
+    ASSERT_TRUE(engine
+                    .Ingest(Batch("svc", 24, "fraud",
+                                  {Histogram(score, {1, 0, 64, 2, 0, 3}),
+                                   Histogram(amount, {0, 64, 200, 0, 1, 63, 0})}))
+                    .status.ok());
     for (const StreamKey& key : {score, amount, latent}) {
       before.push_back(*engine.GetDrift(key, std::nullopt, 3));
     }
@@ -247,9 +254,9 @@ TEST(RocksDbStoreTest, EngineStateRoundTripsThroughTheStore) {
   }
   // Resending an acknowledged batch is a duplicate after the restart too.
   const IngestResult resend =
-      engine.Ingest(Batch("svc", 23, "fraud", {Histogram(score, {0, 0, 0, 7, 0, 0})}));
+      engine.Ingest(Batch("svc", 24, "fraud", {Histogram(score, {0, 0, 0, 7, 0, 0})}));
   EXPECT_TRUE(resend.duplicate);
-  EXPECT_EQ(resend.acked_sequence, 23u);
+  EXPECT_EQ(resend.acked_sequence, 24u);
   // Snapshots after the restart, then another restart: still the same windows.
   engine.Evaluate();
   // Deleting a stream deletes it from the store as well.
