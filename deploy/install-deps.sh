@@ -10,7 +10,7 @@ set -euo pipefail
 build_packages=(
   build-essential cmake ninja-build pkg-config git ca-certificates
   protobuf-compiler libprotobuf-dev protobuf-compiler-grpc libgrpc++-dev
-  libabsl-dev prometheus-cpp-dev libhwy-dev librocksdb-dev
+  libabsl-dev prometheus-cpp-dev libhwy-dev librocksdb-dev libgoogle-perftools-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   clang libclang-rt-14-dev clang-format openssl
   python3 python3-numpy python3-scipy python3-yaml
@@ -23,7 +23,7 @@ if ! command -v kubectl >/dev/null 2>&1; then
 fi
 runtime_packages=(
   libgrpc++1.51 libprotobuf32 libabsl20220623 libprometheus-cpp-pull1.0 libprometheus-cpp-core1.0
-  libhwy1 librocksdb7.8 ca-certificates
+  libhwy1 librocksdb7.8 libtcmalloc-minimal4 ca-certificates
 )
 
 packages=("${build_packages[@]}")

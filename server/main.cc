@@ -36,6 +36,7 @@
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
+#include "server/allocator.h"
 #include "server/config.h"
 #include "server/core/clock.h"
 #include "server/core/drift_engine.h"
@@ -205,7 +206,7 @@ bool WritePortFile(const std::string& path, int port) {
   return std::rename(temp.c_str(), path.c_str()) == 0;
 }
 
-int Run(const ServerConfig& config) {
+int Run(const ServerConfig& config, const char* allocator) {
   // Signals are taken by sigwait on the main thread; every thread started below inherits the mask.
   sigset_t stop_signals;
   sigemptyset(&stop_signals);
@@ -356,7 +357,7 @@ int Run(const ServerConfig& config) {
                                                : ", mutual TLS")
             << (authorizer != nullptr ? absl::StrCat(", ", authorizer->token_count(), " tokens")
                                       : std::string(", no auth"))
-            << ")";
+            << ", " << allocator << ")";
   if (metrics_endpoint != nullptr) {
     const std::string metrics_host =
         config.metrics_listen.substr(0, config.metrics_listen.rfind(':'));
@@ -414,10 +415,11 @@ int Run(const ServerConfig& config) {
 }  // namespace kldrift
 
 int main(int argc, char** argv) {
-  // glibc gives each thread that allocates its own arena, up to 8 per core; kldriftd's gRPC and
-  // evaluation threads then hold hundreds of MB of half-used arenas at 100k streams (RSS 1.51 GB
-  // with the default, 1.29 GB with 2, same load, no throughput lost: README "Benchmarks").
-  // MALLOC_ARENA_MAX in the environment still decides.
+  const char* const allocator = kldrift::ConfigureAllocator();
+  // Without tcmalloc (sanitizer builds, KLDRIFT_TCMALLOC=OFF): glibc gives each thread that
+  // allocates its own arena, up to 8 per core; kldriftd's gRPC and evaluation threads then hold
+  // hundreds of MB of half-used arenas at 100k streams (RSS 1.51 GB with the default, 1.29 GB with
+  // 2). MALLOC_ARENA_MAX in the environment still decides. (tcmalloc ignores mallopt.)
   if (std::getenv("MALLOC_ARENA_MAX") == nullptr) mallopt(M_ARENA_MAX, 2);
   // Debian's Abseil checks every absl::Mutex acquisition (gRPC's locks) against a lock-order graph,
   // ~2% of the server's CPU under ingest (perf: GraphCycles::GetId). kldriftd's own locks are
@@ -438,5 +440,5 @@ int main(int argc, char** argv) {
     std::cerr << "kldriftd: " << status.message() << "\n";
     return 2;
   }
-  return kldrift::Run(config);
+  return kldrift::Run(config, allocator);
 }

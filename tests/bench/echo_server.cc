@@ -22,6 +22,7 @@
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "kldrift/v1/kldrift.grpc.pb.h"
+#include "server/allocator.h"
 #include "server/core/mutex.h"
 
 namespace kldrift {
@@ -213,6 +214,7 @@ int Serve(const Flags& flags) {
 }  // namespace kldrift
 
 int main(int argc, char** argv) {
+  kldrift::ConfigureAllocator();  // As kldriftd: the same malloc, set up the same way.
   kldrift::Flags flags;
   if (!kldrift::ParseFlags(std::vector<std::string>(argv + 1, argv + argc), &flags)) return 2;
   return kldrift::Serve(flags);
