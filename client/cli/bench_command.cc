@@ -460,7 +460,6 @@ class BenchClient {
     bool started = false, writing = false, reading = false, read_ended = false;
     bool write_failed = false, closing = false, writes_done_pending = false, finishing = false;
     bool waiting_for_room = false;
-    uint64_t written = 0;
     size_t next_shape = 0;
     absl::Time drain_deadline = absl::InfiniteFuture();
     for (;;) {
@@ -476,7 +475,7 @@ class BenchClient {
         if (!waiting_for_room && now < due) wake = std::min(wake, due);
         if (!waiting_for_room && now >= due) {
           if (pace > absl::ZeroDuration()) due = std::max(due + pace, now - pace);  // No burst.
-          WriteNext(client_id, ++written, &next_shape, stream.get());
+          WriteNext(client_id, &next_shape, stream.get());
           writing = true;
         }
       }
@@ -608,15 +607,17 @@ class BenchClient {
     return sent_ - acked_;
   }
 
-  // Stamps the next batch with the stream's client id and `sequence` and starts writing it.
-  void WriteNext(const std::string& client_id, uint64_t sequence, size_t* next_shape,
+  // Stamps the next batch with the stream's client id and the next sequence number and starts
+  // writing it.
+  void WriteNext(const std::string& client_id, size_t* next_shape,
                  grpc::ClientAsyncReaderWriter<v1::IngestRequest, v1::IngestResponse>* stream) {
     BatchShape& shape = shapes_[*next_shape];
     if (layout_ != nullptr) BinValues(shape);
     shape.request.set_client_id(client_id);
-    shape.request.set_sequence(sequence);
     {
       MutexLock lock(&mutex_);
+      const uint64_t sequence = sent_ + 1;
+      shape.request.set_sequence(sequence);
       Slot& slot = slots_[sequence % slots_.size()];
       slot.shape = *next_shape;
       slot.measured = control_->measuring;
