@@ -943,9 +943,8 @@ absl::Status DriftEngine::ApplyBatch(const IngestBatch& batch, absl::Time now, b
       record.event_time = event_time;
       record.deltas.reserve(targets.size());
       for (size_t i = 0; i < targets.size(); ++i) {
-        const CompactSubBuckets::DeltaSummary& summary = summaries[i];
         record.deltas.push_back(StreamDelta{targets[i].key, std::move(deltas[i]),
-                                            summary.counts && summary.max_count < 64});
+                                            summaries[i].counts, summaries[i].max_count});
       }
       lsn = record.lsn;
       status = options_.store->WriteBatch(record);

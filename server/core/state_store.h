@@ -39,10 +39,11 @@ struct SubBucketDelta {
 struct StreamDelta {
   StreamKey stream;
   std::vector<double> values;  // Added to every window that covers the event time.
-  // True when the writer knows every value is a whole number in [0, 64) (the engine does, from
-  // checking the batch): a store may then encode them without looking at them again. False says
-  // nothing: the store checks for itself.
-  bool small_counts = false;
+  // True when the writer knows every value is a whole number in [0, 2^32) (the engine does, from
+  // checking the batch), with the largest in `max_count`: a store may then choose its encoding
+  // without looking at the values again. False says nothing: the store checks for itself.
+  bool known_counts = false;
+  double max_count = 0;
 };
 
 // Everything an applied ingest batch changes, written atomically as one log record plus the

@@ -270,10 +270,10 @@ std::string EncodeRecord(const IngestRecord& record) {
   for (const StreamDelta& delta : record.deltas) {
     AppendVarint(&out, StreamPrefixSize(delta.stream));
     AppendStreamPrefix(&out, delta.stream);
-    // The engine's batch check already told small counts (the common case) from the rest.
-    const ValuesShape shape = delta.small_counts
-                                  ? ValuesShape{.integers = true, .small_counts = true}
-                                  : ShapeOf(delta.values);
+    // The engine's batch check usually knows the counts already: no second look at them.
+    const ValuesShape shape =
+        delta.known_counts ? ValuesShape{.integers = true, .small_counts = delta.max_count < 64}
+                           : ShapeOf(delta.values);
     if (shape.small_counts) {  // The common case, whose length is known: written in place.
       AppendVarint(&out, 1 + delta.values.size());
       AppendSmallCounts(&out, delta.values);
