@@ -437,8 +437,10 @@ class BenchClient {
     ChannelOptions channel_options = global_.Channel();
     // A receive limit of its own makes the channel's arguments unique, so gRPC gives this client
     // its own connection (channels with equal arguments share one), as separate processes would
-    // have. The bench's responses are tiny; the limit itself does not matter.
-    channel_options.max_receive_message_bytes += index_;
+    // have: + 1, so that no client shares the GetDrift caller's connection either (its GetDrift
+    // calls would queue behind the client's batches). The bench's responses are tiny; the limit
+    // itself does not matter.
+    channel_options.max_receive_message_bytes += index_ + 1;
     std::shared_ptr<grpc::Channel> channel = CreateChannel(channel_options);
     std::unique_ptr<v1::KlDrift::Stub> stub = v1::KlDrift::NewStub(channel);
     grpc::CompletionQueue queue;

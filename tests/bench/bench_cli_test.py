@@ -41,6 +41,20 @@ def scrape(port, series):
     return 0.0
 
 
+def established_connections_to(port):
+    """Sockets in /proc/net/tcp{,6} connected (ESTABLISHED) to local `port`: client ends."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as lines:
+            next(lines)  # The header.
+            for line in lines:
+                fields = line.split()
+                remote_port = int(fields[2].rsplit(":", 1)[1], 16)
+                if remote_port == port and fields[3] == "01":
+                    count += 1
+    return count
+
+
 class BenchCliTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
@@ -172,6 +186,29 @@ class BenchCliTest(unittest.TestCase):
                 self.assertEqual(bench.returncode, 1, "stdout: %s\nstderr: %s" % (out, err))
                 self.assertEqual(out, "")
                 self.assertRegex(err, "UNAVAILABLE|CANCELLED|unacknowledged")
+
+    def test_every_client_and_the_get_drift_caller_have_connections_of_their_own(self):
+        # As separate processes would: a GetDrift sharing a client's connection would queue behind
+        # its batches. Counted while the load runs, from the kernel's table of loopback sockets
+        # connected to the server's port (the clients' ends).
+        clients = 3
+        argv = [KLDRIFT, "--server", self.echo.address, "--timeout", "10s", "bench", "--clients",
+                str(clients), "--models", "3", "--streams-per-model", "2", "--batch-streams", "2",
+                "--duration", "3s", "--warmup", "0s", "--get-drift-qps", "20", "--ingest-rate",
+                "50", "--json"]
+        bench = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            time.sleep(1.5)
+            self.assertIsNone(bench.poll())
+            connections = established_connections_to(int(self.echo.address.rsplit(":", 1)[1]))
+            out, err = bench.communicate(timeout=COMMAND_TIMEOUT_S)
+        finally:
+            if bench.poll() is None:
+                bench.kill()
+                bench.wait()
+        self.assertEqual(bench.returncode, 0, "stdout: %s\nstderr: %s" % (out, err))
+        self.assertGreater(json.loads(out)["get_drift"]["calls"], 0)
+        self.assertEqual(connections, clients + 1)
 
     def test_bad_flags_are_usage_errors(self):
         for flags, message in [
