@@ -1,9 +1,10 @@
 // ScanSmallCounts: one vectorized pass over values that are usually small whole counts (what
 // clients ingest: histogram deltas), telling whether they all are and giving their sum and largest
-// value. Ingest validates every bin of every batch, and the store encodes them again: a scalar
-// integer test per value (a double -> int64 conversion, which no x86 vector unit below AVX-512
-// has) was a few percent of the server's CPU. Whole numbers in [0, 2^31) convert to int32, which
-// SSE2 and AVX2 do four at a time.
+// value. Ingest validates every bin of every batch, and the store encodes them again. Highway, in
+// double lanes (a value is a small count when it lies in [0, 2^31) and truncating it changes
+// nothing), dispatched at run time to the best target the CPU has. An earlier scalar-looking loop
+// written for the compiler to vectorize was not vectorized by GCC 12 (branches on the comparisons):
+// its share of ingest_bench BM_IngestApply (100 histograms of 67 bins) went from 10 to 3 %.
 //
 // Thread safety: a pure function.
 #ifndef KLDRIFT_SERVER_CORE_COUNT_SCAN_H_

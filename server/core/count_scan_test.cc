@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "hwy/targets.h"
 
 namespace kldrift {
 namespace {
@@ -26,13 +27,21 @@ SmallCountScan Oracle(const std::vector<double>& values) {
   return scan;
 }
 
+// On every vector target Highway built and this CPU runs (ScanSmallCounts dispatches at run time).
 void ExpectSameScan(const std::vector<double>& values) {
   const SmallCountScan want = Oracle(values);
-  const SmallCountScan got = ScanSmallCounts(values);
-  ASSERT_EQ(got.small_counts, want.small_counts) << values.size() << " values";
-  if (want.small_counts) {
-    EXPECT_EQ(got.sum, want.sum);
-    EXPECT_EQ(got.max, want.max);
+  for (int64_t target : hwy::SupportedAndGeneratedTargets()) {
+    SCOPED_TRACE(hwy::TargetName(target));
+    hwy::SetSupportedTargetsForTest(target);
+    const SmallCountScan got = ScanSmallCounts(values);
+    hwy::SetSupportedTargetsForTest(0);
+    ASSERT_EQ(got.small_counts, want.small_counts) << ::testing::PrintToString(values);
+    if (want.small_counts) {
+      EXPECT_EQ(got.sum, want.sum);
+      EXPECT_EQ(got.max, want.max);
+      EXPECT_FALSE(std::signbit(got.sum));  // A zero is +0.
+      EXPECT_FALSE(std::signbit(got.max));
+    }
   }
 }
 

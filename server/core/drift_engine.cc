@@ -819,20 +819,33 @@ absl::Status DriftEngine::ApplyBatch(const IngestBatch& batch, absl::Time now, b
     std::shared_ptr<StreamState> state;
     const std::shared_ptr<StreamState>* slot = nullptr;  // In streams_, under its lock only.
   };
-  std::vector<Target> targets;
-  targets.reserve(batch.streams.size());
+  // The batch's streams in key order, which within one model is (model_version, signal): sorted
+  // as pointers, comparing neither the model nor moving keys around (a sort step moving a
+  // Target moves three strings). The model was checked above; the other parts are checked here,
+  // before anything else is said about the streams.
+  std::vector<const StreamData*> in_order;
+  in_order.reserve(batch.streams.size());
   for (const StreamData& data : batch.streams) {
-    StreamKey key{batch.model, data.model_version, data.signal};
-    if (absl::Status s = ValidateStreamKey(key); !s.ok()) return s;
-    targets.push_back(Target{std::move(key), &data, nullptr, nullptr});
+    if (absl::Status s = ValidateName("model_version", data.model_version, true); !s.ok()) return s;
+    if (absl::Status s = ValidateName("signal", data.signal, false); !s.ok()) return s;
+    in_order.push_back(&data);
   }
-  std::sort(targets.begin(), targets.end(),
-            [](const Target& a, const Target& b) { return a.key < b.key; });
-  for (size_t i = 1; i < targets.size(); ++i) {
-    if (targets[i].key == targets[i - 1].key) {
-      return absl::InvalidArgumentError(absl::StrCat("stream ", targets[i].key.ToString(),
-                                                     " appears twice in one batch; merge them"));
+  std::sort(in_order.begin(), in_order.end(), [](const StreamData* a, const StreamData* b) {
+    if (const int c = a->model_version.compare(b->model_version); c != 0) return c < 0;
+    return a->signal < b->signal;
+  });
+  std::vector<Target> targets;
+  targets.reserve(in_order.size());
+  for (size_t i = 0; i < in_order.size(); ++i) {
+    const StreamData& data = *in_order[i];
+    if (i > 0 && data.signal == in_order[i - 1]->signal &&
+        data.model_version == in_order[i - 1]->model_version) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "stream ", StreamKey{batch.model, data.model_version, data.signal}.ToString(),
+          " appears twice in one batch; merge them"));
     }
+    targets.push_back(
+        Target{StreamKey{batch.model, data.model_version, data.signal}, &data, nullptr, nullptr});
   }
   {
     ReaderMutexLock lock(&streams_mutex_);

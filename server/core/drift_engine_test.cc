@@ -525,6 +525,29 @@ TEST_F(DriftEngineTest, InvalidDataIsRejected) {
   }
 }
 
+TEST_F(DriftEngineTest, ABatchMayHoldOneSignalOfSeveralVersionsInAnyOrder) {
+  // Keys differ only in model_version, or only in signal; sent out of key order. Each is its own
+  // stream: none is taken for a duplicate, and each gets its own counts.
+  const StreamKey v1_b{"m", "v1", "b"};
+  const StreamKey v2_a{"m", "v2", "a"};
+  const StreamKey v1_a{"m", "v1", "a"};
+  const StreamKey none_a{"m", "", "a"};
+  for (const StreamKey& k : {v1_b, v2_a, v1_a, none_a})
+    ASSERT_NE(Put(PreBinned(k, {1, 1})), nullptr);
+  SendOk("m", {Hist(v2_a, {2, 0}), Hist(v1_b, {3, 0}), Hist(none_a, {4, 0}), Hist(v1_a, {5, 0})});
+  EXPECT_EQ(Samples(v2_a, absl::Hours(1)), 2);
+  EXPECT_EQ(Samples(v1_b, absl::Hours(1)), 3);
+  EXPECT_EQ(Samples(none_a, absl::Hours(1)), 4);
+  EXPECT_EQ(Samples(v1_a, absl::Hours(1)), 5);
+
+  // The same (version, signal) twice, with other streams between them once sorted.
+  const IngestResult r =
+      Send("m", {Hist(v1_a, {1, 0}), Hist(v2_a, {1, 0}), Hist(v1_b, {1, 0}), Hist(v1_a, {1, 0})});
+  EXPECT_EQ(r.status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(r.status.message(), HasSubstr("m/v1/a appears twice"));
+  EXPECT_EQ(Samples(v1_a, absl::Hours(1)), 5);  // Nothing of the rejected batch was applied.
+}
+
 TEST_F(DriftEngineTest, BatchLevelValidation) {
   const StreamKey a{"m", "v", "a"};
   ASSERT_NE(Put(PreBinned(a, {1, 1})), nullptr);
