@@ -69,30 +69,31 @@ absl::Status KindMismatch(const StreamKey& key, const Reference& ref, absl::stri
 
 // The window delta a stream's data adds, validated against its reference. Histogram data (the
 // bulk of ingest) also fills `summary` (CompactSubBuckets::Summarize of the delta) and `sum` in the
-// same pass; for other data the caller computes them.
+// same pass, and in the common case (small whole counts) becomes the delta: data.numbers is moved
+// out. For other data the caller computes summary and sum.
 absl::StatusOr<std::vector<double>> ComputeDelta(const StreamKey& key, const Reference& ref,
-                                                 const StreamData& data,
-                                                 const EngineOptions& options,
+                                                 StreamData& data, const EngineOptions& options,
                                                  CompactSubBuckets::DeltaSummary* summary,
                                                  double* sum) {
   using Type = StreamData::Type;
+  if (data.type == Type::kHistogram) {
+    if (!ref.is_histogram()) return KindMismatch(key, ref, "a histogram");
+    if (data.numbers.size() != ref.window_width()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "stream ", key.ToString(), ": the histogram has ", data.numbers.size(),
+          " bins but reference version ", ref.version, " has ", ref.window_width(),
+          " (underflow, bins, overflow and NaN buckets included); fetch its bins again"));
+    }
+    // The common case: small whole counts, checked and summed in one vectorized pass.
+    if (const SmallCountScan scan = ScanSmallCounts(data.numbers); scan.small_counts) {
+      *summary = CompactSubBuckets::DeltaSummary{true, scan.max};  // max < 2^31
+      *sum = scan.sum;
+      return std::move(data.numbers);
+    }
+  }
   std::vector<double> delta(ref.window_width(), 0.0);
   switch (data.type) {
     case Type::kHistogram: {
-      if (!ref.is_histogram()) return KindMismatch(key, ref, "a histogram");
-      if (data.numbers.size() != delta.size()) {
-        return absl::FailedPreconditionError(absl::StrCat(
-            "stream ", key.ToString(), ": the histogram has ", data.numbers.size(),
-            " bins but reference version ", ref.version, " has ", delta.size(),
-            " (underflow, bins, overflow and NaN buckets included); fetch its bins again"));
-      }
-      // The common case: small whole counts, checked and summed in one vectorized pass.
-      if (const SmallCountScan scan = ScanSmallCounts(data.numbers); scan.small_counts) {
-        std::copy(data.numbers.begin(), data.numbers.end(), delta.begin());
-        *summary = CompactSubBuckets::DeltaSummary{true, scan.max};  // max < 2^31
-        *sum = scan.sum;
-        return delta;
-      }
       // Anything else (counts of 2^31 or more, or invalid input): the general check.
       double total = 0;
       double max = 0;
@@ -744,7 +745,7 @@ absl::StatusOr<uint64_t> DriftEngine::DeleteReference(const StreamKey& key) {
   return versions;
 }
 
-IngestResult DriftEngine::Ingest(const IngestBatch& batch) {
+IngestResult DriftEngine::Ingest(IngestBatch batch) {
   IngestResult result;
   if (absl::Status s = ValidateClientId(batch.client_id); !s.ok()) {
     result.status = s;
@@ -793,7 +794,7 @@ IngestResult DriftEngine::Ingest(const IngestBatch& batch) {
   return result;
 }
 
-absl::Status DriftEngine::ApplyBatch(const IngestBatch& batch, absl::Time now, bool* persisted)
+absl::Status DriftEngine::ApplyBatch(IngestBatch& batch, absl::Time now, bool* persisted)
     ABSL_NO_THREAD_SAFETY_ANALYSIS {  // Locks a dynamic set of streams, in key order.
   if (absl::Status s = ValidateName("model", batch.model, false); !s.ok()) return s;
   if (batch.streams.empty()) return absl::InvalidArgumentError("the batch has no streams");
@@ -815,7 +816,7 @@ absl::Status DriftEngine::ApplyBatch(const IngestBatch& batch, absl::Time now, b
 
   struct Target {
     StreamKey key;
-    const StreamData* data;
+    StreamData* data;  // Its histogram counts move into the delta.
     std::shared_ptr<StreamState> state;
     const std::shared_ptr<StreamState>* slot = nullptr;  // In streams_, under its lock only.
   };
@@ -823,9 +824,9 @@ absl::Status DriftEngine::ApplyBatch(const IngestBatch& batch, absl::Time now, b
   // as pointers, comparing neither the model nor moving keys around (a sort step moving a
   // Target moves three strings). The model was checked above; the other parts are checked here,
   // before anything else is said about the streams.
-  std::vector<const StreamData*> in_order;
+  std::vector<StreamData*> in_order;
   in_order.reserve(batch.streams.size());
-  for (const StreamData& data : batch.streams) {
+  for (StreamData& data : batch.streams) {
     if (absl::Status s = ValidateName("model_version", data.model_version, true); !s.ok()) return s;
     if (absl::Status s = ValidateName("signal", data.signal, false); !s.ok()) return s;
     in_order.push_back(&data);
@@ -837,7 +838,7 @@ absl::Status DriftEngine::ApplyBatch(const IngestBatch& batch, absl::Time now, b
   std::vector<Target> targets;
   targets.reserve(in_order.size());
   for (size_t i = 0; i < in_order.size(); ++i) {
-    const StreamData& data = *in_order[i];
+    StreamData& data = *in_order[i];
     if (i > 0 && data.signal == in_order[i - 1]->signal &&
         data.model_version == in_order[i - 1]->model_version) {
       return absl::InvalidArgumentError(absl::StrCat(

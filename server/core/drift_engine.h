@@ -200,8 +200,10 @@ class DriftEngine {
   // Drops a stream: all reference versions, windows, alert state. Returns the versions deleted.
   absl::StatusOr<uint64_t> DeleteReference(const StreamKey& stream);
 
-  // Applies one batch atomically (see IngestBatch), or rejects it whole.
-  IngestResult Ingest(const IngestBatch& batch);
+  // Applies one batch atomically (see IngestBatch), or rejects it whole. Takes the batch: its
+  // histograms' arrays become the deltas applied and logged, without a copy (pass an rvalue; an
+  // lvalue is copied).
+  IngestResult Ingest(IngestBatch batch);
 
   // Fresh reports for a stream's windows (all, or the one equal to `window`).
   absl::StatusOr<std::vector<WindowReport>> GetDrift(const StreamKey& stream,
@@ -280,7 +282,8 @@ class DriftEngine {
   static size_t RunCount(size_t streams);
   // Validates, persists (when there is a store) and applies a batch. `persisted` tells the caller
   // whether the client's sequence was written with it.
-  absl::Status ApplyBatch(const IngestBatch& batch, absl::Time now, bool* persisted);
+  // Histogram counts are moved out of `batch`.
+  absl::Status ApplyBatch(IngestBatch& batch, absl::Time now, bool* persisted);
 
   const EngineOptions options_;
   const Clock* const clock_;

@@ -146,7 +146,7 @@ class KlDriftService::IngestReactor
       absl::StatusOr<IngestBatch> batch = FromProto(*request_);
       if (batch.ok()) batch->client_id = engine_client_id;
       if (batch.ok()) {
-        const IngestResult result = service_->engine_->Ingest(*batch);
+        const IngestResult result = service_->engine_->Ingest(*std::move(batch));
         status = result.status;
         acked = result.acked_sequence;
         if (result.duplicate && metrics_ != nullptr) metrics_->RecordDuplicateBatch();

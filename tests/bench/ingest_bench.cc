@@ -126,7 +126,7 @@ void BM_IngestApply(benchmark::State& state) {
     v1::IngestRequest& request = requests[sequence % models];
     request.set_sequence(++sequence);
     absl::StatusOr<IngestBatch> batch = FromProto(request);
-    const IngestResult result = engine.Ingest(*batch);
+    const IngestResult result = engine.Ingest(*std::move(batch));
     if (!result.status.ok()) {
       state.SkipWithError(result.status.ToString().c_str());
       break;
