@@ -82,6 +82,21 @@ class BenchCliTest(unittest.TestCase):
             "%s\nstdout: %s\nstderr: %s" % (" ".join(argv), result.stdout, result.stderr))
         return result.stdout, result.stderr
 
+    def run_while(self, argv, action):
+        """Starts `argv`, calls `action` 1.5 s in (the command still running), waits for the
+        command; returns (exit code, stdout, stderr)."""
+        process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            time.sleep(1.5)
+            self.assertIsNone(process.poll())
+            action()
+            out, err = process.communicate(timeout=COMMAND_TIMEOUT_S)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        return process.returncode, out, err
+
     def bench(self, server, *extra):
         out, _ = self.kldrift(server.address, "bench", *(SHORT_RUN + list(extra)))
         report = json.loads(out)
@@ -172,18 +187,9 @@ class BenchCliTest(unittest.TestCase):
                 self.kldrift(server.address, "bench", "--setup-only", *load)
                 argv = [KLDRIFT, "--server", server.address, "--timeout", "10s", "bench",
                         "--no-setup", "--duration", "60s", *load]
-                bench = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                         text=True)
-                try:
-                    time.sleep(1.5)  # The load is running (it starts at once without setup).
-                    self.assertIsNone(bench.poll())
-                    server.process.kill()
-                    out, err = bench.communicate(timeout=COMMAND_TIMEOUT_S)
-                finally:
-                    if bench.poll() is None:
-                        bench.kill()
-                        bench.wait()
-                self.assertEqual(bench.returncode, 1, "stdout: %s\nstderr: %s" % (out, err))
+                # 1.5 s in, the load is running (it starts at once without setup).
+                code, out, err = self.run_while(argv, server.process.kill)
+                self.assertEqual(code, 1, "stdout: %s\nstderr: %s" % (out, err))
                 self.assertEqual(out, "")
                 self.assertRegex(err, "UNAVAILABLE|CANCELLED|unacknowledged")
 
@@ -196,19 +202,13 @@ class BenchCliTest(unittest.TestCase):
                 str(clients), "--models", "3", "--streams-per-model", "2", "--batch-streams", "2",
                 "--duration", "3s", "--warmup", "0s", "--get-drift-qps", "20", "--ingest-rate",
                 "50", "--json"]
-        bench = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        try:
-            time.sleep(1.5)
-            self.assertIsNone(bench.poll())
-            connections = established_connections_to(int(self.echo.address.rsplit(":", 1)[1]))
-            out, err = bench.communicate(timeout=COMMAND_TIMEOUT_S)
-        finally:
-            if bench.poll() is None:
-                bench.kill()
-                bench.wait()
-        self.assertEqual(bench.returncode, 0, "stdout: %s\nstderr: %s" % (out, err))
+        port = int(self.echo.address.rsplit(":", 1)[1])
+        connections = []
+        code, out, err = self.run_while(
+            argv, lambda: connections.append(established_connections_to(port)))
+        self.assertEqual(code, 0, "stdout: %s\nstderr: %s" % (out, err))
         self.assertGreater(json.loads(out)["get_drift"]["calls"], 0)
-        self.assertEqual(connections, clients + 1)
+        self.assertEqual(connections, [clients + 1])
 
     def test_bad_flags_are_usage_errors(self):
         for flags, message in [
