@@ -36,6 +36,7 @@
 #include <memory>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/numbers.h"
@@ -200,7 +201,7 @@ Result Run(size_t streams, int rounds, int eval_threads, int observer_top_bins) 
         data.numbers = Counts(total, 0.5 + shift[s], 0.15);
         batch.streams.push_back(std::move(data));
       }
-      if (IngestResult r = engine->Ingest(batch); !r.status.ok()) Die(r.status);
+      if (IngestResult r = engine->Ingest(std::move(batch)); !r.status.ok()) Die(r.status);
     }
   }
   malloc_trim(0);
@@ -225,7 +226,7 @@ Result Run(size_t streams, int rounds, int eval_threads, int observer_top_bins) 
         for (size_t s = first; s < std::min(streams, first + kStreamsPerBatch); ++s) {
           batch.streams.push_back(fresh[s]);
         }
-        if (IngestResult r = engine->Ingest(batch); !r.status.ok()) Die(r.status);
+        if (IngestResult r = engine->Ingest(std::move(batch)); !r.status.ok()) Die(r.status);
       }
     }
     clock.Advance(absl::Seconds(1));
@@ -253,8 +254,8 @@ Result Run(size_t streams, int rounds, int eval_threads, int observer_top_bins) 
     batches[i].streams.push_back(fresh[s]);
   }
   const auto t0 = std::chrono::steady_clock::now();
-  for (const IngestBatch& batch : batches) {
-    if (IngestResult r = engine->Ingest(batch); !r.status.ok()) Die(r.status);
+  for (IngestBatch& batch : batches) {  // Moved in, as kldriftd's service does.
+    if (IngestResult r = engine->Ingest(std::move(batch)); !r.status.ok()) Die(r.status);
   }
   result.ingest_us = Millis(std::chrono::steady_clock::now() - t0) * 1000 / kBatches;
   return result;

@@ -25,6 +25,7 @@
 #include <random>
 #include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -81,7 +82,7 @@ struct Fixture {
       for (size_t b = 0; b < kBins; ++b)
         data.numbers.push_back(std::round(count(rng)) * (b < 8 ? 3 : 1));
       batch.streams.push_back(std::move(data));
-      if (IngestResult r = engine->Ingest(batch); !r.status.ok()) Die(r.status);
+      if (IngestResult r = engine->Ingest(std::move(batch)); !r.status.ok()) Die(r.status);
     }
   }
   // One more observation in bin `tick % kBins` of every stream: every window changes.
@@ -99,7 +100,7 @@ struct Fixture {
         data.numbers[tick % kBins] = 1;
         batch.streams.push_back(std::move(data));
       }
-      if (IngestResult r = engine->Ingest(batch); !r.status.ok()) Die(r.status);
+      if (IngestResult r = engine->Ingest(std::move(batch)); !r.status.ok()) Die(r.status);
     }
   }
 
