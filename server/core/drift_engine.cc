@@ -956,8 +956,9 @@ absl::Status DriftEngine::ApplyBatch(IngestBatch& batch, absl::Time now, bool* p
       record.received_at = now;
       record.event_time = event_time;
       record.deltas.reserve(targets.size());
+      // The keys move too: nothing below names a stream.
       for (size_t i = 0; i < targets.size(); ++i) {
-        record.deltas.push_back(StreamDelta{targets[i].key, std::move(deltas[i]),
+        record.deltas.push_back(StreamDelta{std::move(targets[i].key), std::move(deltas[i]),
                                             summaries[i].counts, summaries[i].max_count});
       }
       lsn = record.lsn;
