@@ -827,8 +827,7 @@ absl::Status DriftEngine::ApplyBatch(IngestBatch& batch, absl::Time now, bool* p
   std::vector<StreamData*> in_order;
   in_order.reserve(batch.streams.size());
   for (StreamData& data : batch.streams) {
-    if (absl::Status s = ValidateName("model_version", data.model_version, true); !s.ok()) return s;
-    if (absl::Status s = ValidateName("signal", data.signal, false); !s.ok()) return s;
+    if (absl::Status s = ValidateStreamParts(data.model_version, data.signal); !s.ok()) return s;
     in_order.push_back(&data);
   }
   std::sort(in_order.begin(), in_order.end(), [](const StreamData* a, const StreamData* b) {

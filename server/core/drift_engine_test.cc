@@ -540,7 +540,7 @@ TEST_F(DriftEngineTest, ABatchMayHoldOneSignalOfSeveralVersionsInAnyOrder) {
   EXPECT_EQ(Samples(none_a, absl::Hours(1)), 4);
   EXPECT_EQ(Samples(v1_a, absl::Hours(1)), 5);
 
-  // The same (version, signal) twice, with other streams between them once sorted.
+  // The same (version, signal) twice, apart in the batch: found once sorted.
   const IngestResult r =
       Send("m", {Hist(v1_a, {1, 0}), Hist(v2_a, {1, 0}), Hist(v1_b, {1, 0}), Hist(v1_a, {1, 0})});
   EXPECT_EQ(r.status.code(), absl::StatusCode::kInvalidArgument);

@@ -55,8 +55,12 @@ absl::Status ValidateClientId(absl::string_view client_id) {
 
 absl::Status ValidateStreamKey(const StreamKey& key) {
   if (absl::Status s = ValidateName("model", key.model, false); !s.ok()) return s;
-  if (absl::Status s = ValidateName("model_version", key.model_version, true); !s.ok()) return s;
-  return ValidateName("signal", key.signal, false);
+  return ValidateStreamParts(key.model_version, key.signal);
+}
+
+absl::Status ValidateStreamParts(absl::string_view model_version, absl::string_view signal) {
+  if (absl::Status s = ValidateName("model_version", model_version, true); !s.ok()) return s;
+  return ValidateName("signal", signal, false);
 }
 
 }  // namespace kldrift

@@ -40,6 +40,8 @@ absl::Status ValidateName(absl::string_view what, absl::string_view name, bool m
 
 // Checks all three parts of a key.
 absl::Status ValidateStreamKey(const StreamKey& key);
+// Checks the parts below the model (for a batch of one model's streams, its model checked once).
+absl::Status ValidateStreamParts(absl::string_view model_version, absl::string_view signal);
 
 // Ingest client ids as the engine keeps them: a name's characters, up to kMaxClientIdLength (room
 // for the tenant prefix the service adds to a client's own id of up to kMaxNameLength).
