@@ -128,18 +128,26 @@ struct ValuesShape {
   bool integers = true;
   bool small_counts = true;
 };
+
+// Counts below this are written as the single byte 2v.
+constexpr double kSingleByteCountLimit = 64;
+
+// The shape of whole counts in [0, 2^32) whose largest is `max_count`.
+ValuesShape CountsShape(double max_count) {
+  return ValuesShape{.integers = true, .small_counts = max_count < kSingleByteCountLimit};
+}
+
 ValuesShape ShapeOf(absl::Span<const double> values) {
   ValuesShape shape;
   if (const SmallCountScan scan = ScanSmallCounts(values); scan.small_counts) {
-    shape.small_counts = scan.max < 64;
-    return shape;  // Whole numbers, all of them.
+    return CountsShape(scan.max);
   }
   for (double v : values) {
     // Inside the range the cast is exact, so it tells integers from fractions without a floor()
     // call; outside it (NaN included) 0.5 stands in, which no out-of-range value equals.
     const double checked = std::fabs(v) < kMaxExactInteger ? v : 0.5;
     shape.integers &= static_cast<double>(static_cast<int64_t>(checked)) == v;
-    shape.small_counts &= (v >= 0) & (v < 64);
+    shape.small_counts &= (v >= 0) & (v < kSingleByteCountLimit);
   }
   shape.small_counts &= shape.integers;
   return shape;
@@ -272,8 +280,7 @@ std::string EncodeRecord(const IngestRecord& record) {
     AppendStreamPrefix(&out, delta.stream);
     // The engine's batch check usually knows the counts already: no second look at them.
     const ValuesShape shape =
-        delta.known_counts ? ValuesShape{.integers = true, .small_counts = delta.max_count < 64}
-                           : ShapeOf(delta.values);
+        delta.known_counts ? CountsShape(delta.max_count) : ShapeOf(delta.values);
     if (shape.small_counts) {  // The common case, whose length is known: written in place.
       AppendVarint(&out, 1 + delta.values.size());
       AppendSmallCounts(&out, delta.values);
