@@ -364,8 +364,9 @@ struct DriftEngine::StreamState {
   enum class PrefetchStep { kObject, kWindows, kWindowData };
   void Prefetch(PrefetchStep step) const;
   // The same for what ApplyBatch reads of a stream it holds locked (after kObject): kIngestLists
-  // the versions' and windows' arrays, kIngestData (after kIngestLists) the current reference and
-  // the first line of each window's blocks (the encodings its sub-bucket's offset comes from).
+  // the versions' and windows' arrays and the ingest counters, kIngestData (after kIngestLists)
+  // the current reference and the first line of each window's blocks (the encodings its
+  // sub-bucket's offset comes from).
   enum class IngestPrefetchStep { kIngestLists, kIngestData };
   void PrefetchForIngest(IngestPrefetchStep step) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex);
 
@@ -522,6 +523,8 @@ void DriftEngine::StreamState::PrefetchForIngest(IngestPrefetchStep step) const 
   if (step == IngestPrefetchStep::kIngestLists) {
     if (!versions.empty()) PrefetchRange(&versions.back(), sizeof(versions.back()));
     PrefetchRange(windows.data(), windows.size() * sizeof(WindowState));
+    // Its own heap block, which the apply writes to.
+    if (ingest_counters != nullptr) __builtin_prefetch(ingest_counters.get(), /*rw=*/1);
     return;
   }
   // The reference's first lines: its kind, version, policy and layout, what validation reads.
