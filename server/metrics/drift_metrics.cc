@@ -46,6 +46,19 @@ prometheus::Histogram::BucketBoundaries EvaluationBuckets() {
           0.05,   0.1,     0.25,   0.5,   1,      2.5,   5,    10};
 }
 
+// Request handling times: 50 µs to 10 s.
+prometheus::Histogram::BucketBoundaries RequestBuckets() {
+  return {0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+          0.05,    0.1,    0.25,    0.5,    1,     2.5,    5,     10};
+}
+
+constexpr RequestMethod kRequestMethods[] = {
+    RequestMethod::kPutReference,    RequestMethod::kGetReference, RequestMethod::kListReferences,
+    RequestMethod::kDeleteReference, RequestMethod::kGetDrift,     RequestMethod::kBackup,
+    RequestMethod::kExportModel,     RequestMethod::kImportModel,  RequestMethod::kIngest,
+};
+static_assert(std::size(kRequestMethods) == kRequestMethodCount);
+
 bool IsHistogramKind(ReferenceKind kind) {
   return kind != ReferenceKind::kGaussian && kind != ReferenceKind::kPairedLogProbs;
 }
@@ -62,6 +75,30 @@ constexpr absl::StatusCode kRejectionCodes[] = {
 };
 
 }  // namespace
+
+absl::string_view RequestMethodName(RequestMethod method) {
+  switch (method) {
+    case RequestMethod::kPutReference:
+      return "PutReference";
+    case RequestMethod::kGetReference:
+      return "GetReference";
+    case RequestMethod::kListReferences:
+      return "ListReferences";
+    case RequestMethod::kDeleteReference:
+      return "DeleteReference";
+    case RequestMethod::kGetDrift:
+      return "GetDrift";
+    case RequestMethod::kBackup:
+      return "Backup";
+    case RequestMethod::kExportModel:
+      return "ExportModel";
+    case RequestMethod::kImportModel:
+      return "ImportModel";
+    case RequestMethod::kIngest:
+      return "Ingest";
+  }
+  return "unknown";
+}
 
 absl::StatusOr<uint32_t> ParseMetricsMeasures(absl::string_view text) {
   if (text == "all") return kAllMeasureFamilies;
@@ -453,7 +490,24 @@ DriftMetrics::DriftMetrics(MetricsOptions options)
       watch_reports_dropped_(
           CounterFamily(*registry_, "kldrift_watch_reports_dropped_total",
                         "WatchDrift reports dropped because a watcher fell behind")
-              .Add({})) {
+              .Add({})),
+      request_duration_(prometheus::BuildHistogram()
+                            .Name("kldrift_request_duration_seconds")
+                            .Help("Time kldriftd spent on a request, by method: a unary call until "
+                                  "its answer, an Ingest batch until its ack is queued (not the "
+                                  "wait for a gRPC thread, not the network)")
+                            .Register(*registry_)),
+      requests_(CounterFamily(*registry_, "kldrift_requests_total",
+                              "Requests handled, by method and status code (an Ingest batch is "
+                              "one request)")) {
+  for (RequestMethod method : kRequestMethods) {
+    const std::string name(RequestMethodName(method));
+    const size_t index = static_cast<size_t>(method);
+    request_duration_by_method_[index] =
+        &request_duration_.Add({{"method", name}}, RequestBuckets());
+    requests_ok_[index] =
+        &requests_.Add({{"method", name}, {"code", ReasonLabel(absl::StatusCode::kOk)}});
+  }
   GaugeFamily(*registry_, "kldrift_build_info", "kldriftd's version; the value is 1")
       .Add({{"version", options_.version}})
       .Set(1);
@@ -732,6 +786,23 @@ void DriftMetrics::VisitFamilyLocked(size_t family, const Shard& shard, SeriesSi
 void DriftMetrics::OnEvaluationFinished(size_t windows, absl::Duration duration) {
   evaluation_duration_.Observe(absl::ToDoubleSeconds(duration));
   evaluated_windows_.Set(static_cast<double>(windows));
+}
+
+void DriftMetrics::RecordRequest(RequestMethod method, absl::StatusCode code,
+                                 absl::Duration handling) {
+  const size_t index = static_cast<size_t>(method);
+  request_duration_by_method_[index]->Observe(absl::ToDoubleSeconds(handling));
+  if (code == absl::StatusCode::kOk) {
+    requests_ok_[index]->Increment();
+    return;
+  }
+  MutexLock lock(&requests_mutex_);
+  prometheus::Counter*& counter = request_errors_[{method, code}];
+  if (counter == nullptr) {
+    counter = &requests_.Add(
+        {{"method", std::string(RequestMethodName(method))}, {"code", ReasonLabel(code)}});
+  }
+  counter->Increment();
 }
 
 void DriftMetrics::RecordBatchRejected(absl::StatusCode code) {

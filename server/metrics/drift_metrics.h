@@ -31,6 +31,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -64,6 +65,23 @@ struct ServerState {
   uint64_t store_errors = 0;
   uint64_t watch_reports_dropped = 0;
 };
+
+// The requests kldriftd times and counts (kldrift_request_duration_seconds,
+// kldrift_requests_total): its unary RPCs, and each batch (IngestRequest) of an Ingest stream.
+enum class RequestMethod : uint8_t {
+  kPutReference,
+  kGetReference,
+  kListReferences,
+  kDeleteReference,
+  kGetDrift,
+  kBackup,
+  kExportModel,
+  kImportModel,
+  kIngest,
+};
+inline constexpr size_t kRequestMethodCount = 9;
+// The `method` label: the RPC's name ("GetDrift").
+absl::string_view RequestMethodName(RequestMethod method);
 
 // Which measure families are exported per window: a bit per Measure (MeasureBit) and one for the
 // G-test p-value. The policy's own measure is always in kldrift_alert_measure_value.
@@ -117,6 +135,11 @@ class DriftMetrics final : public EngineObserver, public prometheus::Collectable
   void RecordIngestStreamClosed();
   void RecordWatchStreamOpened();
   void RecordWatchStreamClosed();
+  // A request handled: how long kldriftd worked on it (a unary call from its handler's start until
+  // its answer is handed to gRPC; an Ingest batch from its read until its ack is queued) and its
+  // status. Waiting for a gRPC thread and the network are not in it: a client's latency minus this
+  // is the transport's and the scheduler's share.
+  void RecordRequest(RequestMethod method, absl::StatusCode code, absl::Duration handling);
 
   // Called by Collect() and WriteExposition() at every scrape. Optional.
   void SetServerStateSource(std::function<ServerState()> source);
@@ -198,6 +221,11 @@ class DriftMetrics final : public EngineObserver, public prometheus::Collectable
   // Counters that follow the server's own totals, advanced at scrape time.
   prometheus::Counter& store_errors_;
   prometheus::Counter& watch_reports_dropped_;
+  // By RequestMethod; every method's histogram and OK counter exist from start-up.
+  prometheus::Family<prometheus::Histogram>& request_duration_;
+  prometheus::Family<prometheus::Counter>& requests_;
+  std::array<prometheus::Histogram*, kRequestMethodCount> request_duration_by_method_{};
+  std::array<prometheus::Counter*, kRequestMethodCount> requests_ok_{};
 
   mutable Mutex source_mutex_;
   std::function<ServerState()> source_ ABSL_GUARDED_BY(source_mutex_);
@@ -220,6 +248,10 @@ class DriftMetrics final : public EngineObserver, public prometheus::Collectable
   mutable Mutex rejected_mutex_;
   absl::flat_hash_map<absl::StatusCode, prometheus::Counter*> rejected_by_code_
       ABSL_GUARDED_BY(rejected_mutex_);
+  // kldrift_requests_total's series of failed requests, added on first use.
+  mutable Mutex requests_mutex_;
+  absl::flat_hash_map<std::pair<RequestMethod, absl::StatusCode>, prometheus::Counter*>
+      request_errors_ ABSL_GUARDED_BY(requests_mutex_);
 };
 
 struct MetricsEndpointOptions {

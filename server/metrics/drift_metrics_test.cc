@@ -212,6 +212,11 @@ constexpr const char* kServerFamilies[] = {
     "kldrift_watch_reports_dropped_total",
     "kldrift_evaluation_duration_seconds",
 };
+// The `method` label of every RequestMethod, in order.
+constexpr const char* kRequestMethodNames[] = {
+    "PutReference", "GetReference", "ListReferences", "DeleteReference", "GetDrift",
+    "Backup",       "ExportModel",  "ImportModel",    "Ingest",
+};
 constexpr const char* kRejectionReasons[] = {
     "invalid_argument",   "not_found",    "failed_precondition",
     "resource_exhausted", "out_of_range", "permission_denied",
@@ -331,6 +336,20 @@ TEST(DriftMetricsTest, ServerFamiliesExistAtConstruction) {
         << reason;
   }
   EXPECT_EQ(CountSeries(f, "kldrift_rejected_batches_total"), std::size(kRejectionReasons));
+  // Every method's request series, so that rate() sees the first request of each.
+  for (const char* method : kRequestMethodNames) {
+    EXPECT_THAT(Sample(f, "kldrift_request_duration_seconds", {{"method", method}}),
+                Optional(Eq(0.0)))
+        << method;
+    EXPECT_THAT(Sample(f, "kldrift_requests_total", {{"method", method}, {"code", "ok"}}),
+                Optional(Eq(0.0)))
+        << method;
+  }
+  EXPECT_EQ(CountSeries(f, "kldrift_request_duration_seconds"), std::size(kRequestMethodNames));
+  EXPECT_EQ(CountSeries(f, "kldrift_requests_total"), std::size(kRequestMethodNames));
+  ASSERT_NE(FindFamily(f, "kldrift_request_duration_seconds"), nullptr);
+  EXPECT_EQ(FindFamily(f, "kldrift_request_duration_seconds")->type,
+            prometheus::MetricType::Histogram);
   EXPECT_THAT(Sample(f, "kldrift_build_info", {{"version", "1.2.3-test"}}), Optional(Eq(1.0)));
   EXPECT_EQ(CountSeries(f, "kldrift_build_info"), 1u);
   EXPECT_THAT(Sample(f, "kldrift_start_time_seconds", {}), Optional(Eq(1'700'000'123.0)));
@@ -364,6 +383,82 @@ TEST(DriftMetricsTest, ReasonLabelIsTheLowerCaseCodeName) {
   EXPECT_EQ(DriftMetrics::ReasonLabel(absl::StatusCode::kInvalidArgument), "invalid_argument");
   EXPECT_EQ(DriftMetrics::ReasonLabel(absl::StatusCode::kResourceExhausted), "resource_exhausted");
   EXPECT_EQ(DriftMetrics::ReasonLabel(absl::StatusCode::kCancelled), "cancelled");
+}
+
+TEST(DriftMetricsTest, RequestMethodNamesAreTheRpcNames) {
+  ASSERT_EQ(std::size(kRequestMethodNames), kRequestMethodCount);
+  for (size_t i = 0; i < kRequestMethodCount; ++i) {
+    EXPECT_EQ(RequestMethodName(static_cast<RequestMethod>(i)), kRequestMethodNames[i]);
+  }
+}
+
+// The prometheus-cpp histogram series of `method`, or null.
+const prometheus::ClientMetric::Histogram* RequestHistogram(const Families& f,
+                                                            absl::string_view method) {
+  const prometheus::MetricFamily* family = FindFamily(f, "kldrift_request_duration_seconds");
+  if (family == nullptr) return nullptr;
+  for (const prometheus::ClientMetric& metric : family->metric) {
+    if (LabelsOf(metric) == LabelSet{{"method", std::string(method)}}) return &metric.histogram;
+  }
+  return nullptr;
+}
+
+// Cumulative count of bucket `upper_bound` (seconds) of `histogram`, or -1 without that bucket.
+double BucketCount(const prometheus::ClientMetric::Histogram& histogram, double upper_bound) {
+  for (const prometheus::ClientMetric::Bucket& bucket : histogram.bucket) {
+    if (bucket.upper_bound == upper_bound) return static_cast<double>(bucket.cumulative_count);
+  }
+  return -1;
+}
+
+TEST(DriftMetricsTest, RecordRequestTimesAndCountsByMethodAndCode) {
+  DriftMetrics metrics;
+  metrics.RecordRequest(RequestMethod::kGetDrift, absl::StatusCode::kOk, absl::Microseconds(80));
+  metrics.RecordRequest(RequestMethod::kGetDrift, absl::StatusCode::kOk, absl::Milliseconds(3));
+  metrics.RecordRequest(RequestMethod::kGetDrift, absl::StatusCode::kNotFound,
+                        absl::Microseconds(20));
+  metrics.RecordRequest(RequestMethod::kIngest, absl::StatusCode::kOk, absl::Microseconds(300));
+  metrics.RecordRequest(RequestMethod::kIngest, absl::StatusCode::kFailedPrecondition,
+                        absl::Microseconds(40));
+  metrics.RecordRequest(RequestMethod::kIngest, absl::StatusCode::kFailedPrecondition,
+                        absl::Microseconds(40));
+
+  const Families f = metrics.Collect();
+  const std::string requests = "kldrift_requests_total";
+  EXPECT_THAT(Sample(f, requests, {{"method", "GetDrift"}, {"code", "ok"}}), Optional(Eq(2.0)));
+  EXPECT_THAT(Sample(f, requests, {{"method", "GetDrift"}, {"code", "not_found"}}),
+              Optional(Eq(1.0)));
+  EXPECT_THAT(Sample(f, requests, {{"method", "Ingest"}, {"code", "ok"}}), Optional(Eq(1.0)));
+  EXPECT_THAT(Sample(f, requests, {{"method", "Ingest"}, {"code", "failed_precondition"}}),
+              Optional(Eq(2.0)));
+  EXPECT_THAT(Sample(f, requests, {{"method", "PutReference"}, {"code", "ok"}}), Optional(Eq(0.0)));
+  // An error code's series appears on first use, for that method only.
+  EXPECT_EQ(Sample(f, requests, {{"method", "PutReference"}, {"code", "not_found"}}), std::nullopt);
+  EXPECT_EQ(CountSeries(f, requests), std::size(kRequestMethodNames) + 2);
+
+  // Failed requests are timed too.
+  const prometheus::ClientMetric::Histogram* get_drift = RequestHistogram(f, "GetDrift");
+  ASSERT_NE(get_drift, nullptr);
+  EXPECT_EQ(get_drift->sample_count, 3u);
+  EXPECT_NEAR(get_drift->sample_sum, 80e-6 + 3e-3 + 20e-6, 1e-12);
+  EXPECT_EQ(BucketCount(*get_drift, 0.00005), 1);  // 20 µs.
+  EXPECT_EQ(BucketCount(*get_drift, 0.0001), 2);   // And 80 µs.
+  EXPECT_EQ(BucketCount(*get_drift, 0.0025), 2);
+  EXPECT_EQ(BucketCount(*get_drift, 0.005), 3);  // And 3 ms.
+  EXPECT_EQ(BucketCount(*get_drift, 10), 3);
+  const prometheus::ClientMetric::Histogram* ingest = RequestHistogram(f, "Ingest");
+  ASSERT_NE(ingest, nullptr);
+  EXPECT_EQ(ingest->sample_count, 3u);
+  EXPECT_EQ(BucketCount(*ingest, 0.00005), 2);
+  EXPECT_EQ(BucketCount(*ingest, 0.00025), 2);
+  EXPECT_EQ(BucketCount(*ingest, 0.0005), 3);
+  const prometheus::ClientMetric::Histogram* backup = RequestHistogram(f, "Backup");
+  ASSERT_NE(backup, nullptr);
+  EXPECT_EQ(backup->sample_count, 0u);
+
+  const std::string text = Serialize(f);
+  EXPECT_THAT(text, HasSubstr("kldrift_requests_total{code=\"not_found\",method=\"GetDrift\"} 1"));
+  EXPECT_THAT(text, HasSubstr("kldrift_request_duration_seconds_count{method=\"GetDrift\"} 3"));
 }
 
 TEST(DriftMetricsTest, ServiceRecordersCountEvents) {

@@ -1,6 +1,7 @@
 #include "server/service/kldrift_service.h"
 
 #include <algorithm>
+#include <chrono>
 #include <deque>
 #include <utility>
 
@@ -13,11 +14,19 @@
 namespace kldrift {
 namespace {
 
-// Runs `body` and finishes the unary call with its status.
+// Runs `body` and finishes the unary call with its status, recorded in `metrics` (if not null)
+// first, so that a client that has its answer finds the call counted.
 template <typename Body>
-grpc::ServerUnaryReactor* Unary(grpc::CallbackServerContext* context, Body body) {
+grpc::ServerUnaryReactor* Unary(grpc::CallbackServerContext* context, DriftMetrics* metrics,
+                                RequestMethod method, Body body) {
+  const auto start = std::chrono::steady_clock::now();
+  const absl::Status status = body();
+  if (metrics != nullptr) {
+    metrics->RecordRequest(method, status.code(),
+                           absl::FromChrono(std::chrono::steady_clock::now() - start));
+  }
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  reactor->Finish(ToGrpcStatus(body()));
+  reactor->Finish(ToGrpcStatus(status));
   return reactor;
 }
 
@@ -103,6 +112,13 @@ class KlDriftService::IngestReactor
         return;
       }
     }
+    const auto start = std::chrono::steady_clock::now();
+    // kldrift_request_duration_seconds{method="Ingest"}: from here until the ack is queued.
+    const auto record = [&](const absl::Status& result) {
+      if (metrics_ == nullptr) return;
+      metrics_->RecordRequest(RequestMethod::kIngest, result.code(),
+                              absl::FromChrono(std::chrono::steady_clock::now() - start));
+    };
     const uint64_t sequence = request_->sequence();
     absl::Status status;
     uint64_t acked = 0;
@@ -125,6 +141,7 @@ class KlDriftService::IngestReactor
                !auth.ok()) {
       if (absl::IsUnauthenticated(auth)) {
         // The token was revoked (tokens file reloaded): end the stream, the batch unacknowledged.
+        record(auth);
         MutexLock lock(&mutex_);
         end_status_ = ToGrpcStatus(auth);
         reads_done_ = true;
@@ -152,6 +169,7 @@ class KlDriftService::IngestReactor
         if (result.duplicate && metrics_ != nullptr) metrics_->RecordDuplicateBatch();
         if (absl::IsUnavailable(status) || absl::IsDataLoss(status)) {
           if (metrics_ != nullptr) metrics_->RecordBatchRejected(status.code());
+          record(status);
           // The store failed: the batch was neither applied nor acknowledged. End the stream so
           // the client reconnects and resends it (a batch error would read as a rejection).
           MutexLock lock(&mutex_);
@@ -166,6 +184,7 @@ class KlDriftService::IngestReactor
       }
     }
     if (!status.ok() && metrics_ != nullptr) metrics_->RecordBatchRejected(status.code());
+    record(status);
     MutexLock lock(&mutex_);
     pending_.set_acked_sequence(std::max({pending_.acked_sequence(), acked, highest_acked_}));
     highest_acked_ = pending_.acked_sequence();
@@ -435,7 +454,7 @@ void KlDriftService::BeginShutdown() {
 grpc::ServerUnaryReactor* KlDriftService::PutReference(grpc::CallbackServerContext* context,
                                                        const v1::PutReferenceRequest* request,
                                                        v1::PutReferenceResponse* response) {
-  return Unary(context, [&]() -> absl::Status {
+  return Unary(context, metrics(), RequestMethod::kPutReference, [&]() -> absl::Status {
     if (absl::Status s = Authorize(context, Role::kWriter, request->stream().model()); !s.ok()) {
       return s;
     }
@@ -456,7 +475,7 @@ grpc::ServerUnaryReactor* KlDriftService::PutReference(grpc::CallbackServerConte
 grpc::ServerUnaryReactor* KlDriftService::GetReference(grpc::CallbackServerContext* context,
                                                        const v1::GetReferenceRequest* request,
                                                        v1::Reference* response) {
-  return Unary(context, [&]() -> absl::Status {
+  return Unary(context, metrics(), RequestMethod::kGetReference, [&]() -> absl::Status {
     if (absl::Status s = Authorize(context, Role::kReader, request->stream().model()); !s.ok()) {
       return s;
     }
@@ -473,7 +492,7 @@ grpc::ServerUnaryReactor* KlDriftService::GetReference(grpc::CallbackServerConte
 grpc::ServerUnaryReactor* KlDriftService::ListReferences(grpc::CallbackServerContext* context,
                                                          const v1::ListReferencesRequest* request,
                                                          v1::ListReferencesResponse* response) {
-  return Unary(context, [&]() -> absl::Status {
+  return Unary(context, metrics(), RequestMethod::kListReferences, [&]() -> absl::Status {
     if (absl::Status s = Authorize(context, Role::kReader, request->model()); !s.ok()) return s;
     // A token scoped to some models lists only those; the engine skips the others before it
     // cuts the page, so the page token never names a hidden stream.
@@ -508,7 +527,7 @@ grpc::ServerUnaryReactor* KlDriftService::ListReferences(grpc::CallbackServerCon
 grpc::ServerUnaryReactor* KlDriftService::DeleteReference(grpc::CallbackServerContext* context,
                                                           const v1::DeleteReferenceRequest* request,
                                                           v1::DeleteReferenceResponse* response) {
-  return Unary(context, [&]() -> absl::Status {
+  return Unary(context, metrics(), RequestMethod::kDeleteReference, [&]() -> absl::Status {
     if (absl::Status s = Authorize(context, Role::kWriter, request->stream().model()); !s.ok()) {
       return s;
     }
@@ -527,7 +546,7 @@ grpc::ServerBidiReactor<v1::IngestRequest, v1::IngestResponse>* KlDriftService::
 grpc::ServerUnaryReactor* KlDriftService::GetDrift(grpc::CallbackServerContext* context,
                                                    const v1::GetDriftRequest* request,
                                                    v1::GetDriftResponse* response) {
-  return Unary(context, [&]() -> absl::Status {
+  return Unary(context, metrics(), RequestMethod::kGetDrift, [&]() -> absl::Status {
     if (absl::Status s = Authorize(context, Role::kReader, request->stream().model()); !s.ok()) {
       return s;
     }
@@ -553,7 +572,7 @@ grpc::ServerUnaryReactor* KlDriftService::GetDrift(grpc::CallbackServerContext* 
 grpc::ServerUnaryReactor* KlDriftService::Backup(grpc::CallbackServerContext* context,
                                                  const v1::BackupRequest* request,
                                                  v1::BackupResponse* response) {
-  return Unary(context, [&]() -> absl::Status {
+  return Unary(context, metrics(), RequestMethod::kBackup, [&]() -> absl::Status {
     if (absl::Status s = Authorize(context, Role::kAdmin, ""); !s.ok()) return s;
     absl::StatusOr<uint64_t> bytes = engine_->Backup(request->directory());
     if (!bytes.ok()) return bytes.status();
@@ -571,7 +590,7 @@ grpc::ServerWriteReactor<v1::DriftReport>* KlDriftService::WatchDrift(
 grpc::ServerUnaryReactor* KlDriftService::ExportModel(grpc::CallbackServerContext* context,
                                                       const v1::ExportModelRequest* request,
                                                       v1::ModelExport* response) {
-  return Unary(context, [&]() -> absl::Status {
+  return Unary(context, metrics(), RequestMethod::kExportModel, [&]() -> absl::Status {
     if (absl::Status s = Authorize(context, Role::kAdmin, request->model()); !s.ok()) return s;
     const absl::Time now = absl::Now();
     absl::StatusOr<std::vector<StreamExport>> streams = engine_->ExportModel(request->model());
@@ -586,7 +605,7 @@ grpc::ServerUnaryReactor* KlDriftService::ExportModel(grpc::CallbackServerContex
 grpc::ServerUnaryReactor* KlDriftService::ImportModel(grpc::CallbackServerContext* context,
                                                       const v1::ImportModelRequest* request,
                                                       v1::ImportModelResponse* response) {
-  return Unary(context, [&]() -> absl::Status {
+  return Unary(context, metrics(), RequestMethod::kImportModel, [&]() -> absl::Status {
     const std::string& model = request->model_export().model();
     if (absl::Status s = Authorize(context, Role::kAdmin, model); !s.ok()) return s;
     std::vector<StreamExport> streams;

@@ -88,11 +88,12 @@ KNOWN_METRICS = {
     "kldrift_streams_limit", "kldrift_ingest_clients", "kldrift_storage_bytes",
     "kldrift_store_errors_total", "kldrift_watch_streams_active",
     "kldrift_watch_reports_dropped_total", "kldrift_build_info", "kldrift_start_time_seconds",
+    "kldrift_requests_total",
     # The Prometheus client libraries' process collector, read from /proc/self at scrape time.
     "process_cpu_seconds_total", "process_resident_memory_bytes", "process_virtual_memory_bytes",
     "process_open_fds", "process_max_fds", "process_start_time_seconds",
 }
-KNOWN_HISTOGRAMS = {"kldrift_evaluation_duration_seconds"}
+KNOWN_HISTOGRAMS = {"kldrift_evaluation_duration_seconds", "kldrift_request_duration_seconds"}
 for _h in KNOWN_HISTOGRAMS:
     KNOWN_METRICS |= {_h, _h + "_bucket", _h + "_sum", _h + "_count"}
 
@@ -105,6 +106,7 @@ REQUIRED_DASHBOARD_METRICS = [
     "kldrift_ingested_observations_total", "kldrift_ingested_batches_total",
     "kldrift_rejected_batches_total", "kldrift_top_bin_kl_contribution_nats",
     "kldrift_evaluation_duration_seconds_bucket", "kldrift_streams", "kldrift_storage_bytes",
+    "kldrift_request_duration_seconds_bucket", "kldrift_requests_total",
 ]
 DASHBOARD_VARIABLES = ["model", "model_version", "signal", "window"]
 # Grafana's built-in variables, with values Prometheus accepts where Grafana would put them.

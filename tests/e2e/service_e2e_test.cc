@@ -629,6 +629,53 @@ TEST_F(ServiceE2eTest, MetricsCountBatchesRejectionsDuplicatesAndReconnects) {
             1);
 }
 
+TEST_F(ServiceE2eTest, MetricsTimeAndCountEveryRequestByMethodAndCode) {
+  const v1::StreamId stream = Stream("timed", "s");
+  PutNumeric(stream, {5, 5});
+  IngestAll({HistogramBatch("svc-t", 1, "timed", "s", {0, 1, 2, 0, 0}),
+             HistogramBatch("svc-t", 2, "timed", "s", {1, 1, 0, 0, 0}),
+             // No reference for this signal: FAILED_PRECONDITION, in the acks.
+             HistogramBatch("svc-t", 3, "timed", "unknown", {1})},
+            3);
+  Drift(stream);
+  Drift(stream);
+  v1::GetDriftRequest missing;
+  *missing.mutable_stream() = Stream("timed", "missing");
+  v1::GetDriftResponse response;
+  EXPECT_EQ(stub_->GetDrift(Context().get(), missing, &response).error_code(),
+            grpc::StatusCode::NOT_FOUND);
+
+  // Each call is counted before its answer is sent, so one scrape now sees them all.
+  ASSERT_GT(server_->metrics_port(), 0);
+  absl::StatusOr<std::string> text = testing::HttpGet(server_->metrics_port(), "/metrics");
+  ASSERT_TRUE(text.ok()) << text.status();
+  EXPECT_EQ(
+      testing::MetricValue(*text, R"(kldrift_requests_total{code="ok",method="PutReference"})"), 1);
+  EXPECT_EQ(testing::MetricValue(*text, R"(kldrift_requests_total{code="ok",method="GetDrift"})"),
+            2);
+  EXPECT_EQ(
+      testing::MetricValue(*text, R"(kldrift_requests_total{code="not_found",method="GetDrift"})"),
+      1);
+  EXPECT_EQ(testing::MetricValue(*text, R"(kldrift_requests_total{code="ok",method="Ingest"})"), 2);
+  EXPECT_EQ(testing::MetricValue(
+                *text, R"(kldrift_requests_total{code="failed_precondition",method="Ingest"})"),
+            1);
+  EXPECT_EQ(testing::MetricValue(*text, R"(kldrift_requests_total{code="ok",method="Backup"})"), 0);
+  EXPECT_EQ(
+      testing::MetricValue(*text, R"(kldrift_request_duration_seconds_count{method="GetDrift"})"),
+      3);
+  EXPECT_EQ(
+      testing::MetricValue(*text, R"(kldrift_request_duration_seconds_count{method="Ingest"})"), 3);
+  EXPECT_EQ(testing::MetricValue(
+                *text, R"(kldrift_request_duration_seconds_bucket{method="GetDrift",le="+Inf"})"),
+            3);
+  // Real time was spent, and less than the test took.
+  const double get_drift_seconds =
+      testing::MetricValue(*text, R"(kldrift_request_duration_seconds_sum{method="GetDrift"})");
+  EXPECT_GT(get_drift_seconds, 0);
+  EXPECT_LT(get_drift_seconds, 60);
+}
+
 TEST_F(ServiceE2eTest, WatchDriftSeesPendingFiringAndOk) {
   const v1::StreamId stream = Stream("watched", "score");
   v1::AlertPolicy policy;
