@@ -119,10 +119,26 @@ class LatencyHistogram {
 
 // --- The server's CPU time and resident memory ------------------------------------------------
 
+// kldriftd's own time on one method's requests so far (kldrift_request_duration_seconds{method}).
+struct RequestTimes {
+  double requests = 0;
+  double seconds = 0;
+  double within_1ms = 0;  // The le="0.001" bucket.
+};
+
+// The methods whose server-side times the bench reports: its two kinds of request.
+struct TimedMethod {
+  const char* method;   // The `method` label.
+  const char* request;  // What one request is, for the text output.
+};
+constexpr TimedMethod kTimedMethods[] = {{"GetDrift", "GetDrift"}, {"Ingest", "Ingest batch"}};
+
 struct ServerSample {
   std::optional<double> cpu_seconds;
   std::optional<double> rss_bytes;
   std::string source;  // "metrics", "proc" or empty.
+  // By kTimedMethods' index; from --metrics only (a kldriftd: the echo server has none).
+  std::array<std::optional<RequestTimes>, std::size(kTimedMethods)> request_times;
 };
 
 // The body of GET http://`address`/metrics (HTTP/1.0, bounded in time and size).
@@ -180,6 +196,19 @@ std::optional<double> SeriesValue(absl::string_view exposition, absl::string_vie
   return std::nullopt;
 }
 
+// kldrift_request_duration_seconds of `method` in an exposition, if it has them.
+std::optional<RequestTimes> ReadRequestTimes(absl::string_view exposition,
+                                             absl::string_view method) {
+  const std::string family = "kldrift_request_duration_seconds";
+  const std::string labels = absl::StrCat("{method=\"", method, "\"}");
+  std::optional<double> requests = SeriesValue(exposition, absl::StrCat(family, "_count", labels));
+  std::optional<double> seconds = SeriesValue(exposition, absl::StrCat(family, "_sum", labels));
+  std::optional<double> within_1ms = SeriesValue(
+      exposition, absl::StrCat(family, "_bucket{method=\"", method, "\",le=\"0.001\"}"));
+  if (!requests || !seconds || !within_1ms) return std::nullopt;
+  return RequestTimes{*requests, *seconds, *within_1ms};
+}
+
 // utime + stime of /proc/PID/stat, and VmRSS of /proc/PID/status.
 ServerSample ReadProc(int pid) {
   ServerSample sample;
@@ -219,6 +248,9 @@ ServerSample SampleServer(const BenchOptions& bench) {
       ServerSample sample;
       sample.cpu_seconds = SeriesValue(*exposition, "process_cpu_seconds_total");
       sample.rss_bytes = SeriesValue(*exposition, "process_resident_memory_bytes");
+      for (size_t i = 0; i < std::size(kTimedMethods); ++i) {
+        sample.request_times[i] = ReadRequestTimes(*exposition, kTimedMethods[i].method);
+      }
       if (sample.cpu_seconds && sample.rss_bytes) {
         sample.source = "metrics";
         return sample;
@@ -754,6 +786,16 @@ std::optional<double> CpuPerMillionBins(const BenchReport& report) {
   return (*report.end.cpu_seconds - *report.start.cpu_seconds) / (report.measured.bins / 1e6);
 }
 
+// kldriftd's own time on method kTimedMethods[index] within the measured interval, if both
+// samples have it.
+std::optional<RequestTimes> MeasuredRequestTimes(const BenchReport& report, size_t index) {
+  const std::optional<RequestTimes>& start = report.start.request_times[index];
+  const std::optional<RequestTimes>& end = report.end.request_times[index];
+  if (!start || !end) return std::nullopt;
+  return RequestTimes{end->requests - start->requests, end->seconds - start->seconds,
+                      end->within_1ms - start->within_1ms};
+}
+
 std::optional<double> RssPerStream(const BenchReport& report) {
   if (!report.before_setup.rss_bytes || !report.end.rss_bytes || report.streams == 0) {
     return std::nullopt;
@@ -852,6 +894,29 @@ std::string FormatJson(const BenchOptions& bench, const BenchReport& report) {
   JsonOptional("rss_before_setup_bytes", report.before_setup.rss_bytes, json);
   JsonOptional("rss_bytes", report.end.rss_bytes, json);
   JsonOptional("rss_per_stream_bytes", RssPerStream(report), json);
+  // kldriftd's own time per request in the measured interval (--metrics), by method: mean, and
+  // the share of requests over 1 ms. Ingest's requests are batches.
+  json.Key("request_time");
+  json.BeginObject();
+  for (size_t i = 0; i < std::size(kTimedMethods); ++i) {
+    const std::optional<RequestTimes> times = MeasuredRequestTimes(report, i);
+    if (!times) continue;
+    json.Key(kTimedMethods[i].method);
+    json.BeginObject();
+    json.Key("requests");
+    json.Integer(static_cast<long long>(times->requests));
+    JsonOptional("mean_us",
+                 times->requests > 0 ? std::optional<double>(1e6 * times->seconds / times->requests)
+                                     : std::nullopt,
+                 json);
+    JsonOptional("over_1ms_share",
+                 times->requests > 0
+                     ? std::optional<double>(1 - times->within_1ms / times->requests)
+                     : std::nullopt,
+                 json);
+    json.EndObject();
+  }
+  json.EndObject();
   json.EndObject();
   if (bench.per_stream) {
     json.Key("per_stream_observations");
@@ -906,6 +971,13 @@ void PrintHuman(const BenchOptions& bench, const BenchReport& report, std::ostre
                            *report.before_setup.rss_bytes / (1 << 20), *per_stream / 1024);
   }
   out << "\n";
+  for (size_t i = 0; i < std::size(kTimedMethods); ++i) {
+    const std::optional<RequestTimes> times = MeasuredRequestTimes(report, i);
+    if (!times || times->requests <= 0) continue;
+    out << absl::StrFormat("server time per %s: mean %.0f us, %.2f %% over 1 ms (%.0f requests)\n",
+                           kTimedMethods[i].request, 1e6 * times->seconds / times->requests,
+                           100 * (1 - times->within_1ms / times->requests), times->requests);
+  }
 }
 
 absl::Status ParseBounded(const ParsedFlags& flags, const std::string& name, long low, long high,

@@ -138,6 +138,20 @@ class BenchCliTest(unittest.TestCase):
             self.assertEqual(self.samples(stream), observations, stream)
         self.assertGreater(report["get_drift"]["calls"], 0)
         self.assertEqual(report["server"]["source"], "metrics")
+        # kldriftd's own time per request, from its kldrift_request_duration_seconds: within the
+        # measured interval, so no more batches than were sent in all and no more GetDrift calls
+        # than the caller made.
+        request_time = report["server"]["request_time"]
+        self.assertEqual(sorted(request_time), ["GetDrift", "Ingest"])
+        ingest = request_time["Ingest"]
+        self.assertGreater(ingest["requests"], 0)
+        self.assertLessEqual(ingest["requests"], totals["batches_sent"])
+        self.assertGreater(ingest["mean_us"], 0)
+        self.assertTrue(0 <= ingest["over_1ms_share"] <= 1, ingest)
+        get_drift = request_time["GetDrift"]
+        self.assertLessEqual(get_drift["requests"], report["get_drift"]["calls"])
+        if get_drift["requests"] > 0:
+            self.assertGreater(get_drift["mean_us"], 0)
         return report
 
     def test_prebinned_against_kldriftd(self):
@@ -162,6 +176,8 @@ class BenchCliTest(unittest.TestCase):
         self.assertGreater(report["get_drift"]["calls"], 0)
         self.assertEqual(report["server"]["source"], "proc")
         self.assertGreater(report["server"]["rss_bytes"], 0)
+        # Without --metrics (and the echo server has none) there are no server-side times.
+        self.assertEqual(report["server"]["request_time"], {})
 
     def test_ingest_rate_paces_the_load(self):
         # 20 batches/s for warm-up + duration: paced, the bench cannot send more than the schedule
