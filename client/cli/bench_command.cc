@@ -240,12 +240,14 @@ ServerSample ReadProc(int pid) {
   return sample;
 }
 
-// From the server's standard process metrics if --metrics is given and has them, else /proc.
+// CPU and RSS from the server's standard process metrics if --metrics is given and has them, else
+// /proc (a scrape of many streams can pass kMaxScrapeBytes before the process metrics, which come
+// last); the request times from --metrics either way (kldriftd writes them first).
 ServerSample SampleServer(const BenchOptions& bench) {
+  ServerSample sample;
   if (!bench.metrics_address.empty()) {
     absl::StatusOr<std::string> exposition = ScrapeMetrics(bench.metrics_address);
     if (exposition.ok()) {
-      ServerSample sample;
       sample.cpu_seconds = SeriesValue(*exposition, "process_cpu_seconds_total");
       sample.rss_bytes = SeriesValue(*exposition, "process_resident_memory_bytes");
       for (size_t i = 0; i < std::size(kTimedMethods); ++i) {
@@ -257,8 +259,14 @@ ServerSample SampleServer(const BenchOptions& bench) {
       }
     }
   }
-  if (bench.server_pid > 0) return ReadProc(bench.server_pid);
-  return ServerSample();
+  if (bench.server_pid > 0) {
+    ServerSample proc = ReadProc(bench.server_pid);
+    proc.request_times = sample.request_times;
+    return proc;
+  }
+  sample.cpu_seconds.reset();
+  sample.rss_bytes.reset();
+  return sample;
 }
 
 // --- What each client sends -------------------------------------------------------------------
