@@ -52,12 +52,12 @@ prometheus::Histogram::BucketBoundaries RequestBuckets() {
           0.05,    0.1,    0.25,    0.5,    1,     2.5,    5,     10};
 }
 
-constexpr RequestMethod kRequestMethods[] = {
-    RequestMethod::kPutReference,    RequestMethod::kGetReference, RequestMethod::kListReferences,
-    RequestMethod::kDeleteReference, RequestMethod::kGetDrift,     RequestMethod::kBackup,
-    RequestMethod::kExportModel,     RequestMethod::kImportModel,  RequestMethod::kIngest,
+// The `method` label of each RequestMethod, indexed by it.
+constexpr absl::string_view kRequestMethodNames[] = {
+    "PutReference", "GetReference", "ListReferences", "DeleteReference", "GetDrift",
+    "Backup",       "ExportModel",  "ImportModel",    "Ingest",
 };
-static_assert(std::size(kRequestMethods) == kRequestMethodCount);
+static_assert(std::size(kRequestMethodNames) == kRequestMethodCount);
 
 bool IsHistogramKind(ReferenceKind kind) {
   return kind != ReferenceKind::kGaussian && kind != ReferenceKind::kPairedLogProbs;
@@ -77,27 +77,7 @@ constexpr absl::StatusCode kRejectionCodes[] = {
 }  // namespace
 
 absl::string_view RequestMethodName(RequestMethod method) {
-  switch (method) {
-    case RequestMethod::kPutReference:
-      return "PutReference";
-    case RequestMethod::kGetReference:
-      return "GetReference";
-    case RequestMethod::kListReferences:
-      return "ListReferences";
-    case RequestMethod::kDeleteReference:
-      return "DeleteReference";
-    case RequestMethod::kGetDrift:
-      return "GetDrift";
-    case RequestMethod::kBackup:
-      return "Backup";
-    case RequestMethod::kExportModel:
-      return "ExportModel";
-    case RequestMethod::kImportModel:
-      return "ImportModel";
-    case RequestMethod::kIngest:
-      return "Ingest";
-  }
-  return "unknown";
+  return kRequestMethodNames[static_cast<size_t>(method)];
 }
 
 absl::StatusOr<uint32_t> ParseMetricsMeasures(absl::string_view text) {
@@ -500,9 +480,8 @@ DriftMetrics::DriftMetrics(MetricsOptions options)
       requests_(CounterFamily(*registry_, "kldrift_requests_total",
                               "Requests handled, by method and status code (an Ingest batch is "
                               "one request)")) {
-  for (RequestMethod method : kRequestMethods) {
-    const std::string name(RequestMethodName(method));
-    const size_t index = static_cast<size_t>(method);
+  for (size_t index = 0; index < kRequestMethodCount; ++index) {
+    const std::string name(kRequestMethodNames[index]);
     request_duration_by_method_[index] =
         &request_duration_.Add({{"method", name}}, RequestBuckets());
     requests_ok_[index] =

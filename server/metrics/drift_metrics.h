@@ -68,6 +68,7 @@ struct ServerState {
 
 // The requests kldriftd times and counts (kldrift_request_duration_seconds,
 // kldrift_requests_total): its unary RPCs, and each batch (IngestRequest) of an Ingest stream.
+// Numbered from 0 in order (the metrics index by it).
 enum class RequestMethod : uint8_t {
   kPutReference,
   kGetReference,
