@@ -138,10 +138,14 @@ absl::Status ValidatePolicy(const AlertPolicy& p) {
     if (absl::Status s = CheckNonNegative("clear_threshold", *p.clear_threshold); !s.ok()) {
       return s;
     }
-    if (*p.clear_threshold >= p.warn_threshold && p.warn_threshold > 0) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "clear_threshold = ", *p.clear_threshold, " must be below warn_threshold = ",
-          p.warn_threshold, " (the gap is the hysteresis that stops alerts flapping)"));
+    // Below warn, so that a firing warning has a band to clear in; with warn_threshold = 0 (every
+    // value warns) there is no band, and clear can only be 0 too.
+    if (*p.clear_threshold > p.warn_threshold ||
+        (*p.clear_threshold == p.warn_threshold && p.warn_threshold > 0)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("clear_threshold = ", *p.clear_threshold, " must be below warn_threshold = ",
+                       p.warn_threshold + 0.0,  // + 0.0: -0 prints as 0.
+                       " (the gap is the hysteresis that stops alerts flapping)"));
     }
   }
   if (p.for_duration < absl::ZeroDuration()) {

@@ -233,6 +233,20 @@ TEST(ValidatePolicyTest, AlphaAndThresholds) {
     p.clear_threshold = 0;
     EXPECT_TRUE(ValidatePolicy(p).ok());
   }
+  {
+    // warn_threshold = 0 (every value warns): clear can only be 0. The fuzzer found a clear of
+    // 0.005 accepted above a warn of -0, which reports then carried (clear > warn).
+    AlertPolicy p;
+    p.warn_threshold = -0.0;
+    p.clear_threshold = 0.005;
+    ExpectInvalid(p, {"clear_threshold = 0.005", "below warn_threshold = 0"});
+    p.warn_threshold = 0;
+    ExpectInvalid(p, {"clear_threshold = 0.005"});
+    p.clear_threshold = 0;
+    EXPECT_TRUE(ValidatePolicy(p).ok());
+    p.clear_threshold = -0.0;
+    EXPECT_TRUE(ValidatePolicy(p).ok());
+  }
 }
 
 TEST(ValidatePolicyTest, ForMinSamplesAndPValue) {

@@ -402,7 +402,12 @@ absl::StatusOr<std::shared_ptr<const Reference>> FromStored(
   policy.measure = *measure;
   policy.warn_threshold = p.warn_threshold();
   policy.critical_threshold = p.critical_threshold();
-  if (p.has_clear_threshold()) policy.clear_threshold = p.clear_threshold();
+  if (p.has_clear_threshold()) {
+    // Servers before 2026-11-25 accepted a clear threshold above a warn threshold of 0 (which
+    // ValidatePolicy now refuses); such a reference loads with clear = warn = 0, what the alert
+    // state machine can honour, rather than keeping the store from opening.
+    policy.clear_threshold = std::min(p.clear_threshold(), std::max(p.warn_threshold(), 0.0));
+  }
   policy.for_duration = absl::Nanoseconds(p.for_nanos());
   if (p.has_min_samples()) policy.min_samples = p.min_samples();
   policy.max_p_value = p.max_p_value();

@@ -274,6 +274,37 @@ TEST(RocksDbStoreTest, EngineStateRoundTripsThroughTheStore) {
 // Sub-buckets whose window has passed are removed from disk by compaction.
 // Log records and window snapshots keep every value exactly, whichever encoding it takes: single
 // bytes (counts below 64), zig-zag varints (other integers below 2^53 in magnitude) or doubles.
+TEST(RocksDbStoreTest, AReferenceAnOlderServerAcceptedWithClearAboveAZeroWarnStillLoads) {
+  // Before 2026-11-25 ValidatePolicy let clear_threshold exceed a warn_threshold of 0; such a
+  // stored reference must not keep the store from opening: it loads with clear = warn = 0.
+  TempDir dir;
+  FakeClock clock;
+  const std::string path = dir.path() + "/data";
+  const StreamKey stream{"m", "", "s"};
+  {
+    absl::StatusOr<std::unique_ptr<RocksDbStore>> store = RocksDbStore::Open({path, false, &clock});
+    ASSERT_TRUE(store.ok());
+    ReferenceSpec spec = Numeric(stream, {100, 100, 100});
+    spec.policy.warn_threshold = 0;
+    spec.policy.clear_threshold = 0;
+    absl::StatusOr<std::shared_ptr<const Reference>> valid =
+        BuildReference(spec, 1, clock.Now(), ReferenceLimits());
+    ASSERT_TRUE(valid.ok()) << valid.status();
+    Reference old_server = **valid;
+    old_server.policy.clear_threshold = 0.005;  // What the older validation let through.
+    ASSERT_FALSE(ValidatePolicy(old_server.policy).ok());
+    ASSERT_TRUE((*store)->PutReference(old_server, /*reset_windows=*/true, /*lsn_floor=*/0).ok());
+  }
+  absl::StatusOr<std::unique_ptr<RocksDbStore>> store = RocksDbStore::Open({path, false, &clock});
+  ASSERT_TRUE(store.ok()) << store.status();
+  DriftEngine engine(EngineOptions{.store = store->get()}, &clock);
+  ASSERT_TRUE(engine.Recover().ok());
+  absl::StatusOr<std::shared_ptr<const Reference>> loaded = engine.GetReference(stream, 0);
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_EQ((*loaded)->policy.warn_threshold, 0);
+  EXPECT_THAT((*loaded)->policy.clear_threshold, testing::Optional(0.0));
+}
+
 TEST(RocksDbStoreTest, ValuesRoundTripAcrossTheirEncodings) {
   TempDir dir;
   FakeClock clock;
