@@ -271,9 +271,6 @@ TEST(RocksDbStoreTest, EngineStateRoundTripsThroughTheStore) {
   EXPECT_EQ(third.GetReference(amount, 0).status().code(), absl::StatusCode::kNotFound);
 }
 
-// Sub-buckets whose window has passed are removed from disk by compaction.
-// Log records and window snapshots keep every value exactly, whichever encoding it takes: single
-// bytes (counts below 64), zig-zag varints (other integers below 2^53 in magnitude) or doubles.
 TEST(RocksDbStoreTest, AReferenceAnOlderServerAcceptedWithClearAboveAZeroWarnStillLoads) {
   // Before 2026-11-25 ValidatePolicy let clear_threshold exceed a warn_threshold of 0; such a
   // stored reference must not keep the store from opening: it loads with clear = warn = 0.
@@ -305,6 +302,9 @@ TEST(RocksDbStoreTest, AReferenceAnOlderServerAcceptedWithClearAboveAZeroWarnSti
   EXPECT_THAT((*loaded)->policy.clear_threshold, testing::Optional(0.0));
 }
 
+// Sub-buckets whose window has passed are removed from disk by compaction.
+// Log records and window snapshots keep every value exactly, whichever encoding it takes: single
+// bytes (counts below 64), zig-zag varints (other integers below 2^53 in magnitude) or doubles.
 TEST(RocksDbStoreTest, ValuesRoundTripAcrossTheirEncodings) {
   TempDir dir;
   FakeClock clock;
