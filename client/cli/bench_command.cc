@@ -71,6 +71,7 @@ std::string Usage() {
       "           [--bins K] [--mode prebinned|values] [--batch-streams B] [--batch-values V]\n"
       "           [--duration D] [--warmup D] [--in-flight N] [--ingest-rate R] [--get-drift-qps "
       "Q]\n"
+      "           [--arrivals poisson|fixed]\n"
       "           [--server-pid PID] [--metrics HOST:PORT] [--json] [--setup-only|--no-setup]\n\n"
       "A load generator: creates references for M x S streams (skipping existing ones), then\n"
       "keeps N Ingest streams busy (one client id and connection each) with batches of B\n"
@@ -80,6 +81,9 @@ std::string Usage() {
       "stream (from --metrics, else /proc of --server-pid on this machine).\n\n",
       FlagHelp(BenchFlags()));
 }
+
+// Seeds of the arrival schedules: the GetDrift caller's and each client's apart.
+constexpr uint64_t kArrivalSeedStride = 1 << 20;
 
 // Latencies in buckets 2 % wide: percentiles within 1 % without keeping every sample.
 class LatencyHistogram {
@@ -491,11 +495,12 @@ class BenchClient {
     stream->StartCall(TagOf(Op::kStart));
     const std::string client_id = absl::StrCat("kldrift-bench.", getpid(), ".",
                                                absl::ToUnixMicros(absl::Now()), ".c", index_);
-    // Pacing (--ingest-rate): this client's batches are due every `pace`.
+    // Pacing (--ingest-rate): this client's batches are due every `pace` on average.
     const absl::Duration pace = bench_.ingest_rate > 0
                                     ? absl::Seconds(bench_.clients / bench_.ingest_rate)
                                     : absl::ZeroDuration();
-    absl::Time due = absl::Now();
+    ArrivalSchedule schedule(bench_.arrivals, pace, bench_.seed * kArrivalSeedStride + index_);
+    absl::Time due = absl::Now() + schedule.FirstDelay();
     v1::IngestResponse response;
     grpc::Status status;
     // The stream's operations in progress and how far it got. Only this thread touches these.
@@ -516,7 +521,8 @@ class BenchClient {
         }
         if (!waiting_for_room && now < due) wake = std::min(wake, due);
         if (!waiting_for_room && now >= due) {
-          if (pace > absl::ZeroDuration()) due = std::max(due + pace, now - pace);  // No burst.
+          // No burst to catch up after a slow ack.
+          if (pace > absl::ZeroDuration()) due = std::max(due + schedule.NextGap(), now - pace);
           WriteNext(client_id, &next_shape, stream.get());
           writing = true;
         }
@@ -737,7 +743,9 @@ GetDriftResult RunGetDrift(const BenchOptions& bench, const GlobalOptions& globa
   std::uniform_int_distribution<int> model(0, bench.models - 1);
   std::uniform_int_distribution<int> signal(0, bench.streams_per_model - 1);
   const absl::Duration interval = absl::Seconds(1) / bench.get_drift_qps;
-  absl::Time next = absl::Now();
+  // Its own random stream, apart from every client's.
+  ArrivalSchedule schedule(bench.arrivals, interval, bench.seed * kArrivalSeedStride - 1);
+  absl::Time next = absl::Now() + schedule.FirstDelay();
   while (!control->stop) {
     {
       MutexLock lock(&control->mutex);
@@ -759,8 +767,8 @@ GetDriftResult RunGetDrift(const BenchOptions& bench, const GlobalOptions& globa
     }
     ++result.calls;
     if (measured) result.latencies.Add(end - start);
-    // A fixed schedule, without bursts to catch up after a slow call.
-    next = std::max(next + interval, end - interval);
+    // On schedule, without bursts to catch up after a slow call.
+    next = std::max(next + schedule.NextGap(), end - interval);
   }
   return result;
 }
@@ -848,6 +856,8 @@ std::string FormatJson(const BenchOptions& bench, const BenchReport& report) {
   json.Number(bench.get_drift_qps);
   json.Key("ingest_rate");
   json.Number(bench.ingest_rate);
+  json.Key("arrivals");
+  json.String(bench.arrivals == ArrivalSchedule::Kind::kPoisson ? "poisson" : "fixed");
   json.Key("setup");
   json.BeginObject();
   json.Key("created");
@@ -959,7 +969,9 @@ void PrintHuman(const BenchOptions& bench, const BenchReport& report, std::ostre
     const LatencyHistogram& drift = report.get_drift.latencies;
     out << "GetDrift latency: p50 " << Millis(drift.QuantileMillis(0.5)) << ", p99 "
         << Millis(drift.QuantileMillis(0.99)) << " (" << drift.count() << " calls at "
-        << bench.get_drift_qps << "/s)\n";
+        << bench.get_drift_qps << "/s, "
+        << (bench.arrivals == ArrivalSchedule::Kind::kPoisson ? "Poisson" : "fixed")
+        << " arrivals)\n";
   }
   out << "totals: " << report.total.batches << " of " << report.batches_sent
       << " batches acknowledged, " << report.total.observations << " observations\n";
@@ -1035,6 +1047,10 @@ const std::vector<FlagSpec>& BenchFlags() {
        "batches per second across all clients; 0: as fast as acks allow (default 0)"},
       {"get-drift-qps", false,
        "GetDrift calls per second on random streams; 0: none (default 100)"},
+      {"arrivals", false,
+       "poisson: each paced client and the GetDrift caller send at random, exponentially "
+       "distributed gaps (independent senders); fixed: all on fixed grids starting together "
+       "(synchronized flushes) (default poisson)"},
       {"server-pid", false, "read the server's CPU and RSS from /proc/PID (same machine)"},
       {"metrics", false,
        "the server's metrics endpoint HOST:PORT: CPU and RSS from its process_* metrics"},
@@ -1104,6 +1120,17 @@ absl::StatusOr<BenchOptions> ParseBenchOptions(const ParsedFlags& flags) {
         absl::StrCat("--ingest-rate must be in [0, ", kMaxIngestRate, "]"));
   }
   bench.ingest_rate = *rate;
+  if (flags.Has("arrivals")) {
+    const std::string arrivals = *flags.Get("arrivals");
+    if (arrivals == "poisson") {
+      bench.arrivals = ArrivalSchedule::Kind::kPoisson;
+    } else if (arrivals == "fixed") {
+      bench.arrivals = ArrivalSchedule::Kind::kFixed;
+    } else {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--arrivals=", arrivals, " is not one of poisson, fixed"));
+    }
+  }
   const long streams = static_cast<long>(bench.models) * bench.streams_per_model;
   if (streams > kMaxStreams) {
     return absl::InvalidArgumentError(

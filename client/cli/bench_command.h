@@ -25,6 +25,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "client/cli/arrival_schedule.h"
 #include "client/cli/command_line.h"
 #include "client/cli/server_command.h"
 
@@ -60,6 +61,9 @@ struct BenchOptions {
   double ingest_rate = 0;
   // GetDrift calls per second on random streams while ingest runs; 0: none.
   double get_drift_qps = 100;
+  // When paced batches (--ingest-rate) and GetDrift calls are sent (arrival_schedule.h):
+  // Poisson (independent senders) or on fixed grids started together.
+  ArrivalSchedule::Kind arrivals = ArrivalSchedule::Kind::kPoisson;
   // Where the server's CPU and memory are read: its /metrics (host:port), else /proc/PID.
   std::string metrics_address;
   int server_pid = 0;

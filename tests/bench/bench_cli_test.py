@@ -180,12 +180,23 @@ class BenchCliTest(unittest.TestCase):
         self.assertEqual(report["server"]["request_time"], {})
 
     def test_ingest_rate_paces_the_load(self):
-        # 20 batches/s for warm-up + duration: paced, the bench cannot send more than the schedule
-        # allows (one batch per client may be due at the start), however fast the server is.
-        report = self.bench(self.echo, "--ingest-rate", "20")
+        # 20 batches/s for warm-up + duration on fixed grids: the bench cannot send more than the
+        # schedule allows (one batch per client may be due at the start), however fast the server.
+        report = self.bench(self.echo, "--ingest-rate", "20", "--arrivals", "fixed")
         self.assertEqual(report["ingest_rate"], 20)
+        self.assertEqual(report["arrivals"], "fixed")
         self.assertLessEqual(report["batches_per_second"], 20 * 1.25 + 2)
         self.assertGreater(report["batches_per_second"], 0)
+
+    def test_poisson_arrivals_keep_the_rate_on_average(self):
+        # The default: random gaps of the same mean. 400 batches/s for 1 s: a Poisson count of
+        # mean 400 (standard deviation 20), so [0.5, 1.5] x 400 is over 9 deviations wide, while
+        # gaps of the wrong scale (or no pacing: the echo server takes thousands a second) fall
+        # outside it.
+        report = self.bench(self.echo, "--ingest-rate", "400")
+        self.assertEqual(report["arrivals"], "poisson")
+        self.assertGreater(report["batches_per_second"], 400 * 0.5)
+        self.assertLess(report["batches_per_second"], 400 * 1.5)
 
     def test_an_existing_reference_of_another_kind_is_an_error(self):
         self.kldrift(self.kldriftd.address, "reference", "put", "--model", "other-model-0",
@@ -242,6 +253,7 @@ class BenchCliTest(unittest.TestCase):
             (["--batch-streams", "11", "--streams-per-model", "10"], "--batch-streams"),
             (["--setup-only", "--no-setup"], "exclude"),
             (["--ingest-rate", "-1"], "--ingest-rate"),
+            (["--arrivals", "uniform"], "--arrivals=uniform is not one of poisson, fixed"),
             (["--no-such-flag"], "no-such-flag"),
         ]:
             _, err = self.kldrift(self.kldriftd.address, "bench", *flags, expect=2)
