@@ -32,7 +32,10 @@ signal of one model, 100 histograms of 64 bins (~52 KB). That is what a model se
 sends: once per flush interval, one batch with the delta of every stream it records, not one
 request per stream. 4 clients with 8 batches in flight each keep the server busy without queueing
 more than a real fleet would; GetDrift runs at 200 calls/s on random streams, like a few
-dashboards and alert checks polling while ingest is at full speed.
+dashboards and alert checks polling while ingest is at full speed. Paced batches and GetDrift calls
+arrive as Poisson processes (`kldrift bench --arrivals poisson`, the default), as independent
+services and dashboards do: on fixed grids the two schedules lock in phase, and GetDrift's tail then
+depends on where the grids happened to fall in that run.
 
 Standard library only. Every wait is bounded; servers are stopped with SIGTERM (SIGKILL after a
 grace period) whatever happens.
