@@ -24,6 +24,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
@@ -84,6 +85,43 @@ std::string Usage() {
 
 // Seeds of the arrival schedules: the GetDrift caller's and each client's apart.
 constexpr uint64_t kArrivalSeedStride = 1 << 20;
+
+// The enumerated flags' choices, by their names on the command line and in the reports.
+template <typename T>
+struct Choice {
+  absl::string_view name;
+  T value;
+};
+constexpr Choice<BenchOptions::Mode> kModes[] = {{"prebinned", BenchOptions::Mode::kPreBinned},
+                                                 {"values", BenchOptions::Mode::kValues}};
+constexpr Choice<ArrivalSchedule::Kind> kArrivals[] = {{"poisson", ArrivalSchedule::Kind::kPoisson},
+                                                       {"fixed", ArrivalSchedule::Kind::kFixed}};
+
+template <typename T, size_t N>
+absl::string_view ChoiceName(const Choice<T> (&choices)[N], T value) {
+  for (const Choice<T>& choice : choices) {
+    if (choice.value == value) return choice.name;
+  }
+  return "?";
+}
+
+// *value = the choice flag `name` names, if given; INVALID_ARGUMENT listing the choices otherwise.
+template <typename T, size_t N>
+absl::Status ParseChoice(const ParsedFlags& flags, const std::string& name,
+                         const Choice<T> (&choices)[N], T* value) {
+  if (!flags.Has(name)) return absl::OkStatus();
+  const std::string given = *flags.Get(name);
+  std::vector<absl::string_view> names;
+  for (const Choice<T>& choice : choices) {
+    if (choice.name == given) {
+      *value = choice.value;
+      return absl::OkStatus();
+    }
+    names.push_back(choice.name);
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("--", name, "=", given, " is not one of ", absl::StrJoin(names, ", ")));
+}
 
 // Latencies in buckets 2 % wide: percentiles within 1 % without keeping every sample.
 class LatencyHistogram {
@@ -789,10 +827,6 @@ struct BenchReport {
   std::map<std::string, uint64_t> per_stream;
 };
 
-absl::string_view ModeName(BenchOptions::Mode mode) {
-  return mode == BenchOptions::Mode::kValues ? "values" : "prebinned";
-}
-
 double PerSecond(uint64_t count, double seconds) { return seconds > 0 ? count / seconds : 0; }
 
 std::optional<double> CpuPerMillionBins(const BenchReport& report) {
@@ -840,7 +874,7 @@ std::string FormatJson(const BenchOptions& bench, const BenchReport& report) {
   JsonWriter json;
   json.BeginObject();
   json.Key("mode");
-  json.String(ModeName(bench.mode));
+  json.String(ChoiceName(kModes, bench.mode));
   for (auto [key, value] : {std::pair<const char*, long>{"clients", bench.clients},
                             {"models", bench.models},
                             {"streams_per_model", bench.streams_per_model},
@@ -857,7 +891,7 @@ std::string FormatJson(const BenchOptions& bench, const BenchReport& report) {
   json.Key("ingest_rate");
   json.Number(bench.ingest_rate);
   json.Key("arrivals");
-  json.String(bench.arrivals == ArrivalSchedule::Kind::kPoisson ? "poisson" : "fixed");
+  json.String(ChoiceName(kArrivals, bench.arrivals));
   json.Key("setup");
   json.BeginObject();
   json.Key("created");
@@ -969,9 +1003,7 @@ void PrintHuman(const BenchOptions& bench, const BenchReport& report, std::ostre
     const LatencyHistogram& drift = report.get_drift.latencies;
     out << "GetDrift latency: p50 " << Millis(drift.QuantileMillis(0.5)) << ", p99 "
         << Millis(drift.QuantileMillis(0.99)) << " (" << drift.count() << " calls at "
-        << bench.get_drift_qps << "/s, "
-        << (bench.arrivals == ArrivalSchedule::Kind::kPoisson ? "Poisson" : "fixed")
-        << " arrivals)\n";
+        << bench.get_drift_qps << "/s, " << ChoiceName(kArrivals, bench.arrivals) << " arrivals)\n";
   }
   out << "totals: " << report.total.batches << " of " << report.batches_sent
       << " batches acknowledged, " << report.total.observations << " observations\n";
@@ -1067,17 +1099,7 @@ const std::vector<FlagSpec>& BenchFlags() {
 
 absl::StatusOr<BenchOptions> ParseBenchOptions(const ParsedFlags& flags) {
   BenchOptions bench;
-  if (flags.Has("mode")) {
-    const std::string mode = *flags.Get("mode");
-    if (mode == "prebinned") {
-      bench.mode = BenchOptions::Mode::kPreBinned;
-    } else if (mode == "values") {
-      bench.mode = BenchOptions::Mode::kValues;
-    } else {
-      return absl::InvalidArgumentError(
-          absl::StrCat("--mode=", mode, " is not one of prebinned, values"));
-    }
-  }
+  if (absl::Status s = ParseChoice(flags, "mode", kModes, &bench.mode); !s.ok()) return s;
   const bool values = bench.mode == BenchOptions::Mode::kValues;
   absl::Status status = ParseBounded(flags, "clients", 1, kMaxClients, &bench.clients);
   if (status.ok()) status = ParseBounded(flags, "models", 1, kMaxModels, &bench.models);
@@ -1120,16 +1142,8 @@ absl::StatusOr<BenchOptions> ParseBenchOptions(const ParsedFlags& flags) {
         absl::StrCat("--ingest-rate must be in [0, ", kMaxIngestRate, "]"));
   }
   bench.ingest_rate = *rate;
-  if (flags.Has("arrivals")) {
-    const std::string arrivals = *flags.Get("arrivals");
-    if (arrivals == "poisson") {
-      bench.arrivals = ArrivalSchedule::Kind::kPoisson;
-    } else if (arrivals == "fixed") {
-      bench.arrivals = ArrivalSchedule::Kind::kFixed;
-    } else {
-      return absl::InvalidArgumentError(
-          absl::StrCat("--arrivals=", arrivals, " is not one of poisson, fixed"));
-    }
+  if (absl::Status s = ParseChoice(flags, "arrivals", kArrivals, &bench.arrivals); !s.ok()) {
+    return s;
   }
   const long streams = static_cast<long>(bench.models) * bench.streams_per_model;
   if (streams > kMaxStreams) {
@@ -1179,7 +1193,7 @@ int RunBench(const std::vector<std::string>& args, const GlobalOptions& options,
     out << absl::StrFormat(
                "kldrift bench: %s, %d clients, %d streams (%d models x %d signals), %d bins, "
                "%d streams per batch%s, %d in flight, %s after %s warm-up\n",
-               ModeName(bench.mode), bench.clients, report.streams, bench.models,
+               ChoiceName(kModes, bench.mode), bench.clients, report.streams, bench.models,
                bench.streams_per_model, bench.bins, bench.batch_streams,
                bench.mode == BenchOptions::Mode::kValues
                    ? absl::StrCat(" x ", bench.batch_values, " values")
