@@ -14,8 +14,12 @@ absl::Duration ArrivalSchedule::FirstDelay() {
 
 absl::Duration ArrivalSchedule::NextGap() {
   if (kind_ == Kind::kFixed || mean_ <= absl::ZeroDuration()) return mean_;
-  // -log(U), U uniform in (0, 1]: an exponential of mean 1 that is never infinite.
-  const double u = 1.0 - std::generate_canonical<double, 53>(random_);
+  // -log(U), U uniform in (0, 1]: an exponential of mean 1 that is never infinite. (Some
+  // standard libraries' generate_canonical can return 1.0 itself, hence the loop.)
+  double u;
+  do {
+    u = 1.0 - std::generate_canonical<double, 53>(random_);
+  } while (!(u > 0));
   return mean_ * -std::log(u);
 }
 
