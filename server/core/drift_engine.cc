@@ -308,11 +308,42 @@ struct DriftEngine::WindowState {
 };
 
 struct DriftEngine::StreamState {
-  explicit StreamState(StreamKey k) : key(std::move(k)) {}
+  // `track_dirty`: record the sub-buckets each add changes (WindowState::dirty), for a store.
+  StreamState(StreamKey k, bool track_dirty) : key(std::move(k)), track_dirty(track_dirty) {}
 
   const Reference& current() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex) { return *versions.back(); }
-  // Advances every window to `now`, keeping incremental KL sums in step with expiry.
+  // Adds what ingest coalesced (FoldPending), then advances every window to `now`. Everything that
+  // reads the windows calls it first.
   void AdvanceWindows(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex);
+
+  // Ingest coalescing (EngineOptions::coalesce_ingest).
+  // Whether data of `event_time` added now would land in every window's head sub-bucket with no
+  // window to advance first: what coalescing needs, and what makes the windows' own check of
+  // coverage unnecessary.
+  bool InEveryHead(absl::Time event_time, absl::Time now) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex) {
+    return event_time >= heads_start && now < heads_end;
+  }
+  // Adds `delta` (of `summary`) to `pending` if it may be coalesced (whole counts below 2^31, in
+  // every head: InEveryHead, windows holding no fractions), adding what was pending to the windows
+  // first if the sum could reach 2^32. False: the caller adds it to the windows (AddToWindows).
+  bool Coalesce(absl::Time event_time, absl::Span<const double> delta,
+                const CompactSubBuckets::DeltaSummary& summary) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex);
+  // Adds what is pending to the windows.
+  void FoldPending() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex);
+  // Adds `delta` to every window covering `event_time`, noting the sub-buckets changed.
+  void AddToWindows(absl::Time event_time, absl::Span<const double> delta,
+                    const CompactSubBuckets::DeltaSummary& summary)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex);
+  // For adds to the windows made directly (restoring them): notes fractional values, which rule
+  // out coalescing into these windows from now on.
+  void NoteAdded(absl::Span<const double> values) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex) {
+    if (!windows_hold_fractions && !CompactSubBuckets::Summarize(values).counts) {
+      windows_hold_fractions = true;
+    }
+  }
+  // Replaces the windows with `fresh` ones (nothing pending, no heads known).
+  void ResetWindows(std::vector<WindowState> fresh) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex);
   // A fresh report for one of this stream's windows.
   WindowReport Report(const WindowState& window, size_t top_bins, absl::Time now,
                       BinLabels labels = BinLabels::kNamed) const
@@ -367,8 +398,11 @@ struct DriftEngine::StreamState {
   // the versions' and windows' arrays and the ingest counters, kIngestData (after kIngestLists)
   // the current reference and the first line of each window's blocks (the encodings its
   // sub-bucket's offset comes from).
+  // `needs_windows`: the batch will add to the windows themselves (not InEveryHead, or no
+  // coalescing); otherwise kIngestLists asks for the pending sums instead of the windows.
   enum class IngestPrefetchStep { kIngestLists, kIngestData };
-  void PrefetchForIngest(IngestPrefetchStep step) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex);
+  void PrefetchForIngest(IngestPrefetchStep step, bool needs_windows) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex);
 
   const StreamKey key;
   mutable Mutex mutex;
@@ -388,6 +422,28 @@ struct DriftEngine::StreamState {
   // The observer's counters of what is ingested into this stream (null without an observer, or
   // when it does not count per stream). Written to under `mutex`.
   std::shared_ptr<StreamIngestCounters> ingest_counters ABSL_GUARDED_BY(mutex);
+
+  // Ingest coalescing. With thousands of streams a stream's windows are rarely in cache, and each
+  // batch would add to six scattered blocks (a sub-bucket and the totals of three windows); while
+  // no head moves, whole counts are summed in `pending` (one block) instead, and FoldPending adds
+  // the sum to the windows when a head is about to move or anything reads them. Integer sums below
+  // 2^32 are exact and the windows' encodings depend only on their values, so the windows end up
+  // bit for bit as adding each delta would have left them. A window holding fractions (from
+  // probability vectors) is never coalesced into: there, the order of additions shows.
+  std::vector<uint32_t> pending ABSL_GUARDED_BY(mutex);  // window_width() values once used.
+  bool has_pending ABSL_GUARDED_BY(mutex) = false;
+  // At least every pending value (the sum of the coalesced deltas' maxima).
+  double pending_bound ABSL_GUARDED_BY(mutex) = 0;
+  // The event time of the first coalesced delta: the pending data's sub-bucket in every window.
+  absl::Time pending_event_time ABSL_GUARDED_BY(mutex);
+  // Where every window's head sub-bucket overlaps, [heads_start, heads_end), as of the last
+  // advance; empty (InfinitePast) before it or when a window's bounds are not exact. "Now" before
+  // heads_end advances no window.
+  absl::Time heads_start ABSL_GUARDED_BY(mutex) = absl::InfinitePast();
+  absl::Time heads_end ABSL_GUARDED_BY(mutex) = absl::InfinitePast();
+  // Some window was added fractional (or huge) values: no coalescing into these windows.
+  bool windows_hold_fractions ABSL_GUARDED_BY(mutex) = false;
+  const bool track_dirty;
 };
 
 struct DriftEngine::ClientState {
@@ -457,11 +513,12 @@ size_t DriftEngine::ForEachStreamInRuns(
 void DriftEngine::StreamState::Install(std::shared_ptr<const Reference> ref, bool keep_windows,
                                        absl::Time now) {
   if (!keep_windows) {
-    windows.clear();
-    windows.reserve(ref->policy.windows.size());
+    std::vector<WindowState> fresh;
+    fresh.reserve(ref->policy.windows.size());
     for (absl::Duration length : ref->policy.windows) {
-      windows.emplace_back(length, ref->policy.sub_buckets, ref->window_width());
+      fresh.emplace_back(length, ref->policy.sub_buckets, ref->window_width());
     }
+    ResetWindows(std::move(fresh));
   }
   for (WindowState& w : windows) {
     w.alert = AlertStateMachine();
@@ -511,7 +568,7 @@ void DriftEngine::StreamState::Prefetch(PrefetchStep step) const {
   // answer from what was kept), and only they need their totals and the profile.
   bool any_changed = false;
   for (const WindowState& w : windows) {
-    if (w.inputs_generation == w.ring.generation()) continue;
+    if (w.inputs_generation == w.ring.generation() && !has_pending) continue;
     w.ring.PrefetchForEvaluate();
     any_changed = true;
   }
@@ -519,10 +576,17 @@ void DriftEngine::StreamState::Prefetch(PrefetchStep step) const {
   if (any_changed) PrefetchRange(profile_arrays, std::min<size_t>(profile_bytes, 4096));
 }
 
-void DriftEngine::StreamState::PrefetchForIngest(IngestPrefetchStep step) const {
+void DriftEngine::StreamState::PrefetchForIngest(IngestPrefetchStep step,
+                                                 bool needs_windows) const {
   if (step == IngestPrefetchStep::kIngestLists) {
     if (!versions.empty()) PrefetchRange(&versions.back(), sizeof(versions.back()));
-    PrefetchRange(windows.data(), windows.size() * sizeof(WindowState));
+    if (needs_windows) {
+      PrefetchRange(windows.data(), windows.size() * sizeof(WindowState));
+    } else {
+      for (size_t at = 0; at < pending.size() * sizeof(uint32_t); at += 64) {
+        __builtin_prefetch(reinterpret_cast<const char*>(pending.data()) + at, /*rw=*/1);
+      }
+    }
     // Its own heap block, which the apply writes to.
     if (ingest_counters != nullptr) __builtin_prefetch(ingest_counters.get(), /*rw=*/1);
     return;
@@ -530,11 +594,86 @@ void DriftEngine::StreamState::PrefetchForIngest(IngestPrefetchStep step) const 
   // The reference's first lines: its kind, version, policy and layout, what validation reads.
   if (!versions.empty())
     PrefetchRange(versions.back().get(), std::min<size_t>(sizeof(Reference), 256));
-  for (const WindowState& w : windows) w.ring.PrefetchBlockStarts();
+  if (needs_windows) {
+    for (const WindowState& w : windows) w.ring.PrefetchBlockStarts();
+  }
 }
 
 void DriftEngine::StreamState::AdvanceWindows(absl::Time now) {
-  for (WindowState& window : windows) window.ring.Advance(now);
+  FoldPending();  // Into the heads it was coalesced for, before they move.
+  if (now < heads_end) return;  // No head moves: every Advance(now) would be a no-op.
+  absl::Time start = absl::InfinitePast();
+  absl::Time end = absl::InfiniteFuture();
+  for (WindowState& window : windows) {
+    window.ring.Advance(now);
+    start = std::max(start, window.ring.head_start());
+    end = std::min(end, window.ring.head_end());
+  }
+  if (windows.empty() || start >= end) start = end = absl::InfinitePast();
+  heads_start = start;
+  heads_end = end;
+}
+
+bool DriftEngine::StreamState::Coalesce(absl::Time event_time, absl::Span<const double> delta,
+                                        const CompactSubBuckets::DeltaSummary& summary) {
+  constexpr double kMaxDeltaCount = 2147483648.0;  // 2^31: each delta's counts stay below it,
+  constexpr double kMaxPending = 4294967296.0;     // and pending sums below 2^32 (uint32_t).
+  if (!summary.counts || !(summary.max_count < kMaxDeltaCount) || windows_hold_fractions ||
+      !(event_time >= heads_start && event_time < heads_end)) {
+    return false;
+  }
+  if (has_pending && pending_bound + summary.max_count >= kMaxPending) FoldPending();
+  if (!has_pending) {
+    pending.resize(delta.size());  // Zeros: FoldPending clears what it adds.
+    pending_event_time = event_time;
+    has_pending = true;
+  }
+  uint32_t* const sums = pending.data();
+  const double* const values = delta.data();
+  for (size_t i = 0; i < delta.size(); ++i) sums[i] += static_cast<uint32_t>(values[i]);
+  pending_bound += summary.max_count;
+  return true;
+}
+
+void DriftEngine::StreamState::FoldPending() {
+  if (!has_pending) return;
+  thread_local std::vector<double> delta;
+  delta.resize(pending.size());
+  uint32_t max = 0;
+  for (size_t i = 0; i < pending.size(); ++i) {
+    delta[i] = pending[i];
+    max = std::max(max, pending[i]);
+    pending[i] = 0;
+  }
+  has_pending = false;
+  pending_bound = 0;
+  AddToWindows(pending_event_time, delta,
+               CompactSubBuckets::DeltaSummary{true, static_cast<double>(max)});
+}
+
+void DriftEngine::StreamState::AddToWindows(absl::Time event_time, absl::Span<const double> delta,
+                                            const CompactSubBuckets::DeltaSummary& summary) {
+  if (!summary.counts) windows_hold_fractions = true;
+  for (WindowState& w : windows) {
+    if (!w.ring.Covers(event_time)) continue;
+    w.ring.Add(event_time, delta, summary);
+    if (track_dirty) {
+      const absl::Time start = w.ring.SubBucketStart(event_time);
+      if (w.dirty.empty() || w.last_dirty != start) {
+        w.dirty.push_back(start);
+        w.last_dirty = start;
+      }
+    }
+  }
+}
+
+void DriftEngine::StreamState::ResetWindows(std::vector<WindowState> fresh) {
+  windows = std::move(fresh);
+  pending.clear();
+  has_pending = false;
+  pending_bound = 0;
+  heads_start = heads_end = absl::InfinitePast();
+  windows_hold_fractions = false;
 }
 
 absl::StatusOr<std::shared_ptr<const Reference>> DriftEngine::PutReference(
@@ -613,7 +752,7 @@ absl::StatusOr<std::shared_ptr<const Reference>> DriftEngine::PutReference(
               " streams (--max-streams-per-model); delete unused references or raise the limit"));
         }
       }
-      it = streams_.emplace(spec.stream, std::make_shared<StreamState>(spec.stream)).first;
+      it = streams_.emplace(spec.stream, std::make_shared<StreamState>(spec.stream, options_.store != nullptr)).first;
     }
     stream = it->second;
   }
@@ -744,7 +883,7 @@ absl::StatusOr<uint64_t> DriftEngine::DeleteReference(const StreamKey& key) {
   if (options_.observer != nullptr) options_.observer->OnStreamDeleted(key);
   const uint64_t versions = stream->versions.size();
   stream->versions.clear();
-  stream->windows.clear();
+  stream->ResetWindows({});
   return versions;
 }
 
@@ -874,11 +1013,18 @@ absl::Status DriftEngine::ApplyBatch(IngestBatch& batch, absl::Time now, bool* p
   // Each stream is a chain of heap blocks, rarely in cache with thousands of streams: each loop
   // asks for the next link (PrefetchForIngest) while it works.
   using IngestStep = StreamState::IngestPrefetchStep;
+  // Whether a stream's windows themselves are read (not just its pending sums: see Coalesce).
+  auto needs_windows = [&](const StreamState& stream) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+    return !options_.coalesce_ingest || !stream.InEveryHead(event_time, now);
+  };
   for (Target& t : targets) {
     t.state->mutex.Lock();
-    t.state->PrefetchForIngest(IngestStep::kIngestLists);
+    t.state->PrefetchForIngest(IngestStep::kIngestLists, needs_windows(*t.state));
   }
-  if (!targets.empty()) targets.front().state->PrefetchForIngest(IngestStep::kIngestData);
+  if (!targets.empty()) {
+    targets.front().state->PrefetchForIngest(IngestStep::kIngestData,
+                                              needs_windows(*targets.front().state));
+  }
   absl::Status status = absl::OkStatus();
   std::vector<std::vector<double>> deltas;
   deltas.reserve(targets.size());
@@ -892,7 +1038,10 @@ absl::Status DriftEngine::ApplyBatch(IngestBatch& batch, absl::Time now, bool* p
   summaries.reserve(targets.size());
   for (size_t i = 0; i < targets.size(); ++i) {
     const Target& t = targets[i];
-    if (i + 1 < targets.size()) targets[i + 1].state->PrefetchForIngest(IngestStep::kIngestData);
+    if (i + 1 < targets.size()) {
+      targets[i + 1].state->PrefetchForIngest(IngestStep::kIngestData,
+                                              needs_windows(*targets[i + 1].state));
+    }
     if (t.state->deleted || t.state->versions.empty()) {
       status = absl::FailedPreconditionError(
           absl::StrCat("the reference of stream ", t.key.ToString(), " was just deleted"));
@@ -907,9 +1056,10 @@ absl::Status DriftEngine::ApplyBatch(IngestBatch& batch, absl::Time now, bool* p
       break;
     }
     // Windows hold whole sub-buckets, so they may end a little short of their length: reject what
-    // no window covers rather than acknowledge it and drop it.
-    bool covered = false;
-    for (const WindowState& w : t.state->windows) {
+    // no window covers rather than acknowledge it and drop it. (What lands in every window's head
+    // is covered: the usual case, known without reading the windows.)
+    bool covered = t.state->InEveryHead(event_time, now);
+    if (!covered) for (const WindowState& w : t.state->windows) {
       covered |=
           w.ring.SubBucketIndex(event_time) > w.ring.SubBucketIndex(now) - w.ring.sub_buckets();
     }
@@ -942,10 +1092,14 @@ absl::Status DriftEngine::ApplyBatch(IngestBatch& batch, absl::Time now, bool* p
   IngestRecord record;  // With a store, the deltas move here (and are applied from here).
   if (status.ok()) {
     for (Target& t : targets) {
-      t.state->AdvanceWindows(now);
+      StreamState& stream = *t.state;
+      // Only a head about to move needs the windows now (AdvanceWindows also folds what was
+      // pending into the heads first).
+      if (now >= stream.heads_end) stream.AdvanceWindows(now);
+      if (!needs_windows(stream)) continue;  // Coalesced: the pending sums were asked for.
       // The sub-buckets the apply below adds to, fetched while the store writes the record: with
       // thousands of streams they are rarely in cache, and a miss costs more than the add.
-      for (const WindowState& w : t.state->windows) {
+      for (const WindowState& w : stream.windows) {
         if (w.ring.Covers(event_time)) w.ring.PrefetchForAdd(event_time);
       }
     }
@@ -977,16 +1131,9 @@ absl::Status DriftEngine::ApplyBatch(IngestBatch& batch, absl::Time now, bool* p
       if (stream.ingest_counters != nullptr)
         stream.ingest_counters->Add(samples[i], nan_samples[i]);
       applied_observations += samples[i];
-      for (WindowState& w : stream.windows) {
-        if (!w.ring.Covers(event_time)) continue;
-        w.ring.Add(event_time, delta, summaries[i]);
-        if (options_.store != nullptr) {
-          const absl::Time start = w.ring.SubBucketStart(event_time);
-          if (w.dirty.empty() || w.last_dirty != start) {
-            w.dirty.push_back(start);
-            w.last_dirty = start;
-          }
-        }
+      if (!options_.coalesce_ingest || !stream.Coalesce(event_time, delta, summaries[i])) {
+        stream.FoldPending();  // The windows take additions in the order they came.
+        stream.AddToWindows(event_time, delta, summaries[i]);
       }
       // Done with this stream: a GetDrift waiting for it need not wait for the rest of the batch.
       // (Evaluate only needs each stream locked from the log position until its own apply.)
@@ -1460,7 +1607,7 @@ absl::Status DriftEngine::Recover() {
   visitor.reference = [&](std::shared_ptr<const Reference> ref)
                           ABSL_NO_THREAD_SAFETY_ANALYSIS -> absl::Status {
     auto& slot = streams_[ref->stream];
-    if (slot == nullptr) slot = std::make_shared<StreamState>(ref->stream);
+    if (slot == nullptr) slot = std::make_shared<StreamState>(ref->stream, /*track_dirty=*/true);
     MutexLock lock(&slot->mutex);
     // Stored windows were reset whenever bins changed, so the latest version's windows hold them.
     const bool keep_windows = slot->KeepsWindows(*ref);
@@ -1477,6 +1624,7 @@ absl::Status DriftEngine::Recover() {
       return;  // Expired, or from a window the policy no longer has.
     }
     w->ring.Add(delta.sub_bucket_start, delta.values);
+    it->second->NoteAdded(delta.values);
   };
   uint64_t max_lsn = 0;
   visitor.stream_lsn = [&](const StreamKey& key, uint64_t lsn) ABSL_NO_THREAD_SAFETY_ANALYSIS {
@@ -1498,6 +1646,7 @@ absl::Status DriftEngine::Recover() {
         if (!w.ring.Covers(record.event_time) || delta.values.size() != w.ring.width()) continue;
         w.ring.Add(record.event_time, delta.values);
       }
+      stream.NoteAdded(delta.values);
       stream.applied_lsn = record.lsn;
       stream.needs_full_snapshot = true;  // Replayed data is not in a snapshot yet.
     }
@@ -1688,7 +1837,7 @@ absl::StatusOr<size_t> DriftEngine::ImportModel(const std::string& model,
   size_t installed = 0;
   for (StreamExport& in : streams) {
     const StreamKey key = in.versions.front()->stream;
-    auto stream = std::make_shared<StreamState>(key);
+    auto stream = std::make_shared<StreamState>(key, options_.store != nullptr);
     {
       // Not visible to other threads until it is in the map, below (after its lock: the engine
       // takes the map's lock before a stream's).
@@ -1713,6 +1862,7 @@ absl::StatusOr<size_t> DriftEngine::ImportModel(const std::string& model,
         for (const SlidingWindow::SubBucket& b : from.sub_buckets) {
           if (!w->ring.Covers(b.start) || b.values.size() != w->ring.width()) continue;
           w->ring.Add(b.start, b.values);
+          stream->NoteAdded(b.values);
         }
         for (SlidingWindow::SubBucket& b : w->ring.LiveSubBuckets()) {
           snapshot.sub_buckets.push_back({key, from.length, b.start, std::move(b.values)});

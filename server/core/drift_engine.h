@@ -79,6 +79,14 @@ struct EngineOptions {
   int eval_threads = 1;
   // Told of references, deletions and evaluations (not owned; must outlive the engine). Optional.
   EngineObserver* observer = nullptr;
+  // Ingest coalescing: whole counts ingested into a histogram stream while none of its windows'
+  // head sub-buckets moves are summed per stream and added to the windows in one go when a head
+  // moves or something reads them (a query, the tick), instead of into every window's sub-bucket
+  // and totals for each batch. The windows end up bit for bit the same (integer sums are exact;
+  // a stream whose windows hold fractions, from probability vectors, is never coalesced); what
+  // changes is ingest's memory traffic. false: every batch is added to the windows at once (for
+  // the tests that compare the two, and for measuring it).
+  bool coalesce_ingest = true;
 };
 
 // One stream's data in an ingest batch. Exactly one kind of data is set.

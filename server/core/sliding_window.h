@@ -92,6 +92,11 @@ class SlidingWindow {
   int64_t SubBucketIndex(absl::Time t) const;
   // The values of the sub-bucket containing `t`. REQUIRES: Covers(t).
   std::vector<double> SubBucketValues(absl::Time t) const;
+  // [head_start(), head_end()): the sub-bucket of "now" as of the last Advance(), when its bounds
+  // are exact (whole-nanosecond sub-bucket lengths); otherwise both are InfinitePast(), an empty
+  // range. Advance(t) for any t before head_end() changes nothing.
+  absl::Time head_start() const { return head_start_; }
+  absl::Time head_end() const { return head_end_; }
   // Start time of the sub-bucket containing `t` (how storage names sub-buckets).
   absl::Time SubBucketStart(absl::Time t) const {
     if (InHead(t)) return head_start_;
