@@ -328,7 +328,8 @@ struct DriftEngine::StreamState {
   // every head: InEveryHead, windows holding no fractions), adding what was pending to the windows
   // first if the sum could reach 2^32. False: the caller adds it to the windows (AddToWindows).
   bool Coalesce(absl::Time event_time, absl::Span<const double> delta,
-                const CompactSubBuckets::DeltaSummary& summary) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex);
+                const CompactSubBuckets::DeltaSummary& summary)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex);
   // Adds what is pending to the windows.
   void FoldPending() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex);
   // Adds `delta` to every window covering `event_time`, noting the sub-buckets changed.
@@ -600,7 +601,7 @@ void DriftEngine::StreamState::PrefetchForIngest(IngestPrefetchStep step,
 }
 
 void DriftEngine::StreamState::AdvanceWindows(absl::Time now) {
-  FoldPending();  // Into the heads it was coalesced for, before they move.
+  FoldPending();                // Into the heads it was coalesced for, before they move.
   if (now < heads_end) return;  // No head moves: every Advance(now) would be a no-op.
   absl::Time start = absl::InfinitePast();
   absl::Time end = absl::InfiniteFuture();
@@ -752,7 +753,10 @@ absl::StatusOr<std::shared_ptr<const Reference>> DriftEngine::PutReference(
               " streams (--max-streams-per-model); delete unused references or raise the limit"));
         }
       }
-      it = streams_.emplace(spec.stream, std::make_shared<StreamState>(spec.stream, options_.store != nullptr)).first;
+      it = streams_
+               .emplace(spec.stream,
+                        std::make_shared<StreamState>(spec.stream, options_.store != nullptr))
+               .first;
     }
     stream = it->second;
   }
@@ -1023,7 +1027,7 @@ absl::Status DriftEngine::ApplyBatch(IngestBatch& batch, absl::Time now, bool* p
   }
   if (!targets.empty()) {
     targets.front().state->PrefetchForIngest(IngestStep::kIngestData,
-                                              needs_windows(*targets.front().state));
+                                             needs_windows(*targets.front().state));
   }
   absl::Status status = absl::OkStatus();
   std::vector<std::vector<double>> deltas;
@@ -1059,10 +1063,11 @@ absl::Status DriftEngine::ApplyBatch(IngestBatch& batch, absl::Time now, bool* p
     // no window covers rather than acknowledge it and drop it. (What lands in every window's head
     // is covered: the usual case, known without reading the windows.)
     bool covered = t.state->InEveryHead(event_time, now);
-    if (!covered) for (const WindowState& w : t.state->windows) {
-      covered |=
-          w.ring.SubBucketIndex(event_time) > w.ring.SubBucketIndex(now) - w.ring.sub_buckets();
-    }
+    if (!covered)
+      for (const WindowState& w : t.state->windows) {
+        covered |=
+            w.ring.SubBucketIndex(event_time) > w.ring.SubBucketIndex(now) - w.ring.sub_buckets();
+      }
     if (!covered) {
       status = absl::InvalidArgumentError(absl::StrCat(
           "event_time ", absl::FormatTime(event_time), " is older than stream ", t.key.ToString(),
@@ -1123,6 +1128,7 @@ absl::Status DriftEngine::ApplyBatch(IngestBatch& batch, absl::Time now, bool* p
     }
   }
   if (status.ok()) {
+    uint64_t coalesced = 0;
     for (size_t i = 0; i < targets.size(); ++i) {
       StreamState& stream = *targets[i].state;
       const std::vector<double>& delta =
@@ -1131,7 +1137,9 @@ absl::Status DriftEngine::ApplyBatch(IngestBatch& batch, absl::Time now, bool* p
       if (stream.ingest_counters != nullptr)
         stream.ingest_counters->Add(samples[i], nan_samples[i]);
       applied_observations += samples[i];
-      if (!options_.coalesce_ingest || !stream.Coalesce(event_time, delta, summaries[i])) {
+      if (options_.coalesce_ingest && stream.Coalesce(event_time, delta, summaries[i])) {
+        ++coalesced;
+      } else {
         stream.FoldPending();  // The windows take additions in the order they came.
         stream.AddToWindows(event_time, delta, summaries[i]);
       }
@@ -1139,6 +1147,7 @@ absl::Status DriftEngine::ApplyBatch(IngestBatch& batch, absl::Time now, bool* p
       // (Evaluate only needs each stream locked from the log position until its own apply.)
       stream.mutex.Unlock();
     }
+    if (coalesced > 0) coalesced_histograms_.fetch_add(coalesced, std::memory_order_relaxed);
   } else {
     for (auto it = targets.rbegin(); it != targets.rend(); ++it) it->state->mutex.Unlock();
   }

@@ -256,6 +256,11 @@ class DriftEngine {
 
   // Writes to the store that failed outside a call that could report them (alert states).
   uint64_t store_errors() const { return store_errors_.load(); }
+  // Histograms ingest has coalesced (EngineOptions::coalesce_ingest) rather than added to the
+  // windows at once, since the engine started (for tests and diagnostics).
+  uint64_t coalesced_histograms() const {
+    return coalesced_histograms_.load(std::memory_order_relaxed);
+  }
 
   using WatchCallback = std::function<void(const WindowReport&)>;
   // Registers a watcher; returns its id. The callback runs on the Evaluate() thread.
@@ -296,6 +301,7 @@ class DriftEngine {
   const EngineOptions options_;
   const Clock* const clock_;
   std::atomic<uint64_t> store_errors_{0};
+  std::atomic<uint64_t> coalesced_histograms_{0};
   // Serializes Evaluate() calls. A tick records, per window, the totals its observer was last
   // given (so the next tick skips unchanged windows); overlapping ticks could deliver an older
   // report after a newer one and leave the observer stale. The server has one evaluator thread;

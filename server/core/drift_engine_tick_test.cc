@@ -16,6 +16,7 @@
 #include "server/core/engine_observer.h"
 #include "server/core/mutex.h"
 #include "server/core/testing/engine_inputs.h"
+#include "server/core/testing/report_compare.h"
 
 namespace kldrift {
 namespace {
@@ -155,22 +156,8 @@ TEST(DriftEngineTickTest, ThreadsGiveTheSameReportsInTheSameOrder) {
     alert_only.engine->Evaluate();
     ASSERT_EQ(one.seen.size(), three.seen.size());
     for (size_t i = 0; i < one.seen.size(); ++i) {
-      const WindowReport& a = one.seen[i];
-      const WindowReport& b = three.seen[i];
-      ASSERT_EQ(a.stream, b.stream);
-      ASSERT_EQ(a.window, b.window);
-      EXPECT_EQ(a.samples, b.samples);
-      EXPECT_EQ(a.measure_value, b.measure_value);
-      EXPECT_EQ(a.eligible, b.eligible);
-      EXPECT_EQ(a.alert, b.alert);
-      EXPECT_EQ(a.histogram.has_value(), b.histogram.has_value());
-      if (a.histogram && b.histogram) {
-        EXPECT_EQ(a.histogram->g_test_p_value, b.histogram->g_test_p_value);
-        ASSERT_EQ(a.histogram->top_bins.size(), b.histogram->top_bins.size());
-        for (size_t j = 0; j < a.histogram->top_bins.size(); ++j) {
-          EXPECT_EQ(a.histogram->top_bins[j].bin, b.histogram->top_bins[j].bin);
-        }
-      }
+      SCOPED_TRACE(absl::StrCat("tick ", tick, " report ", i));
+      test_inputs::ExpectSameReport(one.seen[i], three.seen[i]);
     }
     one.seen.clear();
     three.seen.clear();
