@@ -7,7 +7,14 @@
 //   BM_IngestApply            FromProto(IngestRequest) and DriftEngine::Ingest of a batch of 100
 //                             pre-binned histograms of 64 bins (what `kldrift bench` sends), over
 //                             models x 100 streams; store 0: no store (--storage=memory), 1:
-//                             RocksDB in a temporary folder (default durability: WAL, no fsync).
+//                             RocksDB in a temporary folder (default durability: WAL, no fsync);
+//                             coalesce 1: ingest coalescing (EngineOptions::coalesce_ingest,
+//                             kldriftd's default), whose adds to the windows wait for the next
+//                             query or tick: an untimed tick every 10,000 batches here, by when
+//                             each stream has had 100 batches at 10,000 streams (1,000 at 1,000),
+//                             so one add to the windows per 100 (1,000) batches is not timed;
+//                             coalesce 0: every batch added to the windows as it comes, in the
+//                             same run (the baseline).
 //
 // Items are bins. Run from a Release build on a quiet machine:
 //   build/release/tests/bench/ingest_bench --benchmark_min_time=2
@@ -90,6 +97,7 @@ v1::IngestRequest Batch(int model, uint64_t sequence) {
 void BM_IngestApply(benchmark::State& state) {
   const bool with_store = state.range(0) != 0;
   const int models = static_cast<int>(state.range(1));
+  const bool coalesce = state.range(2) != 0;
   RealClock clock;
   std::unique_ptr<RocksDbStore> store;
   std::string dir;
@@ -105,6 +113,7 @@ void BM_IngestApply(benchmark::State& state) {
   }
   EngineOptions options;
   options.store = store.get();
+  options.coalesce_ingest = coalesce;
   DriftEngine engine(options, &clock);
   for (int m = 0; m < models; ++m) {
     for (int s = 0; s < kSignalsPerModel; ++s) {
@@ -142,10 +151,11 @@ void BM_IngestApply(benchmark::State& state) {
   store.reset();
   if (!dir.empty()) std::filesystem::remove_all(dir);
 }
-// {store, models}: 1,000 streams (in cache) and 10,000 (service_bench's load: mostly cache misses).
+// {store, models, coalesce}: 1,000 streams (in cache) and 10,000 (service_bench's load: mostly
+// cache misses).
 BENCHMARK(BM_IngestApply)
-    ->ArgsProduct({{0, 1}, {10, 100}})
-    ->ArgNames({"store", "models"})
+    ->ArgsProduct({{0, 1}, {10, 100}, {0, 1}})
+    ->ArgNames({"store", "models", "coalesce"})
     ->Unit(benchmark::kMicrosecond);
 
 }  // namespace
