@@ -5,7 +5,9 @@
 //   - keeps versioned references per stream (PutReference / GetReference / List / Delete);
 //   - applies ingest batches atomically (all streams of a batch or none), de-duplicating resent
 //     batches by (client id, sequence number);
-//   - keeps each stream's windows as rings of compactly stored sub-buckets (SlidingWindow);
+//   - keeps each stream's windows as rings of compactly stored sub-buckets (SlidingWindow), and
+//     sums a histogram stream's whole counts while no window's head sub-bucket moves, adding the
+//     sum to the windows before anything reads them (EngineOptions::coalesce_ingest);
 //   - evaluates every window on Evaluate() (the server's tick) with the vector kernels, spread over
 //     EngineOptions::eval_threads threads, drives the alert state machines and pushes reports to
 //     watchers; with no watcher and no observer to read reports, a tick computes only what the
