@@ -20,6 +20,14 @@
 namespace kldrift {
 namespace {
 
+// An engine's options with `store` (designated initializers would leave GCC warning about every
+// other member).
+EngineOptions OptionsWithStore(StateStore* store) {
+  EngineOptions options;
+  options.store = store;
+  return options;
+}
+
 namespace fs = std::filesystem;
 using ::testing::HasSubstr;
 
@@ -148,7 +156,7 @@ TEST(RocksDbStoreTest, RefusesACorruptedFolderWithoutResettingIt) {
   {
     absl::StatusOr<std::unique_ptr<RocksDbStore>> store = RocksDbStore::Open({path, true, &clock});
     ASSERT_TRUE(store.ok());
-    DriftEngine engine(EngineOptions{.store = store->get()}, &clock);
+    DriftEngine engine(OptionsWithStore(store->get()), &clock);
     ASSERT_TRUE(engine.PutReference(Numeric({"m", "", "s"}, {5, 5})).ok());
   }
   // Garble the manifest: RocksDB must notice, and kldriftd must refuse rather than start empty.
@@ -188,7 +196,7 @@ TEST(RocksDbStoreTest, EngineStateRoundTripsThroughTheStore) {
   {
     absl::StatusOr<std::unique_ptr<RocksDbStore>> store = RocksDbStore::Open({path, false, &clock});
     ASSERT_TRUE(store.ok());
-    DriftEngine engine(EngineOptions{.store = store->get()}, &clock);
+    DriftEngine engine(OptionsWithStore(store->get()), &clock);
     ReferenceSpec spec = Numeric(score, {100, 100, 100});
     spec.policy = fast;
     ASSERT_TRUE(engine.PutReference(spec).ok());
@@ -235,7 +243,7 @@ TEST(RocksDbStoreTest, EngineStateRoundTripsThroughTheStore) {
   }
   absl::StatusOr<std::unique_ptr<RocksDbStore>> store = RocksDbStore::Open({path, false, &clock});
   ASSERT_TRUE(store.ok()) << store.status();
-  DriftEngine engine(EngineOptions{.store = store->get()}, &clock);
+  DriftEngine engine(OptionsWithStore(store->get()), &clock);
   ASSERT_TRUE(engine.Recover().ok());
   EXPECT_EQ(engine.stream_count(), 3u);
   EXPECT_EQ((*engine.GetReference(score, 0))->version, 2u);
@@ -265,7 +273,7 @@ TEST(RocksDbStoreTest, EngineStateRoundTripsThroughTheStore) {
   absl::StatusOr<std::unique_ptr<RocksDbStore>> reopened =
       RocksDbStore::Open({path, false, &clock});
   ASSERT_TRUE(reopened.ok());
-  DriftEngine third(EngineOptions{.store = reopened->get()}, &clock);
+  DriftEngine third(OptionsWithStore(reopened->get()), &clock);
   ASSERT_TRUE(third.Recover().ok());
   EXPECT_EQ(third.stream_count(), 2u);
   EXPECT_EQ(third.GetReference(amount, 0).status().code(), absl::StatusCode::kNotFound);
@@ -294,7 +302,7 @@ TEST(RocksDbStoreTest, AReferenceAnOlderServerAcceptedWithClearAboveAZeroWarnSti
   }
   absl::StatusOr<std::unique_ptr<RocksDbStore>> store = RocksDbStore::Open({path, false, &clock});
   ASSERT_TRUE(store.ok()) << store.status();
-  DriftEngine engine(EngineOptions{.store = store->get()}, &clock);
+  DriftEngine engine(OptionsWithStore(store->get()), &clock);
   ASSERT_TRUE(engine.Recover().ok());
   absl::StatusOr<std::shared_ptr<const Reference>> loaded = engine.GetReference(stream, 0);
   ASSERT_TRUE(loaded.ok()) << loaded.status();
@@ -377,7 +385,7 @@ TEST(RocksDbStoreTest, ExpiredSubBucketsAreDeletedOnCompaction) {
   const std::string path = dir.path() + "/data";
   absl::StatusOr<std::unique_ptr<RocksDbStore>> store = RocksDbStore::Open({path, false, &clock});
   ASSERT_TRUE(store.ok());
-  DriftEngine engine(EngineOptions{.store = store->get()}, &clock);
+  DriftEngine engine(OptionsWithStore(store->get()), &clock);
   const StreamKey key{"m", "", "s"};
   ASSERT_TRUE(engine.PutReference(Numeric(key, {1, 1})).ok());
   for (uint64_t seq = 1; seq <= 50; ++seq) {

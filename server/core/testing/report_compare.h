@@ -16,7 +16,9 @@ inline void ExpectSameReport(const WindowReport& a, const WindowReport& b) {
   EXPECT_EQ(a.samples, b.samples);
   // Bit for bit, NaN included.
   EXPECT_EQ(std::isnan(a.measure_value), std::isnan(b.measure_value));
-  if (!std::isnan(a.measure_value)) EXPECT_EQ(a.measure_value, b.measure_value);
+  if (!std::isnan(a.measure_value)) {
+    EXPECT_EQ(a.measure_value, b.measure_value);
+  }
   EXPECT_EQ(a.enough_samples, b.enough_samples);
   EXPECT_EQ(a.eligible, b.eligible);
   EXPECT_EQ(a.alert, b.alert);
