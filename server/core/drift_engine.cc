@@ -324,10 +324,11 @@ struct DriftEngine::StreamState {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex) {
     return event_time >= heads_start && now < heads_end;
   }
-  // Adds `delta` (of `summary`) to `pending` if it may be coalesced (whole counts below 2^31, in
-  // every head: InEveryHead, windows holding no fractions), adding what was pending to the windows
-  // first if the sum could reach 2^32. False: the caller adds it to the windows (AddToWindows).
-  bool Coalesce(absl::Time event_time, absl::Span<const double> delta,
+  // Adds `delta` (of `summary`) to `pending` if it may be coalesced (whole counts below 2^31,
+  // InEveryHead(event_time, now), windows holding no fractions), adding what was pending to the
+  // windows first if the sum could reach 2^32. False: the caller adds it to the windows
+  // (AddToWindows).
+  bool Coalesce(absl::Time event_time, absl::Time now, absl::Span<const double> delta,
                 const CompactSubBuckets::DeltaSummary& summary)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex);
   // Adds what is pending to the windows.
@@ -615,12 +616,13 @@ void DriftEngine::StreamState::AdvanceWindows(absl::Time now) {
   heads_end = end;
 }
 
-bool DriftEngine::StreamState::Coalesce(absl::Time event_time, absl::Span<const double> delta,
+bool DriftEngine::StreamState::Coalesce(absl::Time event_time, absl::Time now,
+                                        absl::Span<const double> delta,
                                         const CompactSubBuckets::DeltaSummary& summary) {
   constexpr double kMaxDeltaCount = 2147483648.0;  // 2^31: each delta's counts stay below it,
   constexpr double kMaxPending = 4294967296.0;     // and pending sums below 2^32 (uint32_t).
   if (!summary.counts || !(summary.max_count < kMaxDeltaCount) || windows_hold_fractions ||
-      !(event_time >= heads_start && event_time < heads_end)) {
+      !InEveryHead(event_time, now)) {
     return false;
   }
   if (has_pending && pending_bound + summary.max_count >= kMaxPending) FoldPending();
@@ -1063,11 +1065,12 @@ absl::Status DriftEngine::ApplyBatch(IngestBatch& batch, absl::Time now, bool* p
     // no window covers rather than acknowledge it and drop it. (What lands in every window's head
     // is covered: the usual case, known without reading the windows.)
     bool covered = t.state->InEveryHead(event_time, now);
-    if (!covered)
+    if (!covered) {
       for (const WindowState& w : t.state->windows) {
         covered |=
             w.ring.SubBucketIndex(event_time) > w.ring.SubBucketIndex(now) - w.ring.sub_buckets();
       }
+    }
     if (!covered) {
       status = absl::InvalidArgumentError(absl::StrCat(
           "event_time ", absl::FormatTime(event_time), " is older than stream ", t.key.ToString(),
@@ -1137,7 +1140,7 @@ absl::Status DriftEngine::ApplyBatch(IngestBatch& batch, absl::Time now, bool* p
       if (stream.ingest_counters != nullptr)
         stream.ingest_counters->Add(samples[i], nan_samples[i]);
       applied_observations += samples[i];
-      if (options_.coalesce_ingest && stream.Coalesce(event_time, delta, summaries[i])) {
+      if (options_.coalesce_ingest && stream.Coalesce(event_time, now, delta, summaries[i])) {
         ++coalesced;
       } else {
         stream.FoldPending();  // The windows take additions in the order they came.
@@ -1616,7 +1619,8 @@ absl::Status DriftEngine::Recover() {
   visitor.reference = [&](std::shared_ptr<const Reference> ref)
                           ABSL_NO_THREAD_SAFETY_ANALYSIS -> absl::Status {
     auto& slot = streams_[ref->stream];
-    if (slot == nullptr) slot = std::make_shared<StreamState>(ref->stream, /*track_dirty=*/true);
+    if (slot == nullptr)
+      slot = std::make_shared<StreamState>(ref->stream, options_.store != nullptr);
     MutexLock lock(&slot->mutex);
     // Stored windows were reset whenever bins changed, so the latest version's windows hold them.
     const bool keep_windows = slot->KeepsWindows(*ref);
