@@ -540,14 +540,19 @@ void DriftEngine::StreamState::Install(std::shared_ptr<const Reference> ref, boo
 
 namespace {
 
-// Asks the CPU to bring [start, start + bytes) into cache, a line at a time (a hint).
-void PrefetchRange(const void* start, size_t bytes) {
+// Asks the CPU to bring [start, start + bytes) into cache, a line at a time (a hint); `for_write`
+// when the lines are about to be written.
+void PrefetchRange(const void* start, size_t bytes, bool for_write = false) {
   constexpr size_t kCacheLine = 64;
   if (bytes == 0) return;
   const uintptr_t first = reinterpret_cast<uintptr_t>(start) & ~uintptr_t{kCacheLine - 1};
   const uintptr_t last = reinterpret_cast<uintptr_t>(start) + bytes - 1;
   for (uintptr_t at = first; at <= last; at += kCacheLine) {
-    __builtin_prefetch(reinterpret_cast<const void*>(at));
+    if (for_write) {
+      __builtin_prefetch(reinterpret_cast<const void*>(at), /*rw=*/1);
+    } else {
+      __builtin_prefetch(reinterpret_cast<const void*>(at));
+    }
   }
 }
 
@@ -585,9 +590,7 @@ void DriftEngine::StreamState::PrefetchForIngest(IngestPrefetchStep step,
     if (needs_windows) {
       PrefetchRange(windows.data(), windows.size() * sizeof(WindowState));
     } else {
-      for (size_t at = 0; at < pending.size() * sizeof(uint32_t); at += 64) {
-        __builtin_prefetch(reinterpret_cast<const char*>(pending.data()) + at, /*rw=*/1);
-      }
+      PrefetchRange(pending.data(), pending.size() * sizeof(uint32_t), /*for_write=*/true);
     }
     // Its own heap block, which the apply writes to.
     if (ingest_counters != nullptr) __builtin_prefetch(ingest_counters.get(), /*rw=*/1);

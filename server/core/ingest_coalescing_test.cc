@@ -145,7 +145,7 @@ class TwinEngines {
     return r.ok() && r->size() == 1 ? (*r)[0].samples : -1;
   }
 
-  // A tick on both: the same number of windows, alerts and snapshots.
+  // A tick on both: the same number of windows evaluated, and the same snapshots written.
   void Tick() {
     EXPECT_EQ(engines_[0]->Evaluate(), engines_[1]->Evaluate());
     EXPECT_EQ(stores_[0].sub_buckets(), stores_[1].sub_buckets());
