@@ -1399,6 +1399,9 @@ size_t DriftEngine::Evaluate() {
   // Every batch with a log position up to here holds its streams' locks from taking the position
   // until it is applied, and its streams are in the map (read after this): each one is snapshotted
   // below with the batch included, so the log can be truncated to this point afterwards.
+  // The store's log end first: every record it has written by then has an lsn up to
+  // truncate_up_to (see StateStore::TruncateLog).
+  const uint64_t log_end = options_.store != nullptr ? options_.store->LogEnd() : 0;
   const uint64_t truncate_up_to = next_lsn_.load() - 1;
   const std::vector<std::shared_ptr<StreamState>> streams = AllStreams();
   bool have_watchers;
@@ -1510,7 +1513,7 @@ size_t DriftEngine::Evaluate() {
   std::atomic<bool> snapshots_failed{false};
   auto write_snapshots = [&](TickOutput& out) {
     if (out.snapshots.empty()) return;
-    if (!options_.store->WriteSnapshots(out.snapshots, 0).ok()) {
+    if (!options_.store->WriteSnapshots(out.snapshots).ok()) {
       // Nothing of this run was written: write everything of these streams next time.
       store_errors_.fetch_add(1);
       snapshots_failed.store(true);
@@ -1546,7 +1549,7 @@ size_t DriftEngine::Evaluate() {
   // unless a run's snapshots were not written (the log keeps them until a later tick's are).
   if (options_.store != nullptr && !snapshots_failed.load() &&
       truncate_up_to > truncated_lsn_.load()) {
-    if (options_.store->WriteSnapshots({}, truncate_up_to).ok()) {
+    if (options_.store->TruncateLog(truncate_up_to, log_end).ok()) {
       truncated_lsn_.store(truncate_up_to);
     } else {
       store_errors_.fetch_add(1);
@@ -1887,7 +1890,7 @@ absl::StatusOr<size_t> DriftEngine::ImportModel(const std::string& model,
         alerts.push_back({key, from.length, from.alert});
       }
       if (options_.store != nullptr) {
-        if (absl::Status s = options_.store->WriteSnapshots({snapshot}, 0); !s.ok()) return s;
+        if (absl::Status s = options_.store->WriteSnapshots({snapshot}); !s.ok()) return s;
         if (absl::Status s = options_.store->WriteAlerts(alerts); !s.ok()) return s;
       }
       stream->snapshot_lsn = stream->applied_lsn = lsn;

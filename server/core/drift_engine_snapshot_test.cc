@@ -32,7 +32,8 @@ constexpr size_t kStreams = 700;
 
 StreamKey Key(size_t s) { return {"m", "v1", absl::StrCat("s", s)}; }
 
-// Records WriteSnapshots calls; fails the call numbered `fail_call` (1-based, 0: none).
+// Records WriteSnapshots and TruncateLog calls; fails the call numbered `fail_call` (1-based, 0:
+// none).
 class RecordingStore final : public StateStore {
  public:
   struct SnapshotCall {
@@ -48,23 +49,32 @@ class RecordingStore final : public StateStore {
   absl::Status WriteClientSequence(const std::string&, uint64_t, absl::Time) override {
     return absl::OkStatus();
   }
-  absl::Status WriteSnapshots(const std::vector<StreamSnapshot>& snapshots,
-                              uint64_t truncate_up_to) override {
-    MutexLock lock(&mutex_);
+  absl::Status WriteSnapshots(const std::vector<StreamSnapshot>& snapshots) override {
     SnapshotCall call;
     for (const StreamSnapshot& s : snapshots) {
       call.signals.insert(s.stream.signal);
       call.sub_buckets += s.sub_buckets.size();
     }
-    call.truncate_up_to = truncate_up_to;
-    call.failed = ++calls_made_ == fail_call_;
-    calls_.push_back(call);
-    return call.failed ? absl::UnavailableError("injected") : absl::OkStatus();
+    return Record(std::move(call));
+  }
+  uint64_t LogEnd() override { return 0; }
+  // Recorded as a call with no streams.
+  absl::Status TruncateLog(uint64_t up_to, uint64_t) override {
+    SnapshotCall call;
+    call.truncate_up_to = up_to;
+    return Record(std::move(call));
   }
   absl::Status WriteAlerts(const std::vector<AlertUpdate>&) override { return absl::OkStatus(); }
   absl::Status Load(const Visitor&) override { return absl::OkStatus(); }
   absl::StatusOr<uint64_t> Backup(const std::string&) override {
     return absl::UnimplementedError("not in this test");
+  }
+
+  absl::Status Record(SnapshotCall call) {
+    MutexLock lock(&mutex_);
+    call.failed = ++calls_made_ == fail_call_;
+    calls_.push_back(call);
+    return call.failed ? absl::UnavailableError("injected") : absl::OkStatus();
   }
 
   void FailCall(size_t n) {

@@ -51,7 +51,9 @@ class SnapshotStore final : public StateStore {
   absl::Status WriteClientSequence(const std::string&, uint64_t, absl::Time) override {
     return absl::OkStatus();
   }
-  absl::Status WriteSnapshots(const std::vector<StreamSnapshot>& snapshots, uint64_t) override {
+  uint64_t LogEnd() override { return 0; }
+  absl::Status TruncateLog(uint64_t, uint64_t) override { return absl::OkStatus(); }
+  absl::Status WriteSnapshots(const std::vector<StreamSnapshot>& snapshots) override {
     MutexLock lock(&mutex_);
     for (const StreamSnapshot& s : snapshots) {
       for (const SubBucketDelta& b : s.sub_buckets) {

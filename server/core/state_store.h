@@ -6,7 +6,8 @@
 // write-ahead log for the default, fsync with --sync). The engine acknowledges an ingest batch only
 // after WriteBatch returned OK, and does not apply a batch whose write failed. Ingest writes one
 // log record per batch; windows are snapshotted on the evaluation tick, after which the log up to
-// the snapshot is truncated, so start-up replays at most one tick of batches per stream.
+// the snapshot is truncated (TruncateLog), so start-up replays about one tick of batches per
+// stream.
 //
 // Thread safety: implementations are safe for concurrent calls.
 #ifndef KLDRIFT_SERVER_CORE_STATE_STORE_H_
@@ -82,9 +83,16 @@ class StateStore {
   // A rejected batch still moves the client's sequence number (it is done with).
   virtual absl::Status WriteClientSequence(const std::string& client_id, uint64_t sequence,
                                            absl::Time seen) = 0;
-  // Window snapshots, then log records up to `truncate_up_to` are deleted (0: none).
-  virtual absl::Status WriteSnapshots(const std::vector<StreamSnapshot>& snapshots,
-                                      uint64_t truncate_up_to) = 0;
+  // Window snapshots: each stream's sub-buckets with its log position, in one write.
+  virtual absl::Status WriteSnapshots(const std::vector<StreamSnapshot>& snapshots) = 0;
+  // Where the log ends now, for TruncateLog: an opaque position, increasing with every write.
+  virtual uint64_t LogEnd() = 0;
+  // Log records the snapshots now cover can go: every stream's snapshot holds the records up to
+  // lsn `up_to`, and every record the store had written when LogEnd() returned `end` has an lsn
+  // up to `up_to` (the caller takes `end` before it takes `up_to`). Records with larger lsns are
+  // kept; records up to `up_to` may be kept longer (Load then returns them again, and replay skips
+  // them by each stream's snapshot position).
+  virtual absl::Status TruncateLog(uint64_t up_to, uint64_t end) = 0;
   // Alert states that changed on an evaluation.
   struct AlertUpdate {
     StreamKey stream;
@@ -94,8 +102,8 @@ class StateStore {
   virtual absl::Status WriteAlerts(const std::vector<AlertUpdate>& updates) = 0;
 
   // Start-up: everything stored, in this order: references (of a stream in version order),
-  // snapshotted sub-buckets, each stream's snapshot log position, log records in log order,
-  // clients, alert states.
+  // snapshotted sub-buckets, each stream's snapshot log position, log records (each stream's in
+  // log order, each record once), clients, alert states.
   struct Visitor {
     std::function<absl::Status(std::shared_ptr<const Reference>)> reference;
     std::function<void(const SubBucketDelta&)> sub_bucket;

@@ -4,18 +4,23 @@
 #include <cmath>
 #include <cstring>
 #include <filesystem>
+#include <functional>
 #include <limits>
 #include <utility>
 
+#include "absl/cleanup/cleanup.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
 #include "absl/types/span.h"
 #include "kldrift/storage/v1/storage.pb.h"
 #include "rocksdb/cache.h"
 #include "rocksdb/compaction_filter.h"
 #include "rocksdb/memtablerep.h"
 #include "rocksdb/table.h"
+#include "rocksdb/transaction_log.h"
 #include "rocksdb/utilities/checkpoint.h"
 #include "rocksdb/write_batch.h"
 #include "server/core/count_scan.h"
@@ -263,11 +268,11 @@ std::string LsnKey(uint64_t lsn) {
   return key;
 }
 
-// A log record: event time, then each stream's prefix and encoded delta, length-prefixed.
-std::string EncodeRecord(const IngestRecord& record) {
-  std::string out;
+// A log record's body: event time, then each stream's prefix and encoded delta, length-prefixed.
+// Appended to `out`, which holds `reserve_extra` bytes more than the body in the end.
+void AppendRecord(const IngestRecord& record, size_t reserve_extra, std::string& out) {
   // About a byte per count: one allocation for the whole record in the common case.
-  size_t estimate = 8 + 10;
+  size_t estimate = out.size() + reserve_extra + 8 + 10;
   for (const StreamDelta& delta : record.deltas) {
     estimate += 4 + StreamPrefixSize(delta.stream) + 3 + delta.values.size() * 2;
   }
@@ -291,8 +296,12 @@ std::string EncodeRecord(const IngestRecord& record) {
     AppendVarint(&out, values.size());
     out += values;
   }
-  return out;
 }
+
+// Log records travel in the write-ahead log only, as WriteBatch::PutLogData blobs: the tag, the
+// record's lsn (8 bytes, big-endian), then its body (AppendRecord).
+constexpr char kLogRecordTag = 'R';
+constexpr size_t kLogBlobHeader = 1 + 8;
 
 bool DecodeRecord(rocksdb::Slice in, IngestRecord* record) {
   if (in.size() < 8) return false;
@@ -322,6 +331,69 @@ absl::Status FromRocks(const rocksdb::Status& s, absl::string_view what) {
   if (s.IsCorruption()) return absl::DataLossError(message);
   if (s.IsInvalidArgument() || s.IsNotSupported()) return absl::FailedPreconditionError(message);
   return absl::UnavailableError(message);
+}
+
+// ---- The log in the write-ahead log ---------------------------------------------------------
+
+// The kldrift log records (PutLogData blobs) of one write batch; everything else is skipped. The
+// slices point into the batch.
+class LogBlobCollector : public rocksdb::WriteBatch::Handler {
+ public:
+  std::vector<rocksdb::Slice> blobs;
+
+  void LogData(const rocksdb::Slice& blob) override { blobs.push_back(blob); }
+  rocksdb::Status PutCF(uint32_t, const rocksdb::Slice&, const rocksdb::Slice&) override {
+    return rocksdb::Status::OK();
+  }
+  rocksdb::Status DeleteCF(uint32_t, const rocksdb::Slice&) override {
+    return rocksdb::Status::OK();
+  }
+  rocksdb::Status SingleDeleteCF(uint32_t, const rocksdb::Slice&) override {
+    return rocksdb::Status::OK();
+  }
+  rocksdb::Status DeleteRangeCF(uint32_t, const rocksdb::Slice&, const rocksdb::Slice&) override {
+    return rocksdb::Status::OK();
+  }
+  rocksdb::Status MergeCF(uint32_t, const rocksdb::Slice&, const rocksdb::Slice&) override {
+    return rocksdb::Status::OK();
+  }
+};
+
+// Calls `visit(lsn, body)` for every log record in `db`'s write-ahead log files (archived and
+// live) written at sequence numbers up to `through`, in write order. Returns the last sequence
+// number read (0 if none).
+absl::StatusOr<rocksdb::SequenceNumber> ForEachWalRecord(
+    rocksdb::DB* db, rocksdb::SequenceNumber from, rocksdb::SequenceNumber through,
+    const std::function<absl::Status(uint64_t lsn, rocksdb::Slice body)>& visit) {
+  if (through < from) return rocksdb::SequenceNumber{0};
+  std::unique_ptr<rocksdb::TransactionLogIterator> it;
+  rocksdb::Status s = db->GetUpdatesSince(from, &it);
+  if (!s.ok()) return FromRocks(s, "reading the write-ahead log");
+  rocksdb::SequenceNumber last = 0;
+  LogBlobCollector collector;
+  for (; it->Valid(); it->Next()) {
+    rocksdb::BatchResult batch = it->GetBatch();
+    if (batch.sequence > through) break;
+    if (batch.sequence < from) continue;
+    collector.blobs.clear();
+    s = batch.writeBatchPtr->Iterate(&collector);
+    if (!s.ok()) return FromRocks(s, "reading a write batch of the write-ahead log");
+    for (const rocksdb::Slice& blob : collector.blobs) {
+      if (blob.size() < kLogBlobHeader || blob[0] != kLogRecordTag) {
+        return absl::DataLossError(absl::StrCat("unreadable log record (", blob.size(),
+                                                " bytes) at sequence ", batch.sequence));
+      }
+      rocksdb::Slice body(blob.data() + kLogBlobHeader, blob.size() - kLogBlobHeader);
+      if (absl::Status v = visit(ReadBigEndian(blob.data() + 1), body); !v.ok()) return v;
+    }
+    last = batch.sequence + std::max<uint32_t>(batch.writeBatchPtr->Count(), 1) - 1;
+  }
+  // A torn tail (a crash in the middle of a write) ends the log: RocksDB's recovery stopped there
+  // too, so nothing up to `through` lies beyond it.
+  if (!it->status().ok() && last < through) {
+    return FromRocks(it->status(), "reading the write-ahead log");
+  }
+  return last;
 }
 
 // ---- Retention filter ------------------------------------------------------------------------
@@ -460,6 +532,30 @@ const std::shared_ptr<rocksdb::TableFactory>& SharedTableFactory() {
   return *factory;
 }
 
+// The write-ahead log. Log records are written to it only (see the header): a write-ahead log file
+// RocksDB no longer needs is archived rather than deleted (a size limit no store reaches, so
+// RocksDB never deletes one itself; a TTL would, after any clock step), and TruncateLog deletes
+// archived files the snapshots cover. The live files are cut to kMaxLiveWalBytes by flushing the
+// small memtables that hold them back (client sequences, snapshots), so a file is archived soon
+// after it is full.
+constexpr uint64_t kNeverPurgeWalMegabytes = uint64_t{1} << 30;  // 1 PiB.
+constexpr uint64_t kMaxLiveWalBytes = 128 << 20;
+
+rocksdb::DBOptions StoreDbOptions() {
+  rocksdb::DBOptions options;
+  options.paranoid_checks = true;
+  // Concurrent ingest streams: let the WAL and memtable writes of different batches overlap.
+  options.enable_pipelined_write = true;
+  // The vector memtables (FamilyOptions) take one writer at a time; on a few cores concurrent
+  // memtable writes gained nothing measurable.
+  options.allow_concurrent_memtable_write = false;
+  options.db_write_buffer_size = kMemtableBudgetBytes;
+  options.WAL_size_limit_MB = kNeverPurgeWalMegabytes;
+  options.WAL_ttl_seconds = 0;
+  options.max_total_wal_size = kMaxLiveWalBytes;
+  return options;
+}
+
 rocksdb::ColumnFamilyOptions FamilyOptions(int family, const rocksdb::CompactionFilter* retention) {
   rocksdb::ColumnFamilyOptions options;
   options.write_buffer_size = kFamilyMemtableBytes;
@@ -490,16 +586,9 @@ absl::StatusOr<std::unique_ptr<RocksDbStore>> RocksDbStore::Open(const RocksDbSt
     return absl::FailedPreconditionError(
         absl::StrCat("--data-dir ", opts.path, " is a file, not a folder"));
   }
-  rocksdb::DBOptions db_options;
+  rocksdb::DBOptions db_options = StoreDbOptions();
   db_options.create_if_missing = fresh;
   db_options.create_missing_column_families = fresh;
-  db_options.paranoid_checks = true;
-  // Concurrent ingest streams: let the WAL and memtable writes of different batches overlap.
-  db_options.enable_pipelined_write = true;
-  // The vector memtables (FamilyOptions) take one writer at a time; on a few cores concurrent
-  // memtable writes gained nothing measurable.
-  db_options.allow_concurrent_memtable_write = false;
-  db_options.db_write_buffer_size = kMemtableBudgetBytes;
   if (!fresh) {
     std::vector<std::string> families;
     rocksdb::Status s = rocksdb::DB::ListColumnFamilies(db_options, opts.path, &families);
@@ -547,7 +636,10 @@ absl::StatusOr<std::unique_ptr<RocksDbStore>> RocksDbStore::Open(const RocksDbSt
   rocksdb::ColumnFamilyHandle* meta = store->handles_[kMeta];
   std::string format;
   s = db->Get(rocksdb::ReadOptions(), meta, kFormatKey, &format);
-  if (fresh && s.IsNotFound()) {
+  if ((fresh && s.IsNotFound()) || (s.ok() && format == kPreviousFormatVersion)) {
+    // A new store, or one of the previous format, whose log records in the log family Load still
+    // reads (and TruncateLog deletes): from now on they go to the write-ahead log, which a
+    // kldriftd of the previous format would not read, so the folder is marked as the new format.
     rocksdb::WriteOptions synced;
     synced.sync = true;
     s = db->Put(synced, meta, kFormatKey, kFormatVersion);
@@ -600,8 +692,12 @@ absl::Status RocksDbStore::DeleteStream(const StreamKey& stream) {
 }
 
 absl::Status RocksDbStore::WriteBatch(const IngestRecord& record) {
-  rocksdb::WriteBatch batch;
-  batch.Put(handles_[kLog], LsnKey(record.lsn), EncodeRecord(record));
+  std::string blob;
+  blob.push_back(kLogRecordTag);
+  AppendBigEndian(&blob, record.lsn);
+  AppendRecord(record, 0, blob);
+  rocksdb::WriteBatch batch(blob.size() + record.client_id.size() + 64);
+  batch.PutLogData(blob);
   storage::v1::StoredClient client;
   client.set_last_sequence(record.sequence);
   client.set_last_seen_micros(ToMicros(record.received_at));
@@ -609,8 +705,7 @@ absl::Status RocksDbStore::WriteBatch(const IngestRecord& record) {
   return FromRocks(db_->Write(write_options_, &batch), "storing the batch failed");
 }
 
-absl::Status RocksDbStore::WriteSnapshots(const std::vector<StreamSnapshot>& snapshots,
-                                          uint64_t truncate_up_to) {
+absl::Status RocksDbStore::WriteSnapshots(const std::vector<StreamSnapshot>& snapshots) {
   rocksdb::WriteBatch batch;
   for (const StreamSnapshot& snapshot : snapshots) {
     for (const SubBucketDelta& sub_bucket : snapshot.sub_buckets) {
@@ -620,10 +715,43 @@ absl::Status RocksDbStore::WriteSnapshots(const std::vector<StreamSnapshot>& sna
     }
     batch.Put(handles_[kMeta], kLsnPrefix + StreamPrefix(snapshot.stream), LsnKey(snapshot.lsn));
   }
-  if (truncate_up_to > 0) {
-    batch.DeleteRange(handles_[kLog], LsnKey(0), LsnKey(truncate_up_to + 1));
-  }
   return FromRocks(db_->Write(write_options_, &batch), "storing window snapshots failed");
+}
+
+uint64_t RocksDbStore::LogEnd() { return db_->GetLatestSequenceNumber(); }
+
+absl::Status RocksDbStore::TruncateLog(uint64_t up_to, uint64_t end) {
+  if (const uint64_t legacy = legacy_log_lsn_.load(); legacy > 0) {
+    rocksdb::WriteBatch batch;
+    batch.DeleteRange(handles_[kLog], LsnKey(0), LsnKey(up_to + 1));
+    if (absl::Status s = FromRocks(db_->Write(write_options_, &batch), "truncating the log");
+        !s.ok()) {
+      return s;
+    }
+    if (up_to >= legacy) legacy_log_lsn_.store(0);
+  }
+  // Every record at a sequence number up to `end` has an lsn up to `up_to`: an archived file can
+  // go once the next file starts at or before end + 1. Files go oldest first, so the log never
+  // has a gap.
+  MutexLock lock(&wal_files_mutex_);
+  rocksdb::VectorLogPtr files;
+  if (absl::Status s = FromRocks(db_->GetSortedWalFiles(files), "listing write-ahead log files");
+      !s.ok()) {
+    return s;
+  }
+  // The list leaves out empty files. The last file listed ends at or before the latest sequence
+  // number read now (an archived file's writes were all done before it was archived).
+  const uint64_t latest = db_->GetLatestSequenceNumber();
+  for (size_t i = 0; i < files.size(); ++i) {
+    const uint64_t next_start = i + 1 < files.size() ? files[i + 1]->StartSequence() : latest + 1;
+    if (files[i]->Type() != rocksdb::kArchivedLogFile || next_start > end + 1) break;
+    if (absl::Status s = FromRocks(db_->DeleteFile(files[i]->PathName()),
+                                   absl::StrCat("deleting log file ", files[i]->PathName()));
+        !s.ok()) {
+      return s;
+    }
+  }
+  return absl::OkStatus();
 }
 
 absl::Status RocksDbStore::WriteClientSequence(const std::string& client_id, uint64_t sequence,
@@ -709,6 +837,11 @@ absl::Status RocksDbStore::Load(const Visitor& visitor) {
     if (!it->status().ok()) return FromRocks(it->status(), "reading snapshot positions");
   }
   {
+    // The log family holds the records of a store of the previous format, and those a backup
+    // copied out of the write-ahead log; the write-ahead log holds the rest. A record in both
+    // (a backup's own write-ahead log) is visited once.
+    absl::flat_hash_set<uint64_t> in_log_family;
+    uint64_t legacy_lsn = 0;
     std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(read, handles_[kLog]));
     for (it->SeekToFirst(); it->Valid(); it->Next()) {
       IngestRecord record;
@@ -716,9 +849,27 @@ absl::Status RocksDbStore::Load(const Visitor& visitor) {
         return corrupt("log", it->key());
       }
       record.lsn = ReadBigEndian(it->key().data());
+      in_log_family.insert(record.lsn);
+      legacy_lsn = std::max(legacy_lsn, record.lsn);
       if (visitor.log_record) visitor.log_record(record);
     }
     if (!it->status().ok()) return FromRocks(it->status(), "reading the log");
+    legacy_log_lsn_.store(legacy_lsn);
+    IngestRecord record;
+    absl::StatusOr<rocksdb::SequenceNumber> read_through =
+        ForEachWalRecord(db_.get(), 0, db_->GetLatestSequenceNumber(),
+                         [&](uint64_t lsn, rocksdb::Slice body) -> absl::Status {
+                           if (in_log_family.contains(lsn)) return absl::OkStatus();
+                           if (!DecodeRecord(body, &record)) {
+                             return absl::DataLossError(absl::StrCat(
+                                 "--data-dir ", options_.path, ": unreadable log record ", lsn,
+                                 " in the write-ahead log"));
+                           }
+                           record.lsn = lsn;
+                           if (visitor.log_record) visitor.log_record(record);
+                           return absl::OkStatus();
+                         });
+    if (!read_through.ok()) return read_through.status();
   }
   {
     std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(read, handles_[kClients]));
@@ -762,10 +913,70 @@ absl::StatusOr<uint64_t> RocksDbStore::Backup(const std::string& dir) {
   rocksdb::Status s = rocksdb::Checkpoint::Create(db_.get(), &checkpoint);
   if (!s.ok()) return FromRocks(s, "cannot start a checkpoint");
   std::unique_ptr<rocksdb::Checkpoint> owned(checkpoint);
+  // No write-ahead log file is deleted until the copy has its records.
+  MutexLock lock(&wal_files_mutex_);
   // Flush first so the copy needs no log replay beyond what is in flight.
   s = owned->CreateCheckpoint(dir, /*log_size_for_flush=*/0);
   if (!s.ok()) return FromRocks(s, absl::StrCat("backup into ", dir, " failed"));
+  if (absl::Status copied = CopyLogInto(dir); !copied.ok()) {
+    std::error_code error;
+    fs::remove_all(dir, error);
+    return absl::Status(copied.code(), absl::StrCat("backup into ", dir, " failed (",
+                                                    copied.message(), "); nothing was kept"));
+  }
   return FolderBytes(dir);
+}
+
+absl::Status RocksDbStore::CopyLogInto(const std::string& dir) {
+  // The checkpoint holds the windows, clients and alert states written up to its last sequence
+  // number, but not the log records, which live in write-ahead log files it does not copy: those
+  // up to that sequence number go into the copy's log family (which Load reads).
+  std::vector<rocksdb::ColumnFamilyDescriptor> descriptors;
+  for (int family = 0; family < kFamilyCount; ++family) {
+    descriptors.emplace_back(kFamilyNames[family], FamilyOptions(family, nullptr));
+  }
+  const rocksdb::DBOptions db_options = StoreDbOptions();
+  std::vector<rocksdb::ColumnFamilyHandle*> handles;
+  rocksdb::DB* raw = nullptr;
+  rocksdb::Status s = rocksdb::DB::Open(db_options, dir, descriptors, &handles, &raw);
+  if (!s.ok()) return FromRocks(s, "cannot open the copy");
+  std::unique_ptr<rocksdb::DB> copy(raw);
+  absl::Cleanup close_handles = [&] {
+    for (rocksdb::ColumnFamilyHandle* handle : handles) copy->DestroyColumnFamilyHandle(handle);
+  };
+  const rocksdb::SequenceNumber through = copy->GetLatestSequenceNumber();
+  rocksdb::WriteBatch batch;
+  constexpr size_t kBatchBytes = 4 << 20;
+  auto write = [&]() -> absl::Status {
+    if (batch.Count() == 0) return absl::OkStatus();
+    absl::Status written = FromRocks(copy->Write(rocksdb::WriteOptions(), &batch),
+                                     "writing log records into the copy");
+    batch.Clear();
+    return written;
+  };
+  // Every record up to `through` was written here before the checkpoint; should the last ones not
+  // be readable yet, the reading resumes after the last one read, for a bounded time.
+  rocksdb::SequenceNumber next = 0;
+  const absl::Time deadline = absl::Now() + absl::Seconds(10);
+  while (true) {
+    absl::StatusOr<rocksdb::SequenceNumber> last = ForEachWalRecord(
+        db_.get(), next, through, [&](uint64_t lsn, rocksdb::Slice body) -> absl::Status {
+          batch.Put(handles[kLog], LsnKey(lsn), body);
+          return batch.GetDataSize() >= kBatchBytes ? write() : absl::OkStatus();
+        });
+    if (!last.ok()) return last.status();
+    if (*last != 0) next = *last + 1;
+    if (next > through) break;
+    if (absl::Now() > deadline) {
+      return absl::UnavailableError(absl::StrCat("the write-ahead log could not be read up to ",
+                                                 through, " (read up to ", next, ")"));
+    }
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  if (absl::Status written = write(); !written.ok()) return written;
+  rocksdb::FlushOptions flush;
+  std::vector<rocksdb::ColumnFamilyHandle*> all(handles.begin(), handles.end());
+  return FromRocks(copy->Flush(flush, all), "flushing the copy");
 }
 
 absl::Status RocksDbStore::CompactWindows() {
@@ -782,7 +993,7 @@ absl::StatusOr<std::string> RocksDbStore::Describe(const std::string& path) {
     descriptors.emplace_back(kFamilyNames[family], FamilyOptions(family, nullptr));
   }
   std::vector<std::string> families;
-  rocksdb::DBOptions db_options;
+  const rocksdb::DBOptions db_options = StoreDbOptions();
   rocksdb::Status s = rocksdb::DB::ListColumnFamilies(db_options, path, &families);
   if (!s.ok()) {
     std::error_code error;
@@ -806,18 +1017,33 @@ absl::StatusOr<std::string> RocksDbStore::Describe(const std::string& path) {
   absl::Status result = absl::OkStatus();
   if (!s.ok()) {
     result = absl::FailedPreconditionError("no kldrift format version: not written by kldriftd");
-  } else if (format != kFormatVersion) {
+  } else if (format != kFormatVersion && format != kPreviousFormatVersion) {
     result = absl::FailedPreconditionError(
-        absl::StrCat("format \"", format, "\", but this build reads \"", kFormatVersion, "\""));
+        absl::StrCat("format \"", format, "\", but this build reads \"", kFormatVersion,
+                     "\" (and upgrades \"", kPreviousFormatVersion, "\")"));
   }
   absl::StrAppend(&report, "  format:     ", s.ok() ? format : "(missing)",
-                  format == kFormatVersion ? " (readable by this kldriftd)" : " (NOT readable)",
+                  format == kFormatVersion           ? " (readable by this kldriftd)"
+                  : format == kPreviousFormatVersion ? " (upgraded when this kldriftd opens it)"
+                                                     : " (NOT readable)",
                   "\n");
   for (int family : {kReferences, kWindows, kLog, kClients, kAlerts}) {
     uint64_t records = 0;
     std::unique_ptr<rocksdb::Iterator> it(db->NewIterator(rocksdb::ReadOptions(), handles[family]));
     for (it->SeekToFirst(); it->Valid(); it->Next()) ++records;
     absl::StrAppend(&report, "  ", kFamilyNames[family], ": ", records, " records\n");
+  }
+  uint64_t wal_records = 0;
+  const absl::StatusOr<rocksdb::SequenceNumber> wal =
+      ForEachWalRecord(db.get(), 0, db->GetLatestSequenceNumber(), [&](uint64_t, rocksdb::Slice) {
+        ++wal_records;
+        return absl::OkStatus();
+      });
+  if (wal.ok()) {
+    absl::StrAppend(&report, "  write-ahead log: ", wal_records,
+                    " log records (batches not yet in a snapshot)\n");
+  } else if (result.ok()) {
+    result = wal.status();
   }
   const rocksdb::Status checksums = db->VerifyChecksum();
   absl::StrAppend(&report, "  checksums:  ", checksums.ok() ? "ok" : checksums.ToString(), "\n");

@@ -3,9 +3,6 @@
 // Column families:
 //   meta        "format_version" -> kFormatVersion; a folder without it is not ours.
 //   references  stream | version            -> StoredReference (every version).
-//   log         lsn                          -> one record per applied ingest batch: its event time
-//                                               and every stream's delta. Ingest writes only this
-//                                               (and the client's sequence): one record per batch.
 //   windows     stream | window | start      -> snapshot of a sub-bucket's K values (zig-zag
 //                                               varints when they are integers, raw doubles
 //                                               otherwise), written on the evaluation tick for the
@@ -14,8 +11,18 @@
 //   meta        "lsn/" stream                -> the last log record a stream's snapshot includes.
 //   clients     client id                    -> StoredClient (last applied sequence).
 //   alerts      stream | window              -> StoredAlert.
+//   log         lsn                          -> log records of a store of the previous format, or
+//                                               copied into a backup (below).
 // (stream = model \0 model_version \0 signal \0; window = seconds, start = Unix microseconds, both
 // big-endian, the start with its sign bit flipped, so keys sort by time.)
+//
+// The log: one record per applied ingest batch (its lsn, event time and every stream's delta),
+// written with the client's sequence number in one write batch as write-ahead-log-only data
+// (WriteBatch::PutLogData): no memtable insert, no flush, no compaction, so a record is written
+// to disk once. RocksDB archives a write-ahead log file instead of deleting it once its memtables
+// are flushed, and never deletes an archived one; TruncateLog deletes the archived files whose
+// records the snapshots cover. Load reads the records back with GetUpdatesSince, and Backup copies
+// the ones its checkpoint needs into the copy's log family.
 //
 // Durability: every write goes through the write-ahead log. By default the log is not fsynced, so
 // what returned OK survives a crash of the process (kill -9) but not of the machine; with
@@ -30,6 +37,7 @@
 #ifndef KLDRIFT_SERVER_STORAGE_ROCKSDB_STORE_H_
 #define KLDRIFT_SERVER_STORAGE_ROCKSDB_STORE_H_
 
+#include <atomic>
 #include <memory>
 #include <string>
 #include <vector>
@@ -38,6 +46,7 @@
 #include "rocksdb/compaction_filter.h"
 #include "rocksdb/db.h"
 #include "server/core/clock.h"
+#include "server/core/mutex.h"
 #include "server/core/state_store.h"
 
 namespace kldrift {
@@ -53,7 +62,9 @@ struct RocksDbStoreOptions {
 class RocksDbStore final : public StateStore {
  public:
   // The on-disk format this build reads and writes.
-  static constexpr char kFormatVersion[] = "kldrift-store-1";
+  static constexpr char kFormatVersion[] = "kldrift-store-2";
+  // Read too, and marked as kFormatVersion on opening: its log records are in the log family.
+  static constexpr char kPreviousFormatVersion[] = "kldrift-store-1";
 
   // Opens (or creates, when the folder is missing or empty) the store. Refuses, with a message
   // saying what to do, a folder that is not a kldrift store, one written in another format version,
@@ -67,8 +78,10 @@ class RocksDbStore final : public StateStore {
   absl::Status WriteBatch(const IngestRecord& record) override;
   absl::Status WriteClientSequence(const std::string& client_id, uint64_t sequence,
                                    absl::Time seen) override;
-  absl::Status WriteSnapshots(const std::vector<StreamSnapshot>& snapshots,
-                              uint64_t truncate_up_to) override;
+  absl::Status WriteSnapshots(const std::vector<StreamSnapshot>& snapshots) override;
+  // The last sequence number RocksDB has written.
+  uint64_t LogEnd() override;
+  absl::Status TruncateLog(uint64_t up_to, uint64_t end) override;
   absl::Status WriteAlerts(const std::vector<AlertUpdate>& updates) override;
   absl::Status Load(const Visitor& visitor) override;
 
@@ -84,12 +97,19 @@ class RocksDbStore final : public StateStore {
 
  private:
   RocksDbStore() = default;
+  // Backup: the log records up to the checkpoint in `dir`, written into its log family.
+  absl::Status CopyLogInto(const std::string& dir) ABSL_EXCLUSIVE_LOCKS_REQUIRED(wal_files_mutex_);
 
   RocksDbStoreOptions options_;
   std::unique_ptr<rocksdb::CompactionFilter> retention_;  // Outlives db_ (declared before it).
   std::unique_ptr<rocksdb::DB> db_;
   std::vector<rocksdb::ColumnFamilyHandle*> handles_;  // Owned; destroyed before db_.
   rocksdb::WriteOptions write_options_;
+  // Held while write-ahead log files are deleted (TruncateLog) and while Backup copies records out
+  // of them.
+  Mutex wal_files_mutex_;
+  // The largest lsn in the log family (0: none), which TruncateLog then truncates too.
+  std::atomic<uint64_t> legacy_log_lsn_{0};
 };
 
 }  // namespace kldrift

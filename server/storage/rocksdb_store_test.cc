@@ -72,6 +72,28 @@ IngestBatch Batch(const std::string& client, uint64_t sequence, const std::strin
   return batch;
 }
 
+// Rewrites a closed store's format marker with plain RocksDB (as another kldriftd would have
+// written it). Its write-ahead log is not kept: use on stores whose log records are in the log
+// family.
+void SetFormatMarker(const std::string& path, const std::string& format) {
+  std::vector<std::string> families;
+  ASSERT_TRUE(rocksdb::DB::ListColumnFamilies(rocksdb::DBOptions(), path, &families).ok());
+  std::vector<rocksdb::ColumnFamilyDescriptor> descriptors;
+  for (const std::string& name : families) {
+    descriptors.emplace_back(name, rocksdb::ColumnFamilyOptions());
+  }
+  std::vector<rocksdb::ColumnFamilyHandle*> handles;
+  rocksdb::DB* db = nullptr;
+  ASSERT_TRUE(rocksdb::DB::Open(rocksdb::DBOptions(), path, descriptors, &handles, &db).ok());
+  for (size_t i = 0; i < families.size(); ++i) {
+    if (families[i] == "meta") {
+      ASSERT_TRUE(db->Put(rocksdb::WriteOptions(), handles[i], "format_version", format).ok());
+    }
+  }
+  for (auto* handle : handles) db->DestroyColumnFamilyHandle(handle);
+  delete db;
+}
+
 TEST(RocksDbStoreTest, CreatesAFreshStoreAndReopensIt) {
   TempDir dir;
   FakeClock clock;
@@ -121,26 +143,7 @@ TEST(RocksDbStoreTest, RefusesAnotherFormatVersion) {
   FakeClock clock;
   const std::string path = dir.path() + "/data";
   ASSERT_TRUE(RocksDbStore::Open({path, false, &clock}).ok());
-  {
-    // Rewrite the format marker as a future kldriftd would.
-    std::vector<std::string> families;
-    ASSERT_TRUE(rocksdb::DB::ListColumnFamilies(rocksdb::DBOptions(), path, &families).ok());
-    std::vector<rocksdb::ColumnFamilyDescriptor> descriptors;
-    for (const std::string& name : families)
-      descriptors.emplace_back(name, rocksdb::ColumnFamilyOptions());
-    std::vector<rocksdb::ColumnFamilyHandle*> handles;
-    rocksdb::DB* db = nullptr;
-    ASSERT_TRUE(rocksdb::DB::Open(rocksdb::DBOptions(), path, descriptors, &handles, &db).ok());
-    for (size_t i = 0; i < families.size(); ++i) {
-      if (families[i] == "meta") {
-        ASSERT_TRUE(
-            db->Put(rocksdb::WriteOptions(), handles[i], "format_version", "kldrift-store-999")
-                .ok());
-      }
-    }
-    for (auto* handle : handles) db->DestroyColumnFamilyHandle(handle);
-    delete db;
-  }
+  SetFormatMarker(path, "kldrift-store-999");  // As a future kldriftd would.
   absl::StatusOr<std::unique_ptr<RocksDbStore>> store = RocksDbStore::Open({path, false, &clock});
   EXPECT_EQ(store.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(store.status().message(), HasSubstr("kldrift-store-999"));
@@ -347,7 +350,7 @@ TEST(RocksDbStoreTest, ValuesRoundTripAcrossTheirEncodings) {
         key, 7, {SubBucketDelta{key, absl::Hours(1), absl::FromUnixSeconds(3600), cases[i]}}});
   }
   ASSERT_TRUE((*store)->WriteBatch(record).ok());
-  ASSERT_TRUE((*store)->WriteSnapshots(snapshots, 0).ok());
+  ASSERT_TRUE((*store)->WriteSnapshots(snapshots).ok());
 
   auto same = [](const std::vector<double>& got, const std::vector<double>& want) {
     if (got.size() != want.size()) return false;
@@ -405,6 +408,163 @@ TEST(RocksDbStoreTest, ExpiredSubBucketsAreDeletedOnCompaction) {
   clock.Advance(absl::Hours(48));  // Past every window (24h) by more than half of it.
   ASSERT_TRUE((*store)->CompactWindows().ok());
   EXPECT_EQ(count_sub_buckets(), 0u);
+}
+
+// ---- The log in the write-ahead log ----------------------------------------------------------
+
+// A log record of one stream whose values tell its lsn.
+IngestRecord LogRecord(uint64_t lsn, absl::Time now) {
+  IngestRecord record;
+  record.lsn = lsn;
+  record.client_id = "c";
+  record.sequence = lsn;
+  record.received_at = now;
+  record.event_time = now;
+  record.deltas.push_back(
+      StreamDelta{StreamKey{"m", "", "s"}, {static_cast<double>(lsn), 1, 70, 0.5}});
+  return record;
+}
+
+// The lsns of the log records Load returns, in its order; checks each record's contents.
+std::vector<uint64_t> LoggedLsns(RocksDbStore& store) {
+  std::vector<uint64_t> lsns;
+  StateStore::Visitor visitor;
+  visitor.log_record = [&](const IngestRecord& record) {
+    lsns.push_back(record.lsn);
+    ASSERT_EQ(record.deltas.size(), 1u);
+    EXPECT_EQ(record.deltas[0].stream, (StreamKey{"m", "", "s"}));
+    EXPECT_EQ(record.deltas[0].values,
+              (std::vector<double>{static_cast<double>(record.lsn), 1, 70, 0.5}));
+  };
+  EXPECT_TRUE(store.Load(visitor).ok());
+  return lsns;
+}
+
+std::vector<uint64_t> Range(uint64_t first, uint64_t last) {
+  std::vector<uint64_t> out;
+  for (uint64_t lsn = first; lsn <= last; ++lsn) out.push_back(lsn);
+  return out;
+}
+
+void WriteRecords(RocksDbStore& store, uint64_t first, uint64_t last, absl::Time now) {
+  for (uint64_t lsn = first; lsn <= last; ++lsn) {
+    ASSERT_TRUE(store.WriteBatch(LogRecord(lsn, now)).ok());
+  }
+}
+
+// Log records go to the write-ahead log only; TruncateLog deletes whole archived files, oldest
+// first, and only those whose every record was written by the `end` it is given.
+TEST(RocksDbStoreTest, LogRecordsLiveInTheWriteAheadLogAndAreTruncatedByWholeFiles) {
+  TempDir dir;
+  FakeClock clock;
+  const std::string path = dir.path() + "/data";
+  auto open = [&] {
+    absl::StatusOr<std::unique_ptr<RocksDbStore>> store = RocksDbStore::Open({path, false, &clock});
+    EXPECT_TRUE(store.ok()) << store.status();
+    return store.ok() ? *std::move(store) : nullptr;
+  };
+  std::unique_ptr<RocksDbStore> store = open();
+  ASSERT_NE(store, nullptr);
+  WriteRecords(*store, 1, 50, clock.Now());
+  const uint64_t end_of_first = store->LogEnd();
+  // Each restart flushes what the live write-ahead log file fed, so RocksDB archives it.
+  store.reset();
+  store = open();
+  ASSERT_NE(store, nullptr);
+  WriteRecords(*store, 51, 100, clock.Now());
+  const uint64_t end_of_second = store->LogEnd();
+  EXPECT_GT(end_of_second, end_of_first);
+  store.reset();
+  store = open();
+  ASSERT_NE(store, nullptr);
+  WriteRecords(*store, 101, 120, clock.Now());
+  EXPECT_EQ(LoggedLsns(*store), Range(1, 120));
+  {
+    absl::StatusOr<std::string> report = RocksDbStore::Describe(path);
+    ASSERT_TRUE(report.ok()) << report.status();
+    EXPECT_THAT(*report, HasSubstr("  log: 0 records"));  // Not in the log family...
+    EXPECT_THAT(*report, HasSubstr("write-ahead log: 120 log records"));  // ...but here.
+  }
+
+  // An end inside the second file: the first goes, the second stays whole.
+  ASSERT_TRUE(store->TruncateLog(75, end_of_first + 25).ok());
+  EXPECT_EQ(LoggedLsns(*store), Range(51, 120));
+  ASSERT_TRUE(store->TruncateLog(100, end_of_second).ok());
+  EXPECT_EQ(LoggedLsns(*store), Range(101, 120));
+  // The live file is RocksDB's until it archives it.
+  ASSERT_TRUE(store->TruncateLog(120, store->LogEnd()).ok());
+  EXPECT_EQ(LoggedLsns(*store), Range(101, 120));
+  store.reset();
+  store = open();
+  ASSERT_NE(store, nullptr);
+  EXPECT_EQ(LoggedLsns(*store), Range(101, 120));  // Truncated files stay gone after a restart.
+  ASSERT_TRUE(store->TruncateLog(120, store->LogEnd()).ok());
+  EXPECT_EQ(LoggedLsns(*store), std::vector<uint64_t>{});
+  // And the log goes on after that.
+  WriteRecords(*store, 121, 125, clock.Now());
+  EXPECT_EQ(LoggedLsns(*store), Range(121, 125));
+}
+
+// A backup's checkpoint does not hold the write-ahead log: the records it needs are copied into
+// its log family, read like a store of the previous format, and truncated from there.
+TEST(RocksDbStoreTest, ABackupCarriesItsLogRecordsInTheLogFamily) {
+  TempDir dir;
+  FakeClock clock;
+  const std::string path = dir.path() + "/data";
+  const std::string copy = dir.path() + "/backup";
+  {
+    absl::StatusOr<std::unique_ptr<RocksDbStore>> store = RocksDbStore::Open({path, false, &clock});
+    ASSERT_TRUE(store.ok()) << store.status();
+    WriteRecords(**store, 1, 30, clock.Now());
+    absl::StatusOr<uint64_t> bytes = (*store)->Backup(copy);
+    ASSERT_TRUE(bytes.ok()) << bytes.status();
+    WriteRecords(**store, 31, 40, clock.Now());  // After the backup: not in it.
+    EXPECT_EQ(LoggedLsns(**store), Range(1, 40));
+  }
+  absl::StatusOr<std::string> report = RocksDbStore::Describe(copy);
+  ASSERT_TRUE(report.ok()) << report.status();
+  EXPECT_THAT(*report, HasSubstr("  log: 30 records"));
+  absl::StatusOr<std::unique_ptr<RocksDbStore>> restored =
+      RocksDbStore::Open({copy, false, &clock});
+  ASSERT_TRUE(restored.ok()) << restored.status();
+  EXPECT_EQ(LoggedLsns(**restored), Range(1, 30));
+  WriteRecords(**restored, 31, 35, clock.Now());
+  EXPECT_EQ(LoggedLsns(**restored), Range(1, 35));
+  // Truncation reaches the log family too.
+  ASSERT_TRUE((*restored)->TruncateLog(20, (*restored)->LogEnd()).ok());
+  EXPECT_EQ(LoggedLsns(**restored), Range(21, 35));
+  ASSERT_TRUE((*restored)->TruncateLog(30, (*restored)->LogEnd()).ok());
+  EXPECT_EQ(LoggedLsns(**restored), Range(31, 35));
+}
+
+// A store of the previous format (log records in the log family) opens, is marked as the current
+// format, and keeps its records.
+TEST(RocksDbStoreTest, AStoreOfThePreviousFormatIsUpgradedWithItsLog) {
+  TempDir dir;
+  FakeClock clock;
+  const std::string path = dir.path() + "/data";
+  const std::string old = dir.path() + "/old";
+  {
+    absl::StatusOr<std::unique_ptr<RocksDbStore>> store = RocksDbStore::Open({path, false, &clock});
+    ASSERT_TRUE(store.ok()) << store.status();
+    WriteRecords(**store, 1, 12, clock.Now());
+    ASSERT_TRUE((*store)->Backup(old).ok());  // Its records are in the log family.
+  }
+  SetFormatMarker(old, RocksDbStore::kPreviousFormatVersion);
+  absl::StatusOr<std::string> report = RocksDbStore::Describe(old);
+  ASSERT_TRUE(report.ok()) << report.status();
+  EXPECT_THAT(*report, HasSubstr("upgraded when this kldriftd opens it"));
+  {
+    absl::StatusOr<std::unique_ptr<RocksDbStore>> store = RocksDbStore::Open({old, false, &clock});
+    ASSERT_TRUE(store.ok()) << store.status();
+    EXPECT_EQ(LoggedLsns(**store), Range(1, 12));
+    WriteRecords(**store, 13, 14, clock.Now());
+    EXPECT_EQ(LoggedLsns(**store), Range(1, 14));
+  }
+  report = RocksDbStore::Describe(old);
+  ASSERT_TRUE(report.ok()) << report.status();
+  EXPECT_THAT(*report, HasSubstr(absl::StrCat(RocksDbStore::kFormatVersion,
+                                              " (readable by this kldriftd)")));
 }
 
 }  // namespace
