@@ -360,21 +360,18 @@ class LogBlobCollector : public rocksdb::WriteBatch::Handler {
 };
 
 // Calls `visit(lsn, body)` for every log record in `db`'s write-ahead log files (archived and
-// live) written at sequence numbers up to `through`, in write order. Returns the last sequence
-// number read (0 if none).
-absl::StatusOr<rocksdb::SequenceNumber> ForEachWalRecord(
-    rocksdb::DB* db, rocksdb::SequenceNumber from, rocksdb::SequenceNumber through,
+// live) written at sequence numbers up to `through`, in write order.
+absl::Status ForEachWalRecord(
+    rocksdb::DB* db, rocksdb::SequenceNumber through,
     const std::function<absl::Status(uint64_t lsn, rocksdb::Slice body)>& visit) {
-  if (through < from) return rocksdb::SequenceNumber{0};
   std::unique_ptr<rocksdb::TransactionLogIterator> it;
-  rocksdb::Status s = db->GetUpdatesSince(from, &it);
+  rocksdb::Status s = db->GetUpdatesSince(0, &it);
   if (!s.ok()) return FromRocks(s, "reading the write-ahead log");
   rocksdb::SequenceNumber last = 0;
   LogBlobCollector collector;
   for (; it->Valid(); it->Next()) {
     rocksdb::BatchResult batch = it->GetBatch();
     if (batch.sequence > through) break;
-    if (batch.sequence < from) continue;
     collector.blobs.clear();
     s = batch.writeBatchPtr->Iterate(&collector);
     if (!s.ok()) return FromRocks(s, "reading a write batch of the write-ahead log");
@@ -393,7 +390,7 @@ absl::StatusOr<rocksdb::SequenceNumber> ForEachWalRecord(
   if (!it->status().ok() && last < through) {
     return FromRocks(it->status(), "reading the write-ahead log");
   }
-  return last;
+  return absl::OkStatus();
 }
 
 // ---- Retention filter ------------------------------------------------------------------------
@@ -856,8 +853,8 @@ absl::Status RocksDbStore::Load(const Visitor& visitor) {
     if (!it->status().ok()) return FromRocks(it->status(), "reading the log");
     legacy_log_lsn_.store(legacy_lsn);
     IngestRecord record;
-    absl::StatusOr<rocksdb::SequenceNumber> read_through =
-        ForEachWalRecord(db_.get(), 0, db_->GetLatestSequenceNumber(),
+    absl::Status read =
+        ForEachWalRecord(db_.get(), db_->GetLatestSequenceNumber(),
                          [&](uint64_t lsn, rocksdb::Slice body) -> absl::Status {
                            if (in_log_family.contains(lsn)) return absl::OkStatus();
                            if (!DecodeRecord(body, &record)) {
@@ -869,7 +866,7 @@ absl::Status RocksDbStore::Load(const Visitor& visitor) {
                            if (visitor.log_record) visitor.log_record(record);
                            return absl::OkStatus();
                          });
-    if (!read_through.ok()) return read_through.status();
+    if (!read.ok()) return read;
   }
   {
     std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(read, handles_[kClients]));
@@ -954,25 +951,24 @@ absl::Status RocksDbStore::CopyLogInto(const std::string& dir) {
     batch.Clear();
     return written;
   };
-  // Every record up to `through` was written here before the checkpoint; should the last ones not
-  // be readable yet, the reading resumes after the last one read, for a bounded time.
-  rocksdb::SequenceNumber next = 0;
+  // The checkpoint may have copied a live log file with writes this store was still finishing
+  // (written, not yet visible): wait, for a bounded time, until every write up to `through` is.
   const absl::Time deadline = absl::Now() + absl::Seconds(10);
-  while (true) {
-    absl::StatusOr<rocksdb::SequenceNumber> last = ForEachWalRecord(
-        db_.get(), next, through, [&](uint64_t lsn, rocksdb::Slice body) -> absl::Status {
-          batch.Put(handles[kLog], LsnKey(lsn), body);
-          return batch.GetDataSize() >= kBatchBytes ? write() : absl::OkStatus();
-        });
-    if (!last.ok()) return last.status();
-    if (*last != 0) next = *last + 1;
-    if (next > through) break;
+  while (db_->GetLatestSequenceNumber() < through) {
     if (absl::Now() > deadline) {
-      return absl::UnavailableError(absl::StrCat("the write-ahead log could not be read up to ",
-                                                 through, " (read up to ", next, ")"));
+      return absl::UnavailableError(
+          absl::StrCat("writes up to sequence number ", through, " did not finish in 10 s"));
     }
-    absl::SleepFor(absl::Milliseconds(10));
+    absl::SleepFor(absl::Milliseconds(1));
   }
+  // Records up to `through` no longer in the write-ahead log were truncated: the checkpoint's
+  // snapshots cover them (no file is deleted while this runs).
+  absl::Status read =
+      ForEachWalRecord(db_.get(), through, [&](uint64_t lsn, rocksdb::Slice body) -> absl::Status {
+        batch.Put(handles[kLog], LsnKey(lsn), body);
+        return batch.GetDataSize() >= kBatchBytes ? write() : absl::OkStatus();
+      });
+  if (!read.ok()) return read;
   if (absl::Status written = write(); !written.ok()) return written;
   rocksdb::FlushOptions flush;
   std::vector<rocksdb::ColumnFamilyHandle*> all(handles.begin(), handles.end());
@@ -1034,8 +1030,8 @@ absl::StatusOr<std::string> RocksDbStore::Describe(const std::string& path) {
     absl::StrAppend(&report, "  ", kFamilyNames[family], ": ", records, " records\n");
   }
   uint64_t wal_records = 0;
-  const absl::StatusOr<rocksdb::SequenceNumber> wal =
-      ForEachWalRecord(db.get(), 0, db->GetLatestSequenceNumber(), [&](uint64_t, rocksdb::Slice) {
+  const absl::Status wal =
+      ForEachWalRecord(db.get(), db->GetLatestSequenceNumber(), [&](uint64_t, rocksdb::Slice) {
         ++wal_records;
         return absl::OkStatus();
       });
@@ -1043,7 +1039,7 @@ absl::StatusOr<std::string> RocksDbStore::Describe(const std::string& path) {
     absl::StrAppend(&report, "  write-ahead log: ", wal_records,
                     " log records (batches not yet in a snapshot)\n");
   } else if (result.ok()) {
-    result = wal.status();
+    result = wal;
   }
   const rocksdb::Status checksums = db->VerifyChecksum();
   absl::StrAppend(&report, "  checksums:  ", checksums.ok() ? "ok" : checksums.ToString(), "\n");

@@ -500,6 +500,15 @@ TEST(RocksDbStoreTest, LogRecordsLiveInTheWriteAheadLogAndAreTruncatedByWholeFil
   EXPECT_EQ(LoggedLsns(*store), Range(101, 120));  // Truncated files stay gone after a restart.
   ASSERT_TRUE(store->TruncateLog(120, store->LogEnd()).ok());
   EXPECT_EQ(LoggedLsns(*store), std::vector<uint64_t>{});
+  // A backup of a store whose log is empty has none either.
+  const std::string copy = dir.path() + "/copy";
+  ASSERT_TRUE(store->Backup(copy).ok());
+  {
+    absl::StatusOr<std::unique_ptr<RocksDbStore>> restored =
+        RocksDbStore::Open({copy, false, &clock});
+    ASSERT_TRUE(restored.ok()) << restored.status();
+    EXPECT_EQ(LoggedLsns(**restored), std::vector<uint64_t>{});
+  }
   // And the log goes on after that.
   WriteRecords(*store, 121, 125, clock.Now());
   EXPECT_EQ(LoggedLsns(*store), Range(121, 125));
