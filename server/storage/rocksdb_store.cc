@@ -532,13 +532,13 @@ const std::shared_ptr<rocksdb::TableFactory>& SharedTableFactory() {
 // The write-ahead log. Log records are written to it only (see the header): a write-ahead log file
 // RocksDB no longer needs is archived rather than deleted (a size limit no store reaches, so
 // RocksDB never deletes one itself; a TTL would, after any clock step), and TruncateLog deletes
-// archived files the snapshots cover. The live files are cut to kMaxLiveWalBytes by flushing the
-// small memtables that hold them back (client sequences, snapshots), so a file is archived soon
-// after it is full.
+// archived files the snapshots cover. The live files are cut to `max_live_log_bytes` by flushing
+// the small memtables that hold them back (client sequences, snapshots), so a file is archived
+// soon after it is full.
 constexpr uint64_t kNeverPurgeWalMegabytes = uint64_t{1} << 30;  // 1 PiB.
-constexpr uint64_t kMaxLiveWalBytes = 128 << 20;
 
-rocksdb::DBOptions StoreDbOptions() {
+rocksdb::DBOptions StoreDbOptions(
+    uint64_t max_live_log_bytes = RocksDbStoreOptions().max_live_log_bytes) {
   rocksdb::DBOptions options;
   options.paranoid_checks = true;
   // Concurrent ingest streams: let the WAL and memtable writes of different batches overlap.
@@ -549,7 +549,7 @@ rocksdb::DBOptions StoreDbOptions() {
   options.db_write_buffer_size = kMemtableBudgetBytes;
   options.WAL_size_limit_MB = kNeverPurgeWalMegabytes;
   options.WAL_ttl_seconds = 0;
-  options.max_total_wal_size = kMaxLiveWalBytes;
+  options.max_total_wal_size = max_live_log_bytes;
   return options;
 }
 
@@ -583,7 +583,7 @@ absl::StatusOr<std::unique_ptr<RocksDbStore>> RocksDbStore::Open(const RocksDbSt
     return absl::FailedPreconditionError(
         absl::StrCat("--data-dir ", opts.path, " is a file, not a folder"));
   }
-  rocksdb::DBOptions db_options = StoreDbOptions();
+  rocksdb::DBOptions db_options = StoreDbOptions(opts.max_live_log_bytes);
   db_options.create_if_missing = fresh;
   db_options.create_missing_column_families = fresh;
   if (!fresh) {

@@ -57,6 +57,10 @@ struct RocksDbStoreOptions {
   bool sync = false;
   // Used by the retention filter; must outlive the store.
   const Clock* clock = nullptr;
+  // When the live write-ahead log files pass this size together, RocksDB flushes the memtables
+  // that still need them, so they can be archived and then truncated (see the class comment).
+  // Tests make it small to switch files often.
+  uint64_t max_live_log_bytes = uint64_t{128} << 20;
 };
 
 class RocksDbStore final : public StateStore {

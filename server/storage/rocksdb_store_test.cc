@@ -7,6 +7,8 @@
 #include <fstream>
 #include <limits>
 #include <memory>
+#include <random>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -574,6 +576,101 @@ TEST(RocksDbStoreTest, AStoreOfThePreviousFormatIsUpgradedWithItsLog) {
   ASSERT_TRUE(report.ok()) << report.status();
   EXPECT_THAT(*report, HasSubstr(absl::StrCat(RocksDbStore::kFormatVersion,
                                               " (readable by this kldriftd)")));
+}
+
+// The names of the write-ahead log files in `folder` (a data folder, or its archive).
+std::vector<std::string> LogFiles(const std::string& folder) {
+  std::vector<std::string> names;
+  std::error_code error;
+  for (const auto& entry : fs::directory_iterator(folder, error)) {
+    if (entry.path().extension() == ".log") names.push_back(entry.path().filename());
+  }
+  return names;
+}
+
+// Ingest, ticks and restarts against a store whose write-ahead log switches files every few ticks
+// (so archived files are truncated while ingest goes on), next to an engine without a store that
+// gets the same batches at the same times: after every restart, and at the end, the restored
+// windows are the memory engine's.
+TEST(RocksDbStoreTest, RestartsAmidFrequentLogFileSwitchesRestoreWhatWasAcknowledged) {
+  TempDir dir;
+  FakeClock clock;
+  RocksDbStoreOptions options{dir.path() + "/data", false, &clock};
+  options.max_live_log_bytes = 4 << 10;
+  constexpr int kStreams = 12;
+  std::vector<StreamKey> keys;
+  for (int i = 0; i < kStreams; ++i) keys.push_back({"m", "v1", absl::StrCat("s", i)});
+  DriftEngine memory(EngineOptions{}, &clock);
+  std::unique_ptr<RocksDbStore> store;
+  std::unique_ptr<DriftEngine> engine;
+  auto restart = [&] {
+    engine.reset();
+    store.reset();
+    absl::StatusOr<std::unique_ptr<RocksDbStore>> opened = RocksDbStore::Open(options);
+    ASSERT_TRUE(opened.ok()) << opened.status();
+    store = *std::move(opened);
+    engine = std::make_unique<DriftEngine>(OptionsWithStore(store.get()), &clock);
+    ASSERT_TRUE(engine->Recover().ok());
+  };
+  auto expect_same_windows = [&](const std::string& when) {
+    for (const StreamKey& key : keys) {
+      absl::StatusOr<std::vector<WindowReport>> want = memory.GetDrift(key, std::nullopt, 0);
+      absl::StatusOr<std::vector<WindowReport>> got = engine->GetDrift(key, std::nullopt, 0);
+      ASSERT_TRUE(want.ok() && got.ok());
+      ASSERT_EQ(got->size(), want->size());
+      for (size_t w = 0; w < got->size(); ++w) {
+        SCOPED_TRACE(absl::StrCat(when, ", ", key.signal, " window ", w));
+        EXPECT_EQ((*got)[w].samples, (*want)[w].samples);
+        EXPECT_EQ((*got)[w].measure_value, (*want)[w].measure_value);  // Whole counts: exact.
+      }
+    }
+  };
+  restart();
+  for (const StreamKey& key : keys) {
+    const std::vector<double> counts = {5, 5, 5, 5, 5, 5, 5, 5};
+    ASSERT_TRUE(memory.PutReference(Numeric(key, counts)).ok());
+    ASSERT_TRUE(engine->PutReference(Numeric(key, counts)).ok());
+  }
+  std::mt19937 rng(20261125);
+  std::uniform_int_distribution<int> count(0, 6);
+  std::bernoulli_distribution in_batch(0.6);
+  uint64_t sequence = 0;
+  std::set<std::string> log_files_seen;
+  for (int step = 1; step <= 2400; ++step) {
+    std::vector<StreamData> data;
+    for (const StreamKey& key : keys) {
+      if (!in_batch(rng)) continue;
+      std::vector<double> counts(11);  // 8 bins, under- and overflow, NaN.
+      for (double& c : counts) c = count(rng);
+      data.push_back(Histogram(key, counts));
+    }
+    if (data.empty()) continue;
+    const IngestBatch batch = Batch("c", ++sequence, "m", data);
+    const IngestResult applied = memory.Ingest(batch);
+    ASSERT_TRUE(applied.status.ok()) << applied.status;
+    const IngestResult result = engine->Ingest(batch);
+    ASSERT_TRUE(result.status.ok()) << result.status;
+    ASSERT_FALSE(result.duplicate);
+    if (step % 40 == 0) {  // A tick: snapshots, then the log truncated.
+      // Each file is live, then archived (a rename), until a tick deletes it.
+      for (const std::string& folder : {options.path, options.path + "/archive"}) {
+        for (const std::string& name : LogFiles(folder)) log_files_seen.insert(name);
+      }
+      memory.Evaluate();
+      engine->Evaluate();
+    }
+    if (step % 300 == 0) {
+      restart();
+      expect_same_windows(absl::StrCat("after the restart at step ", step));
+    }
+    clock.Advance(absl::Milliseconds(700));  // 28 minutes in all: 5m sub-buckets move and expire.
+  }
+  restart();
+  expect_same_windows("at the end");
+  // The log was cut into many files, and the ticks deleted the archived ones they covered.
+  EXPECT_GE(log_files_seen.size(), 15u);
+  engine->Evaluate();
+  EXPECT_LE(LogFiles(options.path + "/archive").size(), 1u);
 }
 
 }  // namespace
