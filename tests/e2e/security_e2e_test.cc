@@ -701,7 +701,9 @@ TEST_F(SecurityE2eTest, EveryRpcChecksTheTokenRoleAndModel) {
         request.set_model(model);
         v1::ModelExport response;
         status = stub->ExportModel(Context(authorization).get(), request, &response);
-        if (status.ok()) EXPECT_EQ(response.streams_size(), 1);
+        if (status.ok()) {
+          EXPECT_EQ(response.streams_size(), 1);
+        }
         break;
       }
       case Rpc::kImportModel: {
@@ -715,7 +717,9 @@ TEST_F(SecurityE2eTest, EveryRpcChecksTheTokenRoleAndModel) {
         request.set_replace(true);
         v1::ImportModelResponse response;
         status = stub->ImportModel(Context(authorization).get(), request, &response);
-        if (status.ok()) EXPECT_EQ(response.streams(), 1u);
+        if (status.ok()) {
+          EXPECT_EQ(response.streams(), 1u);
+        }
         break;
       }
     }
