@@ -269,10 +269,10 @@ std::string LsnKey(uint64_t lsn) {
 }
 
 // A log record's body: event time, then each stream's prefix and encoded delta, length-prefixed.
-// Appended to `out`, which holds `reserve_extra` bytes more than the body in the end.
-void AppendRecord(const IngestRecord& record, size_t reserve_extra, std::string& out) {
+// Appended to `out`.
+void AppendRecord(const IngestRecord& record, std::string& out) {
   // About a byte per count: one allocation for the whole record in the common case.
-  size_t estimate = out.size() + reserve_extra + 8 + 10;
+  size_t estimate = out.size() + 8 + 10;
   for (const StreamDelta& delta : record.deltas) {
     estimate += 4 + StreamPrefixSize(delta.stream) + 3 + delta.values.size() * 2;
   }
@@ -571,6 +571,16 @@ rocksdb::ColumnFamilyOptions FamilyOptions(int family, const rocksdb::Compaction
   return options;
 }
 
+// Every kldrift column family, in Family order.
+std::vector<rocksdb::ColumnFamilyDescriptor> FamilyDescriptors(
+    const rocksdb::CompactionFilter* retention) {
+  std::vector<rocksdb::ColumnFamilyDescriptor> descriptors;
+  for (int family = 0; family < kFamilyCount; ++family) {
+    descriptors.emplace_back(kFamilyNames[family], FamilyOptions(family, retention));
+  }
+  return descriptors;
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<RocksDbStore>> RocksDbStore::Open(const RocksDbStoreOptions& opts) {
@@ -609,10 +619,8 @@ absl::StatusOr<std::unique_ptr<RocksDbStore>> RocksDbStore::Open(const RocksDbSt
   std::unique_ptr<RocksDbStore> store(new RocksDbStore());
   store->options_ = opts;
   store->retention_ = std::make_unique<WindowRetentionFilter>(opts.clock);
-  std::vector<rocksdb::ColumnFamilyDescriptor> descriptors;
-  for (int family = 0; family < kFamilyCount; ++family) {
-    descriptors.emplace_back(kFamilyNames[family], FamilyOptions(family, store->retention_.get()));
-  }
+  const std::vector<rocksdb::ColumnFamilyDescriptor> descriptors =
+      FamilyDescriptors(store->retention_.get());
   store->write_options_.sync = opts.sync;
   rocksdb::DB* db = nullptr;
   rocksdb::Status s = rocksdb::DB::Open(db_options, opts.path, descriptors, &store->handles_, &db);
@@ -692,7 +700,7 @@ absl::Status RocksDbStore::WriteBatch(const IngestRecord& record) {
   std::string blob;
   blob.push_back(kLogRecordTag);
   AppendBigEndian(&blob, record.lsn);
-  AppendRecord(record, 0, blob);
+  AppendRecord(record, blob);
   rocksdb::WriteBatch batch(blob.size() + record.client_id.size() + 64);
   batch.PutLogData(blob);
   storage::v1::StoredClient client;
@@ -928,10 +936,7 @@ absl::Status RocksDbStore::CopyLogInto(const std::string& dir) {
   // The checkpoint holds the windows, clients and alert states written up to its last sequence
   // number, but not the log records, which live in write-ahead log files it does not copy: those
   // up to that sequence number go into the copy's log family (which Load reads).
-  std::vector<rocksdb::ColumnFamilyDescriptor> descriptors;
-  for (int family = 0; family < kFamilyCount; ++family) {
-    descriptors.emplace_back(kFamilyNames[family], FamilyOptions(family, nullptr));
-  }
+  const std::vector<rocksdb::ColumnFamilyDescriptor> descriptors = FamilyDescriptors(nullptr);
   const rocksdb::DBOptions db_options = StoreDbOptions();
   std::vector<rocksdb::ColumnFamilyHandle*> handles;
   rocksdb::DB* raw = nullptr;
@@ -984,10 +989,7 @@ absl::Status RocksDbStore::CompactWindows() {
 uint64_t RocksDbStore::DiskBytes() const { return FolderBytes(options_.path); }
 
 absl::StatusOr<std::string> RocksDbStore::Describe(const std::string& path) {
-  std::vector<rocksdb::ColumnFamilyDescriptor> descriptors;
-  for (int family = 0; family < kFamilyCount; ++family) {
-    descriptors.emplace_back(kFamilyNames[family], FamilyOptions(family, nullptr));
-  }
+  const std::vector<rocksdb::ColumnFamilyDescriptor> descriptors = FamilyDescriptors(nullptr);
   std::vector<std::string> families;
   const rocksdb::DBOptions db_options = StoreDbOptions();
   rocksdb::Status s = rocksdb::DB::ListColumnFamilies(db_options, path, &families);
