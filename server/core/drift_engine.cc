@@ -1625,8 +1625,9 @@ absl::Status DriftEngine::Recover() {
   visitor.reference = [&](std::shared_ptr<const Reference> ref)
                           ABSL_NO_THREAD_SAFETY_ANALYSIS -> absl::Status {
     auto& slot = streams_[ref->stream];
-    if (slot == nullptr)
+    if (slot == nullptr) {
       slot = std::make_shared<StreamState>(ref->stream, options_.store != nullptr);
+    }
     MutexLock lock(&slot->mutex);
     // Stored windows were reset whenever bins changed, so the latest version's windows hold them.
     const bool keep_windows = slot->KeepsWindows(*ref);
