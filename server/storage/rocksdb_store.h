@@ -3,26 +3,28 @@
 // Column families:
 //   meta        "format_version" -> kFormatVersion; a folder without it is not ours.
 //   references  stream | version            -> StoredReference (every version).
-//   windows     stream | window | start      -> snapshot of a sub-bucket's K values (zig-zag
-//                                               varints when they are integers, raw doubles
-//                                               otherwise), written on the evaluation tick for the
-//                                               sub-buckets that changed; the log up to the
-//                                               snapshot is then truncated.
+//   windows     stream | window | start      -> snapshot of a sub-bucket's K values (bit-packed
+//                                               counts below 16, zig-zag varints for other
+//                                               integers, raw doubles otherwise), written on the
+//                                               evaluation tick for the sub-buckets that changed;
+//                                               the log up to the snapshot is then truncated.
 //   meta        "lsn/" stream                -> the last log record a stream's snapshot includes.
 //   clients     client id                    -> StoredClient (last applied sequence).
 //   alerts      stream | window              -> StoredAlert.
-//   log         lsn                          -> log records of a store of the previous format, or
-//                                               copied into a backup (below).
+//   log         lsn [| format tag]           -> log records of a kldrift-store-1 store, or copied
+//                                               into a backup (below); the tag ('C') unless the
+//                                               record is of the stream-keys format.
 // (stream = model \0 model_version \0 signal \0; window = seconds, start = Unix microseconds, both
 // big-endian, the start with its sign bit flipped, so keys sort by time.)
 //
-// The log: one record per applied ingest batch (its lsn, event time and every stream's delta),
-// written with the client's sequence number in one write batch as write-ahead-log-only data
-// (WriteBatch::PutLogData): no memtable insert, no flush, no compaction, so a record is written
-// to disk once. RocksDB archives a write-ahead log file instead of deleting it once its memtables
-// are flushed, and never deletes an archived one; TruncateLog deletes the archived files whose
-// records the snapshots cover. Load reads the records back with GetUpdatesSince, and Backup copies
-// the ones its checkpoint needs into the copy's log family.
+// The log: one record per applied ingest batch (its lsn, event time and every stream's delta; the
+// model once, then each stream's version, signal and values), written with the client's sequence
+// number in one write batch as write-ahead-log-only data (WriteBatch::PutLogData): no memtable
+// insert, no flush, no compaction, so a record is written to disk once. RocksDB archives a
+// write-ahead log file instead of deleting it once its memtables are flushed, and never deletes an
+// archived one; TruncateLog deletes the archived files whose records the snapshots cover. Load
+// reads the records back with GetUpdatesSince, and Backup copies the ones its checkpoint needs into
+// the copy's log family.
 //
 // Durability: every write goes through the write-ahead log. By default the log is not fsynced, so
 // what returned OK survives a crash of the process (kill -9) but not of the machine; with
@@ -66,9 +68,11 @@ struct RocksDbStoreOptions {
 class RocksDbStore final : public StateStore {
  public:
   // The on-disk format this build reads and writes.
-  static constexpr char kFormatVersion[] = "kldrift-store-2";
-  // Read too, and marked as kFormatVersion on opening: its log records are in the log family.
-  static constexpr char kPreviousFormatVersion[] = "kldrift-store-1";
+  static constexpr char kFormatVersion[] = "kldrift-store-3";
+  // Read too, and marked as kFormatVersion on opening (an older kldriftd then refuses the folder):
+  // kldrift-store-1 kept its log records in the log family, kldrift-store-2 wrote them to the
+  // write-ahead log in the stream-keys format; kldrift-store-3 writes compact records there.
+  static constexpr const char* kUpgradedFormatVersions[] = {"kldrift-store-1", "kldrift-store-2"};
 
   // Opens (or creates, when the folder is missing or empty) the store. Refuses, with a message
   // saying what to do, a folder that is not a kldrift store, one written in another format version,

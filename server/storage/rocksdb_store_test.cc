@@ -15,8 +15,11 @@
 #include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "kldrift/storage/v1/storage.pb.h"
 #include "rocksdb/db.h"
+#include "rocksdb/write_batch.h"
 #include "server/core/clock.h"
+#include "server/core/count_scan.h"
 #include "server/core/drift_engine.h"
 
 namespace kldrift {
@@ -74,26 +77,42 @@ IngestBatch Batch(const std::string& client, uint64_t sequence, const std::strin
   return batch;
 }
 
-// Rewrites a closed store's format marker with plain RocksDB (as another kldriftd would have
-// written it). Its write-ahead log is not kept: use on stores whose log records are in the log
-// family.
-void SetFormatMarker(const std::string& path, const std::string& format) {
-  std::vector<std::string> families;
-  ASSERT_TRUE(rocksdb::DB::ListColumnFamilies(rocksdb::DBOptions(), path, &families).ok());
-  std::vector<rocksdb::ColumnFamilyDescriptor> descriptors;
-  for (const std::string& name : families) {
-    descriptors.emplace_back(name, rocksdb::ColumnFamilyOptions());
-  }
-  std::vector<rocksdb::ColumnFamilyHandle*> handles;
-  rocksdb::DB* db = nullptr;
-  ASSERT_TRUE(rocksdb::DB::Open(rocksdb::DBOptions(), path, descriptors, &handles, &db).ok());
-  for (size_t i = 0; i < families.size(); ++i) {
-    if (families[i] == "meta") {
-      ASSERT_TRUE(db->Put(rocksdb::WriteOptions(), handles[i], "format_version", format).ok());
+// A closed store opened with plain RocksDB, to write what another kldriftd build would have. Its
+// write-ahead log files are archived, not deleted, as the store's own options have them.
+class PlainRocksDb {
+ public:
+  explicit PlainRocksDb(const std::string& path) {
+    EXPECT_TRUE(rocksdb::DB::ListColumnFamilies(rocksdb::DBOptions(), path, &families_).ok());
+    std::vector<rocksdb::ColumnFamilyDescriptor> descriptors;
+    for (const std::string& name : families_) {
+      descriptors.emplace_back(name, rocksdb::ColumnFamilyOptions());
     }
+    rocksdb::DBOptions options;
+    options.WAL_size_limit_MB = 1 << 30;
+    rocksdb::DB* db = nullptr;
+    EXPECT_TRUE(rocksdb::DB::Open(options, path, descriptors, &handles_, &db).ok());
+    db_.reset(db);
   }
-  for (auto* handle : handles) db->DestroyColumnFamilyHandle(handle);
-  delete db;
+  ~PlainRocksDb() {
+    for (auto* handle : handles_) db_->DestroyColumnFamilyHandle(handle);
+  }
+
+  rocksdb::DB& db() { return *db_; }
+  rocksdb::ColumnFamilyHandle* family(const std::string& name) {
+    return handles_.at(std::find(families_.begin(), families_.end(), name) - families_.begin());
+  }
+
+ private:
+  std::vector<std::string> families_;
+  std::vector<rocksdb::ColumnFamilyHandle*> handles_;
+  std::unique_ptr<rocksdb::DB> db_;
+};
+
+// Rewrites a closed store's format marker (as another kldriftd would have written it).
+void SetFormatMarker(const std::string& path, const std::string& format) {
+  PlainRocksDb plain(path);
+  ASSERT_TRUE(
+      plain.db().Put(rocksdb::WriteOptions(), plain.family("meta"), "format_version", format).ok());
 }
 
 TEST(RocksDbStoreTest, CreatesAFreshStoreAndReopensIt) {
@@ -337,6 +356,13 @@ TEST(RocksDbStoreTest, ValuesRoundTripAcrossTheirEncodings) {
       {-0.0, 3},             // -0 reads back as 0 (equal)
       {std::numeric_limits<double>::infinity()},
       std::vector<double>(1000, 63),
+      // Counts below 16 are bit-packed, as few bits as the largest needs, any length.
+      std::vector<double>(67, 0),  // 0 bits
+      {1},
+      {0, 1, 1, 0, 1, 0, 0, 1, 1},                                 // 1 bit, 9 values: a second byte
+      {3, 0, 2, 1, 3, 3, 1},                                       // 2 bits
+      {0, 15, 7, 8, 1, 14, 2, 13, 4, 11, 5, 10, 6, 9, 3, 12, 15},  // 4 bits
+      {15, 16},                                                    // 16: one byte each
   };
   IngestRecord record;
   record.lsn = 7;
@@ -346,8 +372,12 @@ TEST(RocksDbStoreTest, ValuesRoundTripAcrossTheirEncodings) {
   record.event_time = clock.Now();
   std::vector<StreamSnapshot> snapshots;
   for (size_t i = 0; i < cases.size(); ++i) {
-    const StreamKey key{"m", "", absl::StrCat("s", i)};
-    record.deltas.push_back(StreamDelta{key, cases[i]});
+    // One stream of another model than the record's others; the engine writes one model per
+    // record, and says whether the values are counts (checked from the values otherwise).
+    const StreamKey key{i == 3 ? "another-model" : "m", i % 2 == 0 ? "" : "v1",
+                        absl::StrCat("s", i)};
+    const SmallCountScan scan = ScanSmallCounts(cases[i]);
+    record.deltas.push_back(StreamDelta{key, cases[i], scan.small_counts && i % 3 == 0, scan.max});
     snapshots.push_back(StreamSnapshot{
         key, 7, {SubBucketDelta{key, absl::Hours(1), absl::FromUnixSeconds(3600), cases[i]}}});
   }
@@ -377,6 +407,7 @@ TEST(RocksDbStoreTest, ValuesRoundTripAcrossTheirEncodings) {
   size_t checked = 0;
   for (const SubBucketDelta& b : sub_buckets) {
     const size_t i = std::stoul(b.stream.signal.substr(1));
+    EXPECT_EQ(b.stream, record.deltas[i].stream);
     ASSERT_LT(i, cases.size());
     EXPECT_TRUE(same(b.values, cases[i])) << "snapshot, case " << i;
     ++checked;
@@ -548,7 +579,7 @@ TEST(RocksDbStoreTest, ABackupCarriesItsLogRecordsInTheLogFamily) {
   EXPECT_EQ(LoggedLsns(**restored), Range(31, 35));
 }
 
-// A store of the previous format (log records in the log family) opens, is marked as the current
+// A store of the first format (log records in the log family) opens, is marked as the current
 // format, and keeps its records.
 TEST(RocksDbStoreTest, AStoreOfThePreviousFormatIsUpgradedWithItsLog) {
   TempDir dir;
@@ -561,7 +592,7 @@ TEST(RocksDbStoreTest, AStoreOfThePreviousFormatIsUpgradedWithItsLog) {
     WriteRecords(**store, 1, 12, clock.Now());
     ASSERT_TRUE((*store)->Backup(old).ok());  // Its records are in the log family.
   }
-  SetFormatMarker(old, RocksDbStore::kPreviousFormatVersion);
+  SetFormatMarker(old, RocksDbStore::kUpgradedFormatVersions[0]);
   absl::StatusOr<std::string> report = RocksDbStore::Describe(old);
   ASSERT_TRUE(report.ok()) << report.status();
   EXPECT_THAT(*report, HasSubstr("upgraded when this kldriftd opens it"));
@@ -576,6 +607,106 @@ TEST(RocksDbStoreTest, AStoreOfThePreviousFormatIsUpgradedWithItsLog) {
   ASSERT_TRUE(report.ok()) << report.status();
   EXPECT_THAT(*report, HasSubstr(absl::StrCat(RocksDbStore::kFormatVersion,
                                               " (readable by this kldriftd)")));
+}
+
+// ---- Records of the stream-keys format (kldrift-store-1 and -2) ---------------------------------
+
+void AppendBigEndianForTest(std::string* out, uint64_t value) {
+  for (int shift = 56; shift >= 0; shift -= 8) out->push_back(static_cast<char>(value >> shift));
+}
+
+void AppendVarintForTest(std::string* out, uint64_t value) {
+  for (; value >= 0x80; value >>= 7) out->push_back(static_cast<char>(value | 0x80));
+  out->push_back(static_cast<char>(value));
+}
+
+// A record's body as kldriftd wrote it before kldrift-store-3: event time (Unix microseconds,
+// big-endian, sign bit flipped), varint count, then per stream: varint length and
+// "model\0version\0signal\0", varint length and the values: tag 'V' and one byte 2v per count
+// below 64, or tag 'D' and raw doubles.
+std::string StreamKeysBody(const IngestRecord& record) {
+  std::string out;
+  AppendBigEndianForTest(
+      &out, static_cast<uint64_t>(absl::ToUnixMicros(record.event_time)) ^ (uint64_t{1} << 63));
+  AppendVarintForTest(&out, record.deltas.size());
+  for (const StreamDelta& delta : record.deltas) {
+    const std::string prefix =
+        absl::StrCat(delta.stream.model, std::string(1, '\0'), delta.stream.model_version,
+                     std::string(1, '\0'), delta.stream.signal, std::string(1, '\0'));
+    AppendVarintForTest(&out, prefix.size());
+    out += prefix;
+    bool small = true;
+    for (double v : delta.values) small &= v >= 0 && v < 64 && v == std::floor(v);
+    std::string values(1, small ? 'V' : 'D');
+    for (double v : delta.values) {
+      if (small) {
+        values.push_back(static_cast<char>(static_cast<int>(v) << 1));
+      } else {
+        values.append(reinterpret_cast<const char*>(&v), sizeof(v));
+      }
+    }
+    AppendVarintForTest(&out, values.size());
+    out += values;
+  }
+  return out;
+}
+
+// A kldrift-store-2 folder, written as that build wrote it: records 1-2 in the log family (as in a
+// restored backup) and 3-7 in the write-ahead log (PutLogData blobs tagged 'R', each with the
+// client's sequence in the same write), all in the stream-keys format. This build reads them all,
+// marks the folder kldrift-store-3, writes compact records after them, and truncates both kinds.
+TEST(RocksDbStoreTest, RecordsOfTheStreamKeysFormatAreStillRead) {
+  TempDir dir;
+  FakeClock clock;
+  const std::string path = dir.path() + "/data";
+  {
+    absl::StatusOr<std::unique_ptr<RocksDbStore>> store = RocksDbStore::Open({path, false, &clock});
+    ASSERT_TRUE(store.ok()) << store.status();
+  }
+  {
+    PlainRocksDb plain(path);
+    for (uint64_t lsn = 1; lsn <= 7; ++lsn) {
+      const std::string body = StreamKeysBody(LogRecord(lsn, clock.Now()));
+      rocksdb::WriteBatch batch;
+      if (lsn >= 3) {
+        std::string blob(1, 'R');
+        AppendBigEndianForTest(&blob, lsn);
+        batch.PutLogData(blob + body);
+        storage::v1::StoredClient client;
+        client.set_last_sequence(lsn);
+        batch.Put(plain.family("clients"), "c", client.SerializeAsString());
+      } else {
+        std::string key;
+        AppendBigEndianForTest(&key, lsn);
+        batch.Put(plain.family("log"), key, body);
+      }
+      ASSERT_TRUE(plain.db().Write(rocksdb::WriteOptions(), &batch).ok());
+    }
+  }
+  SetFormatMarker(path, RocksDbStore::kUpgradedFormatVersions[1]);
+  absl::StatusOr<std::string> report = RocksDbStore::Describe(path);
+  ASSERT_TRUE(report.ok()) << report.status();
+  EXPECT_THAT(*report, HasSubstr("kldrift-store-2 (upgraded when this kldriftd opens it)"));
+  EXPECT_THAT(*report, HasSubstr("write-ahead log: 5 log records"));
+  uint64_t end_of_old_records = 0;
+  {
+    absl::StatusOr<std::unique_ptr<RocksDbStore>> store = RocksDbStore::Open({path, false, &clock});
+    ASSERT_TRUE(store.ok()) << store.status();
+    EXPECT_EQ(LoggedLsns(**store), Range(1, 7));  // LoggedLsns checks every record's contents.
+    end_of_old_records = (*store)->LogEnd();
+    WriteRecords(**store, 8, 10, clock.Now());
+    EXPECT_EQ(LoggedLsns(**store), Range(1, 10));
+  }
+  report = RocksDbStore::Describe(path);
+  ASSERT_TRUE(report.ok()) << report.status();
+  EXPECT_THAT(*report, HasSubstr("kldrift-store-3 (readable by this kldriftd)"));
+  absl::StatusOr<std::unique_ptr<RocksDbStore>> store = RocksDbStore::Open({path, false, &clock});
+  ASSERT_TRUE(store.ok()) << store.status();
+  EXPECT_EQ(LoggedLsns(**store), Range(1, 10));
+  // The log family's records go by lsn, the write-ahead log's by whole archived files: 3-7 were
+  // all in the file before the upgrade, 8-10 in the next.
+  ASSERT_TRUE((*store)->TruncateLog(7, end_of_old_records).ok());
+  EXPECT_EQ(LoggedLsns(**store), Range(8, 10));
 }
 
 // The names of the write-ahead log files in `folder` (a data folder, or its archive).
