@@ -343,7 +343,7 @@ TEST(RocksDbStoreTest, ValuesRoundTripAcrossTheirEncodings) {
   const std::string path = dir.path() + "/data";
   absl::StatusOr<std::unique_ptr<RocksDbStore>> store = RocksDbStore::Open({path, false, &clock});
   ASSERT_TRUE(store.ok()) << store.status();
-  const std::vector<std::vector<double>> cases = {
+  std::vector<std::vector<double>> cases = {
       {},
       {0, 1, 2, 62, 63},                      // single bytes
       {0, 63, 64},                            // 64: the first two-byte varint
@@ -364,6 +364,11 @@ TEST(RocksDbStoreTest, ValuesRoundTripAcrossTheirEncodings) {
       {0, 15, 7, 8, 1, 14, 2, 13, 4, 11, 5, 10, 6, 9, 3, 12, 15},  // 4 bits
       {15, 16},                                                    // 16: one byte each
   };
+  // Longer than the packer's 64-value chunks, with a partial output byte at the end.
+  for (auto [length, below] : {std::pair<int, int>{129, 2}, {203, 4}, {131, 16}}) {
+    cases.emplace_back();
+    for (int i = 0; i < length; ++i) cases.back().push_back((i * 7 + i / 5) % below);
+  }
   IngestRecord record;
   record.lsn = 7;
   record.client_id = "c";
