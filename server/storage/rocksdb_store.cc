@@ -148,7 +148,7 @@ bool ReadVarint(rocksdb::Slice* in, uint64_t* value) {
 }
 
 // Window values are encoded compactly: histogram deltas are small integers, so counts below 16
-// are bit-packed (tag 'P': 0, 1, 2 or 4 bits each, as the largest needs), other integers go as
+// are bit-packed (tag 'P': 1, 2 or 4 bits each, as the largest needs), other integers go as
 // zig-zag varints (tag 'V', one byte per count below 64), and anything fractional as raw doubles
 // (tag 'D'). All decode to the same doubles. Every byte of a log record is copied twice,
 // checksummed (in software: Debian's RocksDB is built without SSE 4.2) and written once per batch:
@@ -206,9 +206,9 @@ void AppendSmallCounts(std::string* out, absl::Span<const double> values) {
   }
 }
 
-// Bits per value of the 'P' encoding of small counts whose largest is `max`; 8: not packed.
+// Bits per value of the 'P' encoding of small counts whose largest is `max`; 8: not packed. At
+// least 1, so a record's size bounds the number of values it decodes to.
 int PackedBits(double max) {
-  if (max < 1) return 0;
   if (max < 2) return 1;
   if (max < 4) return 2;
   if (max < 16) return 4;
@@ -244,7 +244,7 @@ void UnpackCounts(const unsigned char* in, size_t count, double* out) {
   }
 }
 
-// Appends the 'P' encoding of counts below 2^bits (bits 0, 1, 2 or 4): the tag, `bits`, the
+// Appends the 'P' encoding of counts below 2^bits (bits 1, 2 or 4): the tag, `bits`, the
 // number of values (varint), then the packed values.
 void AppendPackedCounts(std::string* out, absl::Span<const double> values, int bits) {
   out->push_back(kPackedTag);
@@ -321,8 +321,8 @@ bool DecodeValues(rocksdb::Slice data, std::vector<double>* values) {
     if (data.empty()) return false;
     const int bits = data[0];
     data.remove_prefix(1);
-    if ((bits != 0 && bits != 1 && bits != 2 && bits != 4) || !ReadVarint(&data, &count) ||
-        count > (uint64_t{1} << 32) || data.size() != (count * bits + 7) / 8) {
+    if ((bits != 1 && bits != 2 && bits != 4) || !ReadVarint(&data, &count) ||
+        count > 8 * data.size() || data.size() != (count * bits + 7) / 8) {
       return false;
     }
     values->assign(count, 0.0);

@@ -357,7 +357,7 @@ TEST(RocksDbStoreTest, ValuesRoundTripAcrossTheirEncodings) {
       {std::numeric_limits<double>::infinity()},
       std::vector<double>(1000, 63),
       // Counts below 16 are bit-packed, as few bits as the largest needs, any length.
-      std::vector<double>(67, 0),  // 0 bits
+      std::vector<double>(67, 0),  // 1 bit, all zeros
       {1},
       {0, 1, 1, 0, 1, 0, 0, 1, 1},                                 // 1 bit, 9 values: a second byte
       {3, 0, 2, 1, 3, 3, 1},                                       // 2 bits
@@ -712,6 +712,49 @@ TEST(RocksDbStoreTest, RecordsOfTheStreamKeysFormatAreStillRead) {
   // all in the file before the upgrade, 8-10 in the next.
   ASSERT_TRUE((*store)->TruncateLog(7, end_of_old_records).ok());
   EXPECT_EQ(LoggedLsns(**store), Range(8, 10));
+}
+
+// Malformed values in a compact record (written as no kldriftd writes them) make start-up fail
+// with DATA_LOSS, and never decode into a huge vector: packed counts of 0 or 3 bits, a count the
+// bytes cannot hold, a missing byte.
+TEST(RocksDbStoreTest, MalformedPackedValuesAreReportedNotDecoded) {
+  const std::vector<std::string> malformed_values = {
+      std::string("P\x00\x80\x80\x80\x80\x80\x80\x01", 9),  // 0 bits, 2^42 values
+      std::string("P\x03\x08\xff\xff\xff", 6),              // 3 bits
+      std::string("P\x01\x80\x80\x04\xff", 6),              // 1 bit, 65536 values in a byte
+      std::string("P\x02\x09\xff\xff", 5),                  // 2 bits, 9 values in 2 bytes
+  };
+  for (const std::string& values : malformed_values) {
+    TempDir dir;
+    FakeClock clock;
+    const std::string path = dir.path() + "/data";
+    {
+      absl::StatusOr<std::unique_ptr<RocksDbStore>> store =
+          RocksDbStore::Open({path, false, &clock});
+      ASSERT_TRUE(store.ok()) << store.status();
+    }
+    {
+      PlainRocksDb plain(path);
+      std::string blob(1, 'C');
+      AppendBigEndianForTest(&blob, 1);  // lsn
+      AppendBigEndianForTest(
+          &blob, static_cast<uint64_t>(absl::ToUnixMicros(clock.Now())) ^ (uint64_t{1} << 63));
+      blob += std::string("\x01m\x01\x03\x00s\x00", 7);  // model "m", 1 stream: "" and "s"
+      AppendVarintForTest(&blob, values.size());
+      blob += values;
+      rocksdb::WriteBatch batch;
+      batch.PutLogData(blob);
+      storage::v1::StoredClient client;
+      client.set_last_sequence(1);
+      batch.Put(plain.family("clients"), "c", client.SerializeAsString());
+      ASSERT_TRUE(plain.db().Write(rocksdb::WriteOptions(), &batch).ok());
+    }
+    absl::StatusOr<std::unique_ptr<RocksDbStore>> store = RocksDbStore::Open({path, false, &clock});
+    ASSERT_TRUE(store.ok()) << store.status();
+    const absl::Status loaded = (*store)->Load(StateStore::Visitor{});
+    EXPECT_TRUE(absl::IsDataLoss(loaded)) << loaded;
+    EXPECT_THAT(loaded.message(), HasSubstr("unreadable log record 1"));
+  }
 }
 
 // The names of the write-ahead log files in `folder` (a data folder, or its archive).
