@@ -258,6 +258,18 @@ void AppendPackedCounts(std::string* out, absl::Span<const double> values, int b
   if (bits == 4) PackCounts<4>(values, p);
 }
 
+size_t VarintLength(uint64_t value) {
+  size_t length = 1;
+  for (; value >= 0x80; value >>= 7) ++length;
+  return length;
+}
+
+// The length of AppendValues' encoding of `count` small counts whose largest is `max`.
+size_t SmallCountsSize(size_t count, double max) {
+  const int bits = PackedBits(max);
+  return bits < 8 ? 2 + VarintLength(count) + (count * bits + 7) / 8 : 1 + count;
+}
+
 // Appends the encoding of `values` to `out`.
 void AppendValues(std::string* out, absl::Span<const double> values, const ValuesShape& shape) {
   if (shape.small_counts) {
@@ -370,25 +382,15 @@ enum class LogFormat : char {
 };
 constexpr size_t kLogBlobHeader = 1 + 8;
 
-// The first stream's model, which a compact record's streams share unless they name their own.
-const std::string& RecordModel(const IngestRecord& record) {
-  static const std::string* const kNone = new std::string();
-  return record.deltas.empty() ? *kNone : record.deltas.front().stream.model;
-}
-
-size_t VarintLength(uint64_t value) {
-  size_t length = 1;
-  for (; value >= 0x80; value >>= 7) ++length;
-  return length;
-}
-
 // A log record's body in the compact format, appended to `out`: event time (8 bytes), varint
 // length and the record's model, varint count, then per stream: varint length and its key
 // ("version \0 signal \0", or "model \0 version \0 signal \0" for a stream of another model),
 // varint length and its values (AppendValues). A batch of 100 histograms of 64 bins with counts
 // below 4 adds 3,274 bytes to the write-ahead log (its body takes 9,299 in the stream-keys format).
 void AppendCompactRecord(const IngestRecord& record, std::string& out) {
-  const std::string& model = RecordModel(record);
+  // The first stream's model, which the others share unless they name their own.
+  const absl::string_view model =
+      record.deltas.empty() ? absl::string_view() : record.deltas.front().stream.model;
   // One allocation for the whole record in the common case (counts below 64).
   size_t estimate = out.size() + 8 + 5 + model.size() + 5;
   for (const StreamDelta& delta : record.deltas) {
@@ -397,7 +399,7 @@ void AppendCompactRecord(const IngestRecord& record, std::string& out) {
   out.reserve(estimate);
   AppendBigEndian(&out, FlipSign(ToMicros(record.event_time)));
   AppendVarint(&out, model.size());
-  out += model;
+  out.append(model.data(), model.size());
   AppendVarint(&out, record.deltas.size());
   std::string values;  // Reused: a stream's values, when their length is not known beforehand.
   for (const StreamDelta& delta : record.deltas) {
@@ -417,9 +419,7 @@ void AppendCompactRecord(const IngestRecord& record, std::string& out) {
     const ValuesShape shape =
         delta.known_counts ? CountsShape(delta.max_count) : ShapeOf(delta.values);
     if (shape.small_counts) {  // The common case, whose length is known: written in place.
-      const size_t n = delta.values.size();
-      const int bits = PackedBits(shape.max);
-      AppendVarint(&out, bits < 8 ? 2 + VarintLength(n) + (n * bits + 7) / 8 : 1 + n);
+      AppendVarint(&out, SmallCountsSize(delta.values.size(), shape.max));
       AppendValues(&out, delta.values, shape);
       continue;
     }
