@@ -800,6 +800,8 @@ bool Recorder::WriteUnwritten(Connection& connection) {
       ++(resend ? stats_.batches_resent : stats_.batches_sent);
       request = client_internal::ToIngestRequest(*batch, options_.client_id, options_.model,
                                                  options_.model_version);
+      // Another batch is written right after this one: the server may acknowledge both at once.
+      request.set_more_follows(queue_.HasUnwritten(connection.id));
     }
     if (!connection.stream->Write(request)) {
       MutexLock lock(&mutex_);

@@ -544,7 +544,7 @@ class BenchClient {
     // The stream's operations in progress and how far it got. Only this thread touches these.
     bool started = false, writing = false, reading = false, read_ended = false;
     bool write_failed = false, closing = false, writes_done_pending = false, finishing = false;
-    bool waiting_for_room = false;
+    bool waiting_for_room = false, drain_cancelled = false;
     size_t next_shape = 0;
     absl::Time drain_deadline = absl::InfiniteFuture();
     for (;;) {
@@ -561,26 +561,32 @@ class BenchClient {
         if (!waiting_for_room && now >= due) {
           // No burst to catch up after a slow ack.
           if (pace > absl::ZeroDuration()) due = std::max(due + schedule.NextGap(), now - pace);
-          WriteNext(client_id, &next_shape, stream.get());
+          // Saturated, with room for the next batch after this one: it follows at once, so the
+          // server may acknowledge the two together.
+          const bool more_follows = pace == absl::ZeroDuration() &&
+                                    in_flight + 1 < static_cast<uint64_t>(bench_.in_flight);
+          WriteNext(client_id, more_follows, &next_shape, stream.get());
           writing = true;
         }
       }
       if (started && ending && !writing && !closing) {
+        // Half-close at once: the server then acknowledges everything it read (including batches
+        // it held for one that said more follows) and ends its side.
+        closing = true;
+        drain_deadline = now + global_.timeout;
+        if (!write_failed && !read_ended) {
+          stream->WritesDone(TagOf(Op::kWritesDone));
+          writes_done_pending = true;
+        }
+      }
+      if (closing && !read_ended && !drain_cancelled) {
         // Wait for the acknowledgements of everything written, so the totals are exact.
-        if (drain_deadline == absl::InfiniteFuture()) drain_deadline = now + global_.timeout;
-        const bool drained = InFlight() == 0 || read_ended || write_failed;
-        if (drained || now >= drain_deadline) {
-          if (!drained) {
-            control_->Fail(absl::DeadlineExceededError(absl::StrCat(
-                "client ", index_, ": ", InFlight(), " batches not acknowledged within ",
-                absl::FormatDuration(global_.timeout), " of the end")));
-            context.TryCancel();
-          }
-          closing = true;
-          if (!write_failed && !read_ended) {
-            stream->WritesDone(TagOf(Op::kWritesDone));
-            writes_done_pending = true;
-          }
+        if (now >= drain_deadline) {
+          control_->Fail(absl::DeadlineExceededError(
+              absl::StrCat("client ", index_, ": ", InFlight(), " batches not acknowledged within ",
+                           absl::FormatDuration(global_.timeout), " of the end")));
+          context.TryCancel();
+          drain_cancelled = true;
         } else {
           wake = std::min(wake, drain_deadline);
         }
@@ -695,11 +701,12 @@ class BenchClient {
 
   // Stamps the next batch with the stream's client id and the next sequence number and starts
   // writing it.
-  void WriteNext(const std::string& client_id, size_t* next_shape,
+  void WriteNext(const std::string& client_id, bool more_follows, size_t* next_shape,
                  grpc::ClientAsyncReaderWriter<v1::IngestRequest, v1::IngestResponse>* stream) {
     BatchShape& shape = shapes_[*next_shape];
     if (layout_ != nullptr) BinValues(shape);
     shape.request.set_client_id(client_id);
+    shape.request.set_more_follows(more_follows);
     {
       MutexLock lock(&mutex_);
       const uint64_t sequence = sent_ + 1;

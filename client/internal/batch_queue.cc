@@ -1,5 +1,6 @@
 #include "client/internal/batch_queue.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <utility>
@@ -75,6 +76,12 @@ PendingBatch* BatchQueue::NextUnwritten(uint64_t connection) {
     if (batch.written_on_connection != connection) return &batch;
   }
   return nullptr;
+}
+
+bool BatchQueue::HasUnwritten(uint64_t connection) const {
+  return std::any_of(batches_.begin(), batches_.end(), [&](const PendingBatch& batch) {
+    return batch.written_on_connection != connection && !batch.rejected;
+  });
 }
 
 }  // namespace kldrift::client_internal

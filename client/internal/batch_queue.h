@@ -54,6 +54,8 @@ class BatchQueue {
   // The oldest batch not yet written on `connection`, or null. Batches are written in order, so
   // after a reconnect every queued batch is written again, oldest first.
   PendingBatch* NextUnwritten(uint64_t connection);
+  // Whether a batch still to be written on `connection` remains (rejected ones are not written).
+  bool HasUnwritten(uint64_t connection) const;
   // The oldest queued batch, or null.
   const PendingBatch* oldest() const { return batches_.empty() ? nullptr : &batches_.front(); }
 

@@ -82,6 +82,20 @@ TEST(BatchQueueTest, EverythingIsRewrittenOnANewConnection) {
   EXPECT_THAT(order, ::testing::ElementsAre(1, 2, 3));
 }
 
+TEST(BatchQueueTest, HasUnwrittenSkipsRejectedBatches) {
+  BatchQueue queue(10);
+  EXPECT_FALSE(queue.HasUnwritten(1));
+  for (uint64_t s = 1; s <= 3; ++s) queue.Push(Batch(s, 1));
+  queue.NextUnwritten(1)->written_on_connection = 1;
+  EXPECT_TRUE(queue.HasUnwritten(1));
+  // Batch 3 was rejected: after batch 2 nothing more is written on this connection.
+  queue.Find(3)->rejected = true;
+  queue.NextUnwritten(1)->written_on_connection = 1;
+  EXPECT_FALSE(queue.HasUnwritten(1));
+  // A new connection has batches 1 and 2 to write.
+  EXPECT_TRUE(queue.HasUnwritten(2));
+}
+
 TEST(ToIngestRequestTest, CarriesIdentityAndEveryDelta) {
   PendingBatch batch = Batch(42, 3);
   StreamDelta delta;

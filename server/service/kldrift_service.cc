@@ -196,7 +196,11 @@ class KlDriftService::IngestReactor
       error->set_message(grpc_status.error_message());
     }
     has_pending_ = true;
-    if (!writing_) StartWriteLocked();
+    ++held_batches_;
+    // Held while the client promises another batch at once and nothing needs saying now.
+    hold_ack_ =
+        request_->more_follows() && pending_.errors_size() == 0 && held_batches_ < kMaxHeldAcks;
+    if (!writing_ && !hold_ack_) StartWriteLocked();
     if (static_cast<size_t>(pending_.errors_size()) < service_->options_.max_pending_batch_errors) {
       StartNextRead();
     } else {
@@ -207,7 +211,7 @@ class KlDriftService::IngestReactor
   void OnWriteDone(bool ok) override {
     MutexLock lock(&mutex_);
     writing_ = false;
-    if (ok && has_pending_) StartWriteLocked();
+    if (ok && has_pending_ && !hold_ack_) StartWriteLocked();
     if (read_paused_ && !reads_done_) {
       read_paused_ = false;
       StartNextRead();
@@ -259,16 +263,21 @@ class KlDriftService::IngestReactor
     in_flight_ = std::move(pending_);
     pending_.Clear();
     has_pending_ = false;
+    held_batches_ = 0;
+    hold_ack_ = false;
     writing_ = true;
     StartWrite(&in_flight_);
   }
 
   void MaybeFinishLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
-    if (finished_ || writing_) return;
-    if (reads_done_ && (!has_pending_ || write_failed_)) {
-      finished_ = true;
-      Finish(end_status_);
+    if (finished_ || writing_ || !reads_done_) return;
+    if (has_pending_ && !write_failed_) {
+      // The client promised more and then ended the stream (or it was ended): no more will come.
+      StartWriteLocked();
+      return;
     }
+    finished_ = true;
+    Finish(end_status_);
   }
 
   KlDriftService* const service_;
@@ -288,6 +297,10 @@ class KlDriftService::IngestReactor
   v1::IngestResponse pending_ ABSL_GUARDED_BY(mutex_);
   uint64_t highest_acked_ ABSL_GUARDED_BY(mutex_) = 0;
   bool has_pending_ ABSL_GUARDED_BY(mutex_) = false;
+  // Batches pending_ acknowledges (since the last write started), and whether it is being held
+  // for a batch the client said follows at once.
+  size_t held_batches_ ABSL_GUARDED_BY(mutex_) = 0;
+  bool hold_ack_ ABSL_GUARDED_BY(mutex_) = false;
   bool writing_ ABSL_GUARDED_BY(mutex_) = false;
   bool read_paused_ ABSL_GUARDED_BY(mutex_) = false;
   bool reads_done_ ABSL_GUARDED_BY(mutex_) = false;

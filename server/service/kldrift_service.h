@@ -6,7 +6,9 @@
 //   - Ingest reads one batch at a time, applies it, and answers with a cumulative ack. Acks that
 //     pile up while a write is in flight are merged into one (acks are cumulative), so a client
 //     that stops reading acks costs one pending response, and reading pauses once too many batch
-//     errors are waiting to be written.
+//     errors are waiting to be written. A batch marked more_follows (the client sends another at
+//     once) may have its ack held and merged with a later batch's, up to kMaxHeldAcks batches: a
+//     batch without the mark, a rejected batch or the end of the stream sends what is held.
 //     A client id has one live Ingest stream: a newer one takes over (the older ends ABORTED, its
 //     unacknowledged batches left for the client to resend), so a reconnecting client is never
 //     locked out by a half-open old stream and two streams never interleave one id's sequences.
@@ -31,6 +33,10 @@
 #include "server/service/auth.h"
 
 namespace kldrift {
+
+// The most batches an Ingest stream acknowledges in one response when the client marks them
+// more_follows (the proto's promise to clients: at most 8).
+inline constexpr size_t kMaxHeldAcks = 8;
 
 struct ServiceOptions {
   // Reports a WatchDrift client may fall behind by before the oldest are dropped.

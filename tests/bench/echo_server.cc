@@ -4,10 +4,12 @@
 //
 // Serves the KlDrift API with gRPC's callback API and does nothing else: Ingest acknowledges every
 // request's sequence as soon as it is read (acks written while another is in flight are coalesced
-// into the next, which is cumulative anyway), PutReference answers version 1, ListReferences an
-// empty list, GetDrift an empty report. `kldrift bench` runs unchanged against it, with the same
-// message sizes, so what kldriftd achieves can be set against what gRPC alone achieves on the same
-// machine in the same run (tests/bench/service_bench.py). Stops on SIGTERM or SIGINT.
+// into the next, which is cumulative anyway), holding acks for batches marked more_follows as
+// kldriftd does (up to kMaxHeldAcks), so both answer with as many responses; PutReference answers
+// version 1, ListReferences an empty list, GetDrift an empty report. `kldrift bench` runs unchanged
+// against it, with the same message sizes, so what kldriftd achieves can be set against what gRPC
+// alone achieves on the same machine in the same run (tests/bench/service_bench.py). Stops on
+// SIGTERM or SIGINT.
 #include <signal.h>
 
 #include <algorithm>
@@ -24,6 +26,7 @@
 #include "kldrift/v1/kldrift.grpc.pb.h"
 #include "server/allocator.h"
 #include "server/core/mutex.h"
+#include "server/service/kldrift_service.h"
 
 namespace kldrift {
 namespace {
@@ -50,6 +53,8 @@ class EchoIngest final : public grpc::ServerBidiReactor<v1::IngestRequest, v1::I
       MutexLock lock(&mutex_);
       if (ok) {
         latest_ = std::max(latest_, request_.sequence());
+        ++held_;
+        hold_ = request_.more_follows() && held_ < kMaxHeldAcks;
       } else {
         reads_done_ = true;
       }
@@ -77,9 +82,11 @@ class EchoIngest final : public grpc::ServerBidiReactor<v1::IngestRequest, v1::I
 
   Action NextActionLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
     if (writing_ || finished_) return Action::kNone;
-    if (!broken_ && latest_ != written_) {
+    if (!broken_ && latest_ != written_ && (!hold_ || reads_done_)) {
       response_.set_acked_sequence(latest_);
       written_ = latest_;
+      held_ = 0;
+      hold_ = false;
       writing_ = true;
       return Action::kWrite;
     }
@@ -100,6 +107,8 @@ class EchoIngest final : public grpc::ServerBidiReactor<v1::IngestRequest, v1::I
   v1::IngestResponse response_;  // Changed only while no write is in progress.
   uint64_t latest_ ABSL_GUARDED_BY(mutex_) = 0;
   uint64_t written_ ABSL_GUARDED_BY(mutex_) = 0;
+  size_t held_ ABSL_GUARDED_BY(mutex_) = 0;    // Batches read since the last write started.
+  bool hold_ ABSL_GUARDED_BY(mutex_) = false;  // The last one said another follows at once.
   bool writing_ ABSL_GUARDED_BY(mutex_) = false;
   bool reads_done_ ABSL_GUARDED_BY(mutex_) = false;
   bool broken_ ABSL_GUARDED_BY(mutex_) = false;

@@ -585,6 +585,78 @@ TEST_F(ServiceE2eTest, ResendAfterReconnectIsAppliedOnce) {
   EXPECT_EQ(Drift(stream).reports(0).samples(), 7 * 2);
 }
 
+TEST_F(ServiceE2eTest, AcksOfBatchesMarkedMoreFollowsAreHeldAndMerged) {
+  constexpr uint64_t kMaxHeldAcks = 8;  // IngestRequest.more_follows: "at most 8 batches".
+  const v1::StreamId stream = Stream("m", "s");
+  PutNumeric(stream, {5, 5});
+  // 20 batches written back to back, each but the last saying another follows: the first ack
+  // waits for the eighth batch, and none acknowledges more than eight batches after the last.
+  std::vector<v1::IngestRequest> burst;
+  for (uint64_t s = 1; s <= 20; ++s) {
+    burst.push_back(HistogramBatch("svc-h", s, "m", "s", {0, 1, 1, 0, 0}));
+    burst.back().set_more_follows(s < 20);
+  }
+  const std::vector<v1::IngestResponse> responses = IngestAll(burst, 20);
+  ASSERT_FALSE(responses.empty());
+  EXPECT_EQ(responses.front().acked_sequence(), kMaxHeldAcks);
+  EXPECT_EQ(responses.back().acked_sequence(), 20u);
+  uint64_t previous = 0;
+  for (const v1::IngestResponse& r : responses) {
+    EXPECT_EQ(r.errors_size(), 0);
+    EXPECT_GT(r.acked_sequence(), previous);
+    EXPECT_LE(r.acked_sequence(), previous + kMaxHeldAcks);
+    previous = r.acked_sequence();
+  }
+  EXPECT_LE(responses.size(), 3u);
+  EXPECT_EQ(Drift(stream).reports(0).samples(), 20 * 2);
+
+  // A held ack is sent when the client ends the stream instead of sending what it promised.
+  {
+    auto context = Context();
+    auto ingest = stub_->Ingest(context.get());
+    v1::IngestRequest request = HistogramBatch("svc-e", 1, "m", "s", {0, 1, 1, 0, 0});
+    request.set_more_follows(true);
+    ASSERT_TRUE(ingest->Write(request));
+    ingest->WritesDone();
+    v1::IngestResponse response;
+    ASSERT_TRUE(ingest->Read(&response));
+    EXPECT_EQ(response.acked_sequence(), 1u);
+    EXPECT_FALSE(ingest->Read(&response));
+    EXPECT_TRUE(ingest->Finish().ok());
+  }
+
+  // A rejected batch is reported at once, with the acks held before it, although it says more
+  // follows; the stream stays open and goes on holding.
+  {
+    auto context = Context();
+    auto ingest = stub_->Ingest(context.get());
+    v1::IngestRequest request = HistogramBatch("svc-r", 1, "m", "s", {0, 1, 1, 0, 0});
+    request.set_more_follows(true);
+    ASSERT_TRUE(ingest->Write(request));
+    request = HistogramBatch("svc-r", 2, "m", "no-such-signal", {1});
+    request.set_more_follows(true);
+    ASSERT_TRUE(ingest->Write(request));
+    v1::IngestResponse response;
+    ASSERT_TRUE(ingest->Read(&response));
+    EXPECT_EQ(response.acked_sequence(), 2u);
+    ASSERT_EQ(response.errors_size(), 1);
+    EXPECT_EQ(response.errors(0).sequence(), 2u);
+    EXPECT_EQ(response.errors(0).code(), static_cast<int>(grpc::StatusCode::FAILED_PRECONDITION));
+    request = HistogramBatch("svc-r", 3, "m", "s", {0, 1, 1, 0, 0});
+    request.set_more_follows(true);
+    ASSERT_TRUE(ingest->Write(request));
+    request = HistogramBatch("svc-r", 4, "m", "s", {0, 1, 1, 0, 0});
+    ASSERT_TRUE(ingest->Write(request));
+    ASSERT_TRUE(ingest->Read(&response));
+    EXPECT_EQ(response.acked_sequence(), 4u);
+    EXPECT_EQ(response.errors_size(), 0);
+    ingest->WritesDone();
+    EXPECT_FALSE(ingest->Read(&response));
+    EXPECT_TRUE(ingest->Finish().ok());
+  }
+  EXPECT_EQ(Drift(stream).reports(0).samples(), (20 + 1 + 3) * 2);
+}
+
 TEST_F(ServiceE2eTest, MetricsCountBatchesRejectionsDuplicatesAndReconnects) {
   const v1::StreamId stream = Stream("m", "s");
   PutNumeric(stream, {5, 5});
