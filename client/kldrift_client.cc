@@ -740,6 +740,9 @@ void Recorder::CutBatchesLocked(absl::Time now) {
       if (delta.has_value()) deltas.push_back(*std::move(delta));
     }
     if (deltas.empty()) return;
+    // In key order (one model version: by signal), which the server then need not sort.
+    std::sort(deltas.begin(), deltas.end(),
+              [](const StreamDelta& a, const StreamDelta& b) { return a.signal < b.signal; });
     PendingBatch batch;
     size_t numbers = 0;
     for (StreamDelta& delta : deltas) {

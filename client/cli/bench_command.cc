@@ -14,6 +14,7 @@
 #include <limits>
 #include <map>
 #include <memory>
+#include <numeric>
 #include <optional>
 #include <random>
 #include <thread>
@@ -322,8 +323,9 @@ std::string SignalName(int signal) { return absl::StrCat("signal-", signal); }
 // batch_streams consecutive signals of one model.
 struct BatchShape {
   int model = 0;
-  int first_signal = 0;
-  int signals = 0;
+  // The batch's signal numbers in the order of the request's streams: by name, as the Recorder
+  // sends them ("signal-10" before "signal-2").
+  std::vector<int> signals;
   v1::IngestRequest request;
   // Observations each stream gets per batch (pre-binned: the sum of its counts).
   std::vector<uint64_t> observations;
@@ -348,10 +350,12 @@ std::vector<BatchShape> PlanClient(const BenchOptions& bench, int client) {
         static_cast<int>(std::min<long>({bench.batch_streams, end - first, model_end - first}));
     BatchShape shape;
     shape.model = model;
-    shape.first_signal = signal;
-    shape.signals = signals;
+    shape.signals.resize(signals);
+    std::iota(shape.signals.begin(), shape.signals.end(), signal);
+    std::sort(shape.signals.begin(), shape.signals.end(),
+              [](int a, int b) { return SignalName(a) < SignalName(b); });
     shape.request.set_model(ModelName(bench, model));
-    for (int s = signal; s < signal + signals; ++s) {
+    for (const int s : shape.signals) {
       v1::StreamBatch* batch = shape.request.add_streams();
       batch->set_signal(SignalName(s));
       uint64_t observations = 0;
@@ -661,9 +665,8 @@ class BenchClient {
   void AddPerStream(std::map<std::string, uint64_t>* out) const {
     MutexLock lock(&mutex_);
     for (const BatchShape& shape : shapes_) {
-      for (int i = 0; i < shape.signals; ++i) {
-        (*out)[absl::StrCat(ModelName(bench_, shape.model), "/",
-                            SignalName(shape.first_signal + i))] +=
+      for (size_t i = 0; i < shape.signals.size(); ++i) {
+        (*out)[absl::StrCat(ModelName(bench_, shape.model), "/", SignalName(shape.signals[i]))] +=
             shape.acked * shape.observations[i];
       }
     }
@@ -744,9 +747,9 @@ class BenchClient {
       BatchShape& shape = shapes_[slot.shape];
       ++shape.acked;
       ++progress_.batches;
-      progress_.bins += static_cast<uint64_t>(shape.signals) * bench_.bins;
+      progress_.bins += shape.signals.size() * bench_.bins;
       if (layout_ != nullptr) {
-        progress_.values += static_cast<uint64_t>(shape.signals) * bench_.batch_values;
+        progress_.values += shape.signals.size() * bench_.batch_values;
       }
       for (uint64_t observations : shape.observations) progress_.observations += observations;
       if (slot.measured) latencies_.Add(now - slot.written);

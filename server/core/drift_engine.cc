@@ -981,22 +981,26 @@ absl::Status DriftEngine::ApplyBatch(IngestBatch& batch, absl::Time now, bool* p
     if (absl::Status s = ValidateStreamParts(data.model_version, data.signal); !s.ok()) return s;
     in_order.push_back(&data);
   }
-  std::sort(in_order.begin(), in_order.end(), [](const StreamData* a, const StreamData* b) {
+  const auto stream_order = [](const StreamData* a, const StreamData* b) {
     if (const int c = a->model_version.compare(b->model_version); c != 0) return c < 0;
     return a->signal < b->signal;
-  });
+  };
+  // A client that keeps its streams in key order (the Recorder does) is not sorted again.
+  if (!std::is_sorted(in_order.begin(), in_order.end(), stream_order)) {
+    std::sort(in_order.begin(), in_order.end(), stream_order);
+  }
   std::vector<Target> targets;
   targets.reserve(in_order.size());
-  for (size_t i = 0; i < in_order.size(); ++i) {
-    StreamData& data = *in_order[i];
-    if (i > 0 && data.signal == in_order[i - 1]->signal &&
-        data.model_version == in_order[i - 1]->model_version) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "stream ", StreamKey{batch.model, data.model_version, data.signal}.ToString(),
-          " appears twice in one batch; merge them"));
+  for (StreamData* data : in_order) {
+    if (!targets.empty() && data->signal == targets.back().key.signal &&
+        data->model_version == targets.back().key.model_version) {
+      return absl::InvalidArgumentError(absl::StrCat("stream ", targets.back().key.ToString(),
+                                                     " appears twice in one batch; merge them"));
     }
+    // The names move into the key: nothing below reads them from the batch.
     targets.push_back(
-        Target{StreamKey{batch.model, data.model_version, data.signal}, &data, nullptr, nullptr});
+        Target{StreamKey{batch.model, std::move(data->model_version), std::move(data->signal)},
+               data, nullptr, nullptr});
   }
   {
     ReaderMutexLock lock(&streams_mutex_);
