@@ -108,6 +108,31 @@ TEST_F(RecorderE2eTest, EveryRecordedObservationIsCountedOnce) {
   EXPECT_TRUE(recorder->Close(kTimeout).ok());
 }
 
+TEST_F(RecorderE2eTest, ABacklogIsSentMarkedAndAcknowledgedInFewResponses) {
+  constexpr int kSignals = 10;
+  for (int i = 0; i < kSignals; ++i) PutNumeric(absl::StrCat("s", i), {0, 1, 2});
+  RecorderOptions options;
+  options.model = "e2e";
+  options.client_id = "recorder-backlog";
+  options.flush_interval = absl::Hours(1);  // Only Flush cuts batches.
+  options.max_batch_numbers = 1;            // One stream per batch: a flush cuts ten.
+  absl::StatusOr<std::unique_ptr<Recorder>> recorder = Recorder::Create(channel_, options);
+  ASSERT_TRUE(recorder.ok()) << recorder.status();
+  for (int i = 0; i < kSignals; ++i) (*recorder)->Record(absl::StrCat("s", i), 0.5);
+  ASSERT_TRUE((*recorder)->Flush(kTimeout).ok()) << (*recorder)->Stats().last_error;
+  const RecorderStats stats = (*recorder)->Stats();
+  EXPECT_EQ(stats.batches_sent, static_cast<uint64_t>(kSignals));
+  EXPECT_EQ(stats.batches_acked, static_cast<uint64_t>(kSignals));
+  for (int i = 0; i < kSignals; ++i) EXPECT_EQ(Samples(absl::StrCat("s", i)), 1);
+  // Written back to back, each with another queued behind it but the last: the server answers
+  // at the eighth batch and at the tenth, two responses instead of ten.
+  ASSERT_GT(server_->metrics_port(), 0);
+  absl::StatusOr<std::string> text = testing::HttpGet(server_->metrics_port(), "/metrics");
+  ASSERT_TRUE(text.ok()) << text.status();
+  EXPECT_EQ(testing::MetricValue(*text, "kldrift_ingest_acks_total"), 2);
+  EXPECT_TRUE((*recorder)->Close(kTimeout).ok());
+}
+
 TEST_F(RecorderE2eTest, ProbabilityVectorsBecomeASoftHistogram) {
   v1::PutReferenceRequest request;
   request.mutable_stream()->set_model("e2e");
