@@ -397,18 +397,30 @@ struct DriftEngine::StreamState {
   enum class PrefetchStep { kObject, kWindows, kWindowData };
   void Prefetch(PrefetchStep step) const;
   // The same for what ApplyBatch reads of a stream it holds locked (after kObject): kIngestLists
-  // the versions' and windows' arrays and the ingest counters, kIngestData (after kIngestLists)
-  // the current reference and the first line of each window's blocks (the encodings its
-  // sub-bucket's offset comes from).
+  // the windows' array (or the pending sums) and the ingest counters, and the versions' array
+  // when `needs_reference`; kIngestData (after kIngestLists) the first line of each window's
+  // blocks (the encodings its sub-bucket's offset comes from), and the current reference when
+  // `needs_reference`. A pre-binned histogram needs no reference: ingest checks it against
+  // `current` (below).
   // `needs_windows`: the batch will add to the windows themselves (not InEveryHead, or no
   // coalescing); otherwise kIngestLists asks for the pending sums instead of the windows.
   enum class IngestPrefetchStep { kIngestLists, kIngestData };
-  void PrefetchForIngest(IngestPrefetchStep step, bool needs_windows) const
+  void PrefetchForIngest(IngestPrefetchStep step, bool needs_windows, bool needs_reference) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex);
 
   const StreamKey key;
   mutable Mutex mutex;
   std::vector<std::shared_ptr<const Reference>> versions ABSL_GUARDED_BY(mutex);
+  // What ingest checks a pre-binned histogram against, of the current version (Install keeps it):
+  // read from here, the reference and its bin layout (two more heap blocks per stream, rarely in
+  // cache with thousands of streams) are not fetched for a batch's usual histograms.
+  struct CurrentShape {
+    uint64_t version = 0;
+    size_t window_width = 0;
+    bool is_histogram = false;
+    bool numeric = false;  // A numeric layout: its last bucket counts NaN values.
+  };
+  CurrentShape current_shape ABSL_GUARDED_BY(mutex);
   std::vector<WindowState> windows ABSL_GUARDED_BY(mutex);
   // The current reference's profile arrays (ReferenceProfile keeps its four in one block, counts
   // first), for Prefetch; null for kinds without a profile.
@@ -534,6 +546,11 @@ void DriftEngine::StreamState::Install(std::shared_ptr<const Reference> ref, boo
     profile_arrays = nullptr;
     profile_bytes = 0;
   }
+  current_shape = CurrentShape{
+      .version = ref->version,
+      .window_width = ref->window_width(),
+      .is_histogram = ref->is_histogram(),
+      .numeric = ref->is_histogram() && ref->layout->kind() == BinLayout::Kind::kNumeric};
   versions.push_back(std::move(ref));
   AdvanceWindows(now);
 }
@@ -583,10 +600,12 @@ void DriftEngine::StreamState::Prefetch(PrefetchStep step) const {
   if (any_changed) PrefetchRange(profile_arrays, std::min<size_t>(profile_bytes, 4096));
 }
 
-void DriftEngine::StreamState::PrefetchForIngest(IngestPrefetchStep step,
-                                                 bool needs_windows) const {
+void DriftEngine::StreamState::PrefetchForIngest(IngestPrefetchStep step, bool needs_windows,
+                                                 bool needs_reference) const {
   if (step == IngestPrefetchStep::kIngestLists) {
-    if (!versions.empty()) PrefetchRange(&versions.back(), sizeof(versions.back()));
+    if (needs_reference && !versions.empty()) {
+      PrefetchRange(&versions.back(), sizeof(versions.back()));
+    }
     if (needs_windows) {
       PrefetchRange(windows.data(), windows.size() * sizeof(WindowState));
     } else {
@@ -597,8 +616,9 @@ void DriftEngine::StreamState::PrefetchForIngest(IngestPrefetchStep step,
     return;
   }
   // The reference's first lines: its kind, version, policy and layout, what validation reads.
-  if (!versions.empty())
+  if (needs_reference && !versions.empty()) {
     PrefetchRange(versions.back().get(), std::min<size_t>(sizeof(Reference), 256));
+  }
   if (needs_windows) {
     for (const WindowState& w : windows) w.ring.PrefetchBlockStarts();
   }
@@ -1030,13 +1050,20 @@ absl::Status DriftEngine::ApplyBatch(IngestBatch& batch, absl::Time now, bool* p
   auto needs_windows = [&](const StreamState& stream) ABSL_NO_THREAD_SAFETY_ANALYSIS {
     return !options_.coalesce_ingest || !stream.InEveryHead(event_time, now);
   };
+  // Whether the stream's reference is read (pre-binned histograms are checked against the
+  // stream's current_shape).
+  auto needs_reference = [](const Target& t) {
+    return t.data->type != StreamData::Type::kHistogram;
+  };
   for (Target& t : targets) {
     t.state->mutex.Lock();
-    t.state->PrefetchForIngest(IngestStep::kIngestLists, needs_windows(*t.state));
+    t.state->PrefetchForIngest(IngestStep::kIngestLists, needs_windows(*t.state),
+                               needs_reference(t));
   }
   if (!targets.empty()) {
     targets.front().state->PrefetchForIngest(IngestStep::kIngestData,
-                                             needs_windows(*targets.front().state));
+                                             needs_windows(*targets.front().state),
+                                             needs_reference(targets.front()));
   }
   absl::Status status = absl::OkStatus();
   std::vector<std::vector<double>> deltas;
@@ -1053,18 +1080,19 @@ absl::Status DriftEngine::ApplyBatch(IngestBatch& batch, absl::Time now, bool* p
     const Target& t = targets[i];
     if (i + 1 < targets.size()) {
       targets[i + 1].state->PrefetchForIngest(IngestStep::kIngestData,
-                                              needs_windows(*targets[i + 1].state));
+                                              needs_windows(*targets[i + 1].state),
+                                              needs_reference(targets[i + 1]));
     }
     if (t.state->deleted || t.state->versions.empty()) {
       status = absl::FailedPreconditionError(
           absl::StrCat("the reference of stream ", t.key.ToString(), " was just deleted"));
       break;
     }
-    const Reference& ref = t.state->current();
-    if (t.data->reference_version != 0 && t.data->reference_version != ref.version) {
+    const StreamState::CurrentShape& shape = t.state->current_shape;
+    if (t.data->reference_version != 0 && t.data->reference_version != shape.version) {
       status = absl::FailedPreconditionError(
           absl::StrCat("stream ", t.key.ToString(), " was binned against reference version ",
-                       t.data->reference_version, " but the current version is ", ref.version,
+                       t.data->reference_version, " but the current version is ", shape.version,
                        "; fetch the new bins"));
       break;
     }
@@ -1081,13 +1109,24 @@ absl::Status DriftEngine::ApplyBatch(IngestBatch& batch, absl::Time now, bool* p
     if (!covered) {
       status = absl::InvalidArgumentError(absl::StrCat(
           "event_time ", absl::FormatTime(event_time), " is older than stream ", t.key.ToString(),
-          "'s longest window (", FormatWindow(ref.policy.LongestWindow()), ")"));
+          "'s longest window (", FormatWindow(t.state->current().policy.LongestWindow()), ")"));
       break;
     }
     CompactSubBuckets::DeltaSummary summary;
     double sum = 0;
-    absl::StatusOr<std::vector<double>> delta =
-        ComputeDelta(t.key, ref, *t.data, options_, &summary, &sum);
+    absl::StatusOr<std::vector<double>> delta;
+    SmallCountScan scan;
+    if (t.data->type == StreamData::Type::kHistogram && shape.is_histogram &&
+        t.data->numbers.size() == shape.window_width &&
+        (scan = ScanSmallCounts(t.data->numbers)).small_counts) {
+      // The usual case, as ComputeDelta would take it (small whole counts, checked and summed in
+      // one vectorized pass), without fetching the reference.
+      summary = CompactSubBuckets::DeltaSummary{true, scan.max};  // max < 2^31
+      sum = scan.sum;
+      delta = std::move(t.data->numbers);
+    } else {
+      delta = ComputeDelta(t.key, t.state->current(), *t.data, options_, &summary, &sum);
+    }
     if (!delta.ok()) {
       status = delta.status();
       break;
@@ -1097,10 +1136,9 @@ absl::Status DriftEngine::ApplyBatch(IngestBatch& batch, absl::Time now, bool* p
       sum = Sum(*delta);
     }
     summaries.push_back(summary);
-    samples.push_back(ref.is_histogram() ? sum : (*delta)[0]);
+    samples.push_back(shape.is_histogram ? sum : (*delta)[0]);
     // Numeric layouts end with the NaN bucket.
-    nan_samples.push_back(
-        ref.is_histogram() && ref.layout->kind() == BinLayout::Kind::kNumeric ? delta->back() : 0);
+    nan_samples.push_back(shape.numeric ? delta->back() : 0);
     deltas.push_back(*std::move(delta));
   }
   uint64_t lsn = 0;

@@ -443,6 +443,36 @@ TEST_F(DriftEngineTest, KindMismatchesAreFailedPrecondition) {
   }
 }
 
+// Ingest checks a histogram against what it keeps of the current version (the reference itself
+// is not read on that path): a new version with other bins must change what is accepted.
+TEST_F(DriftEngineTest, HistogramsAreCheckedAgainstTheCurrentVersionsBins) {
+  const StreamKey pre{"m", "v", "pre"};
+  ASSERT_NE(Put(PreBinned(pre, {1, 1, 1, 1})), nullptr);
+  SendOk("m", {Hist(pre, {1, 2, 0, 1})});
+  EXPECT_EQ(Samples(pre, absl::Minutes(5)), 4);
+
+  ASSERT_NE(Put(PreBinned(pre, {1, 1, 1, 1, 1, 1})), nullptr);  // Version 2, other bins.
+  IngestResult old_width = Send("m", {Hist(pre, {1, 2, 0, 1})});
+  EXPECT_EQ(old_width.status.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(old_width.status.message(), HasSubstr("has 4 bins but reference version 2 has 6"));
+
+  StreamData stale = Hist(pre, {1, 1, 1, 1, 1, 1});
+  stale.reference_version = 1;
+  IngestResult stale_version = Send("m", {stale});
+  EXPECT_EQ(stale_version.status.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(stale_version.status.message(),
+              HasSubstr("binned against reference version 1 but the current version is 2"));
+
+  StreamData current = Hist(pre, {3, 0, 0, 0, 0, 2});
+  current.reference_version = 2;
+  SendOk("m", {current});
+  EXPECT_EQ(Samples(pre, absl::Minutes(5)), 5);  // The new bins' windows start empty.
+
+  ASSERT_TRUE(engine_.DeleteReference(pre).ok());
+  EXPECT_EQ(Send("m", {Hist(pre, {3, 0, 0, 0, 0, 2})}).status.code(),
+            absl::StatusCode::kFailedPrecondition);
+}
+
 TEST_F(DriftEngineTest, InvalidDataIsRejected) {
   const StreamKey cat{"m", "v", "cat"}, pre{"m", "v", "pre"}, gauss{"m", "v", "gauss"},
       policy{"m", "v", "policy"};
