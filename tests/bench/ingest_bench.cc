@@ -20,9 +20,11 @@
 //   build/release/tests/bench/ingest_bench --benchmark_min_time=2
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <filesystem>
 #include <memory>
+#include <numeric>
 #include <string>
 #include <vector>
 
@@ -85,7 +87,13 @@ v1::IngestRequest Batch(int model, uint64_t sequence) {
   request.set_client_id("bench");
   request.set_sequence(sequence);
   request.set_model(absl::StrCat("model-", model));
-  for (int s = 0; s < kSignalsPerModel; ++s) {
+  // In key order (by signal name), as the Recorder and `kldrift bench` send them: kldriftd then
+  // does not sort the batch.
+  std::vector<int> signals(kSignalsPerModel);
+  std::iota(signals.begin(), signals.end(), 0);
+  std::sort(signals.begin(), signals.end(),
+            [](int a, int b) { return absl::StrCat("signal-", a) < absl::StrCat("signal-", b); });
+  for (int s : signals) {
     v1::StreamBatch* stream = request.add_streams();
     stream->set_model_version("v1");
     stream->set_signal(absl::StrCat("signal-", s));
