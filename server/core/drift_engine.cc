@@ -402,7 +402,7 @@ struct DriftEngine::StreamState {
   // when `needs_reference`; kIngestData (after kIngestLists) the first line of each window's
   // blocks (the encodings its sub-bucket's offset comes from), and the current reference when
   // `needs_reference`. A pre-binned histogram needs no reference: ingest checks it against
-  // `current` (below).
+  // `current_shape` (below).
   // `needs_windows`: the batch will add to the windows themselves (not InEveryHead, or no
   // coalescing); otherwise kIngestLists asks for the pending sums instead of the windows.
   enum class IngestPrefetchStep { kIngestLists, kIngestData };
