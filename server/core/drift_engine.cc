@@ -67,6 +67,18 @@ absl::Status KindMismatch(const StreamKey& key, const Reference& ref, absl::stri
                    " reference, which takes ", accepted, ", not ", sent));
 }
 
+// Histogram counts that are small whole numbers (the common case), checked and summed in one
+// vectorized pass: fills `summary` and `sum` and returns true, so the counts can become the delta
+// as they are. False for anything else (the general check then says what is wrong, if anything).
+bool ScanSmallHistogram(const StreamData& data, CompactSubBuckets::DeltaSummary* summary,
+                        double* sum) {
+  const SmallCountScan scan = ScanSmallCounts(data.numbers);
+  if (!scan.small_counts) return false;
+  *summary = CompactSubBuckets::DeltaSummary{true, scan.max};  // max < 2^31
+  *sum = scan.sum;
+  return true;
+}
+
 // The window delta a stream's data adds, validated against its reference. Histogram data (the
 // bulk of ingest) also fills `summary` (CompactSubBuckets::Summarize of the delta) and `sum` in the
 // same pass, and in the common case (small whole counts) becomes the delta: data.numbers is moved
@@ -84,12 +96,7 @@ absl::StatusOr<std::vector<double>> ComputeDelta(const StreamKey& key, const Ref
           " bins but reference version ", ref.version, " has ", ref.window_width(),
           " (underflow, bins, overflow and NaN buckets included); fetch its bins again"));
     }
-    // The common case: small whole counts, checked and summed in one vectorized pass.
-    if (const SmallCountScan scan = ScanSmallCounts(data.numbers); scan.small_counts) {
-      *summary = CompactSubBuckets::DeltaSummary{true, scan.max};  // max < 2^31
-      *sum = scan.sum;
-      return std::move(data.numbers);
-    }
+    if (ScanSmallHistogram(data, summary, sum)) return std::move(data.numbers);
   }
   std::vector<double> delta(ref.window_width(), 0.0);
   switch (data.type) {
@@ -1125,14 +1132,10 @@ absl::Status DriftEngine::ApplyBatch(IngestBatch& batch, absl::Time now, bool* p
     CompactSubBuckets::DeltaSummary summary;
     double sum = 0;
     absl::StatusOr<std::vector<double>> delta;
-    SmallCountScan scan;
     if (t.data->type == StreamData::Type::kHistogram && shape.is_histogram &&
         t.data->numbers.size() == shape.window_width &&
-        (scan = ScanSmallCounts(t.data->numbers)).small_counts) {
-      // The usual case, as ComputeDelta would take it (small whole counts, checked and summed in
-      // one vectorized pass), without fetching the reference.
-      summary = CompactSubBuckets::DeltaSummary{true, scan.max};  // max < 2^31
-      sum = scan.sum;
+        ScanSmallHistogram(*t.data, &summary, &sum)) {
+      // The usual case, as ComputeDelta would take it, without fetching the reference.
       delta = std::move(t.data->numbers);
     } else {
       delta = ComputeDelta(t.key, t.state->current(), *t.data, options_, &summary, &sum);
