@@ -464,6 +464,8 @@ struct DriftEngine::StreamState {
   uint64_t applied_lsn ABSL_GUARDED_BY(mutex) = 0;
   std::vector<WindowState> windows ABSL_GUARDED_BY(mutex);
 
+  // Ingest reads nothing from here on: PrefetchStep::kIngestObject stops at snapshot_lsn, so a
+  // field ingest needs goes above it.
   uint64_t snapshot_lsn ABSL_GUARDED_BY(mutex) = 0;
   // The current reference's profile arrays (ReferenceProfile keeps its four in one block, counts
   // first), for Prefetch; null for kinds without a profile.
