@@ -316,7 +316,7 @@ struct DriftEngine::WindowState {
 
 struct DriftEngine::StreamState {
   // `track_dirty`: record the sub-buckets each add changes (WindowState::dirty), for a store.
-  StreamState(StreamKey k, bool track_dirty) : key(std::move(k)), track_dirty(track_dirty) {}
+  StreamState(StreamKey k, bool track_dirty) : track_dirty(track_dirty), key(std::move(k)) {}
 
   const Reference& current() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex) { return *versions.back(); }
   // Adds what ingest coalesced (FoldPending), then advances every window to `now`. Everything that
@@ -428,6 +428,7 @@ struct DriftEngine::StreamState {
   bool windows_hold_fractions ABSL_GUARDED_BY(mutex) = false;
   // A snapshot write failed: the next one writes every live sub-bucket.
   bool needs_full_snapshot ABSL_GUARDED_BY(mutex) = false;
+  const bool track_dirty;  // Read by AddToWindows (ingest's adds to the windows).
   // Where every window's head sub-bucket overlaps, [heads_start, heads_end), as of the last
   // advance; empty (InfinitePast) before it or when a window's bounds are not exact. "Now" before
   // heads_end advances no window.
@@ -472,7 +473,6 @@ struct DriftEngine::StreamState {
   const double* profile_arrays ABSL_GUARDED_BY(mutex) = nullptr;
   size_t profile_bytes ABSL_GUARDED_BY(mutex) = 0;
   const StreamKey key;
-  const bool track_dirty;
 };
 
 struct DriftEngine::ClientState {
