@@ -72,40 +72,41 @@ absl::Status KindMismatch(const StreamKey& key, const Reference& ref, absl::stri
 // as they are. False for anything else (the general check then says what is wrong, if anything).
 bool ScanSmallHistogram(const StreamData& data, CompactSubBuckets::DeltaSummary* summary,
                         double* sum) {
-  const SmallCountScan scan = ScanSmallCounts(data.numbers);
+  const SmallCountScan scan = ScanSmallCounts(data.values());
   if (!scan.small_counts) return false;
   *summary = CompactSubBuckets::DeltaSummary{true, scan.max};  // max < 2^31
   *sum = scan.sum;
   return true;
 }
 
-// The window delta a stream's data adds, validated against its reference. Histogram data (the
-// bulk of ingest) also fills `summary` (CompactSubBuckets::Summarize of the delta) and `sum` in the
-// same pass, and in the common case (small whole counts) becomes the delta: data.numbers is moved
-// out. For other data the caller computes summary and sum.
+// The window delta a stream's data adds, validated against its reference. Histogram data also
+// fills `summary` (CompactSubBuckets::Summarize of the delta) and `sum` in the same pass; for other
+// data the caller computes them. (Histograms of small whole counts, the bulk of ingest, do not
+// come here: their counts are the delta as they are, see ScanSmallHistogram.)
 absl::StatusOr<std::vector<double>> ComputeDelta(const StreamKey& key, const Reference& ref,
-                                                 StreamData& data, const EngineOptions& options,
+                                                 const StreamData& data,
+                                                 const EngineOptions& options,
                                                  CompactSubBuckets::DeltaSummary* summary,
                                                  double* sum) {
   using Type = StreamData::Type;
+  const absl::Span<const double> numbers = data.values();
   if (data.type == Type::kHistogram) {
     if (!ref.is_histogram()) return KindMismatch(key, ref, "a histogram");
-    if (data.numbers.size() != ref.window_width()) {
+    if (numbers.size() != ref.window_width()) {
       return absl::FailedPreconditionError(absl::StrCat(
-          "stream ", key.ToString(), ": the histogram has ", data.numbers.size(),
+          "stream ", key.ToString(), ": the histogram has ", numbers.size(),
           " bins but reference version ", ref.version, " has ", ref.window_width(),
           " (underflow, bins, overflow and NaN buckets included); fetch its bins again"));
     }
-    if (ScanSmallHistogram(data, summary, sum)) return std::move(data.numbers);
   }
   std::vector<double> delta(ref.window_width(), 0.0);
   switch (data.type) {
     case Type::kHistogram: {
-      // Anything else (counts of 2^31 or more, or invalid input): the general check.
+      // Counts of 2^31 or more, or invalid input: the general check.
       double total = 0;
       double max = 0;
       for (size_t i = 0; i < delta.size(); ++i) {
-        const double c = data.numbers[i];
+        const double c = numbers[i];
         // Past 2^53 doubles are no longer exact integers, and a few such counts would make the
         // window's total infinite (no measures until they expire). NaN and infinities fail the
         // range test; inside it the cast is exact for integers and tells them from fractions.
@@ -127,7 +128,7 @@ absl::StatusOr<std::vector<double>> ComputeDelta(const StreamKey& key, const Ref
     }
     case Type::kValues:
       if (ref.kind != ReferenceKind::kNumeric) return KindMismatch(key, ref, "raw values");
-      ref.layout->AddValues(data.numbers, absl::MakeSpan(delta));
+      ref.layout->AddValues(numbers, absl::MakeSpan(delta));
       return delta;
     case Type::kLabels:
       if (ref.kind != ReferenceKind::kCategorical) return KindMismatch(key, ref, "labels");
@@ -139,15 +140,15 @@ absl::StatusOr<std::vector<double>> ComputeDelta(const StreamKey& key, const Ref
       }
       const size_t width = ref.kind == ReferenceKind::kCategorical ? ref.layout->categories().size()
                                                                    : ref.layout->size();
-      if (data.numbers.empty() || data.numbers.size() % width != 0) {
+      if (numbers.empty() || numbers.size() % width != 0) {
         return absl::InvalidArgumentError(
-            absl::StrCat("stream ", key.ToString(), ": ", data.numbers.size(),
+            absl::StrCat("stream ", key.ToString(), ": ", numbers.size(),
                          " probabilities are not a whole number of vectors of ", width));
       }
-      for (size_t start = 0; start < data.numbers.size(); start += width) {
+      for (size_t start = 0; start < numbers.size(); start += width) {
         double sum = 0;
         for (size_t i = 0; i < width; ++i) {
-          const double p = data.numbers[start + i];
+          const double p = numbers[start + i];
           if (!(p >= 0 && p <= 1)) {
             return absl::InvalidArgumentError(
                 absl::StrCat("stream ", key.ToString(), ": probability vector ", start / width,
@@ -235,7 +236,7 @@ size_t ObservationCount(const StreamData& data) {
     case StreamData::Type::kGaussian:
       return data.gaussian_sum.size();
     default:
-      return data.numbers.size();
+      return data.values().size();
   }
 }
 
@@ -1006,7 +1007,7 @@ absl::Status DriftEngine::ApplyBatch(IngestBatch& batch, absl::Time now, bool* p
 
   struct Target {
     StreamKey key;
-    StreamData* data;  // Its histogram counts move into the delta.
+    const StreamData* data;
     std::shared_ptr<StreamState> state;
     const std::shared_ptr<StreamState>* slot = nullptr;  // In streams_, under its lock only.
   };
@@ -1014,7 +1015,7 @@ absl::Status DriftEngine::ApplyBatch(IngestBatch& batch, absl::Time now, bool* p
   // as pointers, comparing neither the model nor moving keys around (a sort step moving a
   // Target moves three strings). The model was checked above; the other parts are checked here,
   // before anything else is said about the streams.
-  std::vector<StreamData*> in_order;
+  std::vector<StreamData*> in_order;  // Their names move into the targets' keys.
   in_order.reserve(batch.streams.size());
   for (StreamData& data : batch.streams) {
     if (absl::Status s = ValidateStreamParts(data.model_version, data.signal); !s.ok()) return s;
@@ -1085,8 +1086,11 @@ absl::Status DriftEngine::ApplyBatch(IngestBatch& batch, absl::Time now, bool* p
                                              needs_reference(targets.front()));
   }
   absl::Status status = absl::OkStatus();
-  std::vector<std::vector<double>> deltas;
+  // Each target's delta: its data's own numbers (pre-binned small counts: the usual case, and
+  // then nothing is copied), or what ComputeDelta made of its data, kept in `computed`.
+  std::vector<absl::Span<const double>> deltas;
   deltas.reserve(targets.size());
+  std::vector<std::vector<double>> computed;
   std::vector<double> samples;  // Observations each delta adds.
   samples.reserve(targets.size());
   std::vector<double> nan_samples;  // Of them, NaN values.
@@ -1133,31 +1137,33 @@ absl::Status DriftEngine::ApplyBatch(IngestBatch& batch, absl::Time now, bool* p
     }
     CompactSubBuckets::DeltaSummary summary;
     double sum = 0;
-    absl::StatusOr<std::vector<double>> delta;
+    absl::Span<const double> delta;
     if (t.data->type == StreamData::Type::kHistogram && shape.is_histogram &&
-        t.data->numbers.size() == shape.window_width &&
+        t.data->values().size() == shape.window_width &&
         ScanSmallHistogram(*t.data, &summary, &sum)) {
-      // The usual case, as ComputeDelta would take it, without fetching the reference.
-      delta = std::move(t.data->numbers);
+      // The usual case, checked without fetching the reference: the counts are the delta.
+      delta = t.data->values();
     } else {
-      delta = ComputeDelta(t.key, t.state->current(), *t.data, options_, &summary, &sum);
-    }
-    if (!delta.ok()) {
-      status = delta.status();
-      break;
-    }
-    if (t.data->type != StreamData::Type::kHistogram) {  // Else ComputeDelta filled them.
-      summary = CompactSubBuckets::Summarize(*delta);
-      sum = Sum(*delta);
+      absl::StatusOr<std::vector<double>> made =
+          ComputeDelta(t.key, t.state->current(), *t.data, options_, &summary, &sum);
+      if (!made.ok()) {
+        status = made.status();
+        break;
+      }
+      computed.push_back(*std::move(made));
+      delta = computed.back();  // Stays where it is when `computed` grows.
+      if (t.data->type != StreamData::Type::kHistogram) {  // Else ComputeDelta filled them.
+        summary = CompactSubBuckets::Summarize(delta);
+        sum = Sum(delta);
+      }
     }
     summaries.push_back(summary);
-    samples.push_back(shape.is_histogram ? sum : (*delta)[0]);
+    samples.push_back(shape.is_histogram ? sum : delta[0]);
     // Numeric layouts end with the NaN bucket.
-    nan_samples.push_back(shape.numeric ? delta->back() : 0);
-    deltas.push_back(*std::move(delta));
+    nan_samples.push_back(shape.numeric ? delta.back() : 0);
+    deltas.push_back(delta);
   }
   uint64_t lsn = 0;
-  IngestRecord record;  // With a store, the deltas move here (and are applied from here).
   if (status.ok()) {
     for (Target& t : targets) {
       StreamState& stream = *t.state;
@@ -1174,17 +1180,21 @@ absl::Status DriftEngine::ApplyBatch(IngestBatch& batch, absl::Time now, bool* p
     if (options_.store != nullptr) {
       // Durable before applied, and applied before acknowledged: a batch the store could not write
       // is neither applied nor acknowledged, so the client resends it.
+      // The record is written from the batch and the deltas where they are.
+      std::vector<StreamDeltaView> views;
+      views.reserve(targets.size());
+      for (size_t i = 0; i < targets.size(); ++i) {
+        const StreamKey& key = targets[i].key;
+        views.push_back(StreamDeltaView{key.model, key.model_version, key.signal, deltas[i],
+                                        summaries[i].counts, summaries[i].max_count});
+      }
+      IngestRecordView record;
       record.lsn = next_lsn_.fetch_add(1);  // Under every target stream's lock: see Evaluate.
       record.client_id = batch.client_id;
       record.sequence = batch.sequence;
       record.received_at = now;
       record.event_time = event_time;
-      record.deltas.reserve(targets.size());
-      // The keys move too: nothing below names a stream.
-      for (size_t i = 0; i < targets.size(); ++i) {
-        record.deltas.push_back(StreamDelta{std::move(targets[i].key), std::move(deltas[i]),
-                                            summaries[i].counts, summaries[i].max_count});
-      }
+      record.deltas = views;
       lsn = record.lsn;
       status = options_.store->WriteBatch(record);
       *persisted = status.ok();
@@ -1194,8 +1204,7 @@ absl::Status DriftEngine::ApplyBatch(IngestBatch& batch, absl::Time now, bool* p
     uint64_t coalesced = 0;
     for (size_t i = 0; i < targets.size(); ++i) {
       StreamState& stream = *targets[i].state;
-      const std::vector<double>& delta =
-          options_.store != nullptr ? record.deltas[i].values : deltas[i];
+      const absl::Span<const double> delta = deltas[i];
       if (lsn != 0) stream.applied_lsn = lsn;
       if (stream.ingest_counters != nullptr)
         stream.ingest_counters->Add(samples[i], nan_samples[i]);

@@ -44,6 +44,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "absl/types/span.h"
 #include "server/core/alert_state.h"
 #include "server/core/clock.h"
 #include "server/core/drift_measures.h"
@@ -97,7 +98,11 @@ struct StreamData {
   std::string model_version;
   std::string signal;
   Type type = Type::kHistogram;
-  std::vector<double> numbers;  // kHistogram counts, kValues, kProbabilities (flattened).
+  // kHistogram counts, kValues, kProbabilities (flattened): `numbers`, or `lent_numbers` when a
+  // caller lends them instead (FromProto lends the request's: copying nothing), which must then
+  // stay valid until Ingest returns. Read them with values().
+  std::vector<double> numbers;
+  absl::Span<const double> lent_numbers;
   std::vector<std::string> labels;
   double gaussian_count = 0;  // kGaussian sufficient statistics.
   std::vector<double> gaussian_sum;
@@ -105,6 +110,10 @@ struct StreamData {
   std::vector<double> log_p_current;  // kLogProbs.
   std::vector<double> log_p_reference;
   uint64_t reference_version = 0;  // If non-zero, must match the current version.
+
+  absl::Span<const double> values() const {
+    return lent_numbers.empty() ? absl::Span<const double>(numbers) : lent_numbers;
+  }
 };
 
 struct IngestBatch {

@@ -45,7 +45,7 @@ class RecordingStore final : public StateStore {
 
   absl::Status PutReference(const Reference&, bool, uint64_t) override { return absl::OkStatus(); }
   absl::Status DeleteStream(const StreamKey&) override { return absl::OkStatus(); }
-  absl::Status WriteBatch(const IngestRecord&) override { return absl::OkStatus(); }
+  absl::Status WriteBatch(const IngestRecordView&) override { return absl::OkStatus(); }
   absl::Status WriteClientSequence(const std::string&, uint64_t, absl::Time) override {
     return absl::OkStatus();
   }

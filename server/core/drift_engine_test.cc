@@ -391,6 +391,47 @@ TEST_F(DriftEngineTest, EachDataTypeLandsInItsKind) {
   EXPECT_EQ(Drift(policy, absl::Minutes(5)).measure, "k3");
 }
 
+// Numbers a caller lends (StreamData::lent_numbers, what FromProto does with a request's) are read
+// as owned ones are, checked the same way, and left as they were.
+TEST_F(DriftEngineTest, LentNumbersCountLikeOwnedOnes) {
+  const StreamKey num{"m", "v1", "num"}, pre{"m", "v1", "pre"}, cat{"m", "v1", "cat"};
+  ASSERT_NE(Put(Numeric(num, {0, 1, 2}, {50, 50})), nullptr);  // [<0, [0,1), [1,2), >=2, NaN]
+  ASSERT_NE(Put(PreBinned(pre, {1, 1, 1})), nullptr);
+  ASSERT_NE(Put(Categorical(cat, {"x", "y"}, {50, 50})), nullptr);  // [x, y, unseen]
+  // Lends each batch's numbers from a copy that outlives the batch, and sets owned numbers the
+  // engine must not read.
+  std::vector<std::unique_ptr<const std::vector<double>>> lenders;
+  auto lent = [&](StreamData data) {
+    lenders.push_back(std::make_unique<const std::vector<double>>(std::move(data.numbers)));
+    data.lent_numbers = *lenders.back();
+    data.numbers = {9, 9};
+    return data;
+  };
+  const std::vector<double> big_counts = {4294967296.0, 0, 1};
+  SendOk("m", {lent(Values(num, {-1, 0.5, 1.5, 1.7, 5, std::nan("")})), lent(Hist(pre, {1, 2, 3})),
+               lent(Probabilities(cat, {0.25, 0.75, 1, 0}))});
+  SendOk("m", {lent(Hist(pre, big_counts))});  // Large counts: the general check.
+  for (absl::Duration w : kDefaultWindows) {
+    EXPECT_THAT(Totals(num, w, 5), ElementsAre(1, 1, 2, 1, 1));
+    EXPECT_THAT(Totals(pre, w, 3), ElementsAre(1 + 4294967296.0, 2, 3 + 1));
+    EXPECT_THAT(Totals(cat, w, 3), ElementsAre(1.25, 0.75, 0));
+  }
+  EXPECT_EQ(Samples(num, absl::Hours(1)), 6);
+  EXPECT_THAT(*lenders[1], ElementsAre(1, 2, 3));
+  EXPECT_THAT(*lenders[3], ElementsAre(4294967296.0, 0, 1));
+
+  const IngestResult fraction = Send("m", {lent(Hist(pre, {1, 1.5, 0}))});
+  EXPECT_EQ(fraction.status.code(), absl::StatusCode::kInvalidArgument) << fraction.status;
+  EXPECT_THAT(std::string(fraction.status.message()), HasSubstr("bin 1 has count 1.5"));
+  const IngestResult short_histogram = Send("m", {lent(Hist(pre, {1, 2}))});
+  EXPECT_EQ(short_histogram.status.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(short_histogram.status.message()), HasSubstr("the histogram has 2 bins"));
+  const IngestResult bad_probabilities = Send("m", {lent(Probabilities(cat, {0.5, 0.25}))});
+  EXPECT_EQ(bad_probabilities.status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(bad_probabilities.status.message()), HasSubstr("sums to 0.75"));
+  EXPECT_EQ(Samples(pre, absl::Hours(1)), 1 + 2 + 3 + 4294967296.0 + 1);  // Nothing more.
+}
+
 // Counts past 2^32 (up to 2^53) are whole counts too: the windows hold them exactly (as doubles),
 // next to small counts kept in narrow integers.
 TEST_F(DriftEngineTest, HistogramCountsUpTo2To53AreKeptExactly) {

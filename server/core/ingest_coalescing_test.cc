@@ -47,7 +47,7 @@ class SnapshotStore final : public StateStore {
     }
     return absl::OkStatus();
   }
-  absl::Status WriteBatch(const IngestRecord&) override { return absl::OkStatus(); }
+  absl::Status WriteBatch(const IngestRecordView&) override { return absl::OkStatus(); }
   absl::Status WriteClientSequence(const std::string&, uint64_t, absl::Time) override {
     return absl::OkStatus();
   }

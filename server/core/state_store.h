@@ -21,7 +21,9 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "absl/types/span.h"
 #include "server/core/alert_state.h"
 #include "server/core/reference.h"
 #include "server/core/stream_key.h"
@@ -49,7 +51,7 @@ struct StreamDelta {
 
 // Everything an applied ingest batch changes, written atomically as one log record plus the
 // client's sequence number. `lsn` orders records; windows are rebuilt by replaying the records
-// newer than each stream's snapshot.
+// newer than each stream's snapshot. Load returns records as these; WriteBatch takes a view.
 struct IngestRecord {
   uint64_t lsn = 0;
   std::string client_id;
@@ -58,6 +60,38 @@ struct IngestRecord {
   absl::Time event_time;
   std::vector<StreamDelta> deltas;
 };
+
+// A StreamDelta whose names and values belong to someone else (for WriteBatch: the engine writes
+// straight from the batch it was given, copying nothing).
+struct StreamDeltaView {
+  absl::string_view model;
+  absl::string_view model_version;
+  absl::string_view signal;
+  absl::Span<const double> values;
+  bool known_counts = false;  // As StreamDelta's.
+  double max_count = 0;
+};
+
+// An IngestRecord as WriteBatch takes it; valid while what it points to is.
+struct IngestRecordView {
+  uint64_t lsn = 0;
+  absl::string_view client_id;
+  uint64_t sequence = 0;
+  absl::Time received_at;
+  absl::Time event_time;
+  absl::Span<const StreamDeltaView> deltas;
+};
+
+// A view of `record`, its deltas' views in `deltas` (replaced), for writing an IngestRecord.
+inline IngestRecordView ViewOf(const IngestRecord& record, std::vector<StreamDeltaView>& deltas) {
+  deltas.clear();
+  for (const StreamDelta& d : record.deltas) {
+    deltas.push_back(StreamDeltaView{d.stream.model, d.stream.model_version, d.stream.signal,
+                                     d.values, d.known_counts, d.max_count});
+  }
+  return IngestRecordView{record.lsn,         record.client_id,  record.sequence,
+                          record.received_at, record.event_time, deltas};
+}
 
 // The sub-buckets of a stream that changed since its last snapshot, and the last log record they
 // include.
@@ -79,7 +113,7 @@ class StateStore {
   // Every version, window and alert state of a stream.
   virtual absl::Status DeleteStream(const StreamKey& stream) = 0;
   // An applied ingest batch: one log record and the client's new sequence number.
-  virtual absl::Status WriteBatch(const IngestRecord& record) = 0;
+  virtual absl::Status WriteBatch(const IngestRecordView& record) = 0;
   // A rejected batch still moves the client's sequence number (it is done with).
   virtual absl::Status WriteClientSequence(const std::string& client_id, uint64_t sequence,
                                            absl::Time seen) = 0;

@@ -266,11 +266,11 @@ absl::StatusOr<IngestBatch> FromProto(const v1::IngestRequest& request) {
     switch (in.data_case()) {
       case v1::StreamBatch::kHistogram:
         data.type = StreamData::Type::kHistogram;
-        data.numbers = ToVector(in.histogram().counts());
+        data.lent_numbers = in.histogram().counts();
         break;
       case v1::StreamBatch::kValues:
         data.type = StreamData::Type::kValues;
-        data.numbers = ToVector(in.values().values());
+        data.lent_numbers = in.values().values();
         break;
       case v1::StreamBatch::kLabels:
         data.type = StreamData::Type::kLabels;
@@ -278,7 +278,7 @@ absl::StatusOr<IngestBatch> FromProto(const v1::IngestRequest& request) {
         break;
       case v1::StreamBatch::kProbabilities:
         data.type = StreamData::Type::kProbabilities;
-        data.numbers = ToVector(in.probabilities().probabilities());
+        data.lent_numbers = in.probabilities().probabilities();
         break;
       case v1::StreamBatch::kGaussian:
         data.type = StreamData::Type::kGaussian;

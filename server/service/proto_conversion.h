@@ -26,6 +26,8 @@ absl::StatusOr<ReferenceSpec> FromProto(const v1::PutReferenceRequest& request);
 void ToProto(const Reference& reference, v1::Reference* out,
              v1::ReferenceView view = v1::REFERENCE_VIEW_FULL);
 
+// The batch borrows the request's histogram counts, values and probabilities
+// (StreamData::lent_numbers): `request` must outlive its use (DriftEngine::Ingest).
 absl::StatusOr<IngestBatch> FromProto(const v1::IngestRequest& request);
 
 void ToProto(const WindowReport& report, v1::DriftReport* out);

@@ -387,14 +387,15 @@ constexpr size_t kLogBlobHeader = 1 + 8;
 // ("version \0 signal \0", or "model \0 version \0 signal \0" for a stream of another model),
 // varint length and its values (AppendValues). A batch of 100 histograms of 64 bins with counts
 // below 4 adds 3,274 bytes to the write-ahead log (its body takes 9,299 in the stream-keys format).
-void AppendCompactRecord(const IngestRecord& record, std::string& out) {
+void AppendCompactRecord(const IngestRecordView& record, std::string& out) {
   // The first stream's model, which the others share unless they name their own.
   const absl::string_view model =
-      record.deltas.empty() ? absl::string_view() : record.deltas.front().stream.model;
+      record.deltas.empty() ? absl::string_view() : record.deltas.front().model;
   // One allocation for the whole record in the common case (counts below 64).
   size_t estimate = out.size() + 8 + 5 + model.size() + 5;
-  for (const StreamDelta& delta : record.deltas) {
-    estimate += 8 + StreamPrefixSize(delta.stream) + 6 + delta.values.size();
+  for (const StreamDeltaView& delta : record.deltas) {
+    estimate += 8 + delta.model.size() + delta.model_version.size() + delta.signal.size() + 3 + 6 +
+                delta.values.size();
   }
   out.reserve(estimate);
   AppendBigEndian(&out, FlipSign(ToMicros(record.event_time)));
@@ -402,18 +403,17 @@ void AppendCompactRecord(const IngestRecord& record, std::string& out) {
   out.append(model.data(), model.size());
   AppendVarint(&out, record.deltas.size());
   std::string values;  // Reused: a stream's values, when their length is not known beforehand.
-  for (const StreamDelta& delta : record.deltas) {
-    const StreamKey& key = delta.stream;
-    const bool own_model = key.model != model;
-    AppendVarint(&out, key.model_version.size() + key.signal.size() + 2 +
-                           (own_model ? key.model.size() + 1 : 0));
+  for (const StreamDeltaView& delta : record.deltas) {
+    const bool own_model = delta.model != model;
+    AppendVarint(&out, delta.model_version.size() + delta.signal.size() + 2 +
+                           (own_model ? delta.model.size() + 1 : 0));
     if (own_model) {
-      out += key.model;
+      out.append(delta.model.data(), delta.model.size());
       out += '\0';
     }
-    out += key.model_version;
+    out.append(delta.model_version.data(), delta.model_version.size());
     out += '\0';
-    out += key.signal;
+    out.append(delta.signal.data(), delta.signal.size());
     out += '\0';
     // The engine's batch check usually knows the counts already: no second look at them.
     const ValuesShape shape =
@@ -841,7 +841,7 @@ absl::Status RocksDbStore::DeleteStream(const StreamKey& stream) {
   return FromRocks(db_->Write(write_options_, &batch), "deleting the stream failed");
 }
 
-absl::Status RocksDbStore::WriteBatch(const IngestRecord& record) {
+absl::Status RocksDbStore::WriteBatch(const IngestRecordView& record) {
   std::string blob;
   blob.push_back(static_cast<char>(LogFormat::kCompact));
   AppendBigEndian(&blob, record.lsn);
@@ -851,7 +851,8 @@ absl::Status RocksDbStore::WriteBatch(const IngestRecord& record) {
   storage::v1::StoredClient client;
   client.set_last_sequence(record.sequence);
   client.set_last_seen_micros(ToMicros(record.received_at));
-  batch.Put(handles_[kClients], record.client_id, client.SerializeAsString());
+  batch.Put(handles_[kClients], rocksdb::Slice(record.client_id.data(), record.client_id.size()),
+            client.SerializeAsString());
   return FromRocks(db_->Write(write_options_, &batch), "storing the batch failed");
 }
 

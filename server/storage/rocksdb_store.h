@@ -83,7 +83,7 @@ class RocksDbStore final : public StateStore {
   absl::Status PutReference(const Reference& reference, bool reset_windows,
                             uint64_t lsn_floor) override;
   absl::Status DeleteStream(const StreamKey& stream) override;
-  absl::Status WriteBatch(const IngestRecord& record) override;
+  absl::Status WriteBatch(const IngestRecordView& record) override;
   absl::Status WriteClientSequence(const std::string& client_id, uint64_t sequence,
                                    absl::Time seen) override;
   absl::Status WriteSnapshots(const std::vector<StreamSnapshot>& snapshots) override;

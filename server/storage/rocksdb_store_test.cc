@@ -386,7 +386,8 @@ TEST(RocksDbStoreTest, ValuesRoundTripAcrossTheirEncodings) {
     snapshots.push_back(StreamSnapshot{
         key, 7, {SubBucketDelta{key, absl::Hours(1), absl::FromUnixSeconds(3600), cases[i]}}});
   }
-  ASSERT_TRUE((*store)->WriteBatch(record).ok());
+  std::vector<StreamDeltaView> views;
+  ASSERT_TRUE((*store)->WriteBatch(ViewOf(record, views)).ok());
   ASSERT_TRUE((*store)->WriteSnapshots(snapshots).ok());
 
   auto same = [](const std::vector<double>& got, const std::vector<double>& want) {
@@ -486,7 +487,9 @@ std::vector<uint64_t> Range(uint64_t first, uint64_t last) {
 
 void WriteRecords(RocksDbStore& store, uint64_t first, uint64_t last, absl::Time now) {
   for (uint64_t lsn = first; lsn <= last; ++lsn) {
-    ASSERT_TRUE(store.WriteBatch(LogRecord(lsn, now)).ok());
+    const IngestRecord record = LogRecord(lsn, now);
+    std::vector<StreamDeltaView> views;
+    ASSERT_TRUE(store.WriteBatch(ViewOf(record, views)).ok());
   }
 }
 
