@@ -1013,14 +1013,13 @@ absl::Status DriftEngine::ApplyBatch(IngestBatch& batch, absl::Time now, bool* p
   };
   // The batch's streams in key order, which within one model is (model_version, signal): sorted
   // as pointers, comparing neither the model nor moving keys around (a sort step moving a
-  // Target moves three strings). The model was checked above; the other parts are checked here,
-  // before anything else is said about the streams.
+  // Target moves three strings). The model was checked above. The other parts need no check when
+  // they name a stream (every stream's name was checked when it was created); before anything
+  // else is said about the streams (a repeat, a stream without a reference), they are checked,
+  // in the batch's order.
   std::vector<StreamData*> in_order;  // Their names move into the targets' keys.
   in_order.reserve(batch.streams.size());
-  for (StreamData& data : batch.streams) {
-    if (absl::Status s = ValidateStreamParts(data.model_version, data.signal); !s.ok()) return s;
-    in_order.push_back(&data);
-  }
+  for (StreamData& data : batch.streams) in_order.push_back(&data);
   const auto stream_order = [](const StreamData* a, const StreamData* b) {
     if (const int c = a->model_version.compare(b->model_version); c != 0) return c < 0;
     return a->signal < b->signal;
@@ -1031,9 +1030,24 @@ absl::Status DriftEngine::ApplyBatch(IngestBatch& batch, absl::Time now, bool* p
   }
   std::vector<Target> targets;
   targets.reserve(in_order.size());
+  // For an error path: the first stream, in the batch's order, whose names are invalid (the names
+  // already moved into a target's key are read there).
+  auto first_invalid_name = [&]() -> absl::Status {
+    absl::flat_hash_map<const StreamData*, const StreamKey*> moved;
+    for (const Target& t : targets) moved[t.data] = &t.key;
+    for (const StreamData& data : batch.streams) {
+      const auto it = moved.find(&data);
+      const absl::Status s =
+          it == moved.end() ? ValidateStreamParts(data.model_version, data.signal)
+                            : ValidateStreamParts(it->second->model_version, it->second->signal);
+      if (!s.ok()) return s;
+    }
+    return absl::OkStatus();
+  };
   for (StreamData* data : in_order) {
     if (!targets.empty() && data->signal == targets.back().key.signal &&
         data->model_version == targets.back().key.model_version) {
+      if (absl::Status s = first_invalid_name(); !s.ok()) return s;
       return absl::InvalidArgumentError(absl::StrCat("stream ", targets.back().key.ToString(),
                                                      " appears twice in one batch; merge them"));
     }
@@ -1051,6 +1065,7 @@ absl::Status DriftEngine::ApplyBatch(IngestBatch& batch, absl::Time now, bool* p
       if (it != streams_.end()) ++it;
       if (it == streams_.end() || it->first != t.key) it = streams_.find(t.key);
       if (it == streams_.end()) {
+        if (absl::Status s = first_invalid_name(); !s.ok()) return s;
         return absl::FailedPreconditionError(absl::StrCat(
             "no reference for stream ", t.key.ToString(),
             "; create one with PutReference (kldrift reference put) before ingesting"));
@@ -1853,6 +1868,8 @@ absl::StatusOr<size_t> DriftEngine::ImportModel(const std::string& model,
       return absl::InvalidArgumentError("a stream of the export has no reference version");
     }
     const StreamKey& key = stream.versions.front()->stream;
+    // Ingest relies on every stream's name having been checked when the stream was made.
+    if (absl::Status s = ValidateStreamKey(key); !s.ok()) return s;
     if (key.model != model) {
       return absl::InvalidArgumentError(absl::StrCat(
           "stream ", key.ToString(), " of the export is not of model \"", model, "\""));

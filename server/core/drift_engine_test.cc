@@ -647,6 +647,25 @@ TEST_F(DriftEngineTest, BatchLevelValidation) {
   EXPECT_EQ(r.status.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(r.status.message(), HasSubstr("appears twice"));
 
+  // Names are checked before anything else is said about the streams, and the first bad one in
+  // the batch's order is named, wherever it sorts: ingest checks names only when a stream is not
+  // found (a name that matches a stream is valid) or appears twice.
+  StreamData bad_version = Hist(a, {1, 1});
+  bad_version.model_version = "v?";
+  StreamData unknown = Hist(StreamKey{"m", "v", "0-unknown"}, {1, 1});
+  r = Send("m", {Hist(a, {1, 1}), bad_signal, unknown});
+  EXPECT_EQ(r.status.code(), absl::StatusCode::kInvalidArgument) << r.status;
+  EXPECT_THAT(r.status.message(), HasSubstr("\"a b\""));
+  r = Send("m", {bad_version, bad_signal, unknown});
+  EXPECT_EQ(r.status.code(), absl::StatusCode::kInvalidArgument) << r.status;
+  EXPECT_THAT(r.status.message(), HasSubstr("\"v?\""));
+  r = Send("m", {unknown, Hist(a, {1, 1}), Hist(a, {1, 1}), bad_signal});
+  EXPECT_EQ(r.status.code(), absl::StatusCode::kInvalidArgument) << r.status;
+  EXPECT_THAT(r.status.message(), HasSubstr("\"a b\""));
+  r = Send("m", {unknown, Hist(a, {1, 1})});
+  EXPECT_EQ(r.status.code(), absl::StatusCode::kFailedPrecondition) << r.status;
+  EXPECT_THAT(r.status.message(), HasSubstr("no reference for stream m/v/0-unknown"));
+
   StreamData pinned = Hist(a, {1, 1});
   pinned.reference_version = 2;
   r = Send("m", {pinned});

@@ -162,6 +162,17 @@ TEST_F(ModelTransferTest, ExistingModelNeedsReplaceAndBadExportsAreRefused) {
   EXPECT_EQ(to_->ImportModel("m", {}, true).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(to_->ImportModel("m", {StreamExport{}}, true).status().code(),
             absl::StatusCode::kInvalidArgument);
+  // A stream name PutReference would refuse (ingest trusts every stream's name to be valid).
+  std::vector<StreamExport> badly_named = *exported;
+  auto renamed = std::make_shared<Reference>(*badly_named[0].versions[0]);
+  renamed->stream.signal = "bad name";
+  badly_named[0].versions = {renamed};
+  const size_t streams_before = to_->stream_count();
+  const absl::Status bad_name = to_->ImportModel("m", badly_named, true).status();
+  EXPECT_EQ(bad_name.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(bad_name.message(), HasSubstr("signal"));
+  EXPECT_EQ(to_->stream_count(), streams_before);
+  EXPECT_TRUE(to_->GetReference(key, 0).ok());  // The model's streams stay as they were.
 }
 
 // An import sent in parts: later parts append to the streams the earlier ones installed, and
