@@ -364,8 +364,10 @@ TEST(RocksDbStoreTest, ValuesRoundTripAcrossTheirEncodings) {
       {0, 15, 7, 8, 1, 14, 2, 13, 4, 11, 5, 10, 6, 9, 3, 12, 15},  // 4 bits
       {15, 16},                                                    // 16: one byte each
   };
-  // Longer than the packer's 64-value chunks, with a partial output byte at the end.
-  for (auto [length, below] : {std::pair<int, int>{129, 2}, {203, 4}, {131, 16}}) {
+  // Longer than the packer's 64-value chunks, with a partial output byte at the end, and whole
+  // chunks.
+  for (auto [length, below] :
+       {std::pair<int, int>{129, 2}, {203, 4}, {131, 16}, {64, 2}, {64, 4}, {128, 16}}) {
     cases.emplace_back();
     for (int i = 0; i < length; ++i) cases.back().push_back((i * 7 + i / 5) % below);
   }
