@@ -82,17 +82,6 @@ struct IngestRecordView {
   absl::Span<const StreamDeltaView> deltas;
 };
 
-// A view of `record`, its deltas' views in `deltas` (replaced), for writing an IngestRecord.
-inline IngestRecordView ViewOf(const IngestRecord& record, std::vector<StreamDeltaView>& deltas) {
-  deltas.clear();
-  for (const StreamDelta& d : record.deltas) {
-    deltas.push_back(StreamDeltaView{d.stream.model, d.stream.model_version, d.stream.signal,
-                                     d.values, d.known_counts, d.max_count});
-  }
-  return IngestRecordView{record.lsn,         record.client_id,  record.sequence,
-                          record.received_at, record.event_time, deltas};
-}
-
 // The sub-buckets of a stream that changed since its last snapshot, and the last log record they
 // include.
 struct StreamSnapshot {

@@ -25,6 +25,17 @@
 namespace kldrift {
 namespace {
 
+// A view of `record` for WriteBatch, its deltas' views in `deltas` (replaced).
+IngestRecordView ViewOf(const IngestRecord& record, std::vector<StreamDeltaView>& deltas) {
+  deltas.clear();
+  for (const StreamDelta& d : record.deltas) {
+    deltas.push_back(StreamDeltaView{d.stream.model, d.stream.model_version, d.stream.signal,
+                                     d.values, d.known_counts, d.max_count});
+  }
+  return IngestRecordView{record.lsn,         record.client_id,  record.sequence,
+                          record.received_at, record.event_time, deltas};
+}
+
 // An engine's options with `store` (designated initializers would leave GCC warning about every
 // other member).
 EngineOptions OptionsWithStore(StateStore* store) {
