@@ -250,14 +250,6 @@ class KlDriftService::IngestReactor
     StartRead(request_);
   }
 
-  // Blocks from 16 KB up to 128 KB: a few allocations per batch, none kept by an idle stream.
-  static google::protobuf::ArenaOptions IngestArenaOptions() {
-    google::protobuf::ArenaOptions options;
-    options.start_block_size = 16 << 10;
-    options.max_block_size = 128 << 10;
-    return options;
-  }
-
   void StartWriteLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
     if (metrics_ != nullptr) metrics_->RecordAck();
     in_flight_ = std::move(pending_);

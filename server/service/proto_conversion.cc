@@ -302,6 +302,13 @@ absl::StatusOr<IngestBatch> FromProto(const v1::IngestRequest& request) {
   return batch;
 }
 
+google::protobuf::ArenaOptions IngestArenaOptions() {
+  google::protobuf::ArenaOptions options;
+  options.start_block_size = 16 << 10;
+  options.max_block_size = 128 << 10;
+  return options;
+}
+
 void ToProto(const WindowReport& report, v1::DriftReport* out) {
   ToProto(report.stream, out->mutable_stream());
   ToProto(report.window, out->mutable_window());

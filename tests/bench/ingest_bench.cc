@@ -142,10 +142,7 @@ void BM_IngestApply(benchmark::State& state) {
   // from memory as fresh as the service's (a parsed message kept per model would be cold).
   std::vector<std::string> requests;
   for (int m = 0; m < models; ++m) requests.push_back(Batch(m, 0).SerializeAsString());
-  google::protobuf::ArenaOptions arena_options;  // As kldriftd's Ingest reads a batch.
-  arena_options.start_block_size = 16 << 10;
-  arena_options.max_block_size = 128 << 10;
-  google::protobuf::Arena arena(arena_options);
+  google::protobuf::Arena arena(IngestArenaOptions());  // As kldriftd's Ingest reads a batch.
   uint64_t sequence = 0;
   for (auto _ : state) {
     arena.Reset();
