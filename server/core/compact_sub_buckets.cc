@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "server/core/cpu_dispatch.h"
+#include "server/core/prefetch.h"
 
 namespace kldrift {
 namespace {
@@ -202,24 +203,19 @@ void CompactSubBuckets::Add(int slot, absl::Span<const double> delta, const Delt
 }
 
 void CompactSubBuckets::PrefetchBlock(size_t max_bytes) const {
-  constexpr size_t kCacheLine = 64;
-  const uint8_t* block = block_.get();
-  const size_t bytes = std::min(block_bytes_, max_bytes);
-  for (size_t at = 0; at < bytes; at += kCacheLine) __builtin_prefetch(block + at);
+  PrefetchRange(block_.get(), std::min(block_bytes_, max_bytes));
 }
 
 void CompactSubBuckets::Prefetch(int slot) const {
   if (block_ == nullptr) return;
-  constexpr size_t kCacheLine = 64;
   // Enough for the windows of typical histograms; the hardware prefetcher carries on from there.
-  constexpr size_t kMaxBytes = 32 * kCacheLine;
+  constexpr size_t kMaxBytes = 32 * kCacheLineBytes;
   // Offset() reads the encodings at the block's start: fetch that line first.
-  __builtin_prefetch(block_.get());
+  PrefetchLine(block_.get());
   const size_t offset = Offset(slot);
   const size_t bytes = std::min(BytesPerValue(encoding(slot)) * width_, kMaxBytes);
   const uint8_t* data = block_.get() + offset;
-  for (size_t at = 0; at < bytes; at += kCacheLine) __builtin_prefetch(data + at, /*rw=*/1);
-  if (bytes > 0) __builtin_prefetch(data + bytes - 1, /*rw=*/1);
+  PrefetchRange(data, bytes, /*for_write=*/true);
 }
 
 void CompactSubBuckets::Clear(int slot) { Store(slot, Encoding::kEmpty, {}); }

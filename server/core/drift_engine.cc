@@ -14,6 +14,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "server/core/count_scan.h"
+#include "server/core/prefetch.h"
 #include "server/kernels/divergence.h"
 #include "server/kernels/gaussian.h"
 
@@ -435,8 +436,9 @@ struct DriftEngine::StreamState {
   };
   CurrentShape current_shape ABSL_GUARDED_BY(mutex);
   std::vector<WindowState> windows ABSL_GUARDED_BY(mutex);
-  // The current reference's profile arrays (ReferenceProfile keeps its four in one block, counts
-  // first), for Prefetch; null for kinds without a profile.
+  // The current reference's profile (the object, and its arrays: ReferenceProfile keeps its four
+  // in one block, counts first), for Prefetch; null for kinds without a profile.
+  const ReferenceProfile* profile_object ABSL_GUARDED_BY(mutex) = nullptr;
   const double* profile_arrays ABSL_GUARDED_BY(mutex) = nullptr;
   size_t profile_bytes ABSL_GUARDED_BY(mutex) = 0;
   // Set when the stream was deleted while a caller held a pointer to it.
@@ -553,9 +555,11 @@ void DriftEngine::StreamState::Install(std::shared_ptr<const Reference> ref, boo
     w.observer_generation = WindowState::kNoInputs;
   }
   if (ref->is_histogram()) {
+    profile_object = ref->profile.get();
     profile_arrays = ref->counts.data();
     profile_bytes = 4 * ref->counts.size() * sizeof(double);
   } else {
+    profile_object = nullptr;
     profile_arrays = nullptr;
     profile_bytes = 0;
   }
@@ -568,26 +572,6 @@ void DriftEngine::StreamState::Install(std::shared_ptr<const Reference> ref, boo
   AdvanceWindows(now);
 }
 
-namespace {
-
-// Asks the CPU to bring [start, start + bytes) into cache, a line at a time (a hint); `for_write`
-// when the lines are about to be written.
-void PrefetchRange(const void* start, size_t bytes, bool for_write = false) {
-  constexpr size_t kCacheLine = 64;
-  if (bytes == 0) return;
-  const uintptr_t first = reinterpret_cast<uintptr_t>(start) & ~uintptr_t{kCacheLine - 1};
-  const uintptr_t last = reinterpret_cast<uintptr_t>(start) + bytes - 1;
-  for (uintptr_t at = first; at <= last; at += kCacheLine) {
-    if (for_write) {
-      __builtin_prefetch(reinterpret_cast<const void*>(at), /*rw=*/1);
-    } else {
-      __builtin_prefetch(reinterpret_cast<const void*>(at));
-    }
-  }
-}
-
-}  // namespace
-
 void DriftEngine::StreamState::Prefetch(PrefetchStep step) const {
   if (step == PrefetchStep::kObject) {
     // From just before the object: make_shared's reference counts sit there.
@@ -598,8 +582,19 @@ void DriftEngine::StreamState::Prefetch(PrefetchStep step) const {
   }
   ReaderMutexLock lock(&mutex);
   if (step == PrefetchStep::kWindows) {
+    // The current version's slot (the next step reads the reference through it), what ingest
+    // coalesced (folded first) and the profile's object (its alpha and array pointers).
+    if (!versions.empty()) PrefetchRange(&versions.back(), sizeof(versions.back()));
     PrefetchRange(windows.data(), windows.size() * sizeof(WindowState));
+    if (has_pending) {
+      PrefetchRange(pending.data(), pending.size() * sizeof(uint32_t), /*for_write=*/true);
+    }
+    if (profile_object != nullptr) PrefetchLine(profile_object);
     return;
+  }
+  // The reference: its kind, profile pointer and policy are read for every window.
+  if (!versions.empty()) {
+    PrefetchRange(versions.back().get(), std::min<size_t>(sizeof(Reference), 512));
   }
   // Only windows whose totals changed since they were last derived are computed (the others
   // answer from what was kept), and only they need their totals and the profile.
@@ -625,7 +620,7 @@ void DriftEngine::StreamState::PrefetchForIngest(IngestPrefetchStep step, bool n
       PrefetchRange(pending.data(), pending.size() * sizeof(uint32_t), /*for_write=*/true);
     }
     // Its own heap block, which the apply writes to.
-    if (ingest_counters != nullptr) __builtin_prefetch(ingest_counters.get(), /*rw=*/1);
+    if (ingest_counters != nullptr) PrefetchLine(ingest_counters.get(), /*for_write=*/true);
     return;
   }
   // The reference's first lines: its kind, version, policy and layout, what validation reads.
