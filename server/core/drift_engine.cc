@@ -14,6 +14,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "server/core/count_scan.h"
+#include "server/core/cpu_dispatch.h"
 #include "server/core/prefetch.h"
 #include "server/kernels/divergence.h"
 #include "server/kernels/gaussian.h"
@@ -37,6 +38,13 @@ constexpr double kGaussianStatsTolerance = 1e-6;
 constexpr double kDefaultMinSamplesNonHistogram = 100;
 // How often the ingest client table is swept for clients idle past EngineOptions::client_retention.
 constexpr absl::Duration kClientSweepInterval = absl::Minutes(1);
+
+// sums[i] += counts[i] for n whole counts in [0, 2^31): converted through int32_t, one vector
+// instruction (an unsigned conversion takes three more before AVX-512), in a loop the compiler
+// vectorizes and compiles for AVX2 too. Coalescing's add of a delta to a stream's pending sums.
+KLDRIFT_TARGET_CLONES_AVX2 void AddSmallCounts(uint32_t* sums, const double* counts, size_t n) {
+  for (size_t i = 0; i < n; ++i) sums[i] += static_cast<uint32_t>(static_cast<int32_t>(counts[i]));
+}
 
 std::string WindowList(const Reference& ref) {
   std::vector<std::string> names;
@@ -662,9 +670,7 @@ bool DriftEngine::StreamState::Coalesce(absl::Time event_time, absl::Time now,
     pending_event_time = event_time;
     has_pending = true;
   }
-  uint32_t* const sums = pending.data();
-  const double* const values = delta.data();
-  for (size_t i = 0; i < delta.size(); ++i) sums[i] += static_cast<uint32_t>(values[i]);
+  AddSmallCounts(pending.data(), delta.data(), delta.size());  // max_count < 2^31, checked above.
   pending_bound += summary.max_count;
   return true;
 }
@@ -1205,7 +1211,17 @@ absl::Status DriftEngine::ApplyBatch(IngestBatch& batch, absl::Time now, bool* p
   }
   if (status.ok()) {
     uint64_t coalesced = 0;
+    // The pending sums and counters were asked for before validation and the store's write,
+    // which pass enough memory through the cache to have evicted them: asked for again, a few
+    // streams ahead. (Asking for the objects again too, 8 ahead, was slower.)
+    constexpr size_t kListsAhead = 4;
+    auto prefetch_lists = [&](size_t i) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+      const StreamState& ahead = *targets[i].state;
+      ahead.PrefetchForIngest(IngestStep::kIngestLists, needs_windows(ahead), false);
+    };
+    for (size_t i = 0; i < std::min(targets.size(), kListsAhead); ++i) prefetch_lists(i);
     for (size_t i = 0; i < targets.size(); ++i) {
+      if (i + kListsAhead < targets.size()) prefetch_lists(i + kListsAhead);
       StreamState& stream = *targets[i].state;
       const absl::Span<const double> delta = deltas[i];
       if (lsn != 0) stream.applied_lsn = lsn;
