@@ -303,6 +303,54 @@ TEST_F(DriftEngineTest, DeleteReferenceRemovesTheStreamEverywhere) {
   EXPECT_EQ(Samples(key, absl::Hours(1)), 0);
 }
 
+// The same batch sent again and again, across every change to the model's streams: each one
+// lands in the streams that exist when it arrives.
+TEST_F(DriftEngineTest, RepeatedBatchesSeeEveryChangeToTheStreams) {
+  const StreamKey a{"m", "v1", "a"};
+  const StreamKey b{"m", "v1", "b"};
+  ASSERT_NE(Put(PreBinned(a, {1, 1, 1})), nullptr);
+  ASSERT_NE(Put(PreBinned(b, {1, 1, 1})), nullptr);
+  auto batch = [&] { return std::vector<StreamData>{Hist(a, {1, 0, 0}), Hist(b, {0, 1, 0})}; };
+  SendOk("m", batch());
+  SendOk("m", batch());
+  EXPECT_EQ(Samples(b, absl::Hours(1)), 2);
+
+  // Deleted: the same batch names a stream that no longer exists.
+  ASSERT_TRUE(engine_.DeleteReference(b).ok());
+  IngestResult r = Send("m", batch());
+  EXPECT_EQ(r.status.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(r.status.message(), HasSubstr("no reference for stream m/v1/b"));
+
+  // Re-created: a new stream under the same name takes the batch (not the deleted one).
+  ASSERT_NE(Put(PreBinned(b, {1, 1, 1})), nullptr);
+  SendOk("m", batch());
+  EXPECT_EQ(Samples(b, absl::Hours(1)), 1);
+  EXPECT_EQ(Samples(a, absl::Hours(1)), 3);
+
+  // A new version keeps the stream (and its windows): still found.
+  ASSERT_NE(Put(PreBinned(b, {2, 1, 1})), nullptr);
+  SendOk("m", batch());
+  EXPECT_EQ(Samples(b, absl::Hours(1)), 2);
+
+  // Replaced by an import: the imported stream takes the next batch.
+  absl::StatusOr<std::vector<StreamExport>> exported = engine_.ExportModel("m");
+  ASSERT_TRUE(exported.ok()) << exported.status();
+  for (StreamExport& stream : *exported) {
+    for (StreamExport::Window& w : stream.windows) w.sub_buckets.clear();  // Empty windows.
+  }
+  ASSERT_TRUE(engine_.ImportModel("m", *exported, /*replace=*/true).ok());
+  EXPECT_EQ(Samples(b, absl::Hours(1)), 0);
+  SendOk("m", batch());
+  EXPECT_EQ(Samples(a, absl::Hours(1)), 1);
+  EXPECT_EQ(Samples(b, absl::Hours(1)), 1);
+
+  // Another set of the model's streams, then the first set again.
+  SendOk("m", {Hist(a, {1, 0, 0})});
+  SendOk("m", batch());
+  EXPECT_EQ(Samples(a, absl::Hours(1)), 3);
+  EXPECT_EQ(Samples(b, absl::Hours(1)), 2);
+}
+
 TEST_F(DriftEngineTest, MaxStreamsAndFailedPutsLeaveNothingBehind) {
   EngineOptions options;
   options.max_streams = 2;
