@@ -1342,10 +1342,13 @@ DriftEngine::StreamState::AlertInputs DriftEngine::StreamState::FastAlertInputs(
     window.inputs_value = measures.ok() ? MeasureValue(*measures, ref.policy.measure) : 0;
     window.inputs_evidence = measures.ok() && measures->g_test_p_value <= ref.policy.max_p_value;
   };
+  // The totals' summary, when this call has made it (the G-test below needs it too).
+  std::optional<kernels::CountSummary> summary_made;
   if (window.inputs_generation != window.ring.generation()) {
     window.inputs_generation = window.ring.generation();
     read_totals();
-    const kernels::CountSummary summary = kernels::SummarizeCounts(totals.data(), totals.size());
+    const kernels::CountSummary& summary =
+        summary_made.emplace(kernels::SummarizeCounts(totals.data(), totals.size()));
     // Integer totals below 2^32 add up exactly in any order: the vector sum is Report's Sum().
     const double samples = window.ring.totals_are_integers() ? summary.total : Sum(totals);
     window.inputs_enough_samples = samples >= ref.policy.EffectiveMinSamples(ref.layout->size());
@@ -1376,13 +1379,15 @@ DriftEngine::StreamState::AlertInputs DriftEngine::StreamState::FastAlertInputs(
     // Only the KL path leaves it unknown, with totals that passed SummarizeCounts: the G-test's
     // sums alone, as ComputeDriftMeasures computes them.
     read_totals();
-    const kernels::CountSummary summary = kernels::SummarizeCounts(totals.data(), totals.size());
+    if (!summary_made) summary_made = kernels::SummarizeCounts(totals.data(), totals.size());
     const kernels::HomogeneityTerms terms =
         kernels::HomogeneitySums(totals.data(), totals.size(), ref.profile->View());
-    const double p_value = GTestPValue(
-        HomogeneityGStatistic(summary.total, ref.profile->samples(), terms.homogeneity_terms),
-        terms.occupied_bins - 1);
-    window.inputs_evidence = p_value <= ref.policy.max_p_value;
+    // Whether the p-value is at most max_p_value, as Report would find, mostly without
+    // computing it (see GTestDecider). One per evaluating thread.
+    thread_local GTestDecider decider;
+    window.inputs_evidence = decider.PValueAtMost(
+        HomogeneityGStatistic(summary_made->total, ref.profile->samples(), terms.homogeneity_terms),
+        terms.occupied_bins - 1, ref.policy.max_p_value);
   }
   return {window.inputs_value, window.inputs_evidence == 1};
 }

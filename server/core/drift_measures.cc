@@ -146,6 +146,50 @@ double GTestPValue(double g, double degrees_of_freedom) {
   return kernels::ChiSquaredSurvival(std::max(g, 0.0), degrees_of_freedom);
 }
 
+bool GTestDecider::PValueAtMost(double g, double degrees_of_freedom, double max_p_value) {
+  const auto compute = [&] { return GTestPValue(g, degrees_of_freedom) <= max_p_value; };
+  if (!(degrees_of_freedom >= 1) || !std::isfinite(degrees_of_freedom) || !std::isfinite(g) ||
+      !(max_p_value >= 1e-200 && max_p_value < 1)) {
+    return compute();
+  }
+  const std::pair<double, double> key{degrees_of_freedom, max_p_value};
+  auto it = brackets_.find(key);
+  if (it == brackets_.end()) {
+    if (brackets_.size() >= kMaxBrackets) brackets_.clear();
+    it = brackets_.emplace(key, FindBracket(degrees_of_freedom, max_p_value)).first;
+  }
+  if (g >= it->second.above) return true;
+  if (g <= it->second.below) return false;
+  return compute();
+}
+
+GTestDecider::Bracket GTestDecider::FindBracket(double degrees_of_freedom, double max_p_value) {
+  constexpr double kMargin = 1e-6;  // Far above the p-value's ~1e-13 relative error.
+  constexpr double kInf = std::numeric_limits<double>::infinity();
+  const auto p = [&](double g) { return GTestPValue(g, degrees_of_freedom); };
+  // `above`: p(above) <= max_p_value (1 - kMargin). Doubling from the mean, then halving the gap.
+  const double low_target = max_p_value * (1 - kMargin);
+  double hi = std::max(1.0, degrees_of_freedom);
+  for (int i = 0; i < 2000 && !(p(hi) <= low_target); ++i) hi *= 2;
+  if (!(p(hi) <= low_target)) return Bracket{-kInf, kInf};  // Never decided without computing.
+  double lo = 0;                                            // p(0) = 1 > low_target.
+  for (int i = 0; i < 100 && hi - lo > 1e-9 * hi; ++i) {
+    const double mid = lo + (hi - lo) / 2;
+    (p(mid) <= low_target ? hi : lo) = mid;
+  }
+  const double above = hi;
+  // `below`: p(below) >= max_p_value (1 + kMargin), below `above`.
+  const double high_target = max_p_value * (1 + kMargin);
+  if (!(high_target < 1)) return Bracket{-kInf, above};
+  lo = 0;
+  hi = above;  // p(above) < high_target.
+  for (int i = 0; i < 100 && hi - lo > 1e-9 * hi; ++i) {
+    const double mid = lo + (hi - lo) / 2;
+    (p(mid) >= high_target ? lo : hi) = mid;
+  }
+  return Bracket{lo, above};
+}
+
 absl::StatusOr<DriftMeasures> ComputeDriftMeasures(const ReferenceProfile& reference,
                                                    absl::Span<const double> current, size_t top_k,
                                                    const BinLayout* layout, BinLabels labels) {

@@ -781,6 +781,40 @@ TEST(GTestPValue, EdgeCases) {
   EXPECT_EQ(GTestPValue(120.0, 6), kernels::ChiSquaredSurvival(120.0, 6.0));
 }
 
+// The decider answers exactly as comparing the p-value would: over a grid of statistics and,
+// densely, right around where the p-value crosses the bound (found here by bisection), for
+// degrees of freedom from 1 to 2^19 and bounds from 0.5 to below the decider's range.
+TEST(GTestDecider, AgreesWithThePValueEverywhere) {
+  GTestDecider decider;
+  size_t compared = 0;
+  for (double df : {1.0, 2.0, 5.0, 63.0, 255.0, 10000.0, 524287.0, 0.0, 0.5}) {
+    for (double bound : {0.5, 0.05, 0.01, 1e-3, 1e-10, 1e-100, 1e-250, 1.0, 0.0, kInf}) {
+      std::vector<double> statistics = {-1.0, 0.0, 1e-300, kInf, -kInf, kNaN};
+      const double scale = std::max(df, 1.0) + 10 * std::sqrt(std::max(df, 1.0)) + 2000;
+      for (int i = 0; i <= 400; ++i) statistics.push_back(scale * i / 400.0);
+      if (df >= 1 && bound > 0 && bound < 1) {
+        double lo = 0, hi = scale;
+        while (!(GTestPValue(hi, df) <= bound) && hi < 1e300) hi *= 2;
+        for (int i = 0; i < 200; ++i) {
+          const double mid = lo + (hi - lo) / 2;
+          (GTestPValue(mid, df) <= bound ? hi : lo) = mid;
+        }
+        for (double step : {0.0, 1e-15, 1e-12, 1e-9, 1e-7, 1e-6, 1e-5, 1e-3}) {
+          for (double sign : {-1.0, 1.0}) statistics.push_back(hi * (1 + sign * step));
+        }
+        for (int i = -50; i <= 50; ++i)
+          statistics.push_back(std::nextafter(hi, 0.0) + i * 1e-13 * hi);
+      }
+      for (double g : statistics) {
+        ASSERT_EQ(decider.PValueAtMost(g, df, bound), GTestPValue(g, df) <= bound)
+            << "g=" << g << " df=" << df << " bound=" << bound << " p=" << GTestPValue(g, df);
+        ++compared;
+      }
+    }
+  }
+  EXPECT_GT(compared, 30000u);
+}
+
 TEST(HomogeneityGStatistic, ProportionalHistogramsGiveZeroWhateverTheSmoothing) {
   // The same shape at different totals: no evidence of drift, p = 1, for every alpha.
   const std::vector<double> reference = {10, 30, 0, 60};
