@@ -1514,7 +1514,7 @@ size_t DriftEngine::Evaluate() {
 
   // What evaluating a run of streams produces; merged in stream order afterwards. Cache-line
   // aligned: neighbouring runs are written by different threads.
-  struct alignas(64) TickOutput {
+  struct alignas(kCacheLineBytes) TickOutput {
     std::vector<StreamSnapshot> snapshots;
     std::vector<std::shared_ptr<StreamState>> snapshotted;
     std::vector<std::pair<WindowReport, bool>> reports;  // For the watchers.

@@ -170,9 +170,13 @@ GTestDecider::Bracket GTestDecider::FindBracket(double degrees_of_freedom, doubl
   // `above`: p(above) <= max_p_value (1 - kMargin). Doubling from the mean, then halving the gap.
   const double low_target = max_p_value * (1 - kMargin);
   double hi = std::max(1.0, degrees_of_freedom);
-  for (int i = 0; i < 2000 && !(p(hi) <= low_target); ++i) hi *= 2;
-  if (!(p(hi) <= low_target)) return Bracket{-kInf, kInf};  // Never decided without computing.
-  double lo = 0;                                            // p(0) = 1 > low_target.
+  bool found = false;
+  for (int i = 0; i < 2000 && !found; ++i) {
+    found = p(hi) <= low_target;
+    if (!found) hi *= 2;
+  }
+  if (!found) return Bracket{-kInf, kInf};  // Never decided without computing.
+  double lo = 0;                            // p(0) = 1 > low_target.
   for (int i = 0; i < 100 && hi - lo > 1e-9 * hi; ++i) {
     const double mid = lo + (hi - lo) / 2;
     (p(mid) <= low_target ? hi : lo) = mid;

@@ -4,9 +4,10 @@
 // Why not `__builtin_prefetch` alone: GCC 12 at -O2 and above deletes prefetches it judges
 // useless, and what it judges useless is not stable. A helper whose only effect is prefetching
 // and that returns early for an empty range (`if (bytes == 0) return;` before the loop) compiled
-// to nothing at all: from 2026-11 until this header, every range the drift engine prefetched
-// for a tick or a batch was an empty function in the Release build, while the same loop without
-// the early return was kept (prefetch_codegen_test checks the built objects). An `asm volatile`
+// to nothing at all: from 2026-11-24 (9cc1453) until this header, every range the drift engine
+// prefetched for a tick or a batch was an empty function in the Release build, while the same
+// loop without the early return was kept (prefetch_codegen_test checks the built core library
+// for the instructions). An `asm volatile`
 // is never deleted or merged, so on x86-64 the instruction is written out here; elsewhere the
 // builtin is followed by an empty `asm volatile` that uses the address, which keeps it too.
 //
