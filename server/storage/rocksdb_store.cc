@@ -408,16 +408,19 @@ std::string LsnKey(uint64_t lsn) {
   return key;
 }
 
-// Log records travel in the write-ahead log only, as WriteBatch::PutLogData blobs: a tag saying
-// the body's format, the record's lsn (8 bytes, big-endian), then the body. The log family (a
-// backup's, or a store of the first format) keys a record by its lsn, plus the tag unless the body
-// is of the stream-keys format.
+// A log record in the batch log (and, before kldrift-store-4, in RocksDB's write-ahead log as a
+// WriteBatch::PutLogData blob): a tag saying the body's format, the record's lsn (8 bytes,
+// big-endian), then the body. The log family (a backup's, or a store of the first format) keys a
+// record by its lsn, plus the tag unless the body is of the stream-keys format.
 enum class LogFormat : char {
   // kldrift-store-1 and -2: event time (8 bytes), varint count, then per stream: varint length,
   // stream prefix (model \0 version \0 signal \0), varint length, values (AppendValues).
   kStreamKeys = 'R',
-  // Since kldrift-store-3 (AppendCompactRecord): the model once, a stream's values bit-packed.
+  // kldrift-store-3 (AppendCompactRecord): the model once, a stream's values bit-packed.
   kCompact = 'C',
+  // Since kldrift-store-4, in the batch log: varint length and the client's id, varint sequence
+  // number, the time received (8 bytes, as the event time), then a compact body.
+  kWithClient = 'B',
 };
 constexpr size_t kLogBlobHeader = 1 + 8;
 
@@ -479,6 +482,16 @@ bool ReadLengthPrefixed(rocksdb::Slice* in, rocksdb::Slice* field) {
 }
 
 bool DecodeRecord(LogFormat format, rocksdb::Slice in, IngestRecord* record) {
+  if (format == LogFormat::kWithClient) {
+    rocksdb::Slice client;
+    if (!ReadLengthPrefixed(&in, &client) || !ReadVarint(&in, &record->sequence) || in.size() < 8) {
+      return false;
+    }
+    record->client_id.assign(client.data(), client.size());
+    record->received_at = FromMicros(UnflipSign(ReadBigEndian(in.data())));
+    in.remove_prefix(8);
+    format = LogFormat::kCompact;
+  }
   if (in.size() < 8) return false;
   record->event_time = FromMicros(UnflipSign(ReadBigEndian(in.data())));
   in.remove_prefix(8);
@@ -557,7 +570,8 @@ absl::Status ForEachWalRecord(
     if (!s.ok()) return FromRocks(s, "reading a write batch of the write-ahead log");
     for (const rocksdb::Slice& blob : collector.blobs) {
       if (blob.size() < kLogBlobHeader || (blob[0] != static_cast<char>(LogFormat::kCompact) &&
-                                           blob[0] != static_cast<char>(LogFormat::kStreamKeys))) {
+                                           blob[0] != static_cast<char>(LogFormat::kStreamKeys) &&
+                                           blob[0] != static_cast<char>(LogFormat::kWithClient))) {
         return absl::DataLossError(absl::StrCat("unreadable log record (", blob.size(),
                                                 " bytes) at sequence ", batch.sequence));
       }
@@ -573,6 +587,25 @@ absl::Status ForEachWalRecord(
     return FromRocks(it->status(), "reading the write-ahead log");
   }
   return absl::OkStatus();
+}
+
+// A log record as the batch log holds it (a tag, the lsn, the body; see LogFormat), or
+// DATA_LOSS naming `where`.
+absl::Status ParseLogBlob(absl::string_view blob, absl::string_view where, uint64_t* lsn,
+                          LogFormat* format, rocksdb::Slice* body) {
+  if (blob.size() < kLogBlobHeader || blob[0] != static_cast<char>(LogFormat::kWithClient)) {
+    return absl::DataLossError(
+        absl::StrCat("unreadable log record (", blob.size(), " bytes) in ", where));
+  }
+  *format = static_cast<LogFormat>(blob[0]);
+  *lsn = ReadBigEndian(blob.data() + 1);
+  *body = rocksdb::Slice(blob.data() + kLogBlobHeader, blob.size() - kLogBlobHeader);
+  return absl::OkStatus();
+}
+
+// Where a store keeps its batch log.
+std::string BatchLogDir(const std::string& data_dir) {
+  return (fs::path(data_dir) / "batchlog").string();
 }
 
 // ---- Retention filter ------------------------------------------------------------------------
@@ -826,9 +859,9 @@ absl::StatusOr<std::unique_ptr<RocksDbStore>> RocksDbStore::Open(const RocksDbSt
   s = db->Get(rocksdb::ReadOptions(), meta, kFormatKey, &format);
   if ((fresh && s.IsNotFound()) || (s.ok() && IsUpgradedFormat(format))) {
     // A new store, or one of a previous format, whose log records (in the log family, or in the
-    // write-ahead log in the stream-keys format) Load still reads and TruncateLog deletes: from
-    // now on they are compact records in the write-ahead log, which a kldriftd of a previous
-    // format would not read, so the folder is marked as the new format.
+    // write-ahead log) Load still reads and TruncateLog deletes: from now on they go to the batch
+    // log, which a kldriftd of a previous format would not read, so the folder is marked as the
+    // new format.
     rocksdb::WriteOptions synced;
     synced.sync = true;
     s = db->Put(synced, meta, kFormatKey, kFormatVersion);
@@ -843,6 +876,16 @@ absl::StatusOr<std::unique_ptr<RocksDbStore>> RocksDbStore::Open(const RocksDbSt
                      "\" but this kldriftd reads \"", kFormatVersion,
                      "\"; run a kldriftd that matches it, or start from a new folder"));
   }
+  BatchLogOptions log_options;
+  log_options.dir = BatchLogDir(opts.path);
+  log_options.segment_bytes = opts.log_segment_bytes;
+  log_options.sync = opts.sync;
+  absl::StatusOr<std::unique_ptr<BatchLog>> log = BatchLog::Open(log_options);
+  if (!log.ok()) {
+    return absl::Status(log.status().code(),
+                        absl::StrCat("--data-dir ", opts.path, ": ", log.status().message()));
+  }
+  store->log_ = *std::move(log);
   return store;
 }
 
@@ -882,17 +925,35 @@ absl::Status RocksDbStore::DeleteStream(const StreamKey& stream) {
 
 absl::Status RocksDbStore::WriteBatch(const IngestRecordView& record) {
   std::string blob;
-  blob.push_back(static_cast<char>(LogFormat::kCompact));
+  blob.push_back(static_cast<char>(LogFormat::kWithClient));
   AppendBigEndian(&blob, record.lsn);
+  AppendVarint(&blob, record.client_id.size());
+  blob.append(record.client_id.data(), record.client_id.size());
+  AppendVarint(&blob, record.sequence);
+  AppendBigEndian(&blob, FlipSign(ToMicros(record.received_at)));
   AppendCompactRecord(record, blob);
-  rocksdb::WriteBatch batch(blob.size() + record.client_id.size() + 64);
-  batch.PutLogData(blob);
-  storage::v1::StoredClient client;
-  client.set_last_sequence(record.sequence);
-  client.set_last_seen_micros(ToMicros(record.received_at));
-  batch.Put(handles_[kClients], rocksdb::Slice(record.client_id.data(), record.client_id.size()),
-            client.SerializeAsString());
-  return FromRocks(db_->Write(write_options_, &batch), "storing the batch failed");
+  absl::StatusOr<uint64_t> end;
+  {
+    // The client's sequence number joins the map in the same critical section as its record joins
+    // the log, so TruncateLog, which writes the map before it frees records, never frees one whose
+    // sequence number is not written.
+    MutexLock lock(&clients_mutex_);
+    end = log_->Append(blob);
+    if (!end.ok()) {
+      return absl::Status(end.status().code(),
+                          absl::StrCat("storing the batch failed: ", end.status().message()));
+    }
+    auto it = clients_.find(record.client_id);
+    if (it == clients_.end()) it = clients_.emplace(record.client_id, ClientSequence()).first;
+    if (record.sequence >= it->second.sequence) {
+      it->second = ClientSequence{record.sequence, record.received_at, /*dirty=*/true};
+    }
+  }
+  if (absl::Status synced = log_->Sync(*end); !synced.ok()) {
+    return absl::Status(synced.code(),
+                        absl::StrCat("storing the batch failed: ", synced.message()));
+  }
+  return absl::OkStatus();
 }
 
 absl::Status RocksDbStore::WriteSnapshots(const std::vector<StreamSnapshot>& snapshots) {
@@ -908,9 +969,10 @@ absl::Status RocksDbStore::WriteSnapshots(const std::vector<StreamSnapshot>& sna
   return FromRocks(db_->Write(write_options_, &batch), "storing window snapshots failed");
 }
 
-uint64_t RocksDbStore::LogEnd() { return db_->GetLatestSequenceNumber(); }
+uint64_t RocksDbStore::LogEnd() { return log_->End(); }
 
 absl::Status RocksDbStore::TruncateLog(uint64_t up_to, uint64_t end) {
+  MutexLock truncating(&log_files_mutex_);
   if (const uint64_t legacy = legacy_log_lsn_.load(); legacy > 0) {
     rocksdb::WriteBatch batch;
     batch.DeleteRange(handles_[kLog], LsnKey(0), LsnKey(up_to + 1));
@@ -920,23 +982,48 @@ absl::Status RocksDbStore::TruncateLog(uint64_t up_to, uint64_t end) {
     }
     if (up_to >= legacy) legacy_log_lsn_.store(0);
   }
-  // Every record at a sequence number up to `end` has an lsn up to `up_to`: an archived file can
-  // go once the next file starts at or before end + 1. Files go oldest first, so the log never
-  // has a gap.
-  MutexLock lock(&wal_files_mutex_);
+  // The clients' sequence numbers the records to be freed carry (and later ones) go first.
+  std::vector<std::pair<std::string, ClientSequence>> clients;
+  {
+    MutexLock lock(&clients_mutex_);
+    for (const auto& [id, client] : clients_) {
+      if (client.dirty) clients.emplace_back(id, client);
+    }
+  }
+  if (!clients.empty()) {
+    rocksdb::WriteBatch batch;
+    for (const auto& [id, client] : clients) {
+      storage::v1::StoredClient stored;
+      stored.set_last_sequence(client.sequence);
+      stored.set_last_seen_micros(ToMicros(client.seen));
+      batch.Put(handles_[kClients], id, stored.SerializeAsString());
+    }
+    if (absl::Status s = FromRocks(db_->Write(write_options_, &batch),
+                                   "storing client sequence numbers before truncating the log");
+        !s.ok()) {
+      return s;
+    }
+    MutexLock lock(&clients_mutex_);
+    for (const auto& [id, client] : clients) {
+      auto it = clients_.find(id);
+      if (it != clients_.end() && it->second.sequence == client.sequence) it->second.dirty = false;
+    }
+  }
+  // Every record before `end` has an lsn up to `up_to`.
+  if (absl::Status s = log_->TruncateBefore(end); !s.ok()) return s;
+  // RocksDB's write-ahead log holds log records of an earlier format until the snapshots cover
+  // them; an archived file holds nothing else that is needed (its memtables were flushed).
+  if (const uint64_t legacy = legacy_wal_lsn_.load(); legacy > up_to) return absl::OkStatus();
+  legacy_wal_lsn_.store(0);
   rocksdb::VectorLogPtr files;
   if (absl::Status s = FromRocks(db_->GetSortedWalFiles(files), "listing write-ahead log files");
       !s.ok()) {
     return s;
   }
-  // The list leaves out empty files. The last file listed ends at or before the latest sequence
-  // number read now (an archived file's writes were all done before it was archived).
-  const uint64_t latest = db_->GetLatestSequenceNumber();
-  for (size_t i = 0; i < files.size(); ++i) {
-    const uint64_t next_start = i + 1 < files.size() ? files[i + 1]->StartSequence() : latest + 1;
-    if (files[i]->Type() != rocksdb::kArchivedLogFile || next_start > end + 1) break;
-    if (absl::Status s = FromRocks(db_->DeleteFile(files[i]->PathName()),
-                                   absl::StrCat("deleting log file ", files[i]->PathName()));
+  for (const std::unique_ptr<rocksdb::LogFile>& file : files) {
+    if (file->Type() != rocksdb::kArchivedLogFile) continue;
+    if (absl::Status s = FromRocks(db_->DeleteFile(file->PathName()),
+                                   absl::StrCat("deleting log file ", file->PathName()));
         !s.ok()) {
       return s;
     }
@@ -946,6 +1033,14 @@ absl::Status RocksDbStore::TruncateLog(uint64_t up_to, uint64_t end) {
 
 absl::Status RocksDbStore::WriteClientSequence(const std::string& client_id, uint64_t sequence,
                                                absl::Time seen) {
+  {
+    MutexLock lock(&clients_mutex_);
+    ClientSequence& known = clients_[client_id];
+    if (sequence >= known.sequence) {
+      known.sequence = sequence;
+      known.seen = seen;
+    }
+  }
   storage::v1::StoredClient client;
   client.set_last_sequence(sequence);
   client.set_last_seen_micros(ToMicros(seen));
@@ -1026,10 +1121,20 @@ absl::Status RocksDbStore::Load(const Visitor& visitor) {
     }
     if (!it->status().ok()) return FromRocks(it->status(), "reading snapshot positions");
   }
+  // Each client's latest sequence number in the records (merged with the clients family below).
+  absl::flat_hash_map<std::string, ClientSequence> clients;
+  auto note_client = [&](const IngestRecord& record) {
+    if (record.client_id.empty()) return;  // A record of an earlier format.
+    ClientSequence& client = clients[record.client_id];
+    if (record.sequence >= client.sequence) {
+      client = ClientSequence{record.sequence, record.received_at, /*dirty=*/true};
+    }
+  };
   {
-    // The log family holds the records of a store of the previous format, and those a backup
-    // copied out of the write-ahead log; the write-ahead log holds the rest. A record in both
-    // (a backup's own write-ahead log) is visited once.
+    // The log family holds the records of a store of the first format, and those a backup copied
+    // out of the batch log (or, before kldrift-store-4, out of the write-ahead log); the
+    // write-ahead log those of kldrift-store-2 and -3 stores, the batch log the rest. A record in
+    // two of them (a backup's own write-ahead log) is visited once.
     absl::flat_hash_set<uint64_t> in_log_family;
     uint64_t legacy_lsn = 0;
     std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(read, handles_[kLog]));
@@ -1039,45 +1144,79 @@ absl::Status RocksDbStore::Load(const Visitor& visitor) {
       const rocksdb::Slice key = it->key();
       const LogFormat format =
           key.size() == 9 ? static_cast<LogFormat>(key[8]) : LogFormat::kStreamKeys;
-      if ((key.size() != 8 && !(key.size() == 9 && format == LogFormat::kCompact)) ||
+      if ((key.size() != 8 && !(key.size() == 9 && (format == LogFormat::kCompact ||
+                                                    format == LogFormat::kWithClient))) ||
           !DecodeRecord(format, it->value(), &record)) {
         return corrupt("log", it->key());
       }
       record.lsn = ReadBigEndian(it->key().data());
       in_log_family.insert(record.lsn);
       legacy_lsn = std::max(legacy_lsn, record.lsn);
+      note_client(record);
       if (visitor.log_record) visitor.log_record(record);
     }
     if (!it->status().ok()) return FromRocks(it->status(), "reading the log");
     legacy_log_lsn_.store(legacy_lsn);
     IngestRecord record;
+    uint64_t wal_lsn = 0;
     absl::Status read =
         ForEachWalRecord(db_.get(), db_->GetLatestSequenceNumber(),
                          [&](uint64_t lsn, LogFormat format, rocksdb::Slice body) -> absl::Status {
                            if (in_log_family.contains(lsn)) return absl::OkStatus();
+                           record = IngestRecord();
                            if (!DecodeRecord(format, body, &record)) {
                              return absl::DataLossError(absl::StrCat(
                                  "--data-dir ", options_.path, ": unreadable log record ", lsn,
                                  " in the write-ahead log"));
                            }
                            record.lsn = lsn;
+                           wal_lsn = std::max(wal_lsn, lsn);
+                           note_client(record);
                            if (visitor.log_record) visitor.log_record(record);
                            return absl::OkStatus();
                          });
+    if (!read.ok()) return read;
+    legacy_wal_lsn_.store(wal_lsn);
+    read = log_->ForEach([&](uint64_t position, absl::string_view blob) -> absl::Status {
+      uint64_t lsn;
+      LogFormat format;
+      rocksdb::Slice body;
+      const std::string where =
+          absl::StrCat("--data-dir ", options_.path, ", batch log position ", position);
+      if (absl::Status s = ParseLogBlob(blob, where, &lsn, &format, &body); !s.ok()) return s;
+      if (in_log_family.contains(lsn)) return absl::OkStatus();
+      record = IngestRecord();
+      if (!DecodeRecord(format, body, &record)) {
+        return absl::DataLossError(absl::StrCat("--data-dir ", options_.path,
+                                                ": unreadable log record ", lsn,
+                                                " in the batch log (position ", position, ")"));
+      }
+      record.lsn = lsn;
+      note_client(record);
+      if (visitor.log_record) visitor.log_record(record);
+      return absl::OkStatus();
+    });
     if (!read.ok()) return read;
   }
   {
     std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(read, handles_[kClients]));
     for (it->SeekToFirst(); it->Valid(); it->Next()) {
-      storage::v1::StoredClient client;
-      if (!client.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) {
+      storage::v1::StoredClient stored;
+      if (!stored.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) {
         return corrupt("clients", it->key());
       }
-      if (visitor.client)
-        visitor.client(it->key().ToString(), client.last_sequence(),
-                       FromMicros(client.last_seen_micros()));
+      ClientSequence& client = clients[it->key().ToString()];
+      if (stored.last_sequence() >= client.sequence) {
+        client = ClientSequence{stored.last_sequence(), FromMicros(stored.last_seen_micros()),
+                                /*dirty=*/false};
+      }
     }
     if (!it->status().ok()) return FromRocks(it->status(), "reading clients");
+    if (visitor.client) {
+      for (const auto& [id, client] : clients) visitor.client(id, client.sequence, client.seen);
+    }
+    MutexLock lock(&clients_mutex_);
+    clients_ = std::move(clients);
   }
   {
     std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(read, handles_[kAlerts]));
@@ -1108,8 +1247,8 @@ absl::StatusOr<uint64_t> RocksDbStore::Backup(const std::string& dir) {
   rocksdb::Status s = rocksdb::Checkpoint::Create(db_.get(), &checkpoint);
   if (!s.ok()) return FromRocks(s, "cannot start a checkpoint");
   std::unique_ptr<rocksdb::Checkpoint> owned(checkpoint);
-  // No write-ahead log file is deleted until the copy has its records.
-  MutexLock lock(&wal_files_mutex_);
+  // No log record is freed until the copy has it.
+  MutexLock lock(&log_files_mutex_);
   // Flush first so the copy needs no log replay beyond what is in flight.
   s = owned->CreateCheckpoint(dir, /*log_size_for_flush=*/0);
   if (!s.ok()) return FromRocks(s, absl::StrCat("backup into ", dir, " failed"));
@@ -1124,8 +1263,11 @@ absl::StatusOr<uint64_t> RocksDbStore::Backup(const std::string& dir) {
 
 absl::Status RocksDbStore::CopyLogInto(const std::string& dir) {
   // The checkpoint holds the windows, clients and alert states written up to its last sequence
-  // number, but not the log records, which live in write-ahead log files it does not copy: those
-  // up to that sequence number go into the copy's log family (which Load reads).
+  // number, but not the log records, which live in the batch log (and, for a store of an earlier
+  // format, in write-ahead log files) it does not copy: they go into the copy's log family (which
+  // Load reads). Every record the batch log holds now is copied: a record written after the
+  // checkpoint replays into a stream the copy knows, or is skipped like any record of a stream
+  // Load does not know; its client's sequence number travels with it.
   const std::vector<rocksdb::ColumnFamilyDescriptor> descriptors = FamilyDescriptors(nullptr);
   const rocksdb::DBOptions db_options = StoreDbOptions();
   std::vector<rocksdb::ColumnFamilyHandle*> handles;
@@ -1165,6 +1307,19 @@ absl::Status RocksDbStore::CopyLogInto(const std::string& dir) {
         batch.Put(handles[kLog], key, body);
         return batch.GetDataSize() >= kBatchBytes ? write() : absl::OkStatus();
       });
+  if (!read.ok()) return read;
+  read = log_->ForEach([&](uint64_t position, absl::string_view blob) -> absl::Status {
+    uint64_t lsn;
+    LogFormat format;
+    rocksdb::Slice body;
+    if (absl::Status s = ParseLogBlob(blob, absl::StrCat("the batch log, position ", position),
+                                      &lsn, &format, &body);
+        !s.ok()) {
+      return s;
+    }
+    batch.Put(handles[kLog], LsnKey(lsn) + static_cast<char>(format), body);
+    return batch.GetDataSize() >= kBatchBytes ? write() : absl::OkStatus();
+  });
   if (!read.ok()) return read;
   if (absl::Status written = write(); !written.ok()) return written;
   rocksdb::FlushOptions flush;
@@ -1231,9 +1386,25 @@ absl::StatusOr<std::string> RocksDbStore::Describe(const std::string& path) {
                                             });
   if (wal.ok()) {
     absl::StrAppend(&report, "  write-ahead log: ", wal_records,
-                    " log records (batches not yet in a snapshot)\n");
+                    " log records (an earlier format's batches not yet in a snapshot)\n");
   } else if (result.ok()) {
     result = wal;
+  }
+  uint64_t batch_log_records = 0;
+  const absl::Status batch_log =
+      BatchLog::Scan(BatchLogDir(path), [&](uint64_t position, absl::string_view blob) {
+        uint64_t lsn;
+        LogFormat format;
+        rocksdb::Slice body;
+        ++batch_log_records;
+        return ParseLogBlob(blob, absl::StrCat("the batch log, position ", position), &lsn, &format,
+                            &body);
+      });
+  if (batch_log.ok()) {
+    absl::StrAppend(&report, "  batch log: ", batch_log_records,
+                    " log records (batches not yet in a snapshot), checksums ok\n");
+  } else if (result.ok()) {
+    result = batch_log;
   }
   const rocksdb::Status checksums = db->VerifyChecksum();
   absl::StrAppend(&report, "  checksums:  ", checksums.ok() ? "ok" : checksums.ToString(), "\n");

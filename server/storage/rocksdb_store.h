@@ -11,31 +11,36 @@
 //   meta        "lsn/" stream                -> the last log record a stream's snapshot includes.
 //   clients     client id                    -> StoredClient (last applied sequence).
 //   alerts      stream | window              -> StoredAlert.
-//   log         lsn [| format tag]           -> log records of a kldrift-store-1 store, or copied
-//                                               into a backup (below); the tag ('C') unless the
-//                                               record is of the stream-keys format.
+//   log         lsn | format tag             -> log records copied into a backup (below), or of a
+//                                               kldrift-store-1 store (no tag).
 // (stream = model \0 model_version \0 signal \0; window = seconds, start = Unix microseconds, both
 // big-endian, the start with its sign bit flipped, so keys sort by time.)
 //
-// The log: one record per applied ingest batch (its lsn, event time and every stream's delta; the
-// model once, then each stream's version, signal and values), written with the client's sequence
-// number in one write batch as write-ahead-log-only data (WriteBatch::PutLogData): no memtable
-// insert, no flush, no compaction, so a record is written to disk once. RocksDB archives a
-// write-ahead log file instead of deleting it once its memtables are flushed, and never deletes an
-// archived one; TruncateLog deletes the archived files whose records the snapshots cover. Load
-// reads the records back with GetUpdatesSince, and Backup copies the ones its checkpoint needs into
-// the copy's log family.
+// The log: one record per applied ingest batch (its lsn, the client's id and sequence number, the
+// event time and every stream's delta; the model once, then each stream's version, signal and
+// values) in a BatchLog of its own under DATA_DIR/batchlog (batch_log.h): memory-mapped segment
+// files, recycled once truncated, with a hardware CRC32C per record. RocksDB's write-ahead log
+// carried these records before kldrift-store-4; it cost a `write` system call, a software CRC32C
+// and a write group per batch. A client's sequence number travels in its records; the store keeps
+// the latest of each client in memory and writes them to the clients family before TruncateLog
+// frees the records that carry them. Load reads the records back, and Backup copies them into the
+// copy's log family.
 //
-// Durability: every write goes through the write-ahead log. By default the log is not fsynced, so
-// what returned OK survives a crash of the process (kill -9) but not of the machine; with
-// `sync` every write waits for fsync, and RocksDB's group commit shares one fsync among concurrent
-// writers, so acknowledged data also survives power loss.
+// Durability: a record is in the page cache when WriteBatch returns, like RocksDB's unsynced
+// write-ahead log: what returned OK survives a crash of the process (kill -9) but not of the
+// machine. With `sync`, every write waits for fdatasync (the log's concurrent writers share one,
+// and RocksDB's group commit shares its own), so acknowledged data also survives power loss.
+//
+// Earlier formats: kldrift-store-2 and -3 stores kept their records in RocksDB's write-ahead log,
+// archived rather than deleted (a size limit no store reaches); Load still reads them there, and
+// TruncateLog deletes the archived files once the snapshots cover them. The options keep archiving
+// on, so RocksDB never deletes a file before that.
 //
 // Retention: a compaction filter drops sub-buckets that ended more than half a window before now
 // (a sub-bucket is at most half its window long), and the windows family is compacted at least
 // hourly, so disk use is bounded by the live sub-buckets plus about an hour of expired ones.
 //
-// Thread safety: safe for concurrent use (RocksDB is).
+// Thread safety: safe for concurrent use (RocksDB and BatchLog are).
 #ifndef KLDRIFT_SERVER_STORAGE_ROCKSDB_STORE_H_
 #define KLDRIFT_SERVER_STORAGE_ROCKSDB_STORE_H_
 
@@ -44,12 +49,15 @@
 #include <string>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "rocksdb/compaction_filter.h"
 #include "rocksdb/db.h"
 #include "server/core/clock.h"
 #include "server/core/mutex.h"
 #include "server/core/state_store.h"
+#include "server/storage/batch_log.h"
 
 namespace kldrift {
 
@@ -63,16 +71,21 @@ struct RocksDbStoreOptions {
   // that still need them, so they can be archived and then truncated (see the class comment).
   // Tests make it small to switch files often.
   uint64_t max_live_log_bytes = uint64_t{128} << 20;
+  // The size of the batch log's segment files (BatchLogOptions::segment_bytes). Tests make it
+  // small to switch segments often.
+  uint64_t log_segment_bytes = uint64_t{16} << 20;
 };
 
 class RocksDbStore final : public StateStore {
  public:
   // The on-disk format this build reads and writes.
-  static constexpr char kFormatVersion[] = "kldrift-store-3";
+  static constexpr char kFormatVersion[] = "kldrift-store-4";
   // Read too, and marked as kFormatVersion on opening (an older kldriftd then refuses the folder):
   // kldrift-store-1 kept its log records in the log family, kldrift-store-2 wrote them to the
-  // write-ahead log in the stream-keys format; kldrift-store-3 writes compact records there.
-  static constexpr const char* kUpgradedFormatVersions[] = {"kldrift-store-1", "kldrift-store-2"};
+  // write-ahead log in the stream-keys format, kldrift-store-3 compact records there;
+  // kldrift-store-4 writes them to its own BatchLog.
+  static constexpr const char* kUpgradedFormatVersions[] = {"kldrift-store-1", "kldrift-store-2",
+                                                            "kldrift-store-3"};
 
   // Opens (or creates, when the folder is missing or empty) the store. Refuses, with a message
   // saying what to do, a folder that is not a kldrift store, one written in another format version,
@@ -87,7 +100,7 @@ class RocksDbStore final : public StateStore {
   absl::Status WriteClientSequence(const std::string& client_id, uint64_t sequence,
                                    absl::Time seen) override;
   absl::Status WriteSnapshots(const std::vector<StreamSnapshot>& snapshots) override;
-  // The last sequence number RocksDB has written.
+  // The batch log's end (BatchLog::End).
   uint64_t LogEnd() override;
   absl::Status TruncateLog(uint64_t up_to, uint64_t end) override;
   absl::Status WriteAlerts(const std::vector<AlertUpdate>& updates) override;
@@ -106,18 +119,30 @@ class RocksDbStore final : public StateStore {
  private:
   RocksDbStore() = default;
   // Backup: the log records up to the checkpoint in `dir`, written into its log family.
-  absl::Status CopyLogInto(const std::string& dir) ABSL_EXCLUSIVE_LOCKS_REQUIRED(wal_files_mutex_);
+  absl::Status CopyLogInto(const std::string& dir) ABSL_EXCLUSIVE_LOCKS_REQUIRED(log_files_mutex_);
 
   RocksDbStoreOptions options_;
   std::unique_ptr<rocksdb::CompactionFilter> retention_;  // Outlives db_ (declared before it).
   std::unique_ptr<rocksdb::DB> db_;
   std::vector<rocksdb::ColumnFamilyHandle*> handles_;  // Owned; destroyed before db_.
   rocksdb::WriteOptions write_options_;
-  // Held while write-ahead log files are deleted (TruncateLog) and while Backup copies records out
-  // of them.
-  Mutex wal_files_mutex_;
+  std::unique_ptr<BatchLog> log_;
+  // Held while TruncateLog frees log records and while Backup checkpoints and copies them.
+  Mutex log_files_mutex_;
   // The largest lsn in the log family (0: none), which TruncateLog then truncates too.
   std::atomic<uint64_t> legacy_log_lsn_{0};
+  // The largest lsn of a record in RocksDB's write-ahead log (an earlier format's; 0: none).
+  // TruncateLog deletes archived write-ahead log files once its `up_to` reaches it.
+  std::atomic<uint64_t> legacy_wal_lsn_{0};
+  // Each client's last sequence number and when it was seen, as the records carry them; written
+  // to the clients family by TruncateLog (`dirty`: not yet).
+  struct ClientSequence {
+    uint64_t sequence = 0;
+    absl::Time seen;
+    bool dirty = false;
+  };
+  Mutex clients_mutex_;
+  absl::flat_hash_map<std::string, ClientSequence> clients_ ABSL_GUARDED_BY(clients_mutex_);
 };
 
 }  // namespace kldrift

@@ -462,7 +462,8 @@ TEST(RocksDbStoreTest, ExpiredSubBucketsAreDeletedOnCompaction) {
   EXPECT_EQ(count_sub_buckets(), 0u);
 }
 
-// ---- The log in the write-ahead log ----------------------------------------------------------
+// ---- The log
+// -------------------------------------------------------------------------------------
 
 // A log record of one stream whose values tell its lsn.
 IngestRecord LogRecord(uint64_t lsn, absl::Time now) {
@@ -506,66 +507,123 @@ void WriteRecords(RocksDbStore& store, uint64_t first, uint64_t last, absl::Time
   }
 }
 
-// Log records go to the write-ahead log only; TruncateLog deletes whole archived files, oldest
-// first, and only those whose every record was written by the `end` it is given.
-TEST(RocksDbStoreTest, LogRecordsLiveInTheWriteAheadLogAndAreTruncatedByWholeFiles) {
+// The files of the batch log in `data_dir`: segments (by name), or free ones.
+std::vector<std::string> BatchLogFiles(const std::string& data_dir, bool free_ones) {
+  std::vector<std::string> names;
+  std::error_code error;
+  for (const auto& entry : fs::directory_iterator(data_dir + "/batchlog", error)) {
+    const std::string name = entry.path().filename();
+    if (entry.path().extension() == ".seg" && (name.rfind("free-", 0) == 0) == free_ones) {
+      names.push_back(name);
+    }
+  }
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+// The last sequence number the clients family holds for `client` (closed store), 0 if none.
+uint64_t StoredClientSequence(const std::string& path, const std::string& client) {
+  PlainRocksDb plain(path);
+  std::string value;
+  if (!plain.db().Get(rocksdb::ReadOptions(), plain.family("clients"), client, &value).ok()) {
+    return 0;
+  }
+  storage::v1::StoredClient stored;
+  EXPECT_TRUE(stored.ParseFromString(value));
+  return stored.last_sequence();
+}
+
+// Log records go to the batch log; TruncateLog frees whole segments, oldest first, and only those
+// whose every record was written before the `end` it is given, after writing the sequence numbers
+// those records carried to the clients family.
+TEST(RocksDbStoreTest, LogRecordsLiveInTheBatchLogAndAreTruncatedByWholeSegments) {
   TempDir dir;
   FakeClock clock;
   const std::string path = dir.path() + "/data";
+  RocksDbStoreOptions options{path, false, &clock};
+  options.log_segment_bytes = 4096;  // 46 of these records (88 bytes each).
   auto open = [&] {
-    absl::StatusOr<std::unique_ptr<RocksDbStore>> store = RocksDbStore::Open({path, false, &clock});
+    absl::StatusOr<std::unique_ptr<RocksDbStore>> store = RocksDbStore::Open(options);
     EXPECT_TRUE(store.ok()) << store.status();
     return store.ok() ? *std::move(store) : nullptr;
   };
   std::unique_ptr<RocksDbStore> store = open();
   ASSERT_NE(store, nullptr);
   WriteRecords(*store, 1, 50, clock.Now());
-  const uint64_t end_of_first = store->LogEnd();
-  // Each restart flushes what the live write-ahead log file fed, so RocksDB archives it.
-  store.reset();
+  const uint64_t end_of_50 = store->LogEnd();
+  store.reset();  // A restart goes on where the log ended.
   store = open();
   ASSERT_NE(store, nullptr);
-  WriteRecords(*store, 51, 100, clock.Now());
-  const uint64_t end_of_second = store->LogEnd();
-  EXPECT_GT(end_of_second, end_of_first);
-  store.reset();
-  store = open();
-  ASSERT_NE(store, nullptr);
-  WriteRecords(*store, 101, 120, clock.Now());
+  EXPECT_EQ(store->LogEnd(), end_of_50);
+  WriteRecords(*store, 51, 120, clock.Now());
+  EXPECT_GT(store->LogEnd(), end_of_50);
   EXPECT_EQ(LoggedLsns(*store), Range(1, 120));
+  const size_t segments = BatchLogFiles(path, false).size();
+  EXPECT_GE(segments, 3u);
   {
     absl::StatusOr<std::string> report = RocksDbStore::Describe(path);
     ASSERT_TRUE(report.ok()) << report.status();
-    EXPECT_THAT(*report, HasSubstr("  log: 0 records"));  // Not in the log family...
-    EXPECT_THAT(*report, HasSubstr("write-ahead log: 120 log records"));  // ...but here.
+    EXPECT_THAT(*report, HasSubstr("  log: 0 records"));                // Not in the log family...
+    EXPECT_THAT(*report, HasSubstr("batch log: 120 log records"));      // ...but here,
+    EXPECT_THAT(*report, HasSubstr("write-ahead log: 0 log records"));  // and not there.
   }
-
-  // An end inside the second file: the first goes, the second stays whole.
-  ASSERT_TRUE(store->TruncateLog(75, end_of_first + 25).ok());
-  EXPECT_EQ(LoggedLsns(*store), Range(51, 120));
-  ASSERT_TRUE(store->TruncateLog(100, end_of_second).ok());
-  EXPECT_EQ(LoggedLsns(*store), Range(101, 120));
-  // The live file is RocksDB's until it archives it.
+  // The segments wholly before the end of record 50 go; the one holding it stays.
+  ASSERT_TRUE(store->TruncateLog(50, end_of_50).ok());
+  std::vector<uint64_t> lsns = LoggedLsns(*store);
+  ASSERT_FALSE(lsns.empty());
+  EXPECT_GT(lsns.front(), 1u);
+  EXPECT_LE(lsns.front(), 50u);
+  EXPECT_EQ(lsns, Range(lsns.front(), 120));
+  EXPECT_LT(BatchLogFiles(path, false).size(), segments);
+  EXPECT_FALSE(BatchLogFiles(path, true).empty());  // Kept for reuse.
+  // Everything before the end: all but the last segment.
   ASSERT_TRUE(store->TruncateLog(120, store->LogEnd()).ok());
-  EXPECT_EQ(LoggedLsns(*store), Range(101, 120));
+  lsns = LoggedLsns(*store);
+  ASSERT_FALSE(lsns.empty());
+  EXPECT_GT(lsns.front(), 120u - 50);  // A segment holds fewer than 50.
+  EXPECT_EQ(lsns, Range(lsns.front(), 120));
+  EXPECT_EQ(BatchLogFiles(path, false).size(), 1u);
+  EXPECT_LE(BatchLogFiles(path, true).size(), 4u);
+  store.reset();
+  // The freed records' sequence numbers were written before they went.
+  EXPECT_EQ(StoredClientSequence(path, "c"), 120u);
+  store = open();
+  ASSERT_NE(store, nullptr);
+  EXPECT_EQ(LoggedLsns(*store), lsns);  // Freed segments stay gone after a restart.
+  // Records written into reused segment files read back, never what those files held before.
+  WriteRecords(*store, 121, 300, clock.Now());
+  EXPECT_EQ(LoggedLsns(*store), Range(lsns.front(), 300));
+  ASSERT_TRUE(store->TruncateLog(300, store->LogEnd()).ok());
   store.reset();
   store = open();
   ASSERT_NE(store, nullptr);
-  EXPECT_EQ(LoggedLsns(*store), Range(101, 120));  // Truncated files stay gone after a restart.
-  ASSERT_TRUE(store->TruncateLog(120, store->LogEnd()).ok());
-  EXPECT_EQ(LoggedLsns(*store), std::vector<uint64_t>{});
-  // A backup of a store whose log is empty has none either.
+  lsns = LoggedLsns(*store);
+  ASSERT_FALSE(lsns.empty());
+  EXPECT_GT(lsns.front(), 300u - 50);
+  EXPECT_EQ(lsns, Range(lsns.front(), 300));
+  uint64_t client_sequence = 0;
+  StateStore::Visitor visitor;
+  visitor.client = [&](const std::string& id, uint64_t sequence, absl::Time) {
+    EXPECT_EQ(id, "c");
+    client_sequence = sequence;
+  };
+  ASSERT_TRUE(store->Load(visitor).ok());
+  EXPECT_EQ(client_sequence, 300u);
+  // A backup carries the records the log holds.
   const std::string copy = dir.path() + "/copy";
   ASSERT_TRUE(store->Backup(copy).ok());
   {
     absl::StatusOr<std::unique_ptr<RocksDbStore>> restored =
         RocksDbStore::Open({copy, false, &clock});
     ASSERT_TRUE(restored.ok()) << restored.status();
-    EXPECT_EQ(LoggedLsns(**restored), std::vector<uint64_t>{});
+    EXPECT_EQ(LoggedLsns(**restored), lsns);
+    client_sequence = 0;
+    ASSERT_TRUE((*restored)->Load(visitor).ok());
+    EXPECT_EQ(client_sequence, 300u);
   }
   // And the log goes on after that.
-  WriteRecords(*store, 121, 125, clock.Now());
-  EXPECT_EQ(LoggedLsns(*store), Range(121, 125));
+  WriteRecords(*store, 301, 305, clock.Now());
+  EXPECT_EQ(LoggedLsns(*store), Range(lsns.front(), 305));
 }
 
 // A backup's checkpoint does not hold the write-ahead log: the records it needs are copied into
@@ -720,14 +778,87 @@ TEST(RocksDbStoreTest, RecordsOfTheStreamKeysFormatAreStillRead) {
   }
   report = RocksDbStore::Describe(path);
   ASSERT_TRUE(report.ok()) << report.status();
-  EXPECT_THAT(*report, HasSubstr("kldrift-store-3 (readable by this kldriftd)"));
+  EXPECT_THAT(*report, HasSubstr(absl::StrCat(RocksDbStore::kFormatVersion,
+                                              " (readable by this kldriftd)")));
   absl::StatusOr<std::unique_ptr<RocksDbStore>> store = RocksDbStore::Open({path, false, &clock});
   ASSERT_TRUE(store.ok()) << store.status();
   EXPECT_EQ(LoggedLsns(**store), Range(1, 10));
-  // The log family's records go by lsn, the write-ahead log's by whole archived files: 3-7 were
-  // all in the file before the upgrade, 8-10 in the next.
+  // The log family's records go by lsn, the write-ahead log's with its archived files once the
+  // snapshots cover them all (3-7 were archived on the first restart); 8-10 are in the batch log.
   ASSERT_TRUE((*store)->TruncateLog(7, end_of_old_records).ok());
   EXPECT_EQ(LoggedLsns(**store), Range(8, 10));
+}
+
+// LogRecord(lsn)'s body in the compact format of kldrift-store-3 (AppendCompactRecord): event
+// time, the model once, then the stream's "version \0 signal \0" and its values as raw doubles.
+std::string CompactBody(uint64_t lsn, absl::Time now) {
+  std::string out;
+  AppendBigEndianForTest(&out,
+                         static_cast<uint64_t>(absl::ToUnixMicros(now)) ^ (uint64_t{1} << 63));
+  out += std::string("\x01m\x01\x03\x00s\x00", 7);  // model "m", 1 stream: "" and "s"
+  std::string values(1, 'D');
+  for (double v : {static_cast<double>(lsn), 1.0, 70.0, 0.5}) {
+    values.append(reinterpret_cast<const char*>(&v), sizeof(v));
+  }
+  AppendVarintForTest(&out, values.size());
+  return out + values;
+}
+
+// A kldrift-store-3 folder, written as that build wrote it: compact records 1-5 in the write-ahead
+// log (PutLogData blobs tagged 'C', each with the client's sequence in the same write). This build
+// reads them, marks the folder as its format, writes records 6-8 to the batch log, and deletes the
+// write-ahead log's once a truncation covers them.
+TEST(RocksDbStoreTest, AStoreOfTheThirdFormatKeepsItsWriteAheadLogRecords) {
+  TempDir dir;
+  FakeClock clock;
+  const std::string path = dir.path() + "/data";
+  {
+    absl::StatusOr<std::unique_ptr<RocksDbStore>> store = RocksDbStore::Open({path, false, &clock});
+    ASSERT_TRUE(store.ok()) << store.status();
+  }
+  fs::remove_all(path + "/batchlog");  // kldrift-store-3 had none.
+  {
+    PlainRocksDb plain(path);
+    for (uint64_t lsn = 1; lsn <= 5; ++lsn) {
+      std::string blob(1, 'C');
+      AppendBigEndianForTest(&blob, lsn);
+      rocksdb::WriteBatch batch;
+      batch.PutLogData(blob + CompactBody(lsn, clock.Now()));
+      storage::v1::StoredClient client;
+      client.set_last_sequence(lsn);
+      batch.Put(plain.family("clients"), "c", client.SerializeAsString());
+      ASSERT_TRUE(plain.db().Write(rocksdb::WriteOptions(), &batch).ok());
+    }
+  }
+  SetFormatMarker(path, "kldrift-store-3");
+  absl::StatusOr<std::string> report = RocksDbStore::Describe(path);
+  ASSERT_TRUE(report.ok()) << report.status();
+  EXPECT_THAT(*report, HasSubstr("kldrift-store-3 (upgraded when this kldriftd opens it)"));
+  EXPECT_THAT(*report, HasSubstr("write-ahead log: 5 log records"));
+  EXPECT_THAT(*report, HasSubstr("batch log: 0 log records"));
+  {
+    absl::StatusOr<std::unique_ptr<RocksDbStore>> store = RocksDbStore::Open({path, false, &clock});
+    ASSERT_TRUE(store.ok()) << store.status();
+    EXPECT_EQ(LoggedLsns(**store), Range(1, 5));
+    WriteRecords(**store, 6, 8, clock.Now());
+    EXPECT_EQ(LoggedLsns(**store), Range(1, 8));
+  }
+  report = RocksDbStore::Describe(path);
+  ASSERT_TRUE(report.ok()) << report.status();
+  EXPECT_THAT(*report, HasSubstr(absl::StrCat(RocksDbStore::kFormatVersion,
+                                              " (readable by this kldriftd)")));
+  EXPECT_THAT(*report, HasSubstr("batch log: 3 log records"));
+  absl::StatusOr<std::unique_ptr<RocksDbStore>> store = RocksDbStore::Open({path, false, &clock});
+  ASSERT_TRUE(store.ok()) << store.status();
+  EXPECT_EQ(LoggedLsns(**store), Range(1, 8));
+  // Snapshots up to lsn 4 leave the write-ahead log's files alone (record 5 is in them)...
+  ASSERT_TRUE((*store)->TruncateLog(4, 0).ok());
+  EXPECT_EQ(LoggedLsns(**store), Range(1, 8));
+  // ...up to 5 they go; the batch log's records are not before the end given (0).
+  ASSERT_TRUE((*store)->TruncateLog(5, 0).ok());
+  EXPECT_EQ(LoggedLsns(**store), Range(6, 8));
+  store->reset();
+  EXPECT_EQ(StoredClientSequence(path, "c"), 8u);
 }
 
 // Malformed values in a compact record (written as no kldriftd writes them) make start-up fail
@@ -773,25 +904,16 @@ TEST(RocksDbStoreTest, MalformedPackedValuesAreReportedNotDecoded) {
   }
 }
 
-// The names of the write-ahead log files in `folder` (a data folder, or its archive).
-std::vector<std::string> LogFiles(const std::string& folder) {
-  std::vector<std::string> names;
-  std::error_code error;
-  for (const auto& entry : fs::directory_iterator(folder, error)) {
-    if (entry.path().extension() == ".log") names.push_back(entry.path().filename());
-  }
-  return names;
-}
-
-// Ingest, ticks and restarts against a store whose write-ahead log switches files every few ticks
-// (so archived files are truncated while ingest goes on), next to an engine without a store that
+// Ingest, ticks and restarts against a store whose batch log switches segments every few ticks
+// (so segments are freed and reused while ingest goes on), next to an engine without a store that
 // gets the same batches at the same times: after every restart, and at the end, the restored
 // windows are the memory engine's.
 TEST(RocksDbStoreTest, RestartsAmidFrequentLogFileSwitchesRestoreWhatWasAcknowledged) {
   TempDir dir;
   FakeClock clock;
   RocksDbStoreOptions options{dir.path() + "/data", false, &clock};
-  options.max_live_log_bytes = 4 << 10;
+  options.log_segment_bytes = 4 << 10;
+  options.max_live_log_bytes = 4 << 10;  // And RocksDB's write-ahead log switches files often.
   constexpr int kStreams = 12;
   std::vector<StreamKey> keys;
   for (int i = 0; i < kStreams; ++i) keys.push_back({"m", "v1", absl::StrCat("s", i)});
@@ -847,9 +969,8 @@ TEST(RocksDbStoreTest, RestartsAmidFrequentLogFileSwitchesRestoreWhatWasAcknowle
     ASSERT_TRUE(result.status.ok()) << result.status;
     ASSERT_FALSE(result.duplicate);
     if (step % 40 == 0) {  // A tick: snapshots, then the log truncated.
-      // Each file is live, then archived (a rename), until a tick deletes it.
-      for (const std::string& folder : {options.path, options.path + "/archive"}) {
-        for (const std::string& name : LogFiles(folder)) log_files_seen.insert(name);
+      for (const std::string& name : BatchLogFiles(options.path, false)) {
+        log_files_seen.insert(name);
       }
       memory.Evaluate();
       engine->Evaluate();
@@ -862,10 +983,14 @@ TEST(RocksDbStoreTest, RestartsAmidFrequentLogFileSwitchesRestoreWhatWasAcknowle
   }
   restart();
   expect_same_windows("at the end");
-  // The log was cut into many files, and the ticks deleted the archived ones they covered.
+  // The log was cut into many segments, and the ticks freed the ones they covered.
   EXPECT_GE(log_files_seen.size(), 15u);
   engine->Evaluate();
-  EXPECT_LE(LogFiles(options.path + "/archive").size(), 1u);
+  EXPECT_LE(BatchLogFiles(options.path, false).size(), 2u);
+  EXPECT_LE(BatchLogFiles(options.path, true).size(), 4u);
+  std::error_code error;
+  EXPECT_TRUE(fs::is_empty(options.path + "/archive", error) ||
+              !fs::exists(options.path + "/archive", error));
 }
 
 }  // namespace
