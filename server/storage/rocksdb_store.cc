@@ -589,18 +589,21 @@ absl::Status ForEachWalRecord(
   return absl::OkStatus();
 }
 
-// A log record as the batch log holds it (a tag, the lsn, the body; see LogFormat), or
-// DATA_LOSS naming `where`.
-absl::Status ParseLogBlob(absl::string_view blob, absl::string_view where, uint64_t* lsn,
-                          LogFormat* format, rocksdb::Slice* body) {
+// A log record as the batch log holds it (a tag, the lsn, the body; see LogFormat). False when
+// `blob` is not one.
+bool ParseLogBlob(absl::string_view blob, uint64_t* lsn, LogFormat* format, rocksdb::Slice* body) {
   if (blob.size() < kLogBlobHeader || blob[0] != static_cast<char>(LogFormat::kWithClient)) {
-    return absl::DataLossError(
-        absl::StrCat("unreadable log record (", blob.size(), " bytes) in ", where));
+    return false;
   }
   *format = static_cast<LogFormat>(blob[0]);
   *lsn = ReadBigEndian(blob.data() + 1);
   *body = rocksdb::Slice(blob.data() + kLogBlobHeader, blob.size() - kLogBlobHeader);
-  return absl::OkStatus();
+  return true;
+}
+
+absl::Status UnreadableBatchLogRecord(absl::string_view where, uint64_t position, size_t bytes) {
+  return absl::DataLossError(absl::StrCat(where, ": unreadable record (", bytes,
+                                          " bytes) at batch log position ", position));
 }
 
 // Where a store keeps its batch log.
@@ -1181,9 +1184,10 @@ absl::Status RocksDbStore::Load(const Visitor& visitor) {
       uint64_t lsn;
       LogFormat format;
       rocksdb::Slice body;
-      const std::string where =
-          absl::StrCat("--data-dir ", options_.path, ", batch log position ", position);
-      if (absl::Status s = ParseLogBlob(blob, where, &lsn, &format, &body); !s.ok()) return s;
+      if (!ParseLogBlob(blob, &lsn, &format, &body)) {
+        return UnreadableBatchLogRecord(absl::StrCat("--data-dir ", options_.path), position,
+                                        blob.size());
+      }
       if (in_log_family.contains(lsn)) return absl::OkStatus();
       record = IngestRecord();
       if (!DecodeRecord(format, body, &record)) {
@@ -1312,10 +1316,8 @@ absl::Status RocksDbStore::CopyLogInto(const std::string& dir) {
     uint64_t lsn;
     LogFormat format;
     rocksdb::Slice body;
-    if (absl::Status s = ParseLogBlob(blob, absl::StrCat("the batch log, position ", position),
-                                      &lsn, &format, &body);
-        !s.ok()) {
-      return s;
+    if (!ParseLogBlob(blob, &lsn, &format, &body)) {
+      return UnreadableBatchLogRecord("backup", position, blob.size());
     }
     batch.Put(handles[kLog], LsnKey(lsn) + static_cast<char>(format), body);
     return batch.GetDataSize() >= kBatchBytes ? write() : absl::OkStatus();
@@ -1397,8 +1399,9 @@ absl::StatusOr<std::string> RocksDbStore::Describe(const std::string& path) {
         LogFormat format;
         rocksdb::Slice body;
         ++batch_log_records;
-        return ParseLogBlob(blob, absl::StrCat("the batch log, position ", position), &lsn, &format,
-                            &body);
+        return ParseLogBlob(blob, &lsn, &format, &body)
+                   ? absl::OkStatus()
+                   : UnreadableBatchLogRecord(path, position, blob.size());
       });
   if (batch_log.ok()) {
     absl::StrAppend(&report, "  batch log: ", batch_log_records,

@@ -904,6 +904,56 @@ TEST(RocksDbStoreTest, MalformedPackedValuesAreReportedNotDecoded) {
   }
 }
 
+// A batch log record that checks (its CRC32C is right) but is not a kldrift record, or whose body
+// does not decode, makes start-up fail with DATA_LOSS naming where it is; --check-data-dir says
+// the same.
+TEST(RocksDbStoreTest, UnreadableBatchLogRecordsAreReportedNotSkipped) {
+  struct Case {
+    std::string name;
+    std::string blob;
+    std::string message;
+  };
+  std::string bad_body(1, 'B');
+  AppendBigEndianForTest(&bad_body, 7);  // lsn
+  bad_body += std::string(
+      "\x01"
+      "c\x07",
+      3);  // client "c", sequence 7, then too few bytes
+  const std::vector<Case> cases = {
+      {"not a kldrift record", "hello", "unreadable record (5 bytes) at batch log position 0"},
+      {"a body that does not decode", bad_body, "unreadable log record 7 in the batch log"},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.name);
+    TempDir dir;
+    FakeClock clock;
+    const std::string path = dir.path() + "/data";
+    {
+      absl::StatusOr<std::unique_ptr<RocksDbStore>> store =
+          RocksDbStore::Open({path, false, &clock});
+      ASSERT_TRUE(store.ok()) << store.status();
+    }
+    {
+      BatchLogOptions options;
+      options.dir = path + "/batchlog";
+      absl::StatusOr<std::unique_ptr<BatchLog>> log = BatchLog::Open(options);
+      ASSERT_TRUE(log.ok()) << log.status();
+      ASSERT_TRUE((*log)->Append(c.blob).ok());
+    }
+    absl::StatusOr<std::unique_ptr<RocksDbStore>> store = RocksDbStore::Open({path, false, &clock});
+    ASSERT_TRUE(store.ok()) << store.status();
+    const absl::Status loaded = (*store)->Load(StateStore::Visitor{});
+    EXPECT_TRUE(absl::IsDataLoss(loaded)) << loaded;
+    EXPECT_THAT(loaded.message(), HasSubstr(c.message));
+    store->reset();
+    if (c.blob == "hello") {
+      const absl::StatusOr<std::string> report = RocksDbStore::Describe(path);
+      EXPECT_TRUE(absl::IsDataLoss(report.status())) << report.status();
+      EXPECT_THAT(report.status().message(), HasSubstr(c.message));
+    }
+  }
+}
+
 // Ingest, ticks and restarts against a store whose batch log switches segments every few ticks
 // (so segments are freed and reused while ingest goes on), next to an engine without a store that
 // gets the same batches at the same times: after every restart, and at the end, the restored
