@@ -31,6 +31,7 @@
 #include "absl/strings/string_view.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "server/core/testing/temp_dir.h"
 
 namespace kldrift {
 namespace {
@@ -54,29 +55,6 @@ uint64_t PlaceRecord(uint64_t end, uint64_t bytes, uint64_t segment_bytes) {
   const uint64_t segment_end = (end / segment_bytes + 1) * segment_bytes;
   return end + bytes <= segment_end ? end : segment_end;
 }
-
-class TempDir {
- public:
-  TempDir() {
-    char name[] = "/tmp/kldrift-batch-log-test-XXXXXX";
-    const char* made = mkdtemp(name);
-    EXPECT_NE(made, nullptr) << "mkdtemp: " << strerror(errno);
-    path_ = made != nullptr ? made : "";
-  }
-  ~TempDir() {
-    if (!path_.empty()) {
-      std::error_code error;
-      fs::remove_all(path_, error);
-    }
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
 
 struct Record {
   uint64_t position = 0;
@@ -461,7 +439,7 @@ TEST(Crc32cTest, ExtendsInPieces) {
 // Appending and reading back
 
 TEST(BatchLogTest, EmptyLogIsCreatedAndStaysEmpty) {
-  TempDir tmp;
+  TempDir tmp("kldrift-batch-log-test");
   const std::string dir = tmp.path() + "/log";
   {
     std::unique_ptr<BatchLog> log = OpenLog(Options(dir));
@@ -483,7 +461,7 @@ TEST(BatchLogTest, EmptyLogIsCreatedAndStaysEmpty) {
 }
 
 TEST(BatchLogTest, AppendReturnsTheEndOfEachRecordAndReadsBack) {
-  TempDir tmp;
+  TempDir tmp("kldrift-batch-log-test");
   const BatchLogOptions options = Options(tmp.path(), /*segment_bytes=*/uint64_t{16} << 20);
   std::vector<Record> written;
   {
@@ -523,7 +501,7 @@ TEST(BatchLogTest, AppendReturnsTheEndOfEachRecordAndReadsBack) {
 }
 
 TEST(BatchLogTest, RecordsHaveTheDocumentedLayout) {
-  TempDir tmp;
+  TempDir tmp("kldrift-batch-log-test");
   std::unique_ptr<BatchLog> log = OpenLog(Options(tmp.path()));
   ASSERT_NE(log, nullptr);
   std::vector<Record> written;
@@ -560,7 +538,7 @@ TEST(BatchLogTest, RecordsHaveTheDocumentedLayout) {
 }
 
 TEST(BatchLogTest, ManySegmentsOfRandomRecordsReadBackAfterReopen) {
-  TempDir tmp;
+  TempDir tmp("kldrift-batch-log-test");
   const BatchLogOptions options = Options(tmp.path());
   std::mt19937_64 rng(42);
   std::vector<Record> written;
@@ -603,7 +581,7 @@ TEST(BatchLogTest, SegmentTailsOfEveryKind) {
         continue;
       }
       SCOPED_TRACE(absl::StrCat(left, " bytes left, empty record in them: ", empty_record_in_tail));
-      TempDir tmp;
+      TempDir tmp("kldrift-batch-log-test");
       const BatchLogOptions options = Options(tmp.path());
       std::vector<Record> written;
       {
@@ -652,7 +630,7 @@ TEST(BatchLogTest, SegmentTailsOfEveryKind) {
 }
 
 TEST(BatchLogTest, RecordLargerThanASegmentGetsOneOfItsOwn) {
-  TempDir tmp;
+  TempDir tmp("kldrift-batch-log-test");
   const BatchLogOptions options = Options(tmp.path());
   std::mt19937_64 rng(3);
   std::vector<Record> written;
@@ -694,7 +672,7 @@ TEST(BatchLogTest, RecordLargerThanASegmentGetsOneOfItsOwn) {
 }
 
 TEST(BatchLogTest, FirstRecordLargerThanASegment) {
-  TempDir tmp;
+  TempDir tmp("kldrift-batch-log-test");
   const BatchLogOptions options = Options(tmp.path());
   std::mt19937_64 rng(5);
   std::vector<Record> written;
@@ -712,7 +690,7 @@ TEST(BatchLogTest, FirstRecordLargerThanASegment) {
 // Truncation and recycling
 
 TEST(BatchLogTest, TruncateBeforeFreesWholeSegmentsAndRecyclesTheirFiles) {
-  TempDir tmp;
+  TempDir tmp("kldrift-batch-log-test");
   const BatchLogOptions options = Options(tmp.path(), kSmallSegment, /*free_segments=*/4);
   auto expect_files = [&](const BatchLog& log, std::vector<uint64_t> starts, size_t free) {
     const Listing listing = ListDir(tmp.path());
@@ -828,7 +806,7 @@ TEST(BatchLogTest, TruncateBeforeFreesWholeSegmentsAndRecyclesTheirFiles) {
 }
 
 TEST(BatchLogTest, TruncateWithoutFreeSegmentsDeletesFiles) {
-  TempDir tmp;
+  TempDir tmp("kldrift-batch-log-test");
   const BatchLogOptions options = Options(tmp.path(), kSmallSegment, /*free_segments=*/0);
   std::vector<Record> written;
   std::unique_ptr<BatchLog> log = OpenLog(options);
@@ -852,7 +830,7 @@ TEST(BatchLogTest, TruncateWithoutFreeSegmentsDeletesFiles) {
 }
 
 TEST(BatchLogTest, TruncateBeforePastTheEndKeepsTheSegmentBeingWritten) {
-  TempDir tmp;
+  TempDir tmp("kldrift-batch-log-test");
   const BatchLogOptions options = Options(tmp.path());
   std::vector<Record> written;
   std::unique_ptr<BatchLog> log = OpenLog(options);
@@ -870,7 +848,7 @@ TEST(BatchLogTest, TruncateBeforePastTheEndKeepsTheSegmentBeingWritten) {
 
 // After Open nothing is mapped yet, but the last segment is still where the next append goes.
 TEST(BatchLogTest, TruncateRightAfterReopenKeepsWhatIsAppendedNext) {
-  TempDir tmp;
+  TempDir tmp("kldrift-batch-log-test");
   const BatchLogOptions options = Options(tmp.path());
   std::vector<Record> written;
   ASSERT_TRUE(WriteUniformLog(tmp.path(), 3 * kUniformPerSegment + 5, &written));
@@ -894,7 +872,7 @@ TEST(BatchLogTest, TruncateRightAfterReopenKeepsWhatIsAppendedNext) {
 // A free file is as large as the segment it held; a record larger than that needs it to grow (or
 // a file of its own), and a large free file may come back for ordinary records.
 TEST(BatchLogTest, RecycledFilesOfOtherSizes) {
-  TempDir tmp;
+  TempDir tmp("kldrift-batch-log-test");
   const BatchLogOptions options = Options(tmp.path(), kSmallSegment, /*free_segments=*/4);
   std::mt19937_64 rng(11);
   std::vector<Record> written;
@@ -965,7 +943,7 @@ TEST(BatchLogTest, TornTailIsDroppedAndOverwritten) {
   };
   for (const Damage& damage : damages) {
     SCOPED_TRACE(damage.name);
-    TempDir tmp;
+    TempDir tmp("kldrift-batch-log-test");
     const BatchLogOptions options = Options(tmp.path());
     std::vector<Record> written;
     ASSERT_TRUE(WriteUniformLog(tmp.path(), kRecoveryRecords, &written));
@@ -1005,7 +983,7 @@ TEST(BatchLogTest, TornTailIsDroppedAndOverwritten) {
 TEST(BatchLogTest, TornOnlyRecordOfTheLastSegment) {
   for (const size_t next_payload : {size_t{0}, kUniformBytes}) {
     SCOPED_TRACE(absl::StrCat("next payload ", next_payload, " bytes"));
-    TempDir tmp;
+    TempDir tmp("kldrift-batch-log-test");
     const BatchLogOptions options = Options(tmp.path());
     std::vector<Record> written;
     ASSERT_TRUE(WriteUniformLog(tmp.path(), 2 * kUniformPerSegment + 1, &written));
@@ -1065,7 +1043,7 @@ TEST(BatchLogTest, DamageBeforeTheLastSegmentIsDataLoss) {
   };
   for (const Damage& damage : damages) {
     SCOPED_TRACE(damage.name);
-    TempDir tmp;
+    TempDir tmp("kldrift-batch-log-test");
     std::vector<Record> written;
     ASSERT_TRUE(WriteUniformLog(tmp.path(), kRecoveryRecords, &written));
     const fs::path path = ListDir(tmp.path()).segments.at(damage.segment * kSmallSegment);
@@ -1087,7 +1065,7 @@ TEST(BatchLogTest, DamageBeforeTheLastSegmentIsDataLoss) {
 }
 
 TEST(BatchLogTest, MissingMiddleSegmentIsDataLoss) {
-  TempDir tmp;
+  TempDir tmp("kldrift-batch-log-test");
   std::vector<Record> written;
   ASSERT_TRUE(WriteUniformLog(tmp.path(), 4 * kUniformPerSegment + 3, &written));
   ASSERT_TRUE(fs::remove(ListDir(tmp.path()).segments.at(2 * kSmallSegment)));
@@ -1101,7 +1079,7 @@ TEST(BatchLogTest, MissingMiddleSegmentIsDataLoss) {
 
 // The oldest segments going (as truncation does) is no gap.
 TEST(BatchLogTest, MissingFirstSegmentIsNotDataLoss) {
-  TempDir tmp;
+  TempDir tmp("kldrift-batch-log-test");
   std::vector<Record> written;
   ASSERT_TRUE(WriteUniformLog(tmp.path(), 3 * kUniformPerSegment + 3, &written));
   ASSERT_TRUE(fs::remove(ListDir(tmp.path()).segments.at(0)));
@@ -1112,7 +1090,7 @@ TEST(BatchLogTest, MissingFirstSegmentIsNotDataLoss) {
 }
 
 TEST(BatchLogTest, ScanReadsWithoutChangingAnything) {
-  TempDir tmp;
+  TempDir tmp("kldrift-batch-log-test");
   const std::string missing = tmp.path() + "/missing";
   int visits = 0;
   const absl::Status status = BatchLog::Scan(missing, [&](uint64_t, absl::string_view) {
@@ -1155,7 +1133,7 @@ TEST(BatchLogTest, ScanReadsWithoutChangingAnything) {
 }
 
 TEST(BatchLogTest, ForEachAndScanStopAtTheVisitorsError) {
-  TempDir tmp;
+  TempDir tmp("kldrift-batch-log-test");
   std::vector<Record> written;
   ASSERT_TRUE(WriteUniformLog(tmp.path(), 2 * kUniformPerSegment + 5, &written));
   const absl::Status stop = absl::CancelledError("enough");
@@ -1191,7 +1169,7 @@ TEST(BatchLogTest, ForEachAndScanStopAtTheVisitorsError) {
 // Sync
 
 TEST(BatchLogTest, SyncedLogReadsBack) {
-  TempDir tmp;
+  TempDir tmp("kldrift-batch-log-test");
   const BatchLogOptions options = Options(tmp.path(), kSmallSegment, /*free_segments=*/2,
                                           /*sync=*/true);
   std::vector<Record> written;
@@ -1222,7 +1200,7 @@ TEST(BatchLogTest, SyncedLogReadsBack) {
 }
 
 TEST(BatchLogTest, SyncWithoutSyncOptionIsOk) {
-  TempDir tmp;
+  TempDir tmp("kldrift-batch-log-test");
   std::unique_ptr<BatchLog> log = OpenLog(Options(tmp.path()));
   ASSERT_NE(log, nullptr);
   absl::StatusOr<uint64_t> end = log->Append("payload");
@@ -1233,7 +1211,7 @@ TEST(BatchLogTest, SyncWithoutSyncOptionIsOk) {
 TEST(BatchLogTest, ConcurrentAppendsAndSyncs) {
   constexpr int kThreads = 4;
   constexpr int kPerThread = 60;
-  TempDir tmp;
+  TempDir tmp("kldrift-batch-log-test");
   const BatchLogOptions options = Options(tmp.path(), kSmallSegment, /*free_segments=*/2,
                                           /*sync=*/true);
   std::vector<std::vector<Record>> written(kThreads);
@@ -1361,7 +1339,7 @@ TEST(BatchLogTest, ConcurrentAppendsTruncationsAndReads) {
   constexpr int kTurn = 100;
   constexpr uint64_t kSegment = uint64_t{64} << 10;
   constexpr size_t kFree = 4;
-  TempDir tmp;
+  TempDir tmp("kldrift-batch-log-test");
   const BatchLogOptions options = Options(tmp.path(), kSegment, kFree);
   std::unique_ptr<BatchLog> log = OpenLog(options);
   ASSERT_NE(log, nullptr);
@@ -1545,7 +1523,7 @@ class FileSizeLimit {
 
 TEST(BatchLogTest, SegmentThatCannotBeMadeAppendsNothing) {
   constexpr size_t kTooBig = size_t{2} << 20;
-  TempDir tmp;
+  TempDir tmp("kldrift-batch-log-test");
   const BatchLogOptions options = Options(tmp.path());
   std::mt19937_64 rng(9);
   std::vector<Record> written;
@@ -1613,7 +1591,7 @@ void AppendAfterAFailedRecycledSegment(const std::string& dir) {
 }
 
 TEST(BatchLogTest, RecycledSegmentThatCannotGrowAppendsNothing) {
-  TempDir tmp;
+  TempDir tmp("kldrift-batch-log-test");
   EXPECT_EXIT(
       {
         AppendAfterAFailedRecycledSegment(tmp.path());

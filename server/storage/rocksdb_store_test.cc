@@ -21,6 +21,7 @@
 #include "server/core/clock.h"
 #include "server/core/count_scan.h"
 #include "server/core/drift_engine.h"
+#include "server/core/testing/temp_dir.h"
 
 namespace kldrift {
 namespace {
@@ -46,19 +47,6 @@ EngineOptions OptionsWithStore(StateStore* store) {
 
 namespace fs = std::filesystem;
 using ::testing::HasSubstr;
-
-class TempDir {
- public:
-  TempDir() {
-    char name[] = "/tmp/kldrift-store-test-XXXXXX";
-    path_ = mkdtemp(name);
-  }
-  ~TempDir() { fs::remove_all(path_); }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
 
 ReferenceSpec Numeric(const StreamKey& key, std::vector<double> counts) {
   ReferenceSpec spec;
@@ -127,7 +115,7 @@ void SetFormatMarker(const std::string& path, const std::string& format) {
 }
 
 TEST(RocksDbStoreTest, CreatesAFreshStoreAndReopensIt) {
-  TempDir dir;
+  TempDir dir("kldrift-store-test");
   FakeClock clock;
   const std::string path = dir.path() + "/data";
   {
@@ -144,7 +132,7 @@ TEST(RocksDbStoreTest, CreatesAFreshStoreAndReopensIt) {
 }
 
 TEST(RocksDbStoreTest, RefusesFoldersThatAreNotKldriftStores) {
-  TempDir dir;
+  TempDir dir("kldrift-store-test");
   FakeClock clock;
   // A folder with someone else's files.
   std::ofstream(dir.path() + "/notes.txt") << "hello";
@@ -171,7 +159,7 @@ TEST(RocksDbStoreTest, RefusesFoldersThatAreNotKldriftStores) {
 }
 
 TEST(RocksDbStoreTest, RefusesAnotherFormatVersion) {
-  TempDir dir;
+  TempDir dir("kldrift-store-test");
   FakeClock clock;
   const std::string path = dir.path() + "/data";
   ASSERT_TRUE(RocksDbStore::Open({path, false, &clock}).ok());
@@ -185,7 +173,7 @@ TEST(RocksDbStoreTest, RefusesAnotherFormatVersion) {
 }
 
 TEST(RocksDbStoreTest, RefusesACorruptedFolderWithoutResettingIt) {
-  TempDir dir;
+  TempDir dir("kldrift-store-test");
   FakeClock clock;
   const std::string path = dir.path() + "/data";
   {
@@ -216,7 +204,7 @@ TEST(RocksDbStoreTest, RefusesACorruptedFolderWithoutResettingIt) {
 // Everything the engine holds survives a close and reopen: references and versions, windows to the
 // last count, client sequences (a resend is a duplicate) and alert states.
 TEST(RocksDbStoreTest, EngineStateRoundTripsThroughTheStore) {
-  TempDir dir;
+  TempDir dir("kldrift-store-test");
   FakeClock clock;
   const std::string path = dir.path() + "/data";
   const StreamKey score{"fraud", "v1", "score"};
@@ -317,7 +305,7 @@ TEST(RocksDbStoreTest, EngineStateRoundTripsThroughTheStore) {
 TEST(RocksDbStoreTest, AReferenceAnOlderServerAcceptedWithClearAboveAZeroWarnStillLoads) {
   // Before 2026-11-25 ValidatePolicy let clear_threshold exceed a warn_threshold of 0; such a
   // stored reference must not keep the store from opening: it loads with clear = warn = 0.
-  TempDir dir;
+  TempDir dir("kldrift-store-test");
   FakeClock clock;
   const std::string path = dir.path() + "/data";
   const StreamKey stream{"m", "", "s"};
@@ -349,7 +337,7 @@ TEST(RocksDbStoreTest, AReferenceAnOlderServerAcceptedWithClearAboveAZeroWarnSti
 // Log records and window snapshots keep every value exactly, whichever encoding it takes: single
 // bytes (counts below 64), zig-zag varints (other integers below 2^53 in magnitude) or doubles.
 TEST(RocksDbStoreTest, ValuesRoundTripAcrossTheirEncodings) {
-  TempDir dir;
+  TempDir dir("kldrift-store-test");
   FakeClock clock;
   const std::string path = dir.path() + "/data";
   absl::StatusOr<std::unique_ptr<RocksDbStore>> store = RocksDbStore::Open({path, false, &clock});
@@ -435,7 +423,7 @@ TEST(RocksDbStoreTest, ValuesRoundTripAcrossTheirEncodings) {
 }
 
 TEST(RocksDbStoreTest, ExpiredSubBucketsAreDeletedOnCompaction) {
-  TempDir dir;
+  TempDir dir("kldrift-store-test");
   FakeClock clock;
   const std::string path = dir.path() + "/data";
   absl::StatusOr<std::unique_ptr<RocksDbStore>> store = RocksDbStore::Open({path, false, &clock});
@@ -537,7 +525,7 @@ uint64_t StoredClientSequence(const std::string& path, const std::string& client
 // whose every record was written before the `end` it is given, after writing the sequence numbers
 // those records carried to the clients family.
 TEST(RocksDbStoreTest, LogRecordsLiveInTheBatchLogAndAreTruncatedByWholeSegments) {
-  TempDir dir;
+  TempDir dir("kldrift-store-test");
   FakeClock clock;
   const std::string path = dir.path() + "/data";
   RocksDbStoreOptions options{path, false, &clock};
@@ -629,7 +617,7 @@ TEST(RocksDbStoreTest, LogRecordsLiveInTheBatchLogAndAreTruncatedByWholeSegments
 // A backup's checkpoint does not hold the write-ahead log: the records it needs are copied into
 // its log family, read like a store of the previous format, and truncated from there.
 TEST(RocksDbStoreTest, ABackupCarriesItsLogRecordsInTheLogFamily) {
-  TempDir dir;
+  TempDir dir("kldrift-store-test");
   FakeClock clock;
   const std::string path = dir.path() + "/data";
   const std::string copy = dir.path() + "/backup";
@@ -661,7 +649,7 @@ TEST(RocksDbStoreTest, ABackupCarriesItsLogRecordsInTheLogFamily) {
 // A store of the first format (log records in the log family) opens, is marked as the current
 // format, and keeps its records.
 TEST(RocksDbStoreTest, AStoreOfThePreviousFormatIsUpgradedWithItsLog) {
-  TempDir dir;
+  TempDir dir("kldrift-store-test");
   FakeClock clock;
   const std::string path = dir.path() + "/data";
   const std::string old = dir.path() + "/old";
@@ -733,9 +721,10 @@ std::string StreamKeysBody(const IngestRecord& record) {
 // A kldrift-store-2 folder, written as that build wrote it: records 1-2 in the log family (as in a
 // restored backup) and 3-7 in the write-ahead log (PutLogData blobs tagged 'R', each with the
 // client's sequence in the same write), all in the stream-keys format. This build reads them all,
-// marks the folder kldrift-store-3, writes compact records after them, and truncates both kinds.
+// marks the folder as its own format, writes batch log records after them, and truncates both
+// kinds.
 TEST(RocksDbStoreTest, RecordsOfTheStreamKeysFormatAreStillRead) {
-  TempDir dir;
+  TempDir dir("kldrift-store-test");
   FakeClock clock;
   const std::string path = dir.path() + "/data";
   {
@@ -809,7 +798,7 @@ std::string CompactBody(uint64_t lsn, absl::Time now) {
 // reads them, marks the folder as its format, writes records 6-8 to the batch log, and deletes the
 // write-ahead log's once a truncation covers them.
 TEST(RocksDbStoreTest, AStoreOfTheThirdFormatKeepsItsWriteAheadLogRecords) {
-  TempDir dir;
+  TempDir dir("kldrift-store-test");
   FakeClock clock;
   const std::string path = dir.path() + "/data";
   {
@@ -872,7 +861,7 @@ TEST(RocksDbStoreTest, MalformedPackedValuesAreReportedNotDecoded) {
       std::string("P\x02\x09\xff\xff", 5),                  // 2 bits, 9 values in 2 bytes
   };
   for (const std::string& values : malformed_values) {
-    TempDir dir;
+    TempDir dir("kldrift-store-test");
     FakeClock clock;
     const std::string path = dir.path() + "/data";
     {
@@ -925,7 +914,7 @@ TEST(RocksDbStoreTest, UnreadableBatchLogRecordsAreReportedNotSkipped) {
   };
   for (const Case& c : cases) {
     SCOPED_TRACE(c.name);
-    TempDir dir;
+    TempDir dir("kldrift-store-test");
     FakeClock clock;
     const std::string path = dir.path() + "/data";
     {
@@ -959,7 +948,7 @@ TEST(RocksDbStoreTest, UnreadableBatchLogRecordsAreReportedNotSkipped) {
 // gets the same batches at the same times: after every restart, and at the end, the restored
 // windows are the memory engine's.
 TEST(RocksDbStoreTest, RestartsAmidFrequentLogFileSwitchesRestoreWhatWasAcknowledged) {
-  TempDir dir;
+  TempDir dir("kldrift-store-test");
   FakeClock clock;
   RocksDbStoreOptions options{dir.path() + "/data", false, &clock};
   options.log_segment_bytes = 4 << 10;

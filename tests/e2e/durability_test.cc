@@ -32,6 +32,7 @@
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 #include "kldrift/v1/kldrift.grpc.pb.h"
+#include "server/core/testing/temp_dir.h"
 #include "tests/e2e/server_process.h"
 
 namespace kldrift {
@@ -51,26 +52,6 @@ std::unique_ptr<grpc::ClientContext> Context(
   context->set_deadline(absl::ToChronoTime(absl::Now() + deadline));
   return context;
 }
-
-// A folder under /tmp, removed with its contents at the end of the test.
-class TempDir {
- public:
-  TempDir() {
-    char name[] = "/tmp/kldrift-durability-XXXXXX";
-    if (mkdtemp(name) != nullptr) path_ = name;
-  }
-  ~TempDir() {
-    std::error_code ignored;
-    if (!path_.empty()) fs::remove_all(path_, ignored);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
 
 // Starts kldriftd on `data_dir`, which every restart of a test reuses.
 absl::StatusOr<std::unique_ptr<testing::ServerProcess>> StartOn(const std::string& data_dir,
@@ -290,7 +271,7 @@ absl::StatusOr<uint64_t> PutCrashReference(KlDrift::Stub* stub, const CrashStrea
 }
 
 TEST(CrashTest, KillNineAtRandomMomentsLosesNothingAcknowledged) {
-  TempDir data;
+  TempDir data("kldrift-durability");
   ASSERT_FALSE(data.path().empty());
   std::mt19937 rng(20261101);
   std::uniform_int_distribution<int> kill_delay_ms(20, 250);
@@ -608,7 +589,7 @@ void CompareReports(const v1::GetDriftResponse& before, const v1::GetDriftRespon
 }
 
 TEST(RestartTest, ThousandsOfStreamsRestoreEveryWindowExactly) {
-  TempDir data;
+  TempDir data("kldrift-durability");
   ASSERT_FALSE(data.path().empty());
   constexpr int kStreams = kRestartModels * kRestartSignals;
   auto started = StartOn(data.path(), "200ms");
@@ -763,7 +744,7 @@ std::pair<int, std::string> CheckDataDir(const std::string& dir) {
 
 TEST(RestartTest, ForeignAndCorruptedFoldersAreRefusedWithTheDocumentedMessage) {
   // (i) A folder holding someone else's file.
-  TempDir foreign;
+  TempDir foreign("kldrift-durability");
   ASSERT_FALSE(foreign.path().empty());
   std::ofstream(foreign.path() + "/notes.txt") << "not a database\n";
   auto refused = StartOn(foreign.path(), "100ms");
@@ -774,7 +755,7 @@ TEST(RestartTest, ForeignAndCorruptedFoldersAreRefusedWithTheDocumentedMessage) 
   EXPECT_EQ(CheckDataDir(foreign.path()).first, 1);
 
   // (ii) A store whose MANIFEST was garbled in the middle after a clean stop.
-  TempDir store;
+  TempDir store("kldrift-durability");
   ASSERT_FALSE(store.path().empty());
   {
     auto started = StartOn(store.path(), "100ms");
