@@ -286,7 +286,11 @@ absl::StatusOr<std::unique_ptr<BatchLog>> BatchLog::Open(const BatchLogOptions& 
     }
   }
   log->end_.store(*end);
-  log->synced_ = *end;
+  {
+    MutexLock lock(&log->sync_mutex_);
+    log->synced_ = *end;
+  }
+  MutexLock lock(&log->segments_mutex_);
   log->segments_ = std::move(files->segments);
   log->free_files_ = std::move(files->free_files);
   log->next_free_name_ = files->next_free_name;
