@@ -483,6 +483,19 @@ struct DriftEngine::StreamState {
   const bool track_dirty;  // Read by AddToWindows (ingest's adds to the windows).
 };
 
+bool DriftEngine::StreamOrder::operator()(const std::shared_ptr<StreamState>& a,
+                                          const std::shared_ptr<StreamState>& b) const {
+  return a->key < b->key;
+}
+bool DriftEngine::StreamOrder::operator()(const std::shared_ptr<StreamState>& a,
+                                          const StreamKey& b) const {
+  return a->key < b;
+}
+bool DriftEngine::StreamOrder::operator()(const StreamKey& a,
+                                          const std::shared_ptr<StreamState>& b) const {
+  return a < b->key;
+}
+
 struct DriftEngine::ClientState {
   absl::Time last_seen;  // Guarded by the engine's clients_mutex_.
   Mutex mutex;
@@ -497,14 +510,14 @@ DriftEngine::~DriftEngine() = default;
 std::shared_ptr<DriftEngine::StreamState> DriftEngine::FindStream(const StreamKey& key) const {
   ReaderMutexLock lock(&streams_mutex_);
   auto it = streams_.find(key);
-  return it == streams_.end() ? nullptr : it->second;
+  return it == streams_.end() ? nullptr : *it;
 }
 
 std::vector<std::shared_ptr<DriftEngine::StreamState>> DriftEngine::AllStreams() const {
   std::vector<std::shared_ptr<StreamState>> streams;
   ReaderMutexLock lock(&streams_mutex_);
   streams.reserve(streams_.size());
-  for (const auto& [key, state] : streams_) streams.push_back(state);
+  streams.assign(streams_.begin(), streams_.end());
   return streams;
 }
 
@@ -782,7 +795,7 @@ absl::StatusOr<std::shared_ptr<const Reference>> DriftEngine::PutReference(
         // Streams are ordered by model first: this model's are one range of the map.
         size_t of_model = 0;
         for (auto m = streams_.lower_bound(StreamKey{spec.stream.model, "", ""});
-             m != streams_.end() && m->first.model == spec.stream.model; ++m) {
+             m != streams_.end() && (*m)->key.model == spec.stream.model; ++m) {
           ++of_model;
         }
         if (of_model >= options_.max_streams_per_model) {
@@ -792,12 +805,10 @@ absl::StatusOr<std::shared_ptr<const Reference>> DriftEngine::PutReference(
               " streams (--max-streams-per-model); delete unused references or raise the limit"));
         }
       }
-      it = streams_
-               .emplace(spec.stream,
-                        std::make_shared<StreamState>(spec.stream, options_.store != nullptr))
+      it = streams_.insert(std::make_shared<StreamState>(spec.stream, options_.store != nullptr))
                .first;
     }
-    stream = it->second;
+    stream = *it;
   }
 
   absl::StatusOr<std::shared_ptr<const Reference>> built;
@@ -839,7 +850,7 @@ absl::StatusOr<std::shared_ptr<const Reference>> DriftEngine::PutReference(
   if (stream->versions.empty() && !stream->deleted) {
     stream->deleted = true;
     auto it = streams_.find(spec.stream);
-    if (it != streams_.end() && it->second == stream) streams_.erase(it);
+    if (it != streams_.end() && *it == stream) streams_.erase(it);
   }
   return built.status();
 }
@@ -884,11 +895,11 @@ absl::StatusOr<DriftEngine::ReferencePage> DriftEngine::ListReferences(
         after ? streams_.upper_bound(*after)
               : (model.empty() ? streams_.begin() : streams_.lower_bound(StreamKey{model, "", ""}));
     for (; it != streams_.end() && candidates.size() <= page_size; ++it) {
-      if (!model.empty() && it->first.model != model) break;
+      if (!model.empty() && (*it)->key.model != model) break;
       // Hidden streams are skipped before the page is cut, so the page token (the last key
       // returned) never names one.
-      if (visible && !visible(it->first.model)) continue;
-      candidates.push_back(it->second);
+      if (visible && !visible((*it)->key.model)) continue;
+      candidates.push_back(*it);
     }
   }
   ReferencePage page;
@@ -916,7 +927,7 @@ absl::StatusOr<uint64_t> DriftEngine::DeleteReference(const StreamKey& key) {
   if (it == streams_.end()) {
     return absl::NotFoundError(absl::StrCat("no reference for stream ", key.ToString()));
   }
-  std::shared_ptr<StreamState> stream = it->second;
+  std::shared_ptr<StreamState> stream = *it;
   MutexLock lock(&stream->mutex);
   if (options_.store != nullptr) {
     if (absl::Status s = options_.store->DeleteStream(key); !s.ok()) return s;
@@ -1052,22 +1063,40 @@ absl::Status DriftEngine::ApplyBatch(IngestBatch& batch, absl::Time now, bool* p
   }
   {
     ReaderMutexLock lock(&streams_mutex_);
-    auto it = streams_.end();
+    // Targets are sorted, and a model's streams are neighbours in the set: guess that each target
+    // is the entry after the one before it, without reading any key, and ask for all the guesses'
+    // keys at once; then check the guesses, searching only for those that were wrong, and ask
+    // for each stream and its reference count (make_shared puts them together) for the copies
+    // below. (Checking each guess as it was made, as the key-to-stream map this was before did,
+    // waits for one stream's key at a time: 10 % more CPU per bin at saturation.)
+    auto it = streams_.lower_bound(targets.front().key);
     for (Target& t : targets) {
-      // Targets are sorted, and a model's streams are neighbours in the map: the next entry is
-      // usually the one wanted, one comparison instead of a search.
-      if (it != streams_.end()) ++it;
-      if (it == streams_.end() || it->first != t.key) it = streams_.find(t.key);
-      if (it == streams_.end()) {
-        if (absl::Status s = first_invalid_name(); !s.ok()) return s;
-        return absl::FailedPreconditionError(absl::StrCat(
-            "no reference for stream ", t.key.ToString(),
-            "; create one with PutReference (kldrift reference put) before ingesting"));
+      if (it == streams_.end()) break;
+      t.slot = &*it;
+      PrefetchRange(&(*it)->key, sizeof(StreamKey));
+      ++it;
+    }
+    // The guesses are one range of the set, ordered by model first: if its first and last
+    // streams are of the batch's model, so are all, and only the other parts need comparing.
+    const bool one_model = targets.back().slot != nullptr &&
+                           (*targets.front().slot)->key.model == batch.model &&
+                           (*targets.back().slot)->key.model == batch.model;
+    for (Target& t : targets) {
+      const StreamKey* guess = t.slot == nullptr ? nullptr : &(*t.slot)->key;
+      const bool right = guess != nullptr && guess->signal == t.key.signal &&
+                         guess->model_version == t.key.model_version &&
+                         (one_model || guess->model == t.key.model);
+      if (!right) {
+        auto found = streams_.find(t.key);
+        if (found == streams_.end()) {
+          if (absl::Status s = first_invalid_name(); !s.ok()) return s;
+          return absl::FailedPreconditionError(absl::StrCat(
+              "no reference for stream ", t.key.ToString(),
+              "; create one with PutReference (kldrift reference put) before ingesting"));
+        }
+        t.slot = &*found;
       }
-      // The stream and its reference count (make_shared puts them together) are fetched for all
-      // targets before any is touched: the copies below then find them in cache.
-      t.slot = &it->second;
-      t.slot->get()->Prefetch(StreamState::PrefetchStep::kObject);
+      (*t.slot)->Prefetch(StreamState::PrefetchStep::kObject);
     }
     for (Target& t : targets) t.state = *t.slot;
   }
@@ -1714,10 +1743,12 @@ absl::Status DriftEngine::Recover() {
   StateStore::Visitor visitor;
   visitor.reference = [&](std::shared_ptr<const Reference> ref)
                           ABSL_NO_THREAD_SAFETY_ANALYSIS -> absl::Status {
-    auto& slot = streams_[ref->stream];
-    if (slot == nullptr) {
-      slot = std::make_shared<StreamState>(ref->stream, options_.store != nullptr);
+    auto it = streams_.find(ref->stream);
+    if (it == streams_.end()) {
+      it = streams_.insert(std::make_shared<StreamState>(ref->stream, options_.store != nullptr))
+               .first;
     }
+    StreamState* slot = it->get();
     MutexLock lock(&slot->mutex);
     // Stored windows were reset whenever bins changed, so the latest version's windows hold them.
     const bool keep_windows = slot->KeepsWindows(*ref);
@@ -1727,29 +1758,29 @@ absl::Status DriftEngine::Recover() {
   visitor.sub_bucket = [&](const SubBucketDelta& delta) ABSL_NO_THREAD_SAFETY_ANALYSIS {
     auto it = streams_.find(delta.stream);
     if (it == streams_.end()) return;  // Its reference was deleted; the range delete is pending.
-    MutexLock lock(&it->second->mutex);
-    WindowState* w = it->second->FindWindow(delta.window);
+    MutexLock lock(&(*it)->mutex);
+    WindowState* w = (*it)->FindWindow(delta.window);
     if (w == nullptr || !w->ring.Covers(delta.sub_bucket_start) ||
         delta.values.size() != w->ring.width()) {
       return;  // Expired, or from a window the policy no longer has.
     }
     w->ring.Add(delta.sub_bucket_start, delta.values);
-    it->second->NoteAdded(delta.values);
+    (*it)->NoteAdded(delta.values);
   };
   uint64_t max_lsn = 0;
   visitor.stream_lsn = [&](const StreamKey& key, uint64_t lsn) ABSL_NO_THREAD_SAFETY_ANALYSIS {
     max_lsn = std::max(max_lsn, lsn);
     auto it = streams_.find(key);
     if (it == streams_.end()) return;
-    MutexLock lock(&it->second->mutex);
-    it->second->snapshot_lsn = it->second->applied_lsn = lsn;
+    MutexLock lock(&(*it)->mutex);
+    (*it)->snapshot_lsn = (*it)->applied_lsn = lsn;
   };
   visitor.log_record = [&](const IngestRecord& record) ABSL_NO_THREAD_SAFETY_ANALYSIS {
     max_lsn = std::max(max_lsn, record.lsn);
     for (const StreamDelta& delta : record.deltas) {
       auto it = streams_.find(delta.stream);
       if (it == streams_.end()) continue;  // Deleted since.
-      StreamState& stream = *it->second;
+      StreamState& stream = **it;
       MutexLock lock(&stream.mutex);
       if (record.lsn <= stream.applied_lsn) continue;  // In the snapshot, or before a reset.
       for (WindowState& w : stream.windows) {
@@ -1775,13 +1806,13 @@ absl::Status DriftEngine::Recover() {
                       ABSL_NO_THREAD_SAFETY_ANALYSIS {
                         auto it = streams_.find(stream);
                         if (it == streams_.end()) return;
-                        MutexLock lock(&it->second->mutex);
-                        if (WindowState* w = it->second->FindWindow(window); w != nullptr)
+                        MutexLock lock(&(*it)->mutex);
+                        if (WindowState* w = (*it)->FindWindow(window); w != nullptr)
                           w->alert.Restore(status);
                       };
   if (absl::Status s = options_.store->Load(visitor); !s.ok()) return s;
   if (options_.observer != nullptr) {
-    for (const auto& [key, stream] : streams_) {
+    for (const std::shared_ptr<StreamState>& stream : streams_) {
       MutexLock lock(&stream->mutex);
       if (!stream->versions.empty()) {
         stream->ingest_counters = options_.observer->OnReferenceInstalled(stream->current());
@@ -1846,8 +1877,8 @@ absl::StatusOr<std::vector<StreamExport>> DriftEngine::ExportModel(const std::st
   {
     ReaderMutexLock lock(&streams_mutex_);
     for (auto it = streams_.lower_bound(StreamKey{model, "", ""});
-         it != streams_.end() && it->first.model == model; ++it) {
-      streams.push_back(it->second);
+         it != streams_.end() && (*it)->key.model == model; ++it) {
+      streams.push_back(*it);
     }
   }
   std::vector<StreamExport> exported;
@@ -1895,8 +1926,8 @@ absl::StatusOr<size_t> DriftEngine::ImportModel(const std::string& model,
   {
     ReaderMutexLock lock(&streams_mutex_);
     for (auto it = streams_.lower_bound(StreamKey{model, "", ""});
-         it != streams_.end() && it->first.model == model; ++it) {
-      existing.push_back(it->first);
+         it != streams_.end() && (*it)->key.model == model; ++it) {
+      existing.push_back((*it)->key);
     }
   }
   if (append && !replace) {
@@ -1990,7 +2021,8 @@ absl::StatusOr<size_t> DriftEngine::ImportModel(const std::string& model,
     }
     {
       MutexLock map_lock(&streams_mutex_);
-      streams_[key] = stream;
+      // Absent (checked above, and store_mutex_ has kept PutReference out since).
+      streams_.insert(stream);
     }
     if (options_.observer != nullptr) {
       MutexLock lock(&stream->mutex);

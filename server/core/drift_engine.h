@@ -39,7 +39,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
-#include "absl/container/btree_map.h"
+#include "absl/container/btree_set.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -327,8 +327,22 @@ class DriftEngine {
   // The log position the store was last truncated to.
   std::atomic<uint64_t> truncated_lsn_{0};
 
+  // Orders streams by their keys; finds them by key too (heterogeneous lookup).
+  struct StreamOrder {
+    using is_transparent = void;
+    bool operator()(const std::shared_ptr<StreamState>& a,
+                    const std::shared_ptr<StreamState>& b) const;
+    bool operator()(const std::shared_ptr<StreamState>& a, const StreamKey& b) const;
+    bool operator()(const StreamKey& a, const std::shared_ptr<StreamState>& b) const;
+  };
+
   mutable Mutex streams_mutex_;
-  absl::btree_map<StreamKey, std::shared_ptr<StreamState>> streams_ ABSL_GUARDED_BY(streams_mutex_);
+  // Every stream, in key order. A set of the streams themselves (each holds its key), not a map
+  // from key to stream: a b-tree node holds about 15 of these 16-byte slots where it held 3 of
+  // the (key, stream) pairs of 112 bytes, so walking a model's streams in order (ingest) mostly
+  // stays within a node.
+  absl::btree_set<std::shared_ptr<StreamState>, StreamOrder> streams_
+      ABSL_GUARDED_BY(streams_mutex_);
 
   mutable Mutex clients_mutex_;
   absl::flat_hash_map<std::string, std::shared_ptr<ClientState>> clients_

@@ -351,6 +351,63 @@ TEST_F(DriftEngineTest, RepeatedBatchesSeeEveryChangeToTheStreams) {
   EXPECT_EQ(Samples(b, absl::Hours(1)), 2);
 }
 
+// Ingest guesses that a batch's streams are neighbours in the engine's ordered set and checks
+// each guess: a batch with gaps, one running into the next model's streams or off the end of the
+// set, and one naming a missing stream between existing ones all land where they name.
+TEST_F(DriftEngineTest, ABatchFindsItsStreamsWhereverTheyLieAmongOtherModels) {
+  std::vector<StreamKey> keys;
+  for (const char* model : {"a", "m", "m2", "z"}) {
+    for (const char* version : {"v1", "v2"}) {
+      for (const char* signal : {"s0", "s1", "s2", "s3"}) {
+        keys.push_back(StreamKey{model, version, signal});
+        ASSERT_NE(Put(PreBinned(keys.back(), {1, 1, 1})), nullptr);
+      }
+    }
+  }
+  // The entry after model "n"'s only stream is model "n2"'s, of the same version and the signal
+  // a batch of "n" may name next.
+  for (const StreamKey& key : {StreamKey{"n", "v1", "s0"}, StreamKey{"n2", "v1", "s1"}}) {
+    keys.push_back(key);
+    ASSERT_NE(Put(PreBinned(key, {1, 1, 1})), nullptr);
+  }
+  absl::flat_hash_map<StreamKey, double> want;
+  auto send = [&](const std::string& model, const std::vector<StreamKey>& streams) {
+    std::vector<StreamData> data;
+    for (const StreamKey& key : streams) {
+      data.push_back(Hist(key, {1, 2, 0}));
+      want[key] += 3;
+    }
+    SendOk(model, std::move(data));
+  };
+  // Every other stream of "m" (every guess after the first wrong), then its last streams (the
+  // entries after them are model "m2"'s), then "z"'s last (the set ends there), then all of "a"'s.
+  send("m", {{"m", "v1", "s1"}, {"m", "v1", "s3"}, {"m", "v2", "s0"}, {"m", "v2", "s2"}});
+  send("m", {{"m", "v2", "s2"}, {"m", "v2", "s3"}});
+  send("z", {{"z", "v2", "s2"}, {"z", "v2", "s3"}});
+  std::vector<StreamKey> all_of_a(keys.begin(), keys.begin() + 8);
+  send("a", all_of_a);
+  // In the batch's own order, not the set's.
+  send("m2", {{"m2", "v2", "s3"}, {"m2", "v1", "s0"}, {"m2", "v1", "s1"}});
+  for (const StreamKey& key : keys) {
+    EXPECT_EQ(Samples(key, absl::Hours(1)), want[key]) << key.ToString();
+  }
+
+  // A missing stream between existing ones, after the model's last, and past the set's end: the
+  // batch is refused whole, naming the stream.
+  for (const auto& [model, missing] :
+       std::vector<std::pair<std::string, StreamKey>>{{"m", {"m", "v1", "s1x"}},
+                                                      {"m", {"m", "v3", "s0"}},
+                                                      {"z", {"z", "v9", "s0"}},
+                                                      {"n", {"n", "v1", "s1"}}}) {
+    IngestResult r = Send(model, {Hist({model, "v1", "s0"}, {1, 0, 0}), Hist(missing, {1, 0, 0})});
+    EXPECT_EQ(r.status.code(), absl::StatusCode::kFailedPrecondition) << missing.ToString();
+    EXPECT_THAT(r.status.message(), HasSubstr("no reference for stream " + missing.ToString()));
+  }
+  for (const StreamKey& key : keys) {
+    EXPECT_EQ(Samples(key, absl::Hours(1)), want[key]) << key.ToString();
+  }
+}
+
 TEST_F(DriftEngineTest, MaxStreamsAndFailedPutsLeaveNothingBehind) {
   EngineOptions options;
   options.max_streams = 2;
