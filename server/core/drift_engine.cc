@@ -1010,21 +1010,24 @@ absl::Status DriftEngine::ApplyBatch(IngestBatch& batch, absl::Time now, bool* p
   }
   event_time = std::min(event_time, now);
 
+  // A stream of the batch; its key is its state's once found (no key is built per stream).
   struct Target {
-    StreamKey key;
     const StreamData* data;
     std::shared_ptr<StreamState> state;
     const std::shared_ptr<StreamState>* slot = nullptr;  // In streams_, under its lock only.
   };
+  auto key_of = [&](const StreamData& data) {
+    return StreamKey{batch.model, data.model_version, data.signal};
+  };
   // The batch's streams in key order, which within one model is (model_version, signal): sorted
-  // as pointers, comparing neither the model nor moving keys around (a sort step moving a
-  // Target moves three strings). The model was checked above. The other parts need no check when
+  // as pointers, comparing neither the model nor moving strings around. The model was checked
+  // above. The other parts need no check when
   // they name a stream (every stream's name was checked when it was created); before anything
   // else is said about the streams (a repeat, a stream without a reference), they are checked,
   // in the batch's order.
-  std::vector<StreamData*> in_order;  // Their names move into the targets' keys.
+  std::vector<const StreamData*> in_order;
   in_order.reserve(batch.streams.size());
-  for (StreamData& data : batch.streams) in_order.push_back(&data);
+  for (const StreamData& data : batch.streams) in_order.push_back(&data);
   const auto stream_order = [](const StreamData* a, const StreamData* b) {
     if (const int c = a->model_version.compare(b->model_version); c != 0) return c < 0;
     return a->signal < b->signal;
@@ -1035,31 +1038,21 @@ absl::Status DriftEngine::ApplyBatch(IngestBatch& batch, absl::Time now, bool* p
   }
   std::vector<Target> targets;
   targets.reserve(in_order.size());
-  // For an error path: the first stream, in the batch's order, whose names are invalid (the names
-  // already moved into a target's key are read there).
+  // For an error path: the first stream, in the batch's order, whose names are invalid.
   auto first_invalid_name = [&]() -> absl::Status {
-    absl::flat_hash_map<const StreamData*, const StreamKey*> moved;
-    for (const Target& t : targets) moved[t.data] = &t.key;
     for (const StreamData& data : batch.streams) {
-      const auto it = moved.find(&data);
-      const absl::Status s =
-          it == moved.end() ? ValidateStreamParts(data.model_version, data.signal)
-                            : ValidateStreamParts(it->second->model_version, it->second->signal);
-      if (!s.ok()) return s;
+      if (absl::Status s = ValidateStreamParts(data.model_version, data.signal); !s.ok()) return s;
     }
     return absl::OkStatus();
   };
-  for (StreamData* data : in_order) {
-    if (!targets.empty() && data->signal == targets.back().key.signal &&
-        data->model_version == targets.back().key.model_version) {
+  for (const StreamData* data : in_order) {
+    if (!targets.empty() && data->signal == targets.back().data->signal &&
+        data->model_version == targets.back().data->model_version) {
       if (absl::Status s = first_invalid_name(); !s.ok()) return s;
-      return absl::InvalidArgumentError(absl::StrCat("stream ", targets.back().key.ToString(),
+      return absl::InvalidArgumentError(absl::StrCat("stream ", key_of(*data).ToString(),
                                                      " appears twice in one batch; merge them"));
     }
-    // The names move into the key: nothing below reads them from the batch.
-    targets.push_back(
-        Target{StreamKey{batch.model, std::move(data->model_version), std::move(data->signal)},
-               data, nullptr, nullptr});
+    targets.push_back(Target{data, nullptr, nullptr});
   }
   {
     ReaderMutexLock lock(&streams_mutex_);
@@ -1069,7 +1062,7 @@ absl::Status DriftEngine::ApplyBatch(IngestBatch& batch, absl::Time now, bool* p
     // for each stream and its reference count (make_shared puts them together) for the copies
     // below. (Checking each guess as it was made, as the key-to-stream map this was before did,
     // waits for one stream's key at a time: 10 % more CPU per bin at saturation.)
-    auto it = streams_.lower_bound(targets.front().key);
+    auto it = streams_.lower_bound(key_of(*targets.front().data));
     for (Target& t : targets) {
       if (it == streams_.end()) break;
       t.slot = &*it;
@@ -1083,15 +1076,16 @@ absl::Status DriftEngine::ApplyBatch(IngestBatch& batch, absl::Time now, bool* p
                            (*targets.back().slot)->key.model == batch.model;
     for (Target& t : targets) {
       const StreamKey* guess = t.slot == nullptr ? nullptr : &(*t.slot)->key;
-      const bool right = guess != nullptr && guess->signal == t.key.signal &&
-                         guess->model_version == t.key.model_version &&
-                         (one_model || guess->model == t.key.model);
+      const bool right = guess != nullptr && guess->signal == t.data->signal &&
+                         guess->model_version == t.data->model_version &&
+                         (one_model || guess->model == batch.model);
       if (!right) {
-        auto found = streams_.find(t.key);
+        const StreamKey key = key_of(*t.data);
+        auto found = streams_.find(key);
         if (found == streams_.end()) {
           if (absl::Status s = first_invalid_name(); !s.ok()) return s;
           return absl::FailedPreconditionError(absl::StrCat(
-              "no reference for stream ", t.key.ToString(),
+              "no reference for stream ", key.ToString(),
               "; create one with PutReference (kldrift reference put) before ingesting"));
         }
         t.slot = &*found;
@@ -1146,13 +1140,13 @@ absl::Status DriftEngine::ApplyBatch(IngestBatch& batch, absl::Time now, bool* p
     }
     if (t.state->deleted || t.state->versions.empty()) {
       status = absl::FailedPreconditionError(
-          absl::StrCat("the reference of stream ", t.key.ToString(), " was just deleted"));
+          absl::StrCat("the reference of stream ", t.state->key.ToString(), " was just deleted"));
       break;
     }
     const StreamState::CurrentShape& shape = t.state->current_shape;
     if (t.data->reference_version != 0 && t.data->reference_version != shape.version) {
       status = absl::FailedPreconditionError(
-          absl::StrCat("stream ", t.key.ToString(), " was binned against reference version ",
+          absl::StrCat("stream ", t.state->key.ToString(), " was binned against reference version ",
                        t.data->reference_version, " but the current version is ", shape.version,
                        "; fetch the new bins"));
       break;
@@ -1168,9 +1162,10 @@ absl::Status DriftEngine::ApplyBatch(IngestBatch& batch, absl::Time now, bool* p
       }
     }
     if (!covered) {
-      status = absl::InvalidArgumentError(absl::StrCat(
-          "event_time ", absl::FormatTime(event_time), " is older than stream ", t.key.ToString(),
-          "'s longest window (", FormatWindow(t.state->current().policy.LongestWindow()), ")"));
+      status = absl::InvalidArgumentError(
+          absl::StrCat("event_time ", absl::FormatTime(event_time), " is older than stream ",
+                       t.state->key.ToString(), "'s longest window (",
+                       FormatWindow(t.state->current().policy.LongestWindow()), ")"));
       break;
     }
     CompactSubBuckets::DeltaSummary summary;
@@ -1183,7 +1178,7 @@ absl::Status DriftEngine::ApplyBatch(IngestBatch& batch, absl::Time now, bool* p
       delta = t.data->values();
     } else {
       absl::StatusOr<std::vector<double>> made =
-          ComputeDelta(t.key, t.state->current(), *t.data, options_, &summary, &sum);
+          ComputeDelta(t.state->key, t.state->current(), *t.data, options_, &summary, &sum);
       if (!made.ok()) {
         status = made.status();
         break;
@@ -1222,7 +1217,7 @@ absl::Status DriftEngine::ApplyBatch(IngestBatch& batch, absl::Time now, bool* p
       std::vector<StreamDeltaView> views;
       views.reserve(targets.size());
       for (size_t i = 0; i < targets.size(); ++i) {
-        const StreamKey& key = targets[i].key;
+        const StreamKey& key = targets[i].state->key;
         views.push_back(StreamDeltaView{key.model, key.model_version, key.signal, deltas[i],
                                         summaries[i].counts, summaries[i].max_count});
       }
