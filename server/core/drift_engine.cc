@@ -792,7 +792,7 @@ absl::StatusOr<std::shared_ptr<const Reference>> DriftEngine::PutReference(
                          " streams (--max-streams); delete unused references or raise the limit"));
       }
       if (options_.max_streams_per_model > 0) {
-        // Streams are ordered by model first: this model's are one range of the map.
+        // Streams are ordered by model first: this model's are one range of the set.
         size_t of_model = 0;
         for (auto m = streams_.lower_bound(StreamKey{spec.stream.model, "", ""});
              m != streams_.end() && (*m)->key.model == spec.stream.model; ++m) {
@@ -920,7 +920,7 @@ std::string DriftEngine::PageTokenAfter(const StreamKey& stream) { return Encode
 absl::StatusOr<uint64_t> DriftEngine::DeleteReference(const StreamKey& key) {
   if (absl::Status s = ValidateStreamKey(key); !s.ok()) return s;
   MutexLock store_lock(&store_mutex_);
-  // Map lock, then stream lock (the engine's order), held across the store's delete so a stream
+  // Set lock, then stream lock (the engine's order), held across the store's delete so a stream
   // the store could not delete stays served.
   MutexLock map_lock(&streams_mutex_);
   auto it = streams_.find(key);
@@ -1511,7 +1511,7 @@ size_t DriftEngine::Evaluate() {
   ReaderMutexLock store_lock(&store_mutex_);
   const absl::Time now = clock_->Now();
   // Every batch with a log position up to here holds its streams' locks from taking the position
-  // until it is applied, and its streams are in the map (read after this): each one is snapshotted
+  // until it is applied, and its streams are in the set (read after this): each one is snapshotted
   // below with the batch included, so the log can be truncated to this point afterwards.
   // The store's log end first: every record it has written by then has an lsn up to
   // truncate_up_to (see StateStore::TruncateLog).
@@ -1977,8 +1977,8 @@ absl::StatusOr<size_t> DriftEngine::ImportModel(const std::string& model,
     const StreamKey key = in.versions.front()->stream;
     auto stream = std::make_shared<StreamState>(key, options_.store != nullptr);
     {
-      // Not visible to other threads until it is in the map, below (after its lock: the engine
-      // takes the map's lock before a stream's).
+      // Not visible to other threads until it is in the set, below (after its lock: the engine
+      // takes the set's lock before a stream's).
       MutexLock lock(&stream->mutex);
       // Log records up to here were written before this stream existed here: never replayed.
       const uint64_t lsn = next_lsn_.load() - 1;

@@ -19,7 +19,7 @@
 //     reports of the windows changed since when it asks (RefreshObserver);
 //   - answers GetDrift on demand with freshly computed measures.
 //
-// Thread safety: all methods are safe to call concurrently. Locks: one mutex for the stream map,
+// Thread safety: all methods are safe to call concurrently. Locks: one mutex for the stream set,
 // one per stream (windows, references), one per ingest client (sequence numbers), one for the
 // watchers. A batch locks its streams in key order, so concurrent batches cannot deadlock. Watch
 // callbacks run on the thread calling Evaluate() with no stream lock held (but under the watcher
