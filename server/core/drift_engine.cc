@@ -517,7 +517,7 @@ std::vector<std::shared_ptr<DriftEngine::StreamState>> DriftEngine::AllStreams()
   std::vector<std::shared_ptr<StreamState>> streams;
   ReaderMutexLock lock(&streams_mutex_);
   streams.reserve(streams_.size());
-  streams.assign(streams_.begin(), streams_.end());
+  for (const std::shared_ptr<StreamState>& stream : streams_) streams.push_back(stream);
   return streams;
 }
 
