@@ -431,7 +431,7 @@ struct DriftEngine::StreamState {
   // (metrics_bench BM_FullTick metrics:2 threads:2) about 7 % slower, 140 -> 150 ms, for no
   // measurable gain in ingest_bench.
   const StreamKey key;
-  mutable Mutex mutex;
+  mutable ExclusiveMutex mutex;
   std::vector<std::shared_ptr<const Reference>> versions ABSL_GUARDED_BY(mutex);
   // What ingest checks a pre-binned histogram against, of the current version (Install keeps it):
   // read from here, the reference and its bin layout (two more heap blocks per stream, rarely in
@@ -601,7 +601,7 @@ void DriftEngine::StreamState::Prefetch(PrefetchStep step) const {
                   sizeof(*this) + kCountsBefore);
     return;
   }
-  ReaderMutexLock lock(&mutex);
+  MutexLock lock(&mutex);
   if (step == PrefetchStep::kWindows) {
     // The current version's slot (the next step reads the reference through it), what ingest
     // coalesced (folded first) and the profile's object (its alpha and array pointers).
