@@ -305,8 +305,12 @@ absl::StatusOr<uint64_t> BatchLog::Append(absl::string_view payload) {
   const uint64_t bytes = kHeaderBytes + Padded(payload.size());
   // The payload's CRC comes first so that it is computed outside the lock.
   const uint32_t payload_crc = Crc32c(0, payload.data(), payload.size());
+  // A segment this append fills is unmapped after the lock is released (declared first, so
+  // destroyed last): unmapping 16 MB of written pages takes ~0.7 ms, which every other append
+  // would wait for under the lock.
+  std::shared_ptr<Segment> retired;
   MutexLock lock(&append_mutex_);
-  if (absl::Status s = MakeRoom(bytes); !s.ok()) return s;
+  if (absl::Status s = MakeRoom(bytes, &retired); !s.ok()) return s;
   const uint64_t position = end_.load(std::memory_order_relaxed);
   char* out = active_->map + (position - active_->start);
   const uint32_t length = static_cast<uint32_t>(payload.size());
@@ -320,7 +324,7 @@ absl::StatusOr<uint64_t> BatchLog::Append(absl::string_view payload) {
   return position + bytes;
 }
 
-absl::Status BatchLog::MakeRoom(uint64_t bytes) {
+absl::Status BatchLog::MakeRoom(uint64_t bytes, std::shared_ptr<Segment>* retired) {
   const uint64_t end = end_.load(std::memory_order_relaxed);
   if (active_ == nullptr) {
     // After Open: the last segment is written on while there is room in it.
@@ -355,7 +359,7 @@ absl::Status BatchLog::MakeRoom(uint64_t bytes) {
       return ErrnoStatus("cannot sync log segment", SegmentName(active_->start), errno);
     }
   }
-  active_ = *std::move(opened);
+  *retired = std::exchange(active_, *std::move(opened));
   if (next + bytes > active_->start + active_->size) {
     return absl::InternalError(absl::StrCat("log segment ", SegmentName(next), " holds ",
                                             active_->size, " bytes, not the record's ", bytes));

@@ -109,8 +109,10 @@ class BatchLog {
   explicit BatchLog(const BatchLogOptions& options);
 
   // Makes the segment being written hold `bytes` more from end_: maps the segment that holds
-  // end_, or opens the next one, then marks the current one full and switches.
-  absl::Status MakeRoom(uint64_t bytes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(append_mutex_);
+  // end_, or opens the next one, then marks the current one full and switches, handing the full
+  // one to `retired` (for the caller to drop after releasing the lock: see Append).
+  absl::Status MakeRoom(uint64_t bytes, std::shared_ptr<Segment>* retired)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(append_mutex_);
   // Opens (renaming a free file, or creating one) and maps the segment starting at `start`, at
   // least `min_bytes` long, and lists it in segments_.
   absl::StatusOr<std::shared_ptr<Segment>> OpenSegment(uint64_t start, uint64_t min_bytes)
