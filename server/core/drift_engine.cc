@@ -1060,7 +1060,7 @@ absl::Status DriftEngine::ApplyBatch(IngestBatch& batch, absl::Time now, bool* p
     // keys at once; then check the guesses, searching only for those that were wrong, and ask
     // for each stream and its reference count (make_shared puts them together) for the copies
     // below. (The key-to-stream map this replaced checked each guess as it was made, waiting for
-    // one key at a time: ~10 % more CPU per bin at saturation; README, "What changed".)
+    // one key at a time: ~10 % more CPU per bin at saturation; tests/bench/HISTORY.md.)
     auto it = streams_.lower_bound(key_of(*targets.front().data));
     for (Target& t : targets) {
       if (it == streams_.end()) break;

@@ -30,7 +30,7 @@
 // "free-N.seg" (up to `free_segments` of them; others are deleted); the next segment switch renames
 // a free file back in. Its pages are then already allocated on disk and resident in the page
 // cache: writing fresh pages (a new file) cost page faults and zeroing that were a tenth of
-// kldriftd's samples in a prototype (README).
+// kldriftd's samples in a prototype (tests/bench/HISTORY.md, "The batch log").
 //
 // Memory: only the segment being written is mapped, so at most `segment_bytes` of the log counts
 // towards the process's resident memory.

@@ -230,7 +230,7 @@ int PackedBits(double max) {
 // the lowest bits of the first byte: converted to bytes, then each output byte gathered from its
 // 8 / bits neighbours, in loops the compiler vectorizes (and compiles for AVX2 too). Converting
 // first and then packing each 8 bytes as one 64-bit word by shifts took 26 ns for 4 bits, this
-// 6 ns (README, "What changed").
+// 6 ns (README, "What changed"; tests/bench/HISTORY.md).
 KLDRIFT_TARGET_CLONES_AVX2 void PackSixtyFourCounts(const double* values, int bits, uint8_t* out) {
   uint8_t b[64];
   for (int i = 0; i < 64; ++i) b[i] = static_cast<uint8_t>(static_cast<int32_t>(values[i]));
