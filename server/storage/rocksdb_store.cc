@@ -959,9 +959,14 @@ absl::Status RocksDbStore::DeleteStream(const StreamKey& stream) {
 }
 
 absl::Status RocksDbStore::WriteBatch(const IngestRecordView& record) {
-  // Reused by the thread's next batch (the log copies it): no allocation per batch.
+  // Reused by the thread's next batch (the log copies it): no allocation per batch. A record
+  // of a batch far larger than usual does not keep its buffer.
+  constexpr size_t kKeptBufferBytes = size_t{1} << 20;
   thread_local std::string blob;
   blob.clear();
+  absl::Cleanup release_large = [&] {
+    if (blob.capacity() > kKeptBufferBytes) std::string().swap(blob);
+  };
   blob.push_back(static_cast<char>(LogFormat::kWithClient));
   AppendBigEndian(&blob, record.lsn);
   AppendVarint(&blob, record.client_id.size());
