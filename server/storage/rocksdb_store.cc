@@ -70,8 +70,15 @@ std::string StreamPrefixEnd(const StreamKey& key) {
   return end;
 }
 
+// Writes `value` as 8 big-endian bytes at `p`; returns the end.
+char* WriteBigEndian(char* p, uint64_t value) {
+  for (int shift = 56; shift >= 0; shift -= 8) *p++ = static_cast<char>(value >> shift);
+  return p;
+}
+
 void AppendBigEndian(std::string* out, uint64_t value) {
-  for (int shift = 56; shift >= 0; shift -= 8) out->push_back(static_cast<char>(value >> shift));
+  char bytes[8];
+  out->append(bytes, WriteBigEndian(bytes, value));
 }
 
 uint64_t ReadBigEndian(const char* p) {
@@ -140,11 +147,8 @@ char* WriteVarint(char* p, uint64_t value) {
 }
 
 void AppendVarint(std::string* out, uint64_t value) {
-  while (value >= 0x80) {
-    out->push_back(static_cast<char>(value | 0x80));
-    value >>= 7;
-  }
-  out->push_back(static_cast<char>(value));
+  char bytes[kMaxVarintLength];
+  out->append(bytes, WriteVarint(bytes, value));
 }
 
 bool ReadVarint(rocksdb::Slice* in, uint64_t* value) {
@@ -466,8 +470,7 @@ void AppendCompactRecord(const IngestRecordView& record, std::string& out) {
     std::memcpy(p, bytes.data(), bytes.size());
     p += bytes.size();
   };
-  const uint64_t event_micros = FlipSign(ToMicros(record.event_time));
-  for (int shift = 56; shift >= 0; shift -= 8) *p++ = static_cast<char>(event_micros >> shift);
+  p = WriteBigEndian(p, FlipSign(ToMicros(record.event_time)));
   p = WriteVarint(p, model.size());
   write(model);
   p = WriteVarint(p, record.deltas.size());
