@@ -451,7 +451,7 @@ void AppendCompactRecord(const IngestRecordView& record, std::string& out) {
   size_t room = 8 + 2 * kMaxVarintLength + model.size();
   for (const StreamDeltaView& delta : record.deltas) {
     room += 2 * kMaxVarintLength + names_length(delta) +
-            (delta.known_counts && delta.max_count < kSingleByteCountLimit
+            (delta.known_counts && CountsShape(delta.max_count).small_counts
                  ? SmallCountsSize(delta.values.size(), delta.max_count)
                  : 0);
   }
