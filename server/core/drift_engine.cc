@@ -1027,16 +1027,16 @@ absl::Status DriftEngine::ApplyBatch(IngestBatch& batch, absl::Time now, bool* p
   std::vector<const StreamData*> in_order;
   in_order.reserve(batch.streams.size());
   for (const StreamData& data : batch.streams) in_order.push_back(&data);
-  const auto stream_order = [](const StreamData* a, const StreamData* b) {
-    if (const int c = a->model_version.compare(b->model_version); c != 0) return c < 0;
-    return a->signal < b->signal;
+  const auto compare_streams = [](const StreamData* a, const StreamData* b) {
+    if (const int c = a->model_version.compare(b->model_version); c != 0) return c;
+    return a->signal.compare(b->signal);
   };
-  // A client that keeps its streams in key order (the Recorder does) is not sorted again.
-  if (!std::is_sorted(in_order.begin(), in_order.end(), stream_order)) {
-    std::sort(in_order.begin(), in_order.end(), stream_order);
+  // A client that keeps its streams in key order (the Recorder does) is neither sorted again nor
+  // checked for repeats again: one comparison per neighbours says both.
+  bool ordered_and_distinct = true;
+  for (size_t i = 1; i < in_order.size() && ordered_and_distinct; ++i) {
+    ordered_and_distinct = compare_streams(in_order[i - 1], in_order[i]) < 0;
   }
-  std::vector<Target> targets;
-  targets.reserve(in_order.size());
   // For an error path: the first stream, in the batch's order, whose names are invalid.
   auto first_invalid_name = [&]() -> absl::Status {
     for (const StreamData& data : batch.streams) {
@@ -1044,15 +1044,20 @@ absl::Status DriftEngine::ApplyBatch(IngestBatch& batch, absl::Time now, bool* p
     }
     return absl::OkStatus();
   };
-  for (const StreamData* data : in_order) {
-    if (!targets.empty() && data->signal == targets.back().data->signal &&
-        data->model_version == targets.back().data->model_version) {
-      if (absl::Status s = first_invalid_name(); !s.ok()) return s;
-      return absl::InvalidArgumentError(absl::StrCat("stream ", key_of(*data).ToString(),
-                                                     " appears twice in one batch; merge them"));
+  if (!ordered_and_distinct) {
+    std::sort(in_order.begin(), in_order.end(),
+              [&](const StreamData* a, const StreamData* b) { return compare_streams(a, b) < 0; });
+    for (size_t i = 1; i < in_order.size(); ++i) {
+      if (compare_streams(in_order[i - 1], in_order[i]) == 0) {
+        if (absl::Status s = first_invalid_name(); !s.ok()) return s;
+        return absl::InvalidArgumentError(absl::StrCat("stream ", key_of(*in_order[i]).ToString(),
+                                                       " appears twice in one batch; merge them"));
+      }
     }
-    targets.push_back(Target{data, nullptr, nullptr});
   }
+  std::vector<Target> targets;
+  targets.reserve(in_order.size());
+  for (const StreamData* data : in_order) targets.push_back(Target{data, nullptr, nullptr});
   {
     ReaderMutexLock lock(&streams_mutex_);
     // Targets are sorted, and a model's streams are neighbours in the set: guess that each target

@@ -95,6 +95,10 @@ struct EngineOptions {
 // One stream's data in an ingest batch. Exactly one kind of data is set.
 struct StreamData {
   enum class Type { kHistogram, kValues, kLabels, kProbabilities, kGaussian, kLogProbs };
+  // Provided, not defaulted: value-initialization (`streams.emplace_back()`, FromProto's) of a
+  // class whose default constructor is not user-provided zeroes all ~250 bytes first, a
+  // `rep stos` that took two thirds of FromProto's time.
+  StreamData() {}
   std::string model_version;
   std::string signal;
   Type type = Type::kHistogram;

@@ -722,6 +722,12 @@ TEST_F(DriftEngineTest, ABatchMayHoldOneSignalOfSeveralVersionsInAnyOrder) {
   EXPECT_EQ(r.status.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(r.status.message(), HasSubstr("m/v1/a appears twice"));
   EXPECT_EQ(Samples(v1_a, absl::Hours(1)), 5);  // Nothing of the rejected batch was applied.
+  // Neighbours in an otherwise ordered batch (the order a Recorder sends): caught without sorting.
+  const IngestResult ordered =
+      Send("m", {Hist(none_a, {1, 0}), Hist(v1_a, {1, 0}), Hist(v1_b, {1, 0}), Hist(v1_b, {1, 0})});
+  EXPECT_EQ(ordered.status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(ordered.status.message(), HasSubstr("m/v1/b appears twice"));
+  EXPECT_EQ(Samples(v1_b, absl::Hours(1)), 3);
 }
 
 TEST_F(DriftEngineTest, BatchLevelValidation) {

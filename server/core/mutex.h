@@ -39,7 +39,6 @@ class ABSL_LOCKABLE Mutex {
   std::shared_mutex mutex_;
 };
 
-// A condition variable used with Mutex, in the shape of absl::CondVar.
 class ABSL_LOCKABLE ExclusiveMutex {
  public:
   void Lock() ABSL_EXCLUSIVE_LOCK_FUNCTION() { mutex_.lock(); }
@@ -49,6 +48,7 @@ class ABSL_LOCKABLE ExclusiveMutex {
   std::mutex mutex_;
 };
 
+// A condition variable used with Mutex, in the shape of absl::CondVar.
 class CondVar {
  public:
   // REQUIRES: *mutex held exclusively; it is released while waiting and held again on return.

@@ -259,7 +259,8 @@ absl::StatusOr<IngestBatch> FromProto(const v1::IngestRequest& request) {
   batch.streams.reserve(request.streams_size());
   for (int i = 0; i < request.streams_size(); ++i) {
     const v1::StreamBatch& in = request.streams(i);
-    StreamData data;
+    // Built where it stays: moving a StreamData copies its two short names again.
+    StreamData& data = batch.streams.emplace_back();
     data.model_version = in.model_version();
     data.signal = in.signal();
     data.reference_version = in.reference_version();
@@ -297,7 +298,6 @@ absl::StatusOr<IngestBatch> FromProto(const v1::IngestRequest& request) {
                          "\") carries no data: set histogram, "
                          "values, labels, probabilities, gaussian or log_probs"));
     }
-    batch.streams.push_back(std::move(data));
   }
   return batch;
 }
