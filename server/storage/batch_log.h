@@ -120,7 +120,7 @@ class BatchLog {
   absl::Status SyncDir();
 
   const BatchLogOptions options_;
-  Mutex append_mutex_;
+  ExclusiveMutex append_mutex_;
   // The segment being written (mapped), or null before the first append after Open.
   std::shared_ptr<Segment> active_ ABSL_GUARDED_BY(append_mutex_);
   std::atomic<uint64_t> end_{0};

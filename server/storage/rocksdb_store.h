@@ -141,7 +141,7 @@ class RocksDbStore final : public StateStore {
     absl::Time seen;
     bool dirty = false;
   };
-  Mutex clients_mutex_;
+  ExclusiveMutex clients_mutex_;
   absl::flat_hash_map<std::string, ClientSequence> clients_ ABSL_GUARDED_BY(clients_mutex_);
 };
 
