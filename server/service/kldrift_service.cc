@@ -8,6 +8,8 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "google/protobuf/arena.h"
+#include "grpcpp/support/proto_buffer_reader.h"
+#include "server/service/ingest_decoder.h"
 #include "server/service/proto_conversion.h"
 #include "server/service/status_conversion.h"
 
@@ -77,7 +79,7 @@ absl::Status KlDriftService::Authorize(const grpc::CallbackServerContext* contex
 
 // One Ingest stream. See the class comment of KlDriftService for the flow control.
 class KlDriftService::IngestReactor
-    : public grpc::ServerBidiReactor<v1::IngestRequest, v1::IngestResponse> {
+    : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
  public:
   IngestReactor(KlDriftService* service, grpc::CallbackServerContext* context)
       : service_(service), metrics_(service->metrics()), context_(context) {
@@ -85,10 +87,7 @@ class KlDriftService::IngestReactor
     // A stream without a valid token ends at once: its batches stay with the client, which keeps
     // them until it reconnects with a token that works.
     if (absl::Status s = service_->Authorize(context_, Role::kWriter, ""); !s.ok()) {
-      MutexLock lock(&mutex_);
-      end_status_ = ToGrpcStatus(s);
-      reads_done_ = true;
-      MaybeFinishLocked();
+      EndStream(ToGrpcStatus(s));
       return;
     }
     // With tokens, each token's client ids are its own: the engine and the live-stream table see
@@ -119,12 +118,24 @@ class KlDriftService::IngestReactor
       metrics_->RecordRequest(RequestMethod::kIngest, result.code(),
                               absl::FromChrono(std::chrono::steady_clock::now() - start));
     };
-    const uint64_t sequence = request_->sequence();
+    IngestBatch batch;
+    bool more_follows = false;
+    absl::Status conversion;
+    if (!Decode(&batch, &more_follows, &conversion)) {
+      // Not an IngestRequest at all: nothing in it can be acknowledged or named.
+      const absl::Status bad = absl::InvalidArgumentError(
+          "an Ingest message that is not an IngestRequest (protobuf parse failed); send "
+          "kldrift.v1.IngestRequest messages");
+      record(bad);
+      EndStream(ToGrpcStatus(bad));
+      return;
+    }
+    const uint64_t sequence = batch.sequence;
     absl::Status status;
     uint64_t acked = 0;
-    if (!client_id_.empty() && request_->client_id() != client_id_) {
+    if (!client_id_.empty() && batch.client_id != client_id_) {
       status = absl::InvalidArgumentError(
-          absl::StrCat("client_id changed from \"", client_id_, "\" to \"", request_->client_id(),
+          absl::StrCat("client_id changed from \"", client_id_, "\" to \"", batch.client_id,
                        "\" within one Ingest stream; open a stream per client id"));
     } else if (sequence == 0) {
       status = absl::InvalidArgumentError("sequence numbers start at 1");
@@ -132,38 +143,33 @@ class KlDriftService::IngestReactor
       status = absl::InvalidArgumentError(absl::StrCat(
           "sequence ", sequence, " after ", last_sequence_,
           " on the same stream; sequence numbers must increase (resend only after reconnecting)"));
-    } else if (absl::Status id = ValidateName("client_id", request_->client_id(), false);
-               !id.ok()) {
+    } else if (absl::Status id = ValidateName("client_id", batch.client_id, false); !id.ok()) {
       // Checked before the id claims its live-stream slot and names this stream: a refused id
       // holds neither (an empty one would never be released).
       status = id;
-    } else if (absl::Status auth = service_->Authorize(context_, Role::kWriter, request_->model());
+    } else if (absl::Status auth = service_->Authorize(context_, Role::kWriter, batch.model);
                !auth.ok()) {
       if (absl::IsUnauthenticated(auth)) {
         // The token was revoked (tokens file reloaded): end the stream, the batch unacknowledged.
         record(auth);
-        MutexLock lock(&mutex_);
-        end_status_ = ToGrpcStatus(auth);
-        reads_done_ = true;
-        MaybeFinishLocked();
+        EndStream(ToGrpcStatus(auth));
         return;
       }
       status = auth;  // PERMISSION_DENIED for this batch's model.
       acked = sequence;
     } else {
-      const std::string engine_client_id = tenant_prefix_ + request_->client_id();
+      const std::string engine_client_id = tenant_prefix_ + batch.client_id;
       if (client_id_.empty() && metrics_ != nullptr &&
           service_->engine_->KnowsClient(engine_client_id)) {
         metrics_->RecordIngestReconnect();
       }
       if (client_id_.empty()) service_->ClaimClientId(engine_client_id, this);
-      client_id_ = request_->client_id();
+      client_id_ = batch.client_id;
       engine_client_id_ = engine_client_id;
       last_sequence_ = sequence;
-      absl::StatusOr<IngestBatch> batch = FromProto(*request_);
-      if (batch.ok()) batch->client_id = engine_client_id;
-      if (batch.ok()) {
-        const IngestResult result = service_->engine_->Ingest(*std::move(batch));
+      if (conversion.ok()) {
+        batch.client_id = engine_client_id;
+        const IngestResult result = service_->engine_->Ingest(std::move(batch));
         status = result.status;
         acked = result.acked_sequence;
         if (result.duplicate && metrics_ != nullptr) metrics_->RecordDuplicateBatch();
@@ -172,17 +178,15 @@ class KlDriftService::IngestReactor
           record(status);
           // The store failed: the batch was neither applied nor acknowledged. End the stream so
           // the client reconnects and resends it (a batch error would read as a rejection).
-          MutexLock lock(&mutex_);
-          end_status_ = ToGrpcStatus(status);
-          reads_done_ = true;
-          MaybeFinishLocked();
+          EndStream(ToGrpcStatus(status));
           return;
         }
       } else {
-        status = batch.status();
+        status = conversion;
         acked = sequence;  // Malformed: done with it, reported below.
       }
     }
+    decoder_.ReleaseLargeBuffer();  // Done with the batch's numbers.
     if (!status.ok() && metrics_ != nullptr) metrics_->RecordBatchRejected(status.code());
     record(status);
     MutexLock lock(&mutex_);
@@ -198,8 +202,7 @@ class KlDriftService::IngestReactor
     has_pending_ = true;
     ++held_batches_;
     // Held while the client promises another batch at once and nothing needs saying now.
-    hold_ack_ =
-        request_->more_follows() && pending_.errors_size() == 0 && held_batches_ < kMaxHeldAcks;
+    hold_ack_ = more_follows && pending_.errors_size() == 0 && held_batches_ < kMaxHeldAcks;
     if (!writing_ && !hold_ack_) StartWriteLocked();
     if (static_cast<size_t>(pending_.errors_size()) < service_->options_.max_pending_batch_errors) {
       StartNextRead();
@@ -241,18 +244,59 @@ class KlDriftService::IngestReactor
   }
 
  private:
-  // Reads the next batch into a fresh message on the arena, whose memory the previous batch's
-  // message (done with: converted and applied) leaves behind: parsing a batch of a hundred
-  // histograms then allocates nothing from the heap, and freeing it is one reset.
+  // Ends the stream with `status` once its pending acknowledgement (if any) is written; the batch
+  // being read is not acknowledged.
+  void EndStream(const grpc::Status& status) {
+    MutexLock lock(&mutex_);
+    end_status_ = status;
+    reads_done_ = true;
+    MaybeFinishLocked();
+  }
+
   void StartNextRead() {
+    request_bytes_.Clear();
+    StartRead(&request_bytes_);
+  }
+
+  // Decodes the request just read into `batch` and its more_follows flag: by the IngestDecoder,
+  // or, for what it declines, by protobuf into a message on the arena (whose memory the previous
+  // such message leaves behind, so a parse allocates little and freeing it is one reset) and
+  // FromProto. `conversion` is FromProto's error if it had one (the batch then holds only the
+  // request's client id, sequence and model). False if protobuf cannot parse the bytes.
+  bool Decode(IngestBatch* batch, bool* more_follows, absl::Status* conversion) {
+    slices_.clear();
+    if (request_bytes_.Dump(&slices_).ok()) {
+      chunks_.clear();
+      for (const grpc::Slice& slice : slices_) {
+        chunks_.emplace_back(reinterpret_cast<const char*>(slice.begin()), slice.size());
+      }
+      if (decoder_.Decode(chunks_, batch, more_follows)) return true;
+    }
     arena_.Reset();
-    request_ = google::protobuf::Arena::CreateMessage<v1::IngestRequest>(&arena_);
-    StartRead(request_);
+    v1::IngestRequest* request = google::protobuf::Arena::CreateMessage<v1::IngestRequest>(&arena_);
+    grpc::ProtoBufferReader reader(&request_bytes_);
+    if (!request->ParseFromZeroCopyStream(&reader)) return false;
+    absl::StatusOr<IngestBatch> converted = FromProto(*request);
+    if (converted.ok()) {
+      *batch = *std::move(converted);
+    } else {
+      *batch = IngestBatch();
+      batch->client_id = request->client_id();
+      batch->sequence = request->sequence();
+      batch->model = request->model();
+      *conversion = converted.status();
+    }
+    *more_follows = request->more_follows();
+    return true;
   }
 
   void StartWriteLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
     if (metrics_ != nullptr) metrics_->RecordAck();
-    in_flight_ = std::move(pending_);
+    in_flight_.Clear();
+    bool own_buffer;
+    // Serializing a small message into a fresh buffer cannot fail.
+    (void)grpc::SerializationTraits<v1::IngestResponse>::Serialize(pending_, &in_flight_,
+                                                                   &own_buffer);
     pending_.Clear();
     has_pending_ = false;
     held_batches_ = 0;
@@ -276,16 +320,19 @@ class KlDriftService::IngestReactor
   DriftMetrics* const metrics_;  // May be null.
   grpc::CallbackServerContext* const context_;
   // Touched only by OnReadDone, which gRPC never runs concurrently with itself (and by
-  // StartNextRead before each read). A batch of 100 histograms of 64 bins parses into ~70 KB.
-  google::protobuf::Arena arena_{IngestArenaOptions()};
-  v1::IngestRequest* request_ = nullptr;
-  std::string client_id_;         // As the client sent it.
+  // StartNextRead before each read). A batch of 100 histograms of 64 bins is ~52 KB.
+  grpc::ByteBuffer request_bytes_;
+  std::vector<grpc::Slice> slices_;
+  std::vector<absl::string_view> chunks_;
+  IngestDecoder decoder_;
+  google::protobuf::Arena arena_{IngestArenaOptions()};  // For requests the decoder declines.
+  std::string client_id_;                                // As the client sent it.
   std::string engine_client_id_;  // With the tenant prefix: the engine's and live table's key.
   std::string tenant_prefix_;     // "<tenant>:" with tokens, else empty.
   uint64_t last_sequence_ = 0;
 
   Mutex mutex_;
-  v1::IngestResponse in_flight_ ABSL_GUARDED_BY(mutex_);
+  grpc::ByteBuffer in_flight_ ABSL_GUARDED_BY(mutex_);  // The IngestResponse being written.
   v1::IngestResponse pending_ ABSL_GUARDED_BY(mutex_);
   uint64_t highest_acked_ ABSL_GUARDED_BY(mutex_) = 0;
   bool has_pending_ ABSL_GUARDED_BY(mutex_) = false;
@@ -543,7 +590,7 @@ grpc::ServerUnaryReactor* KlDriftService::DeleteReference(grpc::CallbackServerCo
   });
 }
 
-grpc::ServerBidiReactor<v1::IngestRequest, v1::IngestResponse>* KlDriftService::Ingest(
+grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* KlDriftService::Ingest(
     grpc::CallbackServerContext* context) {
   return new IngestReactor(this, context);
 }

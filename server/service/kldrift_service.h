@@ -3,7 +3,9 @@
 // Thin by design: each RPC decodes its request (proto_conversion.h), calls the engine and encodes
 // the result; statuses are converted in one place (status_conversion.h). Streaming RPCs are
 // reactors that never block a gRPC thread:
-//   - Ingest reads one batch at a time, applies it, and answers with a cumulative ack. Acks that
+//   - Ingest reads one batch at a time, applies it, and answers with a cumulative ack. It is
+//     served on gRPC's raw form (bytes in and out) so that a batch is decoded straight into the
+//     engine's types (IngestDecoder; protobuf and FromProto for what that declines). Acks that
 //     pile up while a write is in flight are merged into one (acks are cumulative), so a client
 //     that stops reading acks costs one pending response, and reading pauses once too many batch
 //     errors are waiting to be written. A batch marked more_follows (the client sends another at
@@ -38,6 +40,15 @@ namespace kldrift {
 // more_follows (the proto's promise to clients: at most 8).
 inline constexpr size_t kMaxHeldAcks = 8;
 
+// The generated KlDrift::CallbackService with Ingest on the raw callback API (ByteBuffer in and
+// out): the same methods, in the same order, each on the callback API.
+using KlDriftCallbackBase = v1::KlDrift::WithCallbackMethod_PutReference<
+    v1::KlDrift::WithCallbackMethod_GetReference<v1::KlDrift::WithCallbackMethod_ListReferences<
+        v1::KlDrift::WithCallbackMethod_DeleteReference<v1::KlDrift::WithRawCallbackMethod_Ingest<
+            v1::KlDrift::WithCallbackMethod_GetDrift<v1::KlDrift::WithCallbackMethod_WatchDrift<
+                v1::KlDrift::WithCallbackMethod_Backup<v1::KlDrift::WithCallbackMethod_ExportModel<
+                    v1::KlDrift::WithCallbackMethod_ImportModel<v1::KlDrift::Service>>>>>>>>>>;
+
 struct ServiceOptions {
   // Reports a WatchDrift client may fall behind by before the oldest are dropped.
   size_t max_queued_watch_reports = 1024;
@@ -52,7 +63,7 @@ struct ServiceOptions {
   const TokenAuthorizer* authorizer = nullptr;
 };
 
-class KlDriftService final : public v1::KlDrift::CallbackService {
+class KlDriftService final : public KlDriftCallbackBase {
  public:
   KlDriftService(DriftEngine* engine, ServiceOptions options = {});
   ~KlDriftService() override;
@@ -69,7 +80,7 @@ class KlDriftService final : public v1::KlDrift::CallbackService {
   grpc::ServerUnaryReactor* DeleteReference(grpc::CallbackServerContext* context,
                                             const v1::DeleteReferenceRequest* request,
                                             v1::DeleteReferenceResponse* response) override;
-  grpc::ServerBidiReactor<v1::IngestRequest, v1::IngestResponse>* Ingest(
+  grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* Ingest(
       grpc::CallbackServerContext* context) override;
   grpc::ServerUnaryReactor* GetDrift(grpc::CallbackServerContext* context,
                                      const v1::GetDriftRequest* request,

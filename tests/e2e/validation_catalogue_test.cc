@@ -53,6 +53,7 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "gmock/gmock.h"
+#include "grpcpp/generic/generic_stub.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 #include "kldrift/v1/kldrift.grpc.pb.h"
@@ -1542,6 +1543,69 @@ TEST_F(CatalogueTest, OversizedIngestMessage) {
   // Reconnected, the client goes on after its last acknowledged batch.
   ASSERT_NO_FATAL_FAILURE(IngestOk(*stub_, {ValidBatch(target, Kind::kNumeric, client, 2)}, 2));
   EXPECT_EQ(Samples(*stub_, target), 2 * ValidSamples(Kind::kNumeric));
+  ExpectHealthy(*server_);
+}
+
+// Sends `bytes` as one message on an Ingest stream, through gRPC's generic stub (no
+// IngestRequest involved), ends the stream's writes and returns how the stream ended. Any
+// response to the message fails the test.
+grpc::Status IngestRawMessage(const testing::ServerProcess& server, const std::string& bytes) {
+  grpc::GenericStub stub(Channel(server));
+  grpc::CompletionQueue queue;
+  auto context = Context(kStreamDeadline);
+  std::unique_ptr<grpc::GenericClientAsyncReaderWriter> call =
+      stub.PrepareCall(context.get(), "/kldrift.v1.KlDrift/Ingest", &queue);
+  // Each step waits for its own completion: one operation in flight at a time.
+  const auto step = [&queue](intptr_t expected_tag) {
+    void* tag = nullptr;
+    bool ok = false;
+    EXPECT_TRUE(queue.Next(&tag, &ok));
+    EXPECT_EQ(reinterpret_cast<intptr_t>(tag), expected_tag);
+    return ok;
+  };
+  call->StartCall(reinterpret_cast<void*>(1));
+  step(1);
+  grpc::Slice slice(bytes);
+  grpc::ByteBuffer message(&slice, 1);
+  call->Write(message, reinterpret_cast<void*>(2));
+  step(2);
+  call->WritesDone(reinterpret_cast<void*>(3));
+  step(3);
+  grpc::ByteBuffer response;
+  call->Read(&response, reinterpret_cast<void*>(4));
+  EXPECT_FALSE(step(4)) << "an acknowledgement of a message that is not an IngestRequest";
+  grpc::Status status;
+  call->Finish(&status, reinterpret_cast<void*>(5));
+  step(5);
+  queue.Shutdown();
+  void* tag;
+  bool ok;
+  while (queue.Next(&tag, &ok)) {
+  }
+  return status;
+}
+
+// An Ingest message protobuf cannot parse as an IngestRequest ends the stream with
+// INVALID_ARGUMENT: nothing in it can be acknowledged. Earlier batches are intact.
+TEST_F(CatalogueTest, IngestMessageNotAnIngestRequest) {
+  ASSERT_NO_FATAL_FAILURE(UseServer({}));
+  const v1::StreamId target = Target();
+  ASSERT_NO_FATAL_FAILURE(PutValid(*stub_, target, Kind::kNumeric));
+  ASSERT_NO_FATAL_FAILURE(
+      IngestOk(*stub_, {ValidBatch(target, Kind::kNumeric, "raw-sender", 1)}, 1));
+  const std::string before = StateOf(*stub_);
+  // A valid batch cut short (its last length runs past the end), and three bytes of nothing.
+  const std::string valid = ValidBatch(target, Kind::kNumeric, "raw-sender", 2).SerializeAsString();
+  for (const std::string& bytes :
+       {valid.substr(0, valid.size() - 3), std::string("\xff\xff\xff")}) {
+    const grpc::Status status = IngestRawMessage(*server_, bytes);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << status.error_message();
+    EXPECT_THAT(status.error_message(), HasSubstr("not an IngestRequest"));
+  }
+  EXPECT_EQ(StateOf(*stub_), before);
+  EXPECT_EQ(Samples(*stub_, target), ValidSamples(Kind::kNumeric));
+  ASSERT_NO_FATAL_FAILURE(
+      IngestOk(*stub_, {ValidBatch(target, Kind::kNumeric, "raw-sender", 2)}, 2));
   ExpectHealthy(*server_);
 }
 
