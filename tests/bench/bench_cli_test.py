@@ -42,15 +42,21 @@ def scrape(port, series):
 
 
 def established_connections_to(port):
-    """Sockets in /proc/net/tcp{,6} connected (ESTABLISHED) to local `port`: client ends."""
+    """Sockets in /proc/net/tcp{,6} connected (ESTABLISHED) to 127.0.0.1:`port`: client ends.
+
+    The address counts too: a socket of a test running beside this one may be connected to the
+    same port number on [::1] (ports bound to 0 are unique per address, not per machine)."""
     count = 0
+    # 127.0.0.1 as the tables print it: IPv4, and IPv4-mapped IPv6 (gRPC's dual-stack sockets).
+    loopback = ("0100007F", "0000000000000000FFFF00000100007F")
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         with open(table) as lines:
             next(lines)  # The header.
             for line in lines:
                 fields = line.split()
-                remote_port = int(fields[2].rsplit(":", 1)[1], 16)
-                if remote_port == port and fields[3] == "01":
+                remote_address, remote_port = fields[2].rsplit(":", 1)
+                if (remote_address in loopback and int(remote_port, 16) == port
+                        and fields[3] == "01"):
                     count += 1
     return count
 
