@@ -5,8 +5,11 @@
 //                             (...Summarized: with the delta scanned once beforehand, as ingest
 //                             does for a stream's windows);
 //   BM_IngestApply            a batch of 100 pre-binned histograms of 64 bins (what `kldrift
-//                             bench` sends) from its bytes, as kldriftd's Ingest takes it: parsed
-//                             into a protobuf arena, FromProto, DriftEngine::Ingest; over
+//                             bench` sends) from its bytes, as kldriftd's Ingest takes it:
+//                             decoded (decoder 1: IngestDecoder, kldriftd's path; decoder 0:
+//                             parsed into a protobuf arena and FromProto, the path of what the
+//                             decoder declines, and kldriftd's for every batch before
+//                             2026-11-26 16:30 UTC), then DriftEngine::Ingest; over
 //                             models x 100 streams; store 0: no store (--storage=memory), 1:
 //                             RocksDB in a temporary folder (default durability: WAL, no fsync);
 //                             coalesce 1: ingest coalescing (EngineOptions::coalesce_ingest,
@@ -36,6 +39,7 @@
 #include "server/core/clock.h"
 #include "server/core/compact_sub_buckets.h"
 #include "server/core/drift_engine.h"
+#include "server/service/ingest_decoder.h"
 #include "server/service/proto_conversion.h"
 #include "server/storage/rocksdb_store.h"
 
@@ -108,6 +112,7 @@ void BM_IngestApply(benchmark::State& state) {
   const bool with_store = state.range(0) != 0;
   const int models = static_cast<int>(state.range(1));
   const bool coalesce = state.range(2) != 0;
+  const bool use_decoder = state.range(3) != 0;
   RealClock clock;
   std::unique_ptr<RocksDbStore> store;
   std::string dir;
@@ -143,17 +148,28 @@ void BM_IngestApply(benchmark::State& state) {
   std::vector<std::string> requests;
   for (int m = 0; m < models; ++m) requests.push_back(Batch(m, 0).SerializeAsString());
   google::protobuf::Arena arena(IngestArenaOptions());  // As kldriftd's Ingest reads a batch.
+  IngestDecoder decoder;
   uint64_t sequence = 0;
   for (auto _ : state) {
-    arena.Reset();
-    auto* request = google::protobuf::Arena::CreateMessage<v1::IngestRequest>(&arena);
-    if (!request->ParseFromString(requests[sequence % models])) {
-      state.SkipWithError("cannot parse a batch");
-      break;
+    const std::string& bytes = requests[sequence % models];
+    IngestBatch batch;
+    if (use_decoder) {
+      bool more_follows;
+      if (!decoder.Decode({absl::string_view(bytes)}, &batch, &more_follows)) {
+        state.SkipWithError("the decoder declined a batch");
+        break;
+      }
+    } else {
+      arena.Reset();
+      auto* request = google::protobuf::Arena::CreateMessage<v1::IngestRequest>(&arena);
+      if (!request->ParseFromString(bytes)) {
+        state.SkipWithError("cannot parse a batch");
+        break;
+      }
+      batch = *FromProto(*request);
     }
-    request->set_sequence(++sequence);
-    absl::StatusOr<IngestBatch> batch = FromProto(*request);
-    const IngestResult result = engine.Ingest(*std::move(batch));
+    batch.sequence = ++sequence;
+    const IngestResult result = engine.Ingest(std::move(batch));
     if (!result.status.ok()) {
       state.SkipWithError(result.status.ToString().c_str());
       break;
@@ -169,11 +185,11 @@ void BM_IngestApply(benchmark::State& state) {
   store.reset();
   if (!dir.empty()) std::filesystem::remove_all(dir);
 }
-// {store, models, coalesce}: 1,000 streams (in cache) and 10,000 (service_bench's load: mostly
-// cache misses).
+// {store, models, coalesce, decoder}: 1,000 streams (in cache) and 10,000 (service_bench's load:
+// mostly cache misses).
 BENCHMARK(BM_IngestApply)
-    ->ArgsProduct({{0, 1}, {10, 100}, {0, 1}})
-    ->ArgNames({"store", "models", "coalesce"})
+    ->ArgsProduct({{0, 1}, {10, 100}, {0, 1}, {0, 1}})
+    ->ArgNames({"store", "models", "coalesce", "decoder"})
     ->Unit(benchmark::kMicrosecond);
 
 }  // namespace
