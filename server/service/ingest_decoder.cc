@@ -1,5 +1,6 @@
 #include "server/service/ingest_decoder.h"
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <limits>
@@ -359,8 +360,13 @@ bool IngestDecoder::Decode(absl::Span<const absl::string_view> chunks, IngestBat
     numbers_ = std::make_unique_for_overwrite<double[]>(most_numbers);
     numbers_capacity_ = most_numbers;
   }
+  // A stream sends batches of a similar size: room for as many streams as the last one had
+  // spares growing the vector (moving every StreamData) eight times for a hundred streams.
+  batch->streams.reserve(expected_streams_);
   RequestDecoder decoder(&in, numbers_.get());
-  return decoder.DecodeRequest(batch, more_follows);
+  const bool decoded = decoder.DecodeRequest(batch, more_follows);
+  expected_streams_ = std::min(batch->streams.size(), kMostExpectedStreams);
+  return decoded;
 }
 
 void IngestDecoder::ReleaseLargeBuffer() {

@@ -49,6 +49,9 @@ class IngestDecoder {
   // lent while decoding stay valid; grown, never shrunk below what the last request needed.
   std::unique_ptr<double[]> numbers_;
   size_t numbers_capacity_ = 0;
+  // Streams the last request held (at most kMostExpectedStreams): reserved for the next batch.
+  static constexpr size_t kMostExpectedStreams = 1024;
+  size_t expected_streams_ = 0;
 };
 
 }  // namespace kldrift
