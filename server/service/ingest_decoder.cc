@@ -208,10 +208,16 @@ class RequestDecoder {
     return *field != 0 && *field <= kMaxFieldNumber;
   }
 
+  // Bytes from here to `limit`; 0 past it (a varint may run past the end of its message, which the
+  // message's final position check then declines).
+  size_t Remaining(size_t limit) const {
+    return in_.position() < limit ? limit - in_.position() : 0;
+  }
+
   // Reads a length and turns it into the end position of what follows, within `limit`.
   bool ReadLength(size_t limit, size_t* end) {
     uint64_t length;
-    if (!in_.ReadVarint(&length) || length > limit - in_.position()) return false;
+    if (!in_.ReadVarint(&length) || length > Remaining(limit)) return false;
     *end = in_.position() + static_cast<size_t>(length);
     return true;
   }
@@ -228,11 +234,11 @@ class RequestDecoder {
       case kVarint:
         return in_.ReadVarint(&value) && in_.position() <= limit;
       case kFixed64:
-        return limit - in_.position() >= 8 && in_.Skip(8);
+        return Remaining(limit) >= 8 && in_.Skip(8);
       case kLengthDelimited:
         return ReadLength(limit, &end) && in_.Skip(end - in_.position());
       case kFixed32:
-        return limit - in_.position() >= 4 && in_.Skip(4);
+        return Remaining(limit) >= 4 && in_.Skip(4);
       default:  // Groups (deprecated) and invalid wire types.
         return false;
     }
@@ -314,7 +320,7 @@ class RequestDecoder {
         if (bytes % sizeof(double) != 0 || !in_.Read(bytes, numbers_ + used_)) return false;
         used_ += bytes / sizeof(double);
       } else if (wire_type == kFixed64) {
-        if (end - in_.position() < sizeof(double) || !in_.Read(sizeof(double), numbers_ + used_)) {
+        if (Remaining(end) < sizeof(double) || !in_.Read(sizeof(double), numbers_ + used_)) {
           return false;
         }
         ++used_;

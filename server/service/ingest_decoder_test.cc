@@ -262,6 +262,15 @@ TEST(IngestDecoderTest, DeclinesWhatOnlyProtobufAndFromProtoDecide) {
   EXPECT_FALSE(Decodes(field_zero));
   // A tag in six bytes (protobuf reads at most five), found by ingest_decoder_fuzzer.
   EXPECT_FALSE(Decodes(std::string("\xe0\xff\xff\x8d\x8f\x00\x63", 7)));
+  // A stream whose last tag runs past its end into the request's next bytes.
+  std::string straddling_stream;
+  PutBytes(2, "s", &straddling_stream);
+  straddling_stream += "\x80";
+  std::string straddling;
+  PutBytes(4, straddling_stream, &straddling);
+  straddling += "\x01\x05";
+  PutBytes(3, "model", &straddling);
+  EXPECT_FALSE(Decodes(straddling));
   // A known field of the wrong wire type (protobuf would keep it as an unknown field).
   std::string wrong_type = HistogramRequest(1, 1, 8).SerializeAsString();
   PutBytes(2, "sequence", &wrong_type);
