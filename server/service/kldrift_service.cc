@@ -186,7 +186,7 @@ class KlDriftService::IngestReactor
         acked = sequence;  // Malformed: done with it, reported below.
       }
     }
-    decoder_.ReleaseLargeBuffer();  // Done with the batch's numbers.
+    ReleaseBatchMemory();
     if (!status.ok() && metrics_ != nullptr) metrics_->RecordBatchRejected(status.code());
     record(status);
     MutexLock lock(&mutex_);
@@ -253,16 +253,13 @@ class KlDriftService::IngestReactor
     MaybeFinishLocked();
   }
 
-  void StartNextRead() {
-    request_bytes_.Clear();
-    StartRead(&request_bytes_);
-  }
+  void StartNextRead() { StartRead(&request_bytes_); }
 
   // Decodes the request just read into `batch` and its more_follows flag: by the IngestDecoder,
-  // or, for what it declines, by protobuf into a message on the arena (whose memory the previous
-  // such message leaves behind, so a parse allocates little and freeing it is one reset) and
-  // FromProto. `conversion` is FromProto's error if it had one (the batch then holds only the
-  // request's client id, sequence and model). False if protobuf cannot parse the bytes.
+  // or, for what it declines, by protobuf into a message on the arena (so that a parse allocates
+  // little and freeing it is one reset) and FromProto. `conversion` is FromProto's error if it had
+  // one (the batch then holds only the request's client id, sequence and model). False if protobuf
+  // cannot parse the bytes.
   bool Decode(IngestBatch* batch, bool* more_follows, absl::Status* conversion) {
     slices_.clear();
     if (request_bytes_.Dump(&slices_).ok()) {
@@ -272,7 +269,7 @@ class KlDriftService::IngestReactor
       }
       if (decoder_.Decode(chunks_, batch, more_follows)) return true;
     }
-    arena_.Reset();
+    arena_used_ = true;
     v1::IngestRequest* request = google::protobuf::Arena::CreateMessage<v1::IngestRequest>(&arena_);
     grpc::ProtoBufferReader reader(&request_bytes_);
     if (!request->ParseFromZeroCopyStream(&reader)) return false;
@@ -288,6 +285,19 @@ class KlDriftService::IngestReactor
     }
     *more_follows = request->more_follows();
     return true;
+  }
+
+  // Done with the batch just applied or rejected: frees what only a large or declined request
+  // needed, and the request's bytes, so that an idle stream keeps no batch's memory.
+  void ReleaseBatchMemory() {
+    decoder_.ReleaseLargeBuffer();
+    if (arena_used_) {
+      arena_.Reset();
+      arena_used_ = false;
+    }
+    chunks_.clear();
+    slices_.clear();
+    request_bytes_.Clear();
   }
 
   void StartWriteLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
@@ -326,7 +336,8 @@ class KlDriftService::IngestReactor
   std::vector<absl::string_view> chunks_;
   IngestDecoder decoder_;
   google::protobuf::Arena arena_{IngestArenaOptions()};  // For requests the decoder declines.
-  std::string client_id_;                                // As the client sent it.
+  bool arena_used_ = false;
+  std::string client_id_;         // As the client sent it.
   std::string engine_client_id_;  // With the tenant prefix: the engine's and live table's key.
   std::string tenant_prefix_;     // "<tenant>:" with tokens, else empty.
   uint64_t last_sequence_ = 0;

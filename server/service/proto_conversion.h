@@ -30,8 +30,8 @@ void ToProto(const Reference& reference, v1::Reference* out,
 // The batch borrows the request's histogram counts, values and probabilities
 // (StreamData::lent_numbers): `request` must outlive its use (DriftEngine::Ingest).
 absl::StatusOr<IngestBatch> FromProto(const v1::IngestRequest& request);
-// The arena an Ingest stream parses each IngestRequest into (reset before each read): blocks from
-// 16 KB up to 128 KB, a few allocations per batch, none kept by an idle stream.
+// The arena an Ingest stream parses an IngestRequest into when IngestDecoder declines it (reset
+// once the batch is done): blocks from 16 KB up to 128 KB, none kept by an idle stream.
 google::protobuf::ArenaOptions IngestArenaOptions();
 
 void ToProto(const WindowReport& report, v1::DriftReport* out);
