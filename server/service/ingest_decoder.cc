@@ -7,6 +7,7 @@
 #include <string>
 
 #include "absl/time/time.h"
+#include "server/service/proto_conversion.h"
 
 namespace kldrift {
 namespace {
@@ -187,9 +188,12 @@ class RequestDecoder {
       }
     }
     if (has_event_time) {
-      // FromProto(Timestamp)'s check and conversion; it words the error for the declined case.
-      if (nanos < 0 || nanos >= 1000000000) return false;
-      batch->event_time = absl::FromUnixSeconds(seconds) + absl::Nanoseconds(nanos);
+      google::protobuf::Timestamp timestamp;
+      timestamp.set_seconds(seconds);
+      timestamp.set_nanos(nanos);
+      absl::StatusOr<absl::Time> time = FromProto(timestamp, "event_time");
+      if (!time.ok()) return false;  // Declined: FromProto words the error again then.
+      batch->event_time = *time;
     }
     return in_.position() == end;
   }

@@ -25,14 +25,6 @@ void ToProto(absl::Time t, google::protobuf::Timestamp* out) {
       static_cast<int32_t>(absl::ToInt64Nanoseconds(t - absl::FromUnixSeconds(seconds))));
 }
 
-absl::StatusOr<absl::Time> FromProto(const google::protobuf::Timestamp& t,
-                                     absl::string_view field) {
-  if (t.nanos() < 0 || t.nanos() >= 1000000000) {
-    return absl::InvalidArgumentError(absl::StrCat(field, ".nanos is out of range"));
-  }
-  return absl::FromUnixSeconds(t.seconds()) + absl::Nanoseconds(t.nanos());
-}
-
 v1::AlertState ToProto(AlertState state) {
   switch (state) {
     case AlertState::kOk:
@@ -79,6 +71,14 @@ std::vector<double> ToVector(const Repeated& values) {
 }
 
 }  // namespace
+
+absl::StatusOr<absl::Time> FromProto(const google::protobuf::Timestamp& t,
+                                     absl::string_view field) {
+  if (t.nanos() < 0 || t.nanos() >= 1000000000) {
+    return absl::InvalidArgumentError(absl::StrCat(field, ".nanos is out of range"));
+  }
+  return absl::FromUnixSeconds(t.seconds()) + absl::Nanoseconds(t.nanos());
+}
 
 absl::StatusOr<absl::Duration> FromProto(const google::protobuf::Duration& d,
                                          absl::string_view field) {

@@ -44,6 +44,8 @@ absl::StatusOr<StreamExport> FromProto(const v1::StreamExport& stream,
 
 absl::StatusOr<absl::Duration> FromProto(const google::protobuf::Duration& duration,
                                          absl::string_view field);
+// A timestamp's time; INVALID_ARGUMENT naming `field` if its nanos are out of range.
+absl::StatusOr<absl::Time> FromProto(const google::protobuf::Timestamp& t, absl::string_view field);
 
 }  // namespace kldrift
 
