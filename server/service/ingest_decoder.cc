@@ -64,47 +64,47 @@ class ChunkReader {
   // Copies the next `n` bytes to `out`.
   bool Read(size_t n, void* out) {
     char* dst = static_cast<char*>(out);
-    while (n > 0) {
-      if (p_ == end_ && !NextChunk()) return false;
-      const size_t take = std::min(n, static_cast<size_t>(end_ - p_));
-      std::memcpy(dst, p_, take);
-      dst += take;
-      p_ += take;
-      n -= take;
-    }
-    return true;
+    return Consume(n, [&dst](const char* piece, size_t size) {
+      std::memcpy(dst, piece, size);
+      dst += size;
+      return true;
+    });
   }
 
   // Reads an `n`-byte string of ASCII characters into `out`; false for any other byte.
   bool ReadAscii(size_t n, std::string* out) {
     out->clear();
-    while (n > 0) {
-      if (p_ == end_ && !NextChunk()) return false;
-      const size_t take = std::min(n, static_cast<size_t>(end_ - p_));
+    return Consume(n, [out](const char* piece, size_t size) {
       uint8_t high = 0;
-      for (size_t i = 0; i < take; ++i) high |= static_cast<uint8_t>(p_[i]);
+      for (size_t i = 0; i < size; ++i) high |= static_cast<uint8_t>(piece[i]);
       if (high >= 0x80) return false;
-      out->append(p_, take);
-      p_ += take;
-      n -= take;
-    }
-    return true;
+      out->append(piece, size);
+      return true;
+    });
   }
 
   bool Skip(size_t n) {
-    while (n > 0) {
-      if (p_ == end_ && !NextChunk()) return false;
-      const size_t take = std::min(n, static_cast<size_t>(end_ - p_));
-      p_ += take;
-      n -= take;
-    }
-    return true;
+    return Consume(n, [](const char*, size_t) { return true; });
   }
 
  private:
   bool ReadByte(uint8_t* byte) {
     if (p_ == end_ && !NextChunk()) return false;
     *byte = static_cast<uint8_t>(*p_++);
+    return true;
+  }
+
+  // Consumes the next `n` bytes, handing them to `take(const char* piece, size_t size)` a
+  // chunk's piece at a time; false if `take` refuses a piece or the input ends first.
+  template <typename Take>
+  bool Consume(size_t n, Take take) {
+    while (n > 0) {
+      if (p_ == end_ && !NextChunk()) return false;
+      const size_t size = std::min(n, static_cast<size_t>(end_ - p_));
+      if (!take(p_, size)) return false;
+      p_ += size;
+      n -= size;
+    }
     return true;
   }
 
@@ -221,7 +221,12 @@ class RequestDecoder {
   // Reads a length and turns it into the end position of what follows, within `limit`.
   bool ReadLength(size_t limit, size_t* end) {
     uint64_t length;
-    if (!in_.ReadVarint(&length) || length > Remaining(limit)) return false;
+    const size_t start = in_.position();
+    // Protobuf reads a length from at most 5 bytes, below 2^31 - 16.
+    if (!in_.ReadVarint(&length) || in_.position() - start > 5 || length >= (1u << 31) - 16 ||
+        length > Remaining(limit)) {
+      return false;
+    }
     *end = in_.position() + static_cast<size_t>(length);
     return true;
   }

@@ -271,6 +271,8 @@ TEST(IngestDecoderTest, DeclinesWhatOnlyProtobufAndFromProtoDecide) {
   straddling += "\x01\x05";
   PutBytes(3, "model", &straddling);
   EXPECT_FALSE(Decodes(straddling));
+  // A length in six bytes (zero, written long), which protobuf refuses too; found by the fuzzer.
+  EXPECT_FALSE(Decodes(std::string("\x0a\x80\x80\x80\x80\x80\x00", 7)));
   // A known field of the wrong wire type (protobuf would keep it as an unknown field).
   std::string wrong_type = HistogramRequest(1, 1, 8).SerializeAsString();
   PutBytes(2, "sequence", &wrong_type);
