@@ -32,8 +32,23 @@
 // cache: writing fresh pages (a new file) cost page faults and zeroing that were a tenth of
 // kldriftd's samples in a prototype (tests/bench/HISTORY.md, "The batch log").
 //
-// Memory: only the segment being written is mapped, so at most `segment_bytes` of the log counts
-// towards the process's resident memory.
+// The next segment, prepared ahead (`prepare_next_segment`). Opening a segment (a free file
+// renamed in, or a new file allocated on disk with posix_fallocate, then mapped), writing the
+// first bytes of each of its pages (a page fault each) and unmapping the full one are kernel work
+// that the appends did under the log's lock, which every other append (and the store's lock
+// around it) waited for: at 12k batches/s a posix_fallocate waited ~2.6 ms for ext4 to read a
+// block bitmap, and an append holding the lock while it faulted or unmapped kept the other ingest
+// thread waiting 0.6 ms on average (tests/bench/HISTORY.md, "The next log segment prepared
+// ahead"). With the option, a thread of the log's own keeps one free file allocated to
+// `segment_bytes`, mapped and its pages faulted in writable (MADV_POPULATE_WRITE): the standby,
+// still named "free-N.seg", so a crash leaves it a free file like any other. The append that
+// fills a segment renames the standby in (a rename, and with `sync` the folder's sync), asks for
+// the next one and hands the full segment to that thread to unmap. When there is no standby (not
+// ready yet, too small for the record, or it could not be made, say on a full disk) the append
+// opens the segment itself, as without the option, with the same errors.
+//
+// Memory: only the segment being written and the standby are mapped, so at most twice
+// `segment_bytes` of the log counts towards the process's resident memory.
 //
 // Thread safety: safe for concurrent use. Append serializes on one mutex (a copy of the record),
 // Sync on another (the fdatasync); ForEach may run concurrently with both, and with
@@ -47,12 +62,14 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "absl/time/time.h"
 #include "server/core/mutex.h"
 
 namespace kldrift {
@@ -62,8 +79,10 @@ struct BatchLogOptions {
   std::string dir;
   // Size of a new segment file (a record larger than that gets a segment of its own size).
   uint64_t segment_bytes = uint64_t{16} << 20;
-  // Truncated segments kept for reuse.
+  // Truncated segments kept for reuse (the standby not counted).
   size_t free_segments = 4;
+  // Keep the next segment prepared by a thread of the log's own (class comment).
+  bool prepare_next_segment = true;
   // See the class comment.
   bool sync = false;
 };
@@ -101,8 +120,12 @@ class BatchLog {
   // as ForEach, with the same checks as Open. OK with no records when `dir` does not exist.
   static absl::Status Scan(const std::string& dir, const Visit& visit);
 
-  // Segment files, free ones included.
+  // Segment files, free ones (and the standby) included.
   size_t SegmentFiles() const;
+
+  // With `prepare_next_segment`: waits until the standby is ready, or until its preparation
+  // failed (returned), or `timeout`. Tests use it to make the next switch take the standby.
+  absl::Status WaitForStandby(absl::Duration timeout);
 
  private:
   struct Segment;
@@ -118,6 +141,19 @@ class BatchLog {
   absl::StatusOr<std::shared_ptr<Segment>> OpenSegment(uint64_t start, uint64_t min_bytes)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(append_mutex_);
   absl::Status SyncDir();
+
+  // A free file allocated and mapped for the next segment.
+  struct Standby;
+  // The preparing thread's loop: drops retired segments, and makes a standby when asked.
+  void PrepareLoop();
+  // Allocates and maps a free file (reused, or created) of at least `segment_bytes`.
+  absl::StatusOr<std::unique_ptr<Standby>> MakeStandby();
+  // Takes the standby if it is ready and holds `min_bytes` (null otherwise), and asks for the
+  // next one.
+  std::unique_ptr<Standby> TakeStandby(uint64_t min_bytes);
+  // Hands a segment the log no longer writes to the preparing thread to unmap, or drops it here
+  // without one.
+  void Retire(std::shared_ptr<Segment> segment);
 
   const BatchLogOptions options_;
   ExclusiveMutex append_mutex_;
@@ -135,6 +171,19 @@ class BatchLog {
   std::vector<std::string> free_files_ ABSL_GUARDED_BY(segments_mutex_);
   uint64_t next_free_name_ ABSL_GUARDED_BY(segments_mutex_) = 0;
   mutable Mutex truncate_mutex_;
+
+  // The standby and the preparing thread's work (`prepare_next_segment`); never held with
+  // another of the log's locks.
+  mutable Mutex prepare_mutex_;
+  CondVar prepare_cv_;
+  std::unique_ptr<Standby> standby_ ABSL_GUARDED_BY(prepare_mutex_);
+  // A standby is wanted (none is ready and none failed since the last switch asked).
+  bool standby_wanted_ ABSL_GUARDED_BY(prepare_mutex_) = false;
+  // Why the last standby could not be made (OK when it was, or none was tried).
+  absl::Status standby_error_ ABSL_GUARDED_BY(prepare_mutex_);
+  std::vector<std::shared_ptr<Segment>> retired_ ABSL_GUARDED_BY(prepare_mutex_);
+  bool stopping_ ABSL_GUARDED_BY(prepare_mutex_) = false;
+  std::thread preparer_;
 };
 
 // CRC32C (Castagnoli) of `data`, extending `crc` (0 to start); SSE 4.2's crc32 instruction where

@@ -3,7 +3,9 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <stdlib.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -64,13 +66,18 @@ struct Record {
   bool operator==(const Record& other) const = default;
 };
 
+// Most tests check which files the log holds at each step, so their logs prepare no standby
+// segment (its thread would make a file at a time of its own); the tests of the standby, and
+// the concurrent ones, turn it on.
 BatchLogOptions Options(const std::string& dir, uint64_t segment_bytes = 4096,
-                        size_t free_segments = 4, bool sync = false) {
+                        size_t free_segments = 4, bool sync = false,
+                        bool prepare_next_segment = false) {
   BatchLogOptions options;
   options.dir = dir;
   options.segment_bytes = segment_bytes;
   options.free_segments = free_segments;
   options.sync = sync;
+  options.prepare_next_segment = prepare_next_segment;
   return options;
 }
 
@@ -1208,12 +1215,19 @@ TEST(BatchLogTest, SyncWithoutSyncOptionIsOk) {
   EXPECT_TRUE(log->Sync(*end).ok());
 }
 
-TEST(BatchLogTest, ConcurrentAppendsAndSyncs) {
+class BatchLogPreparedTest : public ::testing::TestWithParam<bool> {};
+
+INSTANTIATE_TEST_SUITE_P(Standby, BatchLogPreparedTest, ::testing::Bool(),
+                         [](const ::testing::TestParamInfo<bool>& info) {
+                           return info.param ? "Prepared" : "Unprepared";
+                         });
+
+TEST_P(BatchLogPreparedTest, ConcurrentAppendsAndSyncs) {
   constexpr int kThreads = 4;
   constexpr int kPerThread = 60;
   TempDir tmp("kldrift-batch-log-test");
   const BatchLogOptions options = Options(tmp.path(), kSmallSegment, /*free_segments=*/2,
-                                          /*sync=*/true);
+                                          /*sync=*/true, /*prepare_next_segment=*/GetParam());
   std::vector<std::vector<Record>> written(kThreads);
   {
     std::unique_ptr<BatchLog> log = OpenLog(options);
@@ -1331,7 +1345,7 @@ bool ParseConcurrentPayload(absl::string_view payload, int* thread, int* counter
   return ::testing::AssertionSuccess();
 }
 
-TEST(BatchLogTest, ConcurrentAppendsTruncationsAndReads) {
+TEST_P(BatchLogPreparedTest, ConcurrentAppendsTruncationsAndReads) {
   constexpr int kThreads = 4;
   constexpr int kPerThread = 2000;
   // Appenders let the reader and the truncator take a turn every kTurn records (8000 appends
@@ -1340,7 +1354,8 @@ TEST(BatchLogTest, ConcurrentAppendsTruncationsAndReads) {
   constexpr uint64_t kSegment = uint64_t{64} << 10;
   constexpr size_t kFree = 4;
   TempDir tmp("kldrift-batch-log-test");
-  const BatchLogOptions options = Options(tmp.path(), kSegment, kFree);
+  const BatchLogOptions options =
+      Options(tmp.path(), kSegment, kFree, /*sync=*/false, /*prepare_next_segment=*/GetParam());
   std::unique_ptr<BatchLog> log = OpenLog(options);
   ASSERT_NE(log, nullptr);
 
@@ -1482,9 +1497,14 @@ TEST(BatchLogTest, ConcurrentAppendsTruncationsAndReads) {
   read = ReadAll(*log);
   ASSERT_TRUE(IsSuffix(read, all, &from));
   EXPECT_EQ(read.front().position, position / kSegment * kSegment);
+  if (GetParam()) {
+    const absl::Status ready = log->WaitForStandby(absl::Seconds(30));
+    ASSERT_TRUE(ready.ok()) << ready;
+  }
   const Listing listing = ListDir(tmp.path());
   EXPECT_EQ(listing.segments.size(), (log->End() - 1) / kSegment - position / kSegment + 1);
-  EXPECT_LE(listing.free.size(), kFree);
+  // The standby is a free file too.
+  EXPECT_LE(listing.free.size(), kFree + (GetParam() ? 1 : 0));
   EXPECT_EQ(log->SegmentFiles(), listing.segments.size() + listing.free.size());
   const uint64_t end = log->End();
   log.reset();
@@ -1598,6 +1618,191 @@ TEST(BatchLogTest, RecycledSegmentThatCannotGrowAppendsNothing) {
         std::_Exit(::testing::Test::HasFailure() ? 1 : 0);
       },
       ::testing::ExitedWithCode(0), "");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The standby segment (prepare_next_segment)
+
+BatchLogOptions PreparedOptions(const std::string& dir) {
+  return Options(dir, kSmallSegment, /*free_segments=*/4, /*sync=*/false,
+                 /*prepare_next_segment=*/true);
+}
+
+::testing::AssertionResult StandbyReady(BatchLog& log) {
+  const absl::Status status = log.WaitForStandby(absl::Seconds(30));
+  if (!status.ok()) {
+    return ::testing::AssertionFailure() << "WaitForStandby: " << status;
+  }
+  return ::testing::AssertionSuccess();
+}
+
+ino_t Inode(const fs::path& path) {
+  struct stat info {};
+  EXPECT_EQ(stat(path.c_str(), &info), 0) << path << ": " << strerror(errno);
+  return info.st_ino;
+}
+
+// The one free file of `dir` (the standby, in a log with no others), or an empty path.
+fs::path OnlyFreeFile(const std::string& dir) {
+  const Listing listing = ListDir(dir);
+  EXPECT_EQ(listing.free.size(), 1u);
+  return listing.free.size() == 1 ? listing.free.front() : fs::path();
+}
+
+TEST(BatchLogStandbyTest, EverySegmentIsTheStandbyRenamedIn) {
+  TempDir tmp("kldrift-batch-log-test");
+  const BatchLogOptions options = PreparedOptions(tmp.path());
+  std::vector<Record> written;
+  {
+    std::unique_ptr<BatchLog> log = OpenLog(options);
+    ASSERT_NE(log, nullptr);
+    for (size_t i = 0; i < 6 * kUniformPerSegment; ++i) {
+      if (i % kUniformPerSegment != 0) {
+        ASSERT_TRUE(AppendRecord(*log, UniformPayload(i), &written));
+        continue;
+      }
+      // This record starts a segment: the standby, ready beforehand, becomes it.
+      ASSERT_TRUE(StandbyReady(*log));
+      const fs::path standby = OnlyFreeFile(tmp.path());
+      ASSERT_FALSE(standby.empty());
+      EXPECT_EQ(fs::file_size(standby), kSmallSegment);
+      EXPECT_EQ(log->SegmentFiles(), ListDir(tmp.path()).segments.size() + 1);
+      const ino_t inode = Inode(standby);
+      ASSERT_TRUE(AppendRecord(*log, UniformPayload(i), &written));
+      EXPECT_FALSE(fs::exists(standby)) << standby;
+      const Listing listing = ListDir(tmp.path());
+      ASSERT_EQ(listing.segments.count(written.back().position), 1u);
+      EXPECT_EQ(Inode(listing.segments.at(written.back().position)), inode);
+    }
+    EXPECT_TRUE(PlacedInFixedSegments(written, 0, kSmallSegment));
+    EXPECT_TRUE(SameRecords(ReadAll(*log), written));
+    ASSERT_TRUE(StandbyReady(*log));
+    EXPECT_EQ(ListDir(tmp.path()).free.size(), 1u);
+  }
+  // The standby left behind is a free file like any other, with prepared logs and without.
+  ExpectReopenedLogHolds(options, written);
+  ExpectReopenedLogHolds(Options(tmp.path()), written);
+}
+
+TEST(BatchLogStandbyTest, StandbyPagesAreFaultedInAhead) {
+  // A kernel without MADV_POPULATE_WRITE (before Linux 5.14) leaves the pages to the appends.
+  const long page = sysconf(_SC_PAGESIZE);
+  void* probe = mmap(nullptr, page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  ASSERT_NE(probe, MAP_FAILED);
+  const bool populate_supported = madvise(probe, page, MADV_POPULATE_WRITE) == 0;
+  munmap(probe, page);
+  if (!populate_supported) {
+    GTEST_SKIP() << "this kernel has no MADV_POPULATE_WRITE";
+  }
+  TempDir tmp("kldrift-batch-log-test");
+  std::unique_ptr<BatchLog> log = OpenLog(Options(tmp.path(), uint64_t{1} << 20, 4,
+                                                  /*sync=*/false, /*prepare_next_segment=*/true));
+  ASSERT_NE(log, nullptr);
+  ASSERT_TRUE(StandbyReady(*log));
+  const fs::path standby = OnlyFreeFile(tmp.path());
+  ASSERT_FALSE(standby.empty());
+  const int fd = open(standby.c_str(), O_RDONLY | O_CLOEXEC);
+  ASSERT_GE(fd, 0) << strerror(errno);
+  const size_t bytes = fs::file_size(standby);
+  void* map = mmap(nullptr, bytes, PROT_READ, MAP_SHARED, fd, 0);
+  close(fd);
+  ASSERT_NE(map, MAP_FAILED) << strerror(errno);
+  std::vector<unsigned char> resident(bytes / page);
+  ASSERT_EQ(mincore(map, bytes, resident.data()), 0) << strerror(errno);
+  munmap(map, bytes);
+  EXPECT_EQ(std::count_if(resident.begin(), resident.end(), [](unsigned char r) { return r & 1; }),
+            static_cast<ptrdiff_t>(resident.size()));
+}
+
+TEST(BatchLogStandbyTest, RecordLargerThanTheStandbyGetsASegmentOfItsOwn) {
+  TempDir tmp("kldrift-batch-log-test");
+  const BatchLogOptions options = PreparedOptions(tmp.path());
+  std::mt19937_64 rng(17);
+  std::vector<Record> written;
+  {
+    std::unique_ptr<BatchLog> log = OpenLog(options);
+    ASSERT_NE(log, nullptr);
+    ASSERT_TRUE(AppendRecord(*log, UniformPayload(0), &written));
+    ASSERT_TRUE(StandbyReady(*log));
+    const fs::path standby = OnlyFreeFile(tmp.path());
+    ASSERT_FALSE(standby.empty());
+    const ino_t inode = Inode(standby);
+    // Too large for the standby (and filling a segment of three): the append makes its segment,
+    // and the standby stays.
+    ASSERT_TRUE(AppendRecord(*log, RandomPayload(rng, 3 * kSmallSegment - kHeaderBytes), &written));
+    EXPECT_EQ(written.back().position, kSmallSegment);
+    ASSERT_TRUE(fs::exists(standby));
+    EXPECT_EQ(Inode(standby), inode);
+    const Listing listing = ListDir(tmp.path());
+    ASSERT_EQ(listing.segments.count(kSmallSegment), 1u);
+    EXPECT_NE(Inode(listing.segments.at(kSmallSegment)), inode);
+    EXPECT_EQ(fs::file_size(listing.segments.at(kSmallSegment)), 3 * kSmallSegment);
+    // The next segment is the standby.
+    ASSERT_TRUE(AppendRecord(*log, UniformPayload(2), &written));
+    ASSERT_TRUE(AppendRecord(*log, UniformPayload(3), &written));
+    const Listing after = ListDir(tmp.path());
+    ASSERT_EQ(after.segments.count(written[2].position), 1u);
+    EXPECT_EQ(Inode(after.segments.at(written[2].position)), inode);
+    EXPECT_TRUE(SameRecords(ReadAll(*log), written));
+  }
+  ExpectReopenedLogHolds(options, written);
+}
+
+TEST(BatchLogStandbyTest, StandbyThatCannotBeMadeLeavesAppendsAsWithout) {
+  TempDir tmp("kldrift-batch-log-test");
+  const BatchLogOptions options = PreparedOptions(tmp.path());
+  std::vector<Record> written;
+  {
+    std::unique_ptr<BatchLog> log;
+    {
+      // Files cannot grow to a segment's size: neither the standby nor the first segment.
+      FileSizeLimit limit(kSmallSegment / 2);
+      log = OpenLog(options);
+      ASSERT_NE(log, nullptr);
+      const absl::Status status = log->WaitForStandby(absl::Seconds(30));
+      EXPECT_TRUE(absl::IsUnavailable(status)) << status;
+      EXPECT_THAT(status.message(), HasSubstr("cannot allocate log segment"));
+      const absl::StatusOr<uint64_t> end = log->Append(UniformPayload(0));
+      EXPECT_TRUE(absl::IsUnavailable(end.status())) << end.status();
+      EXPECT_EQ(log->End(), 0u);
+      EXPECT_TRUE(ReadAll(*log).empty());
+    }
+    // With the limit gone, appends go on, and a standby is made again.
+    for (size_t i = 0; i < 3 * kUniformPerSegment; ++i) {
+      ASSERT_TRUE(AppendRecord(*log, UniformPayload(i), &written));
+    }
+    EXPECT_TRUE(PlacedInFixedSegments(written, 0, kSmallSegment));
+    EXPECT_TRUE(SameRecords(ReadAll(*log), written));
+    ASSERT_TRUE(StandbyReady(*log));
+  }
+  ExpectReopenedLogHolds(options, written);
+}
+
+TEST(BatchLogStandbyTest, FolderCopiedWhileTheLogIsOpenHoldsItsRecords) {
+  // What a kill -9 leaves: the files as they are, the standby among them.
+  TempDir tmp("kldrift-batch-log-test");
+  TempDir copy("kldrift-batch-log-test");
+  const BatchLogOptions options = PreparedOptions(tmp.path());
+  std::vector<Record> written;
+  std::unique_ptr<BatchLog> log = OpenLog(options);
+  ASSERT_NE(log, nullptr);
+  for (size_t i = 0; i < 5 * kUniformPerSegment / 2; ++i) {
+    ASSERT_TRUE(AppendRecord(*log, UniformPayload(i), &written));
+  }
+  ASSERT_TRUE(log->TruncateBefore(kSmallSegment).ok());
+  written = Tail(written, kUniformPerSegment);
+  ASSERT_TRUE(StandbyReady(*log));
+  const fs::path target = fs::path(copy.path()) / "log";
+  fs::copy(tmp.path(), target, fs::copy_options::recursive);
+  EXPECT_FALSE(ListDir(target.string()).free.empty());
+  ExpectReopenedLogHolds(PreparedOptions(target.string()), written);
+  // The copy's log goes on where the original's would.
+  std::unique_ptr<BatchLog> reopened = OpenLog(PreparedOptions(target.string()));
+  ASSERT_NE(reopened, nullptr);
+  std::vector<Record> written_to_copy = written;
+  ASSERT_TRUE(AppendRecord(*reopened, "after", &written_to_copy));
+  ASSERT_TRUE(AppendRecord(*log, "after", &written));
+  EXPECT_EQ(written_to_copy.back(), written.back());
 }
 
 }  // namespace
