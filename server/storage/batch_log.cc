@@ -1,8 +1,11 @@
 #include "server/storage/batch_log.h"
 
 #include <fcntl.h>
+#include <pthread.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -33,6 +36,8 @@ constexpr uint64_t kHeaderBytes = 16;
 constexpr uint64_t kFileGranule = 4096;
 constexpr char kSegmentSuffix[] = ".seg";
 constexpr char kFreePrefix[] = "free-";
+// Full segments waiting for the preparing thread to unmap them, at most.
+constexpr size_t kMaxRetired = 4;
 
 // A CRC stored next to the data it covers is masked (as LevelDB does), so that a CRC of bytes
 // that themselves hold CRCs is not trivially related to them.
@@ -315,11 +320,16 @@ absl::StatusOr<std::unique_ptr<BatchLog>> BatchLog::Open(const BatchLogOptions& 
       log->standby_wanted_ = true;
     }
     log->preparer_ = std::thread([raw = log.get()] { raw->PrepareLoop(); });
+    pthread_setname_np(log->preparer_.native_handle(), "kldrift-log");
   }
   return log;
 }
 
 void BatchLog::PrepareLoop() {
+  // Nothing here is urgent (an append without a standby opens its segment itself), and faulting
+  // in 16 MB takes a core for ~10 ms: at the lowest priority (Linux's nice is per thread) that
+  // work waits for ingest and queries instead of delaying them.
+  setpriority(PRIO_PROCESS, static_cast<id_t>(syscall(SYS_gettid)), 19);
   for (;;) {
     std::vector<std::shared_ptr<Segment>> retired;
     bool make = false;
@@ -381,9 +391,13 @@ absl::StatusOr<std::unique_ptr<BatchLog::Standby>> BatchLog::MakeStandby() {
   void* map = mmap(nullptr, file->size, PROT_READ | PROT_WRITE, MAP_SHARED, file->fd, 0);
   if (map == MAP_FAILED) return fail("cannot map log segment", errno);
   file->map = static_cast<char*>(map);
-  // The pages are faulted in writable here rather than by the appends, under their lock. A
-  // kernel without MADV_POPULATE_WRITE (before Linux 5.14) leaves them to the appends.
-  madvise(file->map, file->size, MADV_POPULATE_WRITE);
+  // The pages are faulted in writable here rather than by the appends, under their lock, a
+  // megabyte per call so that the process's memory map is never held long. A kernel without
+  // MADV_POPULATE_WRITE (before Linux 5.14) leaves them to the appends.
+  constexpr uint64_t kPopulateBytes = uint64_t{1} << 20;
+  for (uint64_t offset = 0; offset < file->size; offset += kPopulateBytes) {
+    madvise(file->map + offset, std::min(kPopulateBytes, file->size - offset), MADV_POPULATE_WRITE);
+  }
   return standby;
 }
 
@@ -403,6 +417,9 @@ std::unique_ptr<BatchLog::Standby> BatchLog::TakeStandby(uint64_t min_bytes) {
 void BatchLog::Retire(std::shared_ptr<Segment> segment) {
   if (segment == nullptr || !preparer_.joinable()) return;
   MutexLock lock(&prepare_mutex_);
+  // A preparing thread starved of CPU does not leave full segments piling up mapped: past a few,
+  // the caller unmaps its own (when `segment` goes out of scope, after the lock).
+  if (retired_.size() >= kMaxRetired) return;
   retired_.push_back(std::move(segment));
   prepare_cv_.SignalAll();
 }

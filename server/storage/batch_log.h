@@ -39,13 +39,14 @@
 // around it) waited for: at 12k batches/s a posix_fallocate waited ~2.6 ms for ext4 to read a
 // block bitmap, and an append holding the lock while it faulted or unmapped kept the other ingest
 // thread waiting 0.6 ms on average (tests/bench/HISTORY.md, "The next log segment prepared
-// ahead"). With the option, a thread of the log's own keeps one free file allocated to
-// `segment_bytes`, mapped and its pages faulted in writable (MADV_POPULATE_WRITE): the standby,
-// still named "free-N.seg", so a crash leaves it a free file like any other. The append that
-// fills a segment renames the standby in (a rename, and with `sync` the folder's sync), asks for
-// the next one and hands the full segment to that thread to unmap. When there is no standby (not
-// ready yet, too small for the record, or it could not be made, say on a full disk) the append
-// opens the segment itself, as without the option, with the same errors.
+// ahead"). With the option, a thread of the log's own ("kldrift-log", at the lowest priority)
+// keeps one free file allocated to `segment_bytes`, mapped and its pages faulted in writable
+// (MADV_POPULATE_WRITE): the standby, still named "free-N.seg", so a crash leaves it a free file
+// like any other. The append that fills a segment renames the standby in (a rename, and with
+// `sync` the folder's sync), asks for the next one and hands the full segment to that thread to
+// unmap (or unmaps it itself when four are already waiting). When there is no standby (not ready
+// yet, too small for the record, or it could not be made, say on a full disk) the append opens
+// the segment itself, as without the option, with the same errors.
 //
 // Memory: only the segment being written and the standby are mapped, so at most twice
 // `segment_bytes` of the log counts towards the process's resident memory.
