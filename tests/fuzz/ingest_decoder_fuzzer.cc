@@ -15,10 +15,8 @@
 #include <string>
 #include <vector>
 
-#include "absl/status/statusor.h"
-#include "kldrift/v1/kldrift.pb.h"
+#include "server/core/drift_engine.h"
 #include "server/service/ingest_decoder.h"
-#include "server/service/proto_conversion.h"
 #include "server/service/testing/ingest_batch_compare.h"
 
 namespace {
@@ -48,13 +46,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const bool accepted = decoder->Decode(chunks, &batch, &more_follows);
   decoder->ReleaseLargeBuffer();
   if (!accepted) return 0;
-  kldrift::v1::IngestRequest request;
-  if (!request.ParseFromString(bytes)) Fail("decoded bytes protobuf cannot parse");
-  absl::StatusOr<kldrift::IngestBatch> reference = kldrift::FromProto(request);
-  if (!reference.ok())
-    Fail("decoded a request FromProto rejects: " + reference.status().ToString());
-  const std::string difference = kldrift::IngestBatchDifference(batch, *reference);
-  if (!difference.empty()) Fail("decoded unlike protobuf and FromProto: " + difference);
-  if (more_follows != request.more_follows()) Fail("more_follows differs");
+  const std::string disagreement = kldrift::DecodedUnlikeProtobuf(bytes, batch, more_follows);
+  if (!disagreement.empty()) Fail(disagreement);
   return 0;
 }

@@ -1,15 +1,20 @@
-// Test helper: where two IngestBatches differ (for IngestDecoder against protobuf and FromProto).
+// Test helpers: where two IngestBatches differ, and where IngestDecoder's result for some bytes
+// differs from protobuf's parse and FromProto, the reference it must agree with
+// (ingest_decoder_test and ingest_decoder_fuzzer).
 //
-// Thread safety: a pure function.
+// Thread safety: pure functions.
 #ifndef KLDRIFT_SERVER_SERVICE_TESTING_INGEST_BATCH_COMPARE_H_
 #define KLDRIFT_SERVER_SERVICE_TESTING_INGEST_BATCH_COMPARE_H_
 
 #include <cstring>
 #include <string>
 
+#include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
+#include "kldrift/v1/kldrift.pb.h"
 #include "server/core/drift_engine.h"
+#include "server/service/proto_conversion.h"
 
 namespace kldrift {
 
@@ -56,6 +61,26 @@ inline std::string IngestBatchDifference(const IngestBatch& a, const IngestBatch
       return at + "log_probs";
     }
   }
+  return "";
+}
+
+// "" if protobuf parses `bytes` as an IngestRequest and FromProto converts it into `decoded` with
+// the flag `more_follows`: what must hold of every request IngestDecoder accepts. Else the
+// disagreement, in words.
+inline std::string DecodedUnlikeProtobuf(const std::string& bytes, const IngestBatch& decoded,
+                                         bool more_follows) {
+  v1::IngestRequest request;
+  if (!request.ParseFromString(bytes)) {
+    return absl::StrCat("decoded ", bytes.size(), " bytes protobuf cannot parse");
+  }
+  absl::StatusOr<IngestBatch> reference = FromProto(request);
+  if (!reference.ok()) {
+    return absl::StrCat("decoded a request FromProto rejects: ", reference.status().ToString());
+  }
+  if (std::string difference = IngestBatchDifference(decoded, *reference); !difference.empty()) {
+    return "decoded unlike protobuf and FromProto: " + difference;
+  }
+  if (more_follows != request.more_follows()) return "more_follows differs";
   return "";
 }
 
