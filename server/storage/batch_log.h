@@ -38,7 +38,7 @@
 // that the appends did under the log's lock, which every other append (and the store's lock
 // around it) waited for: at 12k batches/s a posix_fallocate waited ~2.6 ms for ext4 to read a
 // block bitmap, and an append holding the lock while it faulted or unmapped kept the other ingest
-// thread waiting 0.6 ms on average (tests/bench/HISTORY.md, "The next log segment prepared
+// thread waiting 0.6 ms on average (README, "What changed": "The next log segment prepared
 // ahead"). With the option, a thread of the log's own ("kldrift-log", at the lowest priority)
 // keeps one free file allocated to `segment_bytes`, mapped and its pages faulted in writable
 // (MADV_POPULATE_WRITE): the standby, still named "free-N.seg", so a crash leaves it a free file
