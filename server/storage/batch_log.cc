@@ -250,6 +250,26 @@ struct BatchLog::Segment {
     if (map != nullptr) munmap(map, size);
     if (fd >= 0) close(fd);
   }
+
+  // Maps the file at `path` (`fd`, open for writing) at its size or `min_bytes`, whichever is
+  // larger. A segment gets its whole size on disk before it is mapped (so a full disk shows here,
+  // not as SIGBUS on a write through the mapping). A file left by an attempt that failed here, or
+  // reused, may be smaller than this segment needs, or larger: it grows, or keeps its size.
+  absl::Status Map(const std::string& path, uint64_t min_bytes) {
+    struct stat stat_buffer;
+    if (fstat(fd, &stat_buffer) != 0) return ErrnoStatus("cannot stat log segment", path, errno);
+    const uint64_t file_bytes = static_cast<uint64_t>(stat_buffer.st_size);
+    size = std::max(file_bytes, min_bytes);
+    if (size > file_bytes) {
+      if (const int e = posix_fallocate(fd, 0, static_cast<off_t>(size)); e != 0) {
+        return ErrnoStatus("cannot allocate log segment", path, e);
+      }
+    }
+    void* mapped = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (mapped == MAP_FAILED) return ErrnoStatus("cannot map log segment", path, errno);
+    map = static_cast<char*>(mapped);
+    return absl::OkStatus();
+  }
 };
 
 // A free file allocated and mapped for the next segment (whose start it takes when renamed in);
@@ -368,29 +388,19 @@ absl::StatusOr<std::unique_ptr<BatchLog::Standby>> BatchLog::MakeStandby() {
               .string();
     }
   }
-  // A file this fails to allocate or map stays a free file, to be tried again.
-  auto fail = [&](absl::string_view what, int error) {
+  Segment* const file = standby->segment.get();
+  file->fd = open(standby->path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  absl::Status mapped = file->fd < 0
+                            ? ErrnoStatus("cannot create log segment", standby->path, errno)
+                            : file->Map(standby->path, RoundUpToGranule(options_.segment_bytes));
+  if (!mapped.ok()) {
+    // A file this failed to allocate or map stays a free file, to be tried again.
     if (access(standby->path.c_str(), F_OK) == 0) {
       MutexLock lock(&segments_mutex_);
       free_files_.push_back(standby->path);
     }
-    return ErrnoStatus(what, standby->path, error);
-  };
-  Segment* const file = standby->segment.get();
-  file->fd = open(standby->path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-  if (file->fd < 0) return fail("cannot create log segment", errno);
-  struct stat stat_buffer;
-  if (fstat(file->fd, &stat_buffer) != 0) return fail("cannot stat log segment", errno);
-  const uint64_t file_bytes = static_cast<uint64_t>(stat_buffer.st_size);
-  file->size = std::max(file_bytes, RoundUpToGranule(options_.segment_bytes));
-  if (file->size > file_bytes) {
-    if (const int e = posix_fallocate(file->fd, 0, static_cast<off_t>(file->size)); e != 0) {
-      return fail("cannot allocate log segment", e);
-    }
+    return mapped;
   }
-  void* map = mmap(nullptr, file->size, PROT_READ | PROT_WRITE, MAP_SHARED, file->fd, 0);
-  if (map == MAP_FAILED) return fail("cannot map log segment", errno);
-  file->map = static_cast<char*>(map);
   // The pages are faulted in writable here rather than by the appends, under their lock, a
   // megabyte per call so that the process's memory map is never held long. A kernel without
   // MADV_POPULATE_WRITE (before Linux 5.14) leaves them to the appends.
@@ -520,8 +530,7 @@ absl::Status BatchLog::MakeRoom(uint64_t bytes, std::shared_ptr<Segment>* retire
 absl::StatusOr<std::shared_ptr<BatchLog::Segment>> BatchLog::OpenSegment(uint64_t start,
                                                                          uint64_t min_bytes) {
   const std::string path = (fs::path(options_.dir) / SegmentName(start)).string();
-  auto segment = std::make_shared<Segment>();
-  segment->start = start;
+  std::shared_ptr<Segment> segment;
   int fd = open(path.c_str(), O_RDWR | O_CLOEXEC);
   const bool created = fd < 0;
   if (created && errno != ENOENT) return ErrnoStatus("cannot open log segment", path, errno);
@@ -534,7 +543,6 @@ absl::StatusOr<std::shared_ptr<BatchLog::Segment>> BatchLog::OpenSegment(uint64_
       return ErrnoStatus("cannot reuse log segment", standby->path, error);
     }
     segment = std::move(standby->segment);
-    segment->start = start;
   } else {
     if (created) {
       std::string free_file;
@@ -551,23 +559,11 @@ absl::StatusOr<std::shared_ptr<BatchLog::Segment>> BatchLog::OpenSegment(uint64_
       fd = open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
       if (fd < 0) return ErrnoStatus("cannot create log segment", path, errno);
     }
+    segment = std::make_shared<Segment>();
     segment->fd = fd;
-    struct stat stat_buffer;
-    if (fstat(fd, &stat_buffer) != 0) return ErrnoStatus("cannot stat log segment", path, errno);
-    const uint64_t file_bytes = static_cast<uint64_t>(stat_buffer.st_size);
-    // A segment gets its whole size on disk before it is mapped (so a full disk shows here, not
-    // as SIGBUS on a write through the mapping). A file left by an attempt that failed here, or
-    // reused, may be smaller than this segment needs, or larger: it grows, or keeps its size.
-    segment->size = std::max(file_bytes, min_bytes);
-    if (segment->size > file_bytes) {
-      if (const int e = posix_fallocate(fd, 0, static_cast<off_t>(segment->size)); e != 0) {
-        return ErrnoStatus("cannot allocate log segment", path, e);
-      }
-    }
-    void* map = mmap(nullptr, segment->size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    if (map == MAP_FAILED) return ErrnoStatus("cannot map log segment", path, errno);
-    segment->map = static_cast<char*>(map);
+    if (absl::Status s = segment->Map(path, min_bytes); !s.ok()) return s;
   }
+  segment->start = start;
   {
     MutexLock lock(&segments_mutex_);
     if (!segments_.empty() && segments_.back().first == start) {
