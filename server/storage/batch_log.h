@@ -173,9 +173,9 @@ class BatchLog {
   uint64_t next_free_name_ ABSL_GUARDED_BY(segments_mutex_) = 0;
   mutable Mutex truncate_mutex_;
 
-  // The standby and the preparing thread's work (`prepare_next_segment`); never held with
-  // another of the log's locks.
-  mutable Mutex prepare_mutex_;
+  // The standby and the preparing thread's work (`prepare_next_segment`). An append takes it
+  // under append_mutex_ (to take the standby); no other lock is taken while it is held.
+  mutable Mutex prepare_mutex_ ABSL_ACQUIRED_AFTER(append_mutex_);
   CondVar prepare_cv_;
   std::unique_ptr<Standby> standby_ ABSL_GUARDED_BY(prepare_mutex_);
   // A standby is wanted (none is ready and none failed since the last switch asked).
