@@ -87,6 +87,18 @@ std::string Usage() {
 // Seeds of the arrival schedules: the GetDrift caller's and each client's apart.
 constexpr uint64_t kArrivalSeedStride = 1 << 20;
 
+// How far behind its schedule a paced client may be and still send what is due at once. A client
+// waits for its next batch in its completion queue, whose deadlines gRPC 1.51 keeps in whole
+// milliseconds: a wait for a batch due in 300 us returns 1.07 to 2.1 ms later (2.6 at most in 200
+// tries on the 2-core VM), so a client sends every batch due by then when it wakes, in small
+// bursts once a millisecond or two. Only a backlog older than this (a slow acknowledgement, no
+// room in flight) is dropped rather than sent at once. (Dropping whatever was more than one gap
+// late, as the bench did until 2026-11-26, dropped most wake-ups' second batch: at 14,000
+// batches/s asked it sent 12,300.) A thread of its own per client, sleeping to the microsecond
+// and starting each write, sent at the asked times but cost the bench 71 against 52 us of CPU per
+// batch, taken from the server it measures (tests/bench/HISTORY.md, "Tried and dropped").
+constexpr absl::Duration kPaceCatchUp = absl::Milliseconds(3);
+
 // The enumerated flags' choices, by their names on the command line and in the reports.
 template <typename T>
 struct Choice {
@@ -563,8 +575,11 @@ class BenchClient {
         }
         if (!waiting_for_room && now < due) wake = std::min(wake, due);
         if (!waiting_for_room && now >= due) {
-          // No burst to catch up after a slow ack.
-          if (pace > absl::ZeroDuration()) due = std::max(due + schedule.NextGap(), now - pace);
+          // Batches that fell due while the thread waited go out now; no burst to catch up
+          // after a slow ack or a full window, though (see kPaceCatchUp).
+          if (pace > absl::ZeroDuration()) {
+            due = std::max(due + schedule.NextGap(), now - std::max(pace, kPaceCatchUp));
+          }
           // Saturated, with room for the next batch after this one: it follows at once, so the
           // server may acknowledge the two together.
           const bool more_follows = pace == absl::ZeroDuration() &&
@@ -1086,7 +1101,8 @@ const std::vector<FlagSpec>& BenchFlags() {
        "most unacknowledged batches per Ingest stream; when reached, the client waits until "
        "half are acknowledged (default 8)"},
       {"ingest-rate", false,
-       "batches per second across all clients; 0: as fast as acks allow (default 0)"},
+       "batches per second across all clients, sent as they fall due to the millisecond "
+       "(gRPC's completion-queue timers); 0: as fast as acks allow (default 0)"},
       {"get-drift-qps", false,
        "GetDrift calls per second on random streams; 0: none (default 100)"},
       {"arrivals", false,
