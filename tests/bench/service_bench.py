@@ -271,12 +271,13 @@ def main(argv):
     # latency under a steady ingest load rather than at saturation, where the bench's own threads
     # and the server compete for the same two cores; and the echo server at the same rates.
     paced_rates = {}  # Setup name: share of default's saturated rate.
-    for server, server_argv, metrics in (("default", [paths["kldriftd"]], True),
-                                         ("echo", [paths["echo"]], False)):
+    for server, per_second, server_argv, metrics in (
+            ("default", PER_SECOND, [paths["kldriftd"]], True),
+            ("echo", ECHO_PER_SECOND, [paths["echo"]], False)):
         for share in PACED_SHARES:
             paced_rates[paced(server, share)] = share
             setups.append((paced(server, share), server_argv, metrics))
-        setups.append(("%s, 1/s" % server, server_argv, metrics))
+        setups.append((per_second, server_argv, metrics))
     all_rounds = []  # One {server name: bench result} per round.
     with tempfile.TemporaryDirectory(prefix="kldrift-service-bench-") as tmp:
         for round_index in range(rounds):
