@@ -89,15 +89,11 @@ constexpr uint64_t kArrivalSeedStride = 1 << 20;
 
 // How far behind its schedule a paced client may be and still send what is due at once. A client
 // waits for its next batch in its completion queue, whose deadlines gRPC 1.51 keeps in whole
-// milliseconds: a wait for a batch due in 300 us returns 1.07 to 2.16 ms later (800 waits of 100 us
-// to 1.5 ms on the 2-core VM came back up to 2.0 ms late), so a client sends every batch due by
-// then when it wakes, in small bursts once a millisecond or two. Only a backlog older than this (a
-// slow acknowledgement, no room in flight) is dropped rather than sent at once. (Dropping whatever
-// was more than one mean gap overdue, as the bench did until 2026-11-26, lost batches on most
-// wake-ups: at 14,000 batches/s asked it sent 12,300.) A thread of its own per client, sleeping to
-// the microsecond and starting each write, sent at the asked times but cost the bench 71 against 52
-// us of CPU per batch, taken from the server it measures (tests/bench/HISTORY.md, "Tried and
-// dropped").
+// milliseconds (a 300 us wait returns 1.07 to 2.16 ms later), so on waking it sends every batch
+// due by then: small bursts once a millisecond or two. Only a backlog older than this (a slow
+// acknowledgement, no room in flight) is dropped rather than sent at once. Sending at the exact
+// times from a thread per client cost the bench a third more CPU per batch, taken from the server
+// it measures (tests/bench/HISTORY.md, "Tried and dropped on 2026-11-26 late").
 constexpr absl::Duration kPaceCatchUp = absl::Milliseconds(3);
 
 // The enumerated flags' choices, by their names on the command line and in the reports.
