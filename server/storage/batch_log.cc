@@ -36,8 +36,6 @@ constexpr uint64_t kHeaderBytes = 16;
 constexpr uint64_t kFileGranule = 4096;
 constexpr char kSegmentSuffix[] = ".seg";
 constexpr char kFreePrefix[] = "free-";
-// Full segments waiting for the preparing thread to unmap them, at most.
-constexpr size_t kMaxRetired = 4;
 
 // A CRC stored next to the data it covers is masked (as LevelDB does), so that a CRC of bytes
 // that themselves hold CRCs is not trivially related to them.
@@ -351,6 +349,7 @@ void BatchLog::PrepareLoop() {
   // work waits for ingest and queries instead of delaying them.
   setpriority(PRIO_PROCESS, static_cast<id_t>(syscall(SYS_gettid)), 19);
   for (;;) {
+    if (options_.TEST_before_preparing) options_.TEST_before_preparing();
     std::vector<std::shared_ptr<Segment>> retired;
     bool make = false;
     {
@@ -429,7 +428,7 @@ void BatchLog::Retire(std::shared_ptr<Segment> segment) {
   MutexLock lock(&prepare_mutex_);
   // A preparing thread starved of CPU does not leave full segments piling up mapped: past a few,
   // the caller unmaps its own (when `segment` goes out of scope, after the lock).
-  if (retired_.size() >= kMaxRetired) return;
+  if (retired_.size() >= kMaxRetiredSegments) return;
   retired_.push_back(std::move(segment));
   prepare_cv_.SignalAll();
 }

@@ -86,10 +86,19 @@ struct BatchLogOptions {
   bool prepare_next_segment = true;
   // See the class comment.
   bool sync = false;
+  // Test-only: called by the preparing thread at the start of each round of its work (unmapping
+  // retired segments, making the standby), outside every lock of the log. A test blocks in it to
+  // stand for a preparing thread starved of CPU; it must return before the log is destroyed.
+  std::function<void()> TEST_before_preparing;
 };
 
 class BatchLog {
  public:
+  // Full segments waiting for the preparing thread to unmap them, at most; past that, an append
+  // that fills a segment unmaps it itself (a starved preparing thread does not leave them piling
+  // up mapped).
+  static constexpr size_t kMaxRetiredSegments = 4;
+
   // Opens the log in `options.dir` (creating an empty one), recovering its end (class comment).
   // DATA_LOSS when a segment before the last is damaged or missing.
   static absl::StatusOr<std::unique_ptr<BatchLog>> Open(const BatchLogOptions& options);

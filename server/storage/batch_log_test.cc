@@ -11,6 +11,8 @@
 #include <algorithm>
 #include <atomic>
 #include <cctype>
+#include <chrono>
+#include <condition_variable>
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
@@ -19,14 +21,17 @@
 #include <iterator>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <ostream>
 #include <random>
+#include <set>
 #include <sstream>
 #include <string>
 #include <thread>
 #include <utility>
 #include <vector>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
@@ -1776,6 +1781,95 @@ TEST(BatchLogStandbyTest, StandbyThatCannotBeMadeLeavesAppendsAsWithout) {
     ASSERT_TRUE(StandbyReady(*log));
   }
   ExpectReopenedLogHolds(options, written);
+}
+
+// The files in `dir` this process has mapped (distinct inodes among /proc/self/maps' lines).
+size_t MappedFilesIn(const std::string& dir) {
+  std::ifstream maps("/proc/self/maps");
+  EXPECT_TRUE(maps.is_open());
+  std::set<std::string> inodes;
+  const std::string prefix = (fs::path(dir) / "").string();
+  std::string line;
+  while (std::getline(maps, line)) {
+    std::istringstream fields(line);
+    std::string range, perms, offset, device, inode, path;
+    fields >> range >> perms >> offset >> device >> inode >> path;
+    if (path.rfind(prefix, 0) == 0) inodes.insert(device + ":" + inode);
+  }
+  return inodes.size();
+}
+
+// Where the preparing thread stops while the gate is closed (BatchLogOptions::
+// TEST_before_preparing), counting how many times it came to the gate closed.
+class PreparerGate {
+ public:
+  void Close() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    open_ = false;
+  }
+  void Open() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    open_ = true;
+    changed_.notify_all();
+  }
+  void Pass() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    if (!open_) ++stopped_;
+    changed_.notify_all();
+    changed_.wait(lock, [&] { return open_; });
+  }
+  // Waits (up to 30 s) until the preparing thread has stopped at the closed gate.
+  bool WaitForStop() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    return changed_.wait_for(lock, std::chrono::seconds(30), [&] { return stopped_ > 0; });
+  }
+
+ private:
+  std::mutex mutex_;
+  std::condition_variable changed_;
+  bool open_ = true;
+  int stopped_ = 0;
+};
+
+TEST(BatchLogStandbyTest, StarvedPreparerLeavesAtMostFourFullSegmentsMapped) {
+  TempDir tmp("kldrift-batch-log-test");
+  PreparerGate gate;
+  BatchLogOptions options = PreparedOptions(tmp.path());
+  options.TEST_before_preparing = [&gate] { gate.Pass(); };
+  std::vector<Record> written;
+  {
+    std::unique_ptr<BatchLog> log = OpenLog(options);
+    ASSERT_NE(log, nullptr);
+    // Before the log is destroyed (which waits for the thread), whatever failed.
+    const absl::Cleanup open_gate = [&gate] { gate.Open(); };
+    size_t i = 0;
+    for (; i < kUniformPerSegment; ++i) {
+      ASSERT_TRUE(AppendRecord(*log, UniformPayload(i), &written));
+    }
+    ASSERT_TRUE(StandbyReady(*log));
+    // The next record switches segments: the preparing thread makes the next standby (and unmaps
+    // the full segment if it was handed over by then) and stops at the gate, as if it got no CPU
+    // from then on.
+    gate.Close();
+    ASSERT_TRUE(AppendRecord(*log, UniformPayload(i++), &written));
+    ASSERT_TRUE(gate.WaitForStop());
+    // Eight more switches: the first takes the standby, the others open their segments
+    // themselves; four full segments wait for the stopped thread (the first one's among them, if
+    // it waits), the others are unmapped by the appends that filled them.
+    constexpr size_t kSwitches = 8;
+    static_assert(kSwitches > BatchLog::kMaxRetiredSegments);
+    for (const size_t end = i + kSwitches * kUniformPerSegment; i < end; ++i) {
+      ASSERT_TRUE(AppendRecord(*log, UniformPayload(i), &written));
+    }
+    EXPECT_EQ(MappedFilesIn(tmp.path()), 1 + BatchLog::kMaxRetiredSegments);
+    EXPECT_TRUE(PlacedInFixedSegments(written, 0, kSmallSegment));
+    EXPECT_TRUE(SameRecords(ReadAll(*log), written));
+    // Given CPU again, the thread unmaps them before it makes the next standby.
+    gate.Open();
+    ASSERT_TRUE(StandbyReady(*log));
+    EXPECT_EQ(MappedFilesIn(tmp.path()), 2u);
+  }
+  ExpectReopenedLogHolds(Options(tmp.path()), written);
 }
 
 TEST(BatchLogStandbyTest, FolderCopiedWhileTheLogIsOpenHoldsItsRecords) {
