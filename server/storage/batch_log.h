@@ -48,8 +48,10 @@
 // yet, too small for the record, or it could not be made, say on a full disk) the append opens
 // the segment itself, as without the option, with the same errors.
 //
-// Memory: only the segment being written and the standby are mapped, so at most twice
-// `segment_bytes` of the log counts towards the process's resident memory.
+// Memory: the segment being written and the standby are mapped, twice `segment_bytes` of the
+// process's resident memory; full segments wait mapped for the preparing thread to unmap them, at
+// most kMaxRetiredSegments (past that an append unmaps its own), so a starved thread adds at most
+// four times `segment_bytes`.
 //
 // Thread safety: safe for concurrent use. Append serializes on one mutex (a copy of the record),
 // Sync on another (the fdatasync); ForEach may run concurrently with both, and with
