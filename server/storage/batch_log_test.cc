@@ -11,8 +11,6 @@
 #include <algorithm>
 #include <atomic>
 #include <cctype>
-#include <chrono>
-#include <condition_variable>
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
@@ -21,7 +19,6 @@
 #include <iterator>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <ostream>
 #include <random>
 #include <set>
@@ -31,13 +28,16 @@
 #include <utility>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/cleanup/cleanup.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
+#include "absl/time/time.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "server/core/mutex.h"
 #include "server/core/testing/temp_dir.h"
 
 namespace kldrift {
@@ -1800,35 +1800,38 @@ size_t MappedFilesIn(const std::string& dir) {
 }
 
 // Where the preparing thread stops while the gate is closed (BatchLogOptions::
-// TEST_before_preparing), counting how many times it came to the gate closed.
+// TEST_before_preparing).
 class PreparerGate {
  public:
   void Close() {
-    std::lock_guard<std::mutex> lock(mutex_);
+    MutexLock lock(&mutex_);
     open_ = false;
   }
   void Open() {
-    std::lock_guard<std::mutex> lock(mutex_);
+    MutexLock lock(&mutex_);
     open_ = true;
-    changed_.notify_all();
+    changed_.SignalAll();
   }
   void Pass() {
-    std::unique_lock<std::mutex> lock(mutex_);
-    if (!open_) ++stopped_;
-    changed_.notify_all();
-    changed_.wait(lock, [&] { return open_; });
+    MutexLock lock(&mutex_);
+    if (!open_) stopped_ = true;
+    changed_.SignalAll();
+    while (!open_) changed_.Wait(&mutex_);
   }
   // Waits (up to 30 s) until the preparing thread has stopped at the closed gate.
   bool WaitForStop() {
-    std::unique_lock<std::mutex> lock(mutex_);
-    return changed_.wait_for(lock, std::chrono::seconds(30), [&] { return stopped_ > 0; });
+    const absl::Time deadline = absl::Now() + absl::Seconds(30);
+    MutexLock lock(&mutex_);
+    while (!stopped_ && !changed_.WaitWithDeadline(&mutex_, deadline)) {
+    }
+    return stopped_;
   }
 
  private:
-  std::mutex mutex_;
-  std::condition_variable changed_;
-  bool open_ = true;
-  int stopped_ = 0;
+  Mutex mutex_;
+  CondVar changed_;
+  bool open_ ABSL_GUARDED_BY(mutex_) = true;
+  bool stopped_ ABSL_GUARDED_BY(mutex_) = false;
 };
 
 TEST(BatchLogStandbyTest, StarvedPreparerLeavesAtMostFourFullSegmentsMapped) {
@@ -1854,8 +1857,9 @@ TEST(BatchLogStandbyTest, StarvedPreparerLeavesAtMostFourFullSegmentsMapped) {
     ASSERT_TRUE(AppendRecord(*log, UniformPayload(i++), &written));
     ASSERT_TRUE(gate.WaitForStop());
     // Eight more switches: the first takes the standby, the others open their segments
-    // themselves; four full segments wait for the stopped thread (the first one's among them, if
-    // it waits), the others are unmapped by the appends that filled them.
+    // themselves; four full segments wait for the stopped thread (the one filled above among them
+    // if the thread stopped before it was handed over), the others are unmapped by the appends
+    // that filled them.
     constexpr size_t kSwitches = 8;
     static_assert(kSwitches > BatchLog::kMaxRetiredSegments);
     for (const size_t end = i + kSwitches * kUniformPerSegment; i < end; ++i) {
