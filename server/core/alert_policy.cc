@@ -78,6 +78,10 @@ double MeasureValue(const DriftMeasures& m, Measure measure) {
   return 0;
 }
 
+std::vector<absl::Duration> DefaultAlertWindows() {
+  return {absl::Minutes(5), absl::Hours(1), absl::Hours(24)};
+}
+
 double AlertPolicy::EffectiveClearThreshold() const {
   return clear_threshold.value_or(0.8 * warn_threshold);
 }

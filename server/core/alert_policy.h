@@ -48,8 +48,13 @@ inline constexpr int kMinSubBuckets = 2;
 inline constexpr int kMaxSubBuckets = 120;
 inline constexpr size_t kMaxWindows = 8;
 
+// The windows a policy has unless it names its own: 5m, 1h and 24h. A function, defined out of
+// line, rather than an initializer list in AlertPolicy: GCC 12 inlines such a list into the
+// constructors of the structs that hold a policy and reports it "may be used uninitialized".
+std::vector<absl::Duration> DefaultAlertWindows();
+
 struct AlertPolicy {
-  std::vector<absl::Duration> windows = {absl::Minutes(5), absl::Hours(1), absl::Hours(24)};
+  std::vector<absl::Duration> windows = DefaultAlertWindows();
   double alpha = kDefaultAlpha;
   Measure measure = Measure::kKlCurrentReference;
   double warn_threshold = 0.05;
