@@ -38,9 +38,7 @@ arrive as Poisson processes (`kldrift bench --arrivals poisson`, the default), a
 services and dashboards do: on fixed grids the two schedules lock in phase, and GetDrift's tail then
 depends on where the grids happened to fall in that run. A paced client sends its batches as they
 fall due to the millisecond (its completion queue's timer), so at thousands of batches a second
-they leave in small bursts; before 2026-11-26 22:00 UTC the bench dropped the batches of those
-bursts more than one mean gap overdue, and its "paced at 50 %" runs reached ~41 % of the saturated
-rate.
+they leave in small bursts (tests/bench/HISTORY.md has the paced runs' earlier shortfall).
 
 Standard library only. Every wait is bounded; servers are stopped with SIGTERM (SIGKILL after a
 grace period) whatever happens.
